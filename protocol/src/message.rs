@@ -1,0 +1,307 @@
+//! The typed messages nodes exchange, and the [`Envelope`] that carries the protocol version.
+//!
+//! Every message is encoded with rmp-serde inside a frame (see [`crate::frame`]). Adding a variant
+//! is backwards compatible only within a protocol version bump: peers negotiate the version in the
+//! handshake and refuse envelopes of another version.
+
+use crate::identity::{NodeId, PublicKey};
+use crate::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// A role a node can take. Roles are data: a node can hold any subset, changed at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Registration, inventory, policies, jobs, recovery-point catalog, alerts.
+    Configuration,
+    /// Receives deltas, spools, compresses, encrypts and uploads them to the vault.
+    ProcessServer,
+    /// Runs on a protected machine: tracks disk changes and ships them.
+    Mobility,
+}
+
+impl Role {
+    /// Every role, in display order.
+    pub const ALL: [Role; 3] = [Role::Configuration, Role::ProcessServer, Role::Mobility];
+
+    /// The role's name as typed on the command line and shown in tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Configuration => "configuration",
+            Role::ProcessServer => "process-server",
+            Role::Mobility => "mobility",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error parsing a role name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown role {0:?}: expected configuration, process-server or mobility")]
+pub struct RoleParseError(pub String);
+
+impl FromStr for Role {
+    type Err = RoleParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| RoleParseError(s.to_string()))
+    }
+}
+
+/// Formats a role list as `configuration,mobility` (or `-` when empty).
+pub fn roles_to_string(roles: &[Role]) -> String {
+    if roles.is_empty() {
+        return "-".into();
+    }
+    roles.iter().map(Role::as_str).collect::<Vec<_>>().join(",")
+}
+
+/// A member of the mesh, as kept on the configuration node's membership list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Member {
+    /// The member's static public key; admission checks it.
+    pub public_key: PublicKey,
+    /// Human name chosen at `lifeboat init`.
+    pub name: String,
+    /// Addresses the member was last known to listen on. (IPv6 scope ids are host-local and
+    /// not carried on the wire.)
+    #[cfg_attr(test, proptest(strategy = "arb_addrs()"))]
+    pub addrs: Vec<SocketAddr>,
+    /// When the member joined.
+    pub joined: UnixMillis,
+}
+
+impl Member {
+    /// The member's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.public_key.node_id()
+    }
+}
+
+/// What a node says about itself in the handshake (messages 2 and 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Hello {
+    /// Human name of the node.
+    pub name: String,
+    /// Roles the node holds now.
+    pub roles: Vec<Role>,
+    /// UDP port the node accepts QUIC connections on.
+    pub listen_port: u16,
+    /// The mesh the node belongs to, if it has joined one.
+    pub mesh_id: Option<[u8; 16]>,
+    /// Protocol version: in message 2 the version the responder chose, in message 3 an echo.
+    pub version: u16,
+}
+
+/// Role change requested of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum RoleOp {
+    /// Add the role (idempotent).
+    Add,
+    /// Remove the role (idempotent).
+    Remove,
+}
+
+/// Why a configuration node refused a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum RegisterRefusal {
+    /// The registration key expired at the given time (configuration node's clock).
+    Expired {
+        /// Expiry instant of the key.
+        expired_at: UnixMillis,
+    },
+    /// The one-time key was already used by another node.
+    AlreadyUsed,
+    /// The key is not one this configuration node issued (or the mesh was recreated).
+    UnknownKey,
+    /// The two clocks differ by more than the allowed skew.
+    ClockSkew {
+        /// Joining node's clock minus the configuration node's clock, in milliseconds.
+        skew_ms: i64,
+        /// Largest allowed absolute skew, in milliseconds.
+        max_ms: u64,
+    },
+}
+
+impl fmt::Display for RegisterRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::time::human_duration;
+        match self {
+            RegisterRefusal::Expired { expired_at } => write!(
+                f,
+                "registration key expired at {} (unix ms); issue a new one with `lifeboat key issue` on the configuration node",
+                expired_at.0
+            ),
+            RegisterRefusal::AlreadyUsed => f.write_str(
+                "registration key was already used; each key admits one node, issue a new one with `lifeboat key issue`",
+            ),
+            RegisterRefusal::UnknownKey => f.write_str(
+                "registration key is unknown to the configuration node (was the mesh recreated?); issue a new one with `lifeboat key issue`",
+            ),
+            RegisterRefusal::ClockSkew { skew_ms, max_ms } => write!(
+                f,
+                "clock skew of {} ({} than the configuration node) exceeds the allowed {}; synchronize the clocks (enable NTP, e.g. `timedatectl set-ntp true` or chrony) and retry",
+                human_duration(skew_ms.unsigned_abs()),
+                if *skew_ms > 0 { "ahead" } else { "behind" },
+                human_duration(*max_ms)
+            ),
+        }
+    }
+}
+
+/// What a joining node receives when registration succeeds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MeshGrant {
+    /// Identifier of the mesh.
+    pub mesh_id: [u8; 16],
+    /// The mesh secret: the Noise PSK of every mesh connection.
+    pub mesh_secret: [u8; 32],
+    /// Membership list version.
+    pub membership_version: u64,
+    /// The current membership list (including the new member).
+    pub members: Vec<Member>,
+}
+
+/// A wire message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Message {
+    /// Responder's verdict after the handshake: the peer is admitted.
+    Accept,
+    /// Responder's verdict after the handshake: the peer is refused, and why.
+    Refuse {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Periodic liveness and state announcement between admitted peers.
+    Heartbeat {
+        /// Sender's clock.
+        now: UnixMillis,
+        /// Sender's name.
+        name: String,
+        /// Sender's roles.
+        roles: Vec<Role>,
+        /// Sender's listen port.
+        listen_port: u16,
+        /// Version of the membership list the sender holds.
+        membership_version: u64,
+    },
+    /// Ask a node to add or remove a role (only configuration nodes may ask remotely).
+    RoleRequest {
+        /// Add or remove.
+        op: RoleOp,
+        /// Which role.
+        role: Role,
+    },
+    /// Roles of the node after a [`Message::RoleRequest`].
+    RoleReply {
+        /// The node's roles now.
+        roles: Vec<Role>,
+    },
+    /// A joining node asks to be registered (on a connection keyed by a registration key).
+    Register {
+        /// Joining node's name.
+        name: String,
+        /// Joining node's clock, for the skew check.
+        now: UnixMillis,
+        /// Addresses the joining node listens on.
+        #[cfg_attr(test, proptest(strategy = "arb_addrs()"))]
+        addrs: Vec<SocketAddr>,
+    },
+    /// Registration succeeded.
+    Registered(MeshGrant),
+    /// Registration refused.
+    RegisterRefused(RegisterRefusal),
+    /// The configuration node's current membership list.
+    MembershipUpdate {
+        /// Version; members ignore versions older than theirs.
+        version: u64,
+        /// The whole list.
+        members: Vec<Member>,
+    },
+    /// Ask for the membership list (sent when a heartbeat shows a newer version).
+    MembershipRequest,
+    /// Opaque bulk bytes (throughput probes; later, replication payloads).
+    Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A request failed; the text says why.
+    Error {
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// What a frame carries: the protocol version and one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Envelope {
+    /// Protocol version the sender speaks on this connection.
+    pub version: u16,
+    /// The message.
+    pub msg: Message,
+}
+
+impl Envelope {
+    /// Wraps a message with the current protocol version.
+    pub fn new(msg: Message) -> Self {
+        Envelope {
+            version: crate::PROTOCOL_VERSION,
+            msg,
+        }
+    }
+}
+
+/// Wire-representable socket addresses: serde carries neither IPv6 flow info nor scope id.
+#[cfg(test)]
+pub(crate) fn arb_addrs() -> impl proptest::strategy::Strategy<Value = Vec<SocketAddr>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port)),
+        0..4,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_print() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+        }
+        assert!("storage".parse::<Role>().is_err());
+        assert_eq!(roles_to_string(&[]), "-");
+        assert_eq!(
+            roles_to_string(&[Role::Configuration, Role::Mobility]),
+            "configuration,mobility"
+        );
+    }
+
+    #[test]
+    fn clock_skew_refusal_says_how_much_and_what_to_do() {
+        let s = RegisterRefusal::ClockSkew {
+            skew_ms: -432_000,
+            max_ms: 300_000,
+        }
+        .to_string();
+        assert!(s.contains("7m12s"), "{s}");
+        assert!(s.contains("behind"), "{s}");
+        assert!(s.contains("NTP"), "{s}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers for the whole-process tests live in `tests/tests/`.
