@@ -167,3 +167,16 @@ mod tests {
         assert!("aaaaaaaaaaaaaaaaaaaaaa".parse::<NodeId>().is_err());
     }
 }
+
+/// Computes the X25519 public key of a private scalar (to verify a stored key pair).
+pub fn public_from_private(private: &[u8; 32]) -> PublicKey {
+    use snow::params::DHChoice;
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
+    let mut dh = DefaultResolver
+        .resolve_dh(&DHChoice::Curve25519)
+        .unwrap_or_else(|| unreachable!("curve25519 is always available"));
+    dh.set(private);
+    let mut public = [0u8; 32];
+    public.copy_from_slice(dh.pubkey());
+    PublicKey(public)
+}
