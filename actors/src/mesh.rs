@@ -188,7 +188,10 @@ impl Mesh {
 
     /// Members, if joined.
     pub fn members(&self) -> &[Member] {
-        self.file.as_ref().map(|f| f.members.as_slice()).unwrap_or(&[])
+        self.file
+            .as_ref()
+            .map(|f| f.members.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Membership version (0 if not joined).
@@ -329,16 +332,25 @@ mod tests {
     #[test]
     fn a_fresh_key_admits_one_node_once() {
         let (mut m, _) = authority();
-        let k = m.issue_key(UnixMillis(1_000), 5 * DAY, [2; 32], vec![]).unwrap();
+        let k = m
+            .issue_key(UnixMillis(1_000), 5 * DAY, [2; 32], vec![])
+            .unwrap();
         let a = StaticKeypair::generate([3; 32]).public;
         let b = StaticKeypair::generate([4; 32]).public;
         let now = UnixMillis(2_000);
-        assert!(matches!(m.psk_for(&k.key_id()), Some(PskKind::Registration(_))));
-        let g = m.handle_register(now, &k.key_id(), a, "a", vec![], now).unwrap();
+        assert!(matches!(
+            m.psk_for(&k.key_id()),
+            Some(PskKind::Registration(_))
+        ));
+        let g = m
+            .handle_register(now, &k.key_id(), a, "a", vec![], now)
+            .unwrap();
         assert_eq!(g.members.len(), 2);
         assert!(m.admits(&a));
         // The same node may retry; another may not reuse the key.
-        assert!(m.handle_register(now, &k.key_id(), a, "a", vec![], now).is_ok());
+        assert!(m
+            .handle_register(now, &k.key_id(), a, "a", vec![], now)
+            .is_ok());
         assert_eq!(
             m.handle_register(now, &k.key_id(), b, "b", vec![], now),
             Err(RegisterRefusal::AlreadyUsed)
@@ -349,7 +361,9 @@ mod tests {
     #[test]
     fn expired_keys_and_skewed_clocks_are_refused() {
         let (mut m, _) = authority();
-        let k = m.issue_key(UnixMillis(1_000), DAY, [2; 32], vec![]).unwrap();
+        let k = m
+            .issue_key(UnixMillis(1_000), DAY, [2; 32], vec![])
+            .unwrap();
         let a = StaticKeypair::generate([3; 32]).public;
         let late = UnixMillis(1_000 + DAY);
         assert_eq!(
@@ -368,7 +382,9 @@ mod tests {
             })
         );
         let fine = UnixMillis(10_000_000 - 4 * 60_000);
-        assert!(m.handle_register(now, &k.key_id(), a, "a", vec![], fine).is_ok());
+        assert!(m
+            .handle_register(now, &k.key_id(), a, "a", vec![], fine)
+            .is_ok());
     }
 
     #[test]
@@ -379,9 +395,18 @@ mod tests {
             m.handle_register(UnixMillis(1), &[0; 16], a, "a", vec![], UnixMillis(1)),
             Err(RegisterRefusal::UnknownKey)
         );
-        let k = m.issue_key(UnixMillis(1_000), DAY, [2; 32], vec![]).unwrap();
+        let k = m
+            .issue_key(UnixMillis(1_000), DAY, [2; 32], vec![])
+            .unwrap();
         let grant = m
-            .handle_register(UnixMillis(2_000), &k.key_id(), a, "a", vec![], UnixMillis(2_000))
+            .handle_register(
+                UnixMillis(2_000),
+                &k.key_id(),
+                a,
+                "a",
+                vec![],
+                UnixMillis(2_000),
+            )
             .unwrap();
         let mut joined = Mesh::new(a, None);
         joined.join(grant, cfg).unwrap();
@@ -393,7 +418,10 @@ mod tests {
         );
         // Registration keys are only resolvable on the authority.
         assert_eq!(joined.psk_for(&k.key_id()), None);
-        assert!(matches!(joined.psk_for(&psk_id(&joined.secret().unwrap())), Some(PskKind::Mesh(_))));
+        assert!(matches!(
+            joined.psk_for(&psk_id(&joined.secret().unwrap())),
+            Some(PskKind::Mesh(_))
+        ));
     }
 
     #[test]

@@ -457,7 +457,10 @@ mod tests {
         let later = UnixMillis(cfg.unreachable_after_ms + 1);
         assert_eq!(t.liveness(&e, later), Liveness::Unreachable);
         assert!(t.poll(later).contains(&PeerAction::BecameUnreachable(p)));
-        assert!(!t.poll(later).contains(&PeerAction::BecameUnreachable(p)), "reported once");
+        assert!(
+            !t.poll(later).contains(&PeerAction::BecameUnreachable(p)),
+            "reported once"
+        );
         t.handle_heartbeat(later, p, "p", &[]);
         let e = t.get(&p).unwrap().clone();
         assert_eq!(t.liveness(&e, later), Liveness::Reachable);
@@ -532,7 +535,10 @@ mod tests {
             ..Default::default()
         };
         let mut t = PeerTable::new(id(1), cfg, 1);
-        assert!(t.poll(UnixMillis(0)).is_empty(), "no dialing before joining a mesh");
+        assert!(
+            t.poll(UnixMillis(0)).is_empty(),
+            "no dialing before joining a mesh"
+        );
         t.set_can_dial(true);
         assert!(t.poll(UnixMillis(0)).contains(&PeerAction::Dial {
             addr: addr(5),

@@ -62,7 +62,9 @@ pub struct RolesActor {
 
 impl std::fmt::Debug for RolesActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RolesActor").field("roles", &self.roles).finish()
+        f.debug_struct("RolesActor")
+            .field("roles", &self.roles)
+            .finish()
     }
 }
 
@@ -251,13 +253,20 @@ pub struct MeshActor {
 
 impl std::fmt::Debug for MeshActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshActor").field("mesh", &self.mesh.mesh_id()).finish()
+        f.debug_struct("MeshActor")
+            .field("mesh", &self.mesh.mesh_id())
+            .finish()
     }
 }
 
 impl MeshActor {
     /// Hosts `mesh`.
-    pub fn new(mesh: Mesh, store: Box<dyn StateStore>, clock: Arc<dyn Clock>, rng: Box<dyn Rng>) -> Self {
+    pub fn new(
+        mesh: Mesh,
+        store: Box<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+        rng: Box<dyn Rng>,
+    ) -> Self {
         MeshActor {
             mesh,
             store,
@@ -356,9 +365,9 @@ impl Handler<Register> for MeshActor {
     fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
         let before = self.mesh.clone();
         let now = self.clock.now();
-        let grant = self
-            .mesh
-            .handle_register(now, &m.key_id, m.joiner, &m.name, m.addrs, m.joiner_now)?;
+        let grant =
+            self.mesh
+                .handle_register(now, &m.key_id, m.joiner, &m.name, m.addrs, m.joiner_now)?;
         if self.commit(before).is_err() {
             // Nothing was persisted, so nothing is granted.
             return Err(RegisterRefusal::UnknownKey);
@@ -381,7 +390,10 @@ impl Handler<MembershipIn> for MeshActor {
     type Result = bool;
     fn handle(&mut self, m: MembershipIn, _: &mut Context<Self>) -> bool {
         let before = self.mesh.clone();
-        if self.mesh.handle_membership_update(&m.from, m.version, m.members) {
+        if self
+            .mesh
+            .handle_membership_update(&m.from, m.version, m.members)
+        {
             return self.commit(before).is_ok();
         }
         false
@@ -508,7 +520,9 @@ pub struct PeersActor {
 
 impl std::fmt::Debug for PeersActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeersActor").field("name", &self.name).finish()
+        f.debug_struct("PeersActor")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -725,7 +739,9 @@ pub struct DiscoveryActor {
 
 impl std::fmt::Debug for DiscoveryActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiscoveryActor").field("ann", &self.ann).finish()
+        f.debug_struct("DiscoveryActor")
+            .field("ann", &self.ann)
+            .finish()
     }
 }
 

@@ -136,8 +136,7 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             msg: e.message().to_string()
-                + &e
-                    .span()
+                + &e.span()
                     .map(|s| format!(" (at byte {})", s.start))
                     .unwrap_or_default(),
         })?;
@@ -158,7 +157,10 @@ impl Config {
         if d.heartbeat_interval_secs == 0 || d.heartbeat_interval_secs > 3600 {
             return Err(ConfigError::Invalid {
                 field: "discovery.heartbeat_interval_secs",
-                msg: format!("{} is out of range; use 1..=3600", d.heartbeat_interval_secs),
+                msg: format!(
+                    "{} is out of range; use 1..=3600",
+                    d.heartbeat_interval_secs
+                ),
             });
         }
         if d.unreachable_after_secs < 2 * d.heartbeat_interval_secs {

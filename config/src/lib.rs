@@ -7,8 +7,8 @@
 //! Nothing here talks to the network; the daemon (`lifeboat-node`) loads these at start.
 
 mod config;
-mod statedir;
 pub mod state;
+mod statedir;
 
 pub use config::{Config, DiscoveryConfig, LogFormat, NodeConfig, DEFAULT_CONFIG_TOML};
 pub use statedir::{default_state_dir, StateDir, STATE_DIR_ENV};

@@ -2,6 +2,11 @@
 //! (temp + fsync + rename), secrets with mode 0600. A damaged file is reported, never replaced.
 
 use crate::statedir::write_atomic;
+
+/// Writes a file atomically with the given mode (temp, fsync, rename).
+pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
+    write_atomic(path, data, mode)
+}
 use crate::{ConfigError, StateDir};
 use lifeboat_protocol::message::Member;
 use lifeboat_protocol::{NodeId, PublicKey, Role, StaticKeypair, UnixMillis};
@@ -129,7 +134,10 @@ mod tests {
         let dir = StateDir::new(t.path());
         let kp = StaticKeypair::generate([5; 32]);
         save_identity(&dir, &kp, false).unwrap();
-        let mode = std::fs::metadata(dir.identity_path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.identity_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
             save_identity(&dir, &StaticKeypair::generate([6; 32]), false),

@@ -1,1 +1,3 @@
-
+pub mod net;
+pub mod tls;
+pub mod transport;

@@ -134,6 +134,16 @@ impl FrameSealer {
         self.seal_body(&body, out)
     }
 
+    /// Seals raw frame plaintext (size header included) as records. Correct callers use
+    /// [`FrameSealer::seal`]; this exists so tests can forge frames a broken or hostile peer
+    /// would send (lying size fields, garbage bodies).
+    pub fn seal_plaintext(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+        for chunk in plain.chunks(MAX_RECORD_PLAINTEXT) {
+            self.seal_record(chunk, out)?;
+        }
+        Ok(())
+    }
+
     /// Seals an already-encoded body and appends the records to `out`.
     pub fn seal_body(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
         let size = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {

@@ -1,0 +1,477 @@
+//! The connection manager: accepts and dials, keeps one authenticated connection per peer,
+//! queues outgoing messages per peer (bounded), and dispatches incoming frames to an
+//! [`Inbound`] handler. Runs on the dedicated multi-threaded tokio runtime that owns quinn.
+//!
+//! Streams: each side sends one-way messages on a long-lived unidirectional stream it opens
+//! lazily; requests use a fresh bidirectional stream each (one request frame, one reply frame).
+//! A frame that fails authentication, is oversized or malformed closes that peer's connection
+//! with [`close::FRAME`]; other peers are unaffected.
+
+use crate::transport::{
+    self, close, Admission, Admitted, Expect, Local, SecureConn, TransportError,
+};
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+use lifeboat_actors::seams;
+use lifeboat_protocol::regkey::RegistrationKey;
+use lifeboat_protocol::{Message, NodeId, PublicKey};
+use rand::RngCore;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Outgoing messages queued per peer before `send` reports backpressure.
+pub const SEND_QUEUE: usize = 256;
+/// How long a request waits for its reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who sent a message.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Authenticated static key.
+    pub key: PublicKey,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// How the peer was admitted.
+    pub admitted: Admitted,
+}
+
+/// Receives what the network delivers.
+pub trait Inbound: Send + Sync + 'static {
+    /// A mesh connection was established.
+    fn connected(&self, c: &SecureConn);
+    /// The mesh connection to a peer closed.
+    fn disconnected(&self, id: NodeId);
+    /// A dial failed.
+    fn dial_failed(&self, addr: SocketAddr, err: &TransportError);
+    /// A message arrived; the returned message (if any) is the reply.
+    fn message(&self, from: PeerInfo, msg: Message) -> BoxFuture<'static, Option<Message>>;
+}
+
+/// Counters shown in status and checked by tests.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Handshakes that failed (either side).
+    pub handshake_failures: AtomicU64,
+    /// Connections closed for a bad frame.
+    pub frame_errors: AtomicU64,
+    /// Mesh connections established.
+    pub connections: AtomicU64,
+}
+
+/// One live connection.
+struct Slot {
+    /// The connection.
+    conn: Arc<SecureConn>,
+    /// Its outgoing queue.
+    tx: mpsc::Sender<Message>,
+}
+
+/// Shared state of the manager.
+struct Inner {
+    /// The QUIC endpoint.
+    ep: quinn::Endpoint,
+    /// Our identity and hello.
+    local: Arc<Local>,
+    /// Admission decisions.
+    admission: Arc<dyn Admission>,
+    /// Where messages go.
+    inbound: Arc<dyn Inbound>,
+    /// Live mesh connections by peer.
+    conns: DashMap<NodeId, Slot>,
+    /// Dials in flight by address (one at a time per address).
+    dialing: DashMap<SocketAddr, ()>,
+    /// The mesh secret, once joined.
+    mesh_psk: RwLock<Option<[u8; 32]>>,
+    /// Runtime everything runs on.
+    rt: tokio::runtime::Handle,
+    /// Counters.
+    stats: NetStats,
+}
+
+/// Handle to the connection manager (cheap to clone).
+#[derive(Clone)]
+pub struct Net {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Net({:?})", self.inner.ep.local_addr().ok())
+    }
+}
+
+fn seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut s);
+    s
+}
+
+impl Net {
+    /// Starts accepting on `ep` (must be called within `rt`'s context or with `rt` given).
+    pub fn start(
+        ep: quinn::Endpoint,
+        local: Arc<Local>,
+        admission: Arc<dyn Admission>,
+        inbound: Arc<dyn Inbound>,
+        rt: tokio::runtime::Handle,
+    ) -> Net {
+        let inner = Arc::new(Inner {
+            ep,
+            local,
+            admission,
+            inbound,
+            conns: DashMap::new(),
+            dialing: DashMap::new(),
+            mesh_psk: RwLock::new(None),
+            rt: rt.clone(),
+            stats: NetStats::default(),
+        });
+        rt.spawn(accept_loop(inner.clone()));
+        Net { inner }
+    }
+
+    /// Sets the mesh secret (after `mesh create` or registration).
+    pub fn set_mesh_psk(&self, psk: Option<[u8; 32]>) {
+        if let Ok(mut g) = self.inner.mesh_psk.write() {
+            *g = psk;
+        }
+    }
+
+    /// Local UDP address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.ep.local_addr().ok()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &NetStats {
+        &self.inner.stats
+    }
+
+    /// Ids of connected peers.
+    pub fn connected(&self) -> Vec<NodeId> {
+        self.inner.conns.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Connects to `addr` with the mesh secret and returns the peer id.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Option<NodeId>,
+    ) -> Result<NodeId, TransportError> {
+        connect_mesh(self.inner.clone(), addr, expect).await
+    }
+
+    /// Sends a request to a connected peer and waits for the reply.
+    pub async fn request(&self, to: NodeId, msg: Message) -> Result<Message, TransportError> {
+        let conn = self
+            .inner
+            .conns
+            .get(&to)
+            .map(|s| s.conn.clone())
+            .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))?;
+        conn.request(msg, REQUEST_TIMEOUT).await
+    }
+
+    /// Registers with the configuration node named by `key`, sending `register`; returns the
+    /// registrar's key and its reply.
+    pub async fn register(
+        &self,
+        key: &RegistrationKey,
+        register: Message,
+    ) -> Result<(PublicKey, Message), TransportError> {
+        let mut last =
+            TransportError::Protocol("the key names no configuration node address".into());
+        for addr in &key.config_addrs {
+            let r = transport::connect(
+                &self.inner.ep,
+                &self.inner.local,
+                *addr,
+                key.secret,
+                Expect::Fingerprint(key.config_fingerprint),
+                self.inner.admission.as_ref(),
+                seed(),
+            )
+            .await;
+            match r {
+                Ok(c) => {
+                    let reply = c.request(register.clone(), REQUEST_TIMEOUT).await;
+                    c.conn.close(close::DONE, b"registration done");
+                    return reply.map(|m| (c.peer, m));
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, cause = %e, "registration attempt failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Closes everything.
+    pub fn shutdown(&self) {
+        self.inner.ep.close(close::NORMAL, b"shutting down");
+    }
+
+    /// Waits until the endpoint is idle (after `shutdown`), bounded.
+    pub async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.ep.wait_idle()).await;
+    }
+}
+
+impl seams::Transport for Net {
+    fn send(&self, to: NodeId, msg: Message) -> Result<(), seams::TransportError> {
+        let slot = self
+            .inner
+            .conns
+            .get(&to)
+            .ok_or(seams::TransportError::NotConnected(to))?;
+        slot.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => seams::TransportError::Full(to),
+            mpsc::error::TrySendError::Closed(_) => seams::TransportError::NotConnected(to),
+        })
+    }
+
+    fn dial(&self, addr: SocketAddr, expect: Option<NodeId>) {
+        let inner = self.inner.clone();
+        self.inner.rt.spawn(async move {
+            if let Err(e) = connect_mesh(inner.clone(), addr, expect).await {
+                tracing::debug!(%addr, cause = %e, "dial failed");
+                inner.inbound.dial_failed(addr, &e);
+            }
+        });
+    }
+}
+
+async fn connect_mesh(
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    expect: Option<NodeId>,
+) -> Result<NodeId, TransportError> {
+    let psk = inner
+        .mesh_psk
+        .read()
+        .ok()
+        .and_then(|g| *g)
+        .ok_or_else(|| TransportError::Protocol("this node belongs to no mesh yet".into()))?;
+    if inner.dialing.insert(addr, ()).is_some() {
+        return Err(TransportError::Protocol(format!("already dialing {addr}")));
+    }
+    let r = transport::connect(
+        &inner.ep,
+        &inner.local,
+        addr,
+        psk,
+        Expect::Member(expect),
+        inner.admission.as_ref(),
+        seed(),
+    )
+    .await;
+    inner.dialing.remove(&addr);
+    match r {
+        Ok(c) => {
+            let id = c.peer_id();
+            install(inner, c);
+            Ok(id)
+        }
+        Err(e) => {
+            inner
+                .stats
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.ep.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match transport::accept(incoming, &inner.local, inner.admission.as_ref(), seed()).await
+            {
+                Ok(c) if c.admitted == Admitted::Mesh => install(inner, c),
+                Ok(c) => {
+                    // Registration connection: serve its requests, never list it as a peer.
+                    let c = Arc::new(c);
+                    serve(inner, c, None).await;
+                }
+                Err(e) => {
+                    inner
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%remote, cause = %e, "inbound handshake failed");
+                }
+            }
+        });
+    }
+}
+
+/// Which of two connections between `a` and `b` survives: the one the smaller id initiated.
+fn preferred_initiator(a: NodeId, b: NodeId) -> NodeId {
+    a.min(b)
+}
+
+fn install(inner: Arc<Inner>, c: SecureConn) {
+    let me = inner.local.keypair.node_id();
+    let peer = c.peer_id();
+    let initiator = if c.outbound { me } else { peer };
+    let c = Arc::new(c);
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    {
+        let keep_new = match inner.conns.get(&peer) {
+            None => true,
+            Some(old) => {
+                let old_init = if old.conn.outbound { me } else { peer };
+                let pref = preferred_initiator(me, peer);
+                old.conn.conn.close_reason().is_some() || old_init == initiator || initiator == pref
+            }
+        };
+        if !keep_new {
+            c.conn.close(close::DUPLICATE, b"duplicate connection");
+            return;
+        }
+        if let Some(old) = inner.conns.insert(
+            peer,
+            Slot {
+                conn: c.clone(),
+                tx,
+            },
+        ) {
+            old.conn
+                .conn
+                .close(close::DUPLICATE, b"duplicate connection");
+        }
+    }
+    inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(peer = %peer, addr = %c.conn.remote_address(), outbound = c.outbound, "peer connected");
+    inner.inbound.connected(&c);
+    let rt = inner.rt.clone();
+    rt.spawn(serve(inner, c, Some(rx)));
+}
+
+/// Serves one connection until it closes.
+async fn serve(inner: Arc<Inner>, c: Arc<SecureConn>, rx: Option<mpsc::Receiver<Message>>) {
+    let writer = rx.map(|rx| tokio::spawn(write_loop(c.clone(), rx)));
+    let info = PeerInfo {
+        key: c.peer,
+        addr: c.conn.remote_address(),
+        admitted: c.admitted.clone(),
+    };
+    loop {
+        tokio::select! {
+            r = c.accept_uni() => match r {
+                Ok(reader) => { tokio::spawn(read_uni(inner.clone(), c.clone(), info.clone(), reader)); }
+                Err(_) => break,
+            },
+            r = c.accept_bi() => match r {
+                Ok((w, r)) => { tokio::spawn(serve_bi(inner.clone(), c.clone(), info.clone(), w, r)); }
+                Err(_) => break,
+            },
+        }
+    }
+    if let Some(w) = writer {
+        w.abort();
+    }
+    let peer = c.peer_id();
+    if c.admitted == Admitted::Mesh {
+        let ours = inner
+            .conns
+            .remove_if(&peer, |_, s| Arc::ptr_eq(&s.conn, &c))
+            .is_some();
+        if ours {
+            tracing::info!(peer = %peer, reason = ?c.conn.close_reason(), "peer disconnected");
+            inner.inbound.disconnected(peer);
+        }
+    }
+}
+
+fn frame_failure(inner: &Inner, c: &SecureConn, e: &TransportError) {
+    if matches!(e, TransportError::Frame(_) | TransportError::Protocol(_)) {
+        inner.stats.frame_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %c.peer_id(), cause = %e, "closing connection after a bad frame");
+        c.conn.close(close::FRAME, e.to_string().as_bytes());
+    }
+}
+
+async fn read_uni(
+    inner: Arc<Inner>,
+    c: Arc<SecureConn>,
+    info: PeerInfo,
+    mut r: transport::FrameReader,
+) {
+    loop {
+        match r.next().await {
+            Ok(Some(env)) => {
+                if c.admitted != Admitted::Mesh {
+                    let e = TransportError::Protocol(
+                        "registration connections carry requests only".into(),
+                    );
+                    frame_failure(&inner, &c, &e);
+                    return;
+                }
+                if let Some(reply) = inner.inbound.message(info.clone(), env.msg).await {
+                    if let Some(s) = inner.conns.get(&c.peer_id()) {
+                        let _ = s.tx.try_send(reply);
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                frame_failure(&inner, &c, &e);
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_bi(
+    inner: Arc<Inner>,
+    c: Arc<SecureConn>,
+    info: PeerInfo,
+    mut w: transport::FrameWriter,
+    mut r: transport::FrameReader,
+) {
+    match r.next().await {
+        Ok(Some(env)) => {
+            let reply = inner
+                .inbound
+                .message(info, env.msg)
+                .await
+                .unwrap_or(Message::Error {
+                    message: "request not understood".into(),
+                });
+            if w.send(reply).await.is_ok() {
+                w.finish();
+            }
+        }
+        Ok(None) => {}
+        Err(e) => frame_failure(&inner, &c, &e),
+    }
+}
+
+async fn write_loop(c: Arc<SecureConn>, mut rx: mpsc::Receiver<Message>) {
+    let mut w: Option<transport::FrameWriter> = None;
+    while let Some(msg) = rx.recv().await {
+        if w.is_none() {
+            match c.open_uni().await {
+                Ok(s) => w = Some(s),
+                Err(e) => {
+                    tracing::debug!(peer = %c.peer_id(), cause = %e, "cannot open message stream");
+                    return;
+                }
+            }
+        }
+        if let Some(s) = w.as_mut() {
+            if let Err(e) = s.send(msg).await {
+                tracing::debug!(peer = %c.peer_id(), cause = %e, "message stream failed");
+                return;
+            }
+        }
+    }
+}
