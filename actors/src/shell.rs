@@ -782,3 +782,33 @@ impl Handler<MembersChanged> for DiscoveryActor {
         }
     }
 }
+
+/// Stop announcing (shutdown): withdraws our record and stops the actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopDiscovery;
+
+impl Handler<StopDiscovery> for DiscoveryActor {
+    type Result = ();
+    fn handle(&mut self, _: StopDiscovery, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Read the mesh secret (for the transport only; never logged).
+#[derive(Message)]
+#[rtype(result = "Option<[u8; 32]>")]
+pub struct GetSecret;
+
+impl std::fmt::Debug for GetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GetSecret")
+    }
+}
+
+impl Handler<GetSecret> for MeshActor {
+    type Result = Option<[u8; 32]>;
+    fn handle(&mut self, _: GetSecret, _: &mut Context<Self>) -> Option<[u8; 32]> {
+        self.mesh.secret()
+    }
+}

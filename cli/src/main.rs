@@ -1,1 +1,300 @@
-fn main() {}
+//! `lifeboat`: one binary for the daemon and its CLI. Thin: parses arguments, installs tracing,
+//! and calls into `lifeboat-node`. Every error is one line on stderr and a non-zero exit.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lifeboat_config::{default_state_dir, StateDir, STATE_DIR_ENV};
+use lifeboat_node::control::{self, Request};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Lifeboat: disaster-recovery replication mesh.
+#[derive(Parser, Debug)]
+#[command(name = "lifeboat", version, about, propagate_version = true)]
+struct Cli {
+    /// State directory of the node to act on [default: /var/lib/lifeboat for root,
+    /// ~/.local/state/lifeboat otherwise].
+    #[arg(long, global = true, env = STATE_DIR_ENV, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create the state directory, node identity and a documented lifeboat.toml.
+    Init {
+        /// Node name [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// UDP address to listen on [default: 0.0.0.0:9443].
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<SocketAddr>,
+        /// Static peer (repeatable), for links where mDNS does not pass.
+        #[arg(long = "peer", value_name = "ADDR:PORT")]
+        peers: Vec<SocketAddr>,
+        /// Replace an existing identity (the node gets a new id and must register again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run or stop the node daemon.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Show this node's identity, roles and mesh.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, remove or list roles (configuration, process-server, mobility).
+    Role {
+        #[command(subcommand)]
+        cmd: RoleCmd,
+    },
+    /// Mesh administration (on the configuration node).
+    Mesh {
+        #[command(subcommand)]
+        cmd: MeshCmd,
+    },
+    /// Registration keys (on the configuration node).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Join a mesh with a key from `lifeboat key issue`.
+    Register {
+        /// The registration key.
+        key: String,
+    },
+    /// Show known peers: id, name, roles, addresses, how found, last contact.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a three-node mesh on loopback, register, assign roles, print the peer table.
+    Quickstart {
+        /// Keep the temporary state directories.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Run the daemon in the foreground (SIGINT/SIGTERM stop it).
+    Run,
+    /// Ask the running daemon to stop.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCmd {
+    /// Add a role (starts at once, persists across restarts).
+    Add {
+        /// configuration, process-server or mobility.
+        role: String,
+        /// Assign on another node (only from a configuration node).
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+    },
+    /// Remove a role.
+    Remove {
+        /// configuration, process-server or mobility.
+        role: String,
+        /// Remove on another node (only from a configuration node).
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+    },
+    /// List roles.
+    List {
+        /// Another node's roles, as last announced.
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCmd {
+    /// Create the mesh secret and membership list (first configuration node only).
+    Create,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Print a one-time registration key.
+    Issue {
+        /// Validity, e.g. 5d, 12h, 30m.
+        #[arg(long, default_value = "5d", value_name = "DURATION")]
+        valid_for: String,
+    },
+}
+
+fn install_tracing(format: LogFormatArg) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == LogFormatArg::Json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn call(dir: &StateDir, req: Request) -> Result<serde_json::Value> {
+    if !dir.root.exists() {
+        bail!(
+            "state directory {} does not exist; run `lifeboat init --state-dir {}` first",
+            dir.root.display(),
+            dir.root.display()
+        );
+    }
+    control::call(&dir.control_socket(), &dir.root, &req, Duration::from_secs(60)).map_err(|e| anyhow!(e))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn roles_line(v: &serde_json::Value) -> String {
+    let roles: Vec<String> = v["roles"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    format!(
+        "{}: {}",
+        v["node_id"].as_str().unwrap_or("?"),
+        if roles.is_empty() { "-".into() } else { roles.join(",") }
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = StateDir::new(cli.state_dir.clone().unwrap_or_else(default_state_dir));
+    match cli.cmd {
+        Cmd::Init { name, listen, peers, force } => {
+            let r = lifeboat_node::init::init(
+                &dir,
+                &lifeboat_node::init::InitOptions { name, listen, peers, force },
+            )?;
+            if r.unchanged {
+                println!("{} is already initialized: node {} (fingerprint {}); pass --force to start over", dir.root.display(), r.node_id, r.fingerprint);
+            } else {
+                println!("initialized {}: node {} (fingerprint {})", dir.root.display(), r.node_id, r.fingerprint);
+                println!("next: lifeboat node run --state-dir {}", dir.root.display());
+            }
+        }
+        Cmd::Node { cmd: NodeCmd::Run } => {
+            let cfg_format = lifeboat_config::Config::load(&dir.config_path())
+                .ok()
+                .map(|c| c.log.format);
+            let fmt = cli.log_format.unwrap_or(match cfg_format {
+                Some(lifeboat_config::LogFormat::Json) => LogFormatArg::Json,
+                _ => LogFormatArg::Pretty,
+            });
+            install_tracing(fmt);
+            lifeboat_node::daemon::run(dir)?;
+        }
+        Cmd::Node { cmd: NodeCmd::Stop } => {
+            call(&dir, Request::Shutdown)?;
+            println!("stopping");
+        }
+        Cmd::Status { json } => {
+            let v = call(&dir, Request::Status)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("node        {} ({})", v["node_id"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or("?"));
+                println!("fingerprint {}", v["fingerprint"].as_str().unwrap_or("?"));
+                println!("roles       {}", roles_line(&v).split(": ").nth(1).unwrap_or("-"));
+                println!("listen      {}", v["listen"]);
+                println!("mesh        {}", v["mesh_id"].as_str().unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)"));
+                println!("members     {}", v["members"]);
+                println!("connected   {}", v["connected_peers"]);
+            }
+        }
+        Cmd::Role { cmd } => {
+            let (req, json) = match cmd {
+                RoleCmd::Add { role, node } => (Request::RoleAdd { role, node }, false),
+                RoleCmd::Remove { role, node } => (Request::RoleRemove { role, node }, false),
+                RoleCmd::List { node, json } => (Request::RoleList { node }, json),
+            };
+            let v = call(&dir, req)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", roles_line(&v));
+            }
+        }
+        Cmd::Mesh { cmd: MeshCmd::Create } => {
+            let v = call(&dir, Request::MeshCreate)?;
+            println!("created mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
+            println!("next: lifeboat key issue   (one key per joining node)");
+        }
+        Cmd::Key { cmd: KeyCmd::Issue { valid_for } } => {
+            let d = humantime::parse_duration(&valid_for)
+                .with_context(|| format!("--valid-for {valid_for:?}: use a duration like 5d, 12h or 30m"))?;
+            let v = call(&dir, Request::KeyIssue { valid_for_ms: d.as_millis() as u64 })?;
+            println!("{}", v["key"].as_str().unwrap_or_default());
+            eprintln!(
+                "valid for {} (one node, once); on the joining node run: lifeboat register KEY",
+                lifeboat_protocol::time::human_duration(d.as_millis() as u64)
+            );
+        }
+        Cmd::Register { key } => {
+            let v = call(&dir, Request::Register { key })?;
+            if v["already_member"] == true {
+                println!("already a member of mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
+            } else {
+                println!(
+                    "joined mesh {} ({} members, configuration node {})",
+                    v["mesh_id"].as_str().unwrap_or("?"),
+                    v["members"],
+                    v["configuration_node"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Cmd::Peers { json } => {
+            let v = call(&dir, Request::Peers)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", lifeboat_node::format::peer_table(&v));
+            }
+        }
+        Cmd::Quickstart { keep } => {
+            let exe = std::env::current_exe().context("cannot locate the lifeboat binary")?;
+            lifeboat_node::quickstart::run(&exe, keep, &mut |line| println!("{line}"))
+                .map_err(|e| anyhow!("quickstart failed: {e}"))?;
+            println!("quickstart OK");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", msg.lines().next().unwrap_or("failed"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,3 +1,14 @@
+//! The I/O shell of a Lifeboat node: real implementations of the seams (QUIC+Noise transport,
+//! mDNS discovery, system clock, OS randomness, state-dir persistence), the daemon assembly and
+//! its local control socket.
+
+pub mod control;
+pub mod daemon;
+pub mod discovery;
+pub mod init;
 pub mod net;
+pub mod seams;
 pub mod tls;
 pub mod transport;
+pub mod format;
+pub mod quickstart;

@@ -1,0 +1,121 @@
+//! The local control socket: how the `lifeboat` CLI talks to the daemon of a state directory.
+//!
+//! A Unix stream socket at `STATE_DIR/control.sock`, mode 0600 (only the node's owner may
+//! control it). One request per connection: the client writes one JSON line, the daemon answers
+//! with one JSON line. Requests are bounded in size.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Largest request or response line.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Node summary.
+    Status,
+    /// Add a role, locally or on `node`.
+    RoleAdd {
+        /// Role name.
+        role: String,
+        /// Remote node id.
+        node: Option<String>,
+    },
+    /// Remove a role, locally or on `node`.
+    RoleRemove {
+        /// Role name.
+        role: String,
+        /// Remote node id.
+        node: Option<String>,
+    },
+    /// List roles, locally or of `node`.
+    RoleList {
+        /// Remote node id.
+        node: Option<String>,
+    },
+    /// Create a mesh on this (configuration) node.
+    MeshCreate,
+    /// Issue a registration key.
+    KeyIssue {
+        /// Validity in milliseconds.
+        valid_for_ms: u64,
+    },
+    /// Join a mesh with a registration key.
+    Register {
+        /// The key text.
+        key: String,
+    },
+    /// The peer table.
+    Peers,
+    /// Stop the daemon.
+    Shutdown,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// Success with a JSON payload.
+    Ok(serde_json::Value),
+    /// Failure with a one-line reason.
+    Err(String),
+}
+
+/// Client-side failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No daemon listens.
+    #[error("no lifeboat daemon is running for {dir} (start it with `lifeboat node run --state-dir {dir}`)")]
+    NotRunning {
+        /// State dir.
+        dir: String,
+    },
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Daemon(String),
+    /// Talking to the daemon failed.
+    #[error("control socket: {0}")]
+    Io(String),
+}
+
+/// Sends `req` to the daemon of `dir` and waits (bounded by `timeout`) for the answer.
+pub fn call(
+    socket: &Path,
+    dir: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ControlError> {
+    let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning {
+        dir: dir.display().to_string(),
+    })?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| ControlError::Io(e.to_string()))?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| ControlError::Io(e.to_string()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Io(e.to_string()))?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(|e| ControlError::Io(e.to_string()))?;
+    let mut r = BufReader::new(s).take(MAX_LINE as u64);
+    let mut out = String::new();
+    r.read_line(&mut out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ControlError::Io(format!("the daemon did not answer within {}s", timeout.as_secs()))
+        }
+        _ => ControlError::Io(e.to_string()),
+    })?;
+    match serde_json::from_str::<Response>(&out) {
+        Ok(Response::Ok(v)) => Ok(v),
+        Ok(Response::Err(e)) => Err(ControlError::Daemon(e)),
+        Err(e) => Err(ControlError::Io(format!("bad answer from daemon: {e}"))),
+    }
+}
+
+use std::io::Read;
+
+/// True if a daemon answers on `socket`.
+pub fn is_running(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}

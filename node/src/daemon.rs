@@ -1,0 +1,689 @@
+//! `lifeboat node run`: assembles the daemon.
+//!
+//! Threads and runtimes: actix (a current-thread tokio runtime) runs the actors and the control
+//! socket; quinn runs on its own multi-threaded tokio runtime ("lifeboat-quic"); mdns-sd runs
+//! its own thread. The network side reaches actors through their addresses (bounded mailboxes),
+//! and actors reach the network through the [`Net`] handle (the `Transport` seam).
+//!
+//! Shutdown: SIGINT, SIGTERM or a `Shutdown` control request: discovery withdraws our record,
+//! QUIC connections close with code 0, the control socket is removed, the process exits 0.
+
+use crate::control::{Request, Response, MAX_LINE};
+use crate::discovery::MdnsDiscovery;
+use crate::net::{Inbound, Net, PeerInfo};
+use crate::seams::{DirStore, OsRng, SystemClock};
+use crate::tls::{self, TlsIdentity, Tuning};
+use crate::transport::{Admission, Admitted, Local, SecureConn, TransportError};
+use actix::prelude::*;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use lifeboat_actors::mesh::{mesh_id_hex, Mesh, PskKind};
+use lifeboat_actors::peers::{PeerTable, PeerTableConfig};
+use lifeboat_actors::seams::{Announcement, Clock, Discovery};
+use lifeboat_actors::shell::*;
+use lifeboat_config::{state, Config, ConfigError, StateDir};
+use lifeboat_protocol::handshake::PskId;
+use lifeboat_protocol::message::{Hello, RoleOp};
+use lifeboat_protocol::regkey::RegistrationKey;
+use lifeboat_protocol::{Message, NodeId, PublicKey, Role};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Daemon start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Configuration or state problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another daemon owns the state dir.
+    #[error("a lifeboat daemon is already running for {0} (stop it with `lifeboat node stop --state-dir {0}`)")]
+    AlreadyRunning(String),
+    /// Start-up failed.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Everything a running daemon's handlers share.
+struct Ctx {
+    /// State directory.
+    dir: StateDir,
+    /// Loaded configuration.
+    cfg: Config,
+    /// Identity and hello.
+    local: Arc<Local>,
+    /// Network.
+    net: Net,
+    /// The quinn runtime.
+    quic: tokio::runtime::Handle,
+    /// Actors.
+    roles: Addr<RolesActor>,
+    /// Actors.
+    mesh: Addr<MeshActor>,
+    /// Actors.
+    peers: Addr<PeersActor>,
+    /// Addresses to advertise.
+    advertise: Vec<SocketAddr>,
+    /// Shutdown trigger.
+    stop: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Admission backed by the mesh actor.
+struct ActorAdmission(Addr<MeshActor>);
+
+impl Admission for ActorAdmission {
+    fn resolve_psk(&self, id: PskId) -> BoxFuture<'static, Option<PskKind>> {
+        let f = self.0.send(ResolvePsk(id));
+        async move { f.await.ok().flatten() }.boxed()
+    }
+    fn check_key(&self, key: PublicKey) -> BoxFuture<'static, KeyStatus> {
+        let f = self.0.send(CheckKey(key));
+        async move {
+            f.await.unwrap_or(KeyStatus {
+                member: false,
+                authority: false,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Routes network input to the actors.
+struct ActorInbound {
+    /// Peers actor (set once started; it needs the network first).
+    peers: OnceLock<Addr<PeersActor>>,
+    /// Roles actor.
+    roles: Addr<RolesActor>,
+    /// Mesh actor.
+    mesh: Addr<MeshActor>,
+}
+
+impl Inbound for ActorInbound {
+    fn connected(&self, c: &SecureConn) {
+        if let Some(p) = self.peers.get() {
+            let _ = p.try_send(ConnectedMsg {
+                id: c.peer_id(),
+                addr: c.conn.remote_address(),
+                name: c.hello.name.clone(),
+                roles: c.hello.roles.clone(),
+                listen_port: c.hello.listen_port,
+                outbound: c.outbound,
+            });
+        }
+    }
+    fn disconnected(&self, id: NodeId) {
+        if let Some(p) = self.peers.get() {
+            let _ = p.try_send(DisconnectedMsg(id));
+        }
+    }
+    fn dial_failed(&self, addr: SocketAddr, _: &TransportError) {
+        if let Some(p) = self.peers.get() {
+            let _ = p.try_send(DialFailedMsg(addr));
+        }
+    }
+    fn message(&self, from: PeerInfo, msg: Message) -> BoxFuture<'static, Option<Message>> {
+        let peers = self.peers.get().cloned();
+        let roles = self.roles.clone();
+        let mesh = self.mesh.clone();
+        async move { route(from, msg, peers, roles, mesh).await }.boxed()
+    }
+}
+
+fn err(m: impl Into<String>) -> Option<Message> {
+    Some(Message::Error { message: m.into() })
+}
+
+async fn route(
+    from: PeerInfo,
+    msg: Message,
+    peers: Option<Addr<PeersActor>>,
+    roles: Addr<RolesActor>,
+    mesh: Addr<MeshActor>,
+) -> Option<Message> {
+    if let Admitted::Registration(key_id) = from.admitted {
+        return match msg {
+            Message::Register { name, now, addrs } => {
+                if lifeboat_config::validate_name(&name).is_err() || addrs.len() > 16 {
+                    return err("invalid registration request");
+                }
+                match mesh
+                    .send(Register {
+                        key_id,
+                        joiner: from.key,
+                        name,
+                        addrs,
+                        joiner_now: now,
+                    })
+                    .await
+                {
+                    Ok(Ok(grant)) => Some(Message::Registered(grant)),
+                    Ok(Err(refusal)) => Some(Message::RegisterRefused(refusal)),
+                    Err(_) => err("configuration node is shutting down"),
+                }
+            }
+            _ => err("a registration connection may only register"),
+        };
+    }
+    match msg {
+        Message::Heartbeat {
+            name,
+            roles: r,
+            membership_version,
+            ..
+        } => {
+            if let Some(p) = peers {
+                let _ = p.try_send(HeartbeatMsg {
+                    from: from.key,
+                    name,
+                    roles: r,
+                    membership_version,
+                });
+            }
+            None
+        }
+        Message::RoleRequest { op, role } => {
+            let status = mesh.send(CheckKey(from.key)).await.ok()?;
+            if !status.authority {
+                tracing::warn!(peer = %from.key.node_id(), "refused remote role change from a non-configuration node");
+                return err("only a configuration node that administers this mesh may assign roles");
+            }
+            match roles.send(ApplyRole { op, role }).await {
+                Ok(Ok(r)) => Some(Message::RoleReply { roles: r }),
+                Ok(Err(e)) => err(e),
+                Err(_) => err("node is shutting down"),
+            }
+        }
+        Message::MembershipUpdate { version, members } => {
+            let _ = mesh
+                .send(MembershipIn {
+                    from: from.key,
+                    version,
+                    members,
+                })
+                .await;
+            None
+        }
+        Message::MembershipRequest => {
+            let m = mesh.send(GetMesh).await.ok()?;
+            m.local_is_authority.then_some(Message::MembershipUpdate {
+                version: m.version,
+                members: m.members,
+            })
+        }
+        Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
+        _ => err("unexpected message"),
+    }
+}
+
+/// Keeps the handshake hello and the network's mesh secret in step with roles and membership.
+struct HelloSync {
+    /// Our hello.
+    local: Arc<Local>,
+    /// Network (gets the mesh secret).
+    net: Net,
+    /// Mesh actor (holds the secret).
+    mesh: Addr<MeshActor>,
+}
+
+impl Actor for HelloSync {
+    type Context = Context<Self>;
+}
+
+impl Handler<RolesChanged> for HelloSync {
+    type Result = ();
+    fn handle(&mut self, m: RolesChanged, _: &mut Context<Self>) {
+        if let Ok(mut h) = self.local.hello.write() {
+            h.roles = m.0;
+        }
+    }
+}
+
+impl Handler<MembersChanged> for HelloSync {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, m: MembersChanged, _: &mut Context<Self>) -> Self::Result {
+        if let Ok(mut h) = self.local.hello.write() {
+            h.mesh_id = m.mesh_id;
+        }
+        let f = self.mesh.send(GetSecret);
+        Box::pin(f.into_actor(self).map(|r, act, _| {
+            act.net.set_mesh_psk(r.ok().flatten());
+        }))
+    }
+}
+
+/// Addresses other nodes should use for us.
+fn advertise_addrs(cfg: &Config, bound: SocketAddr) -> Vec<SocketAddr> {
+    if !cfg.node.advertise.is_empty() {
+        return cfg.node.advertise.clone();
+    }
+    let port = bound.port();
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .map(|i| i.ip())
+        .filter(|ip| matches!(ip, IpAddr::V4(_)))
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    if out.is_empty() {
+        out.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    out.truncate(8);
+    out
+}
+
+/// Runs the daemon of `dir` until a signal or a shutdown request.
+pub fn run(dir: StateDir) -> Result<(), DaemonError> {
+    dir.ensure_initialized()?;
+    let cfg = Config::load(&dir.config_path())?;
+    let keypair = state::load_identity(&dir)?;
+    let roles = state::load_roles(&dir)?;
+    let mesh_file = state::load_mesh(&dir)?;
+    let sock = dir.control_socket();
+    if crate::control::is_running(&sock) {
+        return Err(DaemonError::AlreadyRunning(dir.root.display().to_string()));
+    }
+    let _ = std::fs::remove_file(&sock);
+    let tls_id = TlsIdentity::load_or_create(&dir.tls_cert_path(), &dir.tls_key_path())
+        .map_err(DaemonError::Start)?;
+
+    let quic = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lifeboat-quic")
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let tuning = Tuning {
+        idle_timeout: Duration::from_secs(cfg.discovery.unreachable_after_secs.max(4)),
+        keep_alive: Duration::from_secs(cfg.discovery.heartbeat_interval_secs.max(1)),
+        ..Tuning::default()
+    };
+    let ep = {
+        let _g = quic.enter();
+        tls::endpoint(cfg.node.listen, &tls_id, &tuning).map_err(DaemonError::Start)?
+    };
+    let bound = ep.local_addr().map_err(|e| DaemonError::Start(e.to_string()))?;
+    let advertise = advertise_addrs(&cfg, bound);
+    let local = Arc::new(Local {
+        keypair: keypair.clone(),
+        hello: std::sync::RwLock::new(Hello {
+            name: cfg.node.name.clone(),
+            roles: roles.roles.iter().copied().collect(),
+            listen_port: bound.port(),
+            mesh_id: mesh_file.as_ref().map(|m| m.mesh_id),
+            version: 0,
+        }),
+    });
+    tracing::info!(node = %keypair.node_id(), name = %cfg.node.name, listen = %bound, "lifeboat node starting");
+
+    let sys = actix::System::new();
+    let quic_handle = quic.handle().clone();
+    let result = sys.block_on(async move {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mesh = MeshActor::new(
+            Mesh::new(keypair.public, mesh_file),
+            Box::new(DirStore(dir.clone())),
+            clock.clone(),
+            Box::new(OsRng),
+        )
+        .start();
+        let roles_addr = RolesActor::new(roles.roles.clone(), Box::new(DirStore(dir.clone()))).start();
+        let inbound = Arc::new(ActorInbound {
+            peers: OnceLock::new(),
+            roles: roles_addr.clone(),
+            mesh: mesh.clone(),
+        });
+        let net = Net::start(
+            ep,
+            local.clone(),
+            Arc::new(ActorAdmission(mesh.clone())),
+            inbound.clone(),
+            quic_handle.clone(),
+        );
+        let d = &cfg.discovery;
+        let table = PeerTable::new(
+            keypair.node_id(),
+            PeerTableConfig {
+                heartbeat_interval_ms: d.heartbeat_interval_secs * 1000,
+                unreachable_after_ms: d.unreachable_after_secs * 1000,
+                forget_after_ms: d.forget_after_secs * 1000,
+                static_peers: d.peers.clone(),
+                ..PeerTableConfig::default()
+            },
+            u64::from_le_bytes(lifeboat_actors::seams::Rng::seed32(&mut OsRng)[..8].try_into().unwrap_or([0; 8])),
+        );
+        let peers = PeersActor::new(
+            table,
+            cfg.node.name.clone(),
+            bound.port(),
+            Arc::new(net.clone()),
+            clock.clone(),
+            Some(mesh.clone()),
+            Duration::from_millis(250),
+        )
+        .start();
+        let _ = inbound.peers.set(peers.clone());
+        let sync = HelloSync {
+            local: local.clone(),
+            net: net.clone(),
+            mesh: mesh.clone(),
+        }
+        .start();
+        // Subscriptions: membership first so the mesh secret is set before peers dial.
+        mesh.do_send(SubscribeMembers(sync.clone().recipient()));
+        mesh.do_send(SubscribeMembers(peers.clone().recipient()));
+        roles_addr.do_send(SubscribeRoles(sync.recipient()));
+        roles_addr.do_send(SubscribeRoles(peers.clone().recipient()));
+        let discovery = if cfg.discovery.mdns {
+            let p = peers.clone();
+            match MdnsDiscovery::start(keypair.node_id(), move |found| {
+                let _ = p.try_send(DiscoveredMsg(found));
+            }) {
+                Ok(md) => {
+                    let ann = Announcement {
+                        node_id: keypair.node_id(),
+                        fingerprint: keypair.public.fingerprint().to_string(),
+                        name: cfg.node.name.clone(),
+                        roles: roles.roles.iter().copied().collect(),
+                        port: bound.port(),
+                        mesh: None,
+                    };
+                    let boxed: Box<dyn Discovery> = Box::new(md);
+                    let a = DiscoveryActor::new(boxed, ann).start();
+                    roles_addr.do_send(SubscribeRoles(a.clone().recipient()));
+                    mesh.do_send(SubscribeMembers(a.clone().recipient()));
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "mDNS unavailable; only static peers will be found");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let ctx = Arc::new(Ctx {
+            dir: dir.clone(),
+            cfg: cfg.clone(),
+            local,
+            net: net.clone(),
+            quic: quic_handle,
+            roles: roles_addr,
+            mesh,
+            peers,
+            advertise,
+            stop: stop_tx,
+        });
+        let listener = match bind_control(&dir) {
+            Ok(l) => l,
+            Err(e) => return Err(DaemonError::Start(e)),
+        };
+        actix_rt::spawn(control_loop(listener, ctx.clone()));
+        actix_rt::spawn(signals(ctx.stop.clone()));
+        tracing::info!(socket = %dir.control_socket().display(), "control socket ready");
+        let _ = stop_rx.recv().await;
+        tracing::info!("shutting down");
+        if let Some(a) = discovery {
+            // Stopping the actor withdraws the mDNS record.
+            let _ = a.send(StopDiscovery).await;
+        }
+        net.shutdown();
+        let n = net.clone();
+        let _ = ctx.quic.spawn(async move { n.wait_idle().await }).await;
+        let _ = std::fs::remove_file(dir.control_socket());
+        System::current().stop();
+        Ok(())
+    });
+    quic.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+fn bind_control(dir: &StateDir) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.control_socket();
+    let l = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(l)
+}
+
+async fn signals(stop: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+    let _ = stop.send(()).await;
+}
+
+async fn control_loop(l: tokio::net::UnixListener, ctx: Arc<Ctx>) {
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                actix_rt::spawn(control_conn(s, ctx.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "control socket accept failed");
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn control_conn(s: tokio::net::UnixStream, ctx: Arc<Ctx>) {
+    let (r, mut w) = s.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(r, MAX_LINE as u64));
+    let resp = match reader.read_line(&mut line).await {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match handle(req, &ctx).await {
+                Ok(v) => Response::Ok(v),
+                Err(e) => Response::Err(e),
+            },
+            Err(e) => Response::Err(format!("malformed control request: {e}")),
+        },
+        Err(e) => Response::Err(format!("control request unreadable: {e}")),
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    let _ = w.write_all(&out).await;
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::from_str(s).map_err(|e| e.to_string())
+}
+
+fn parse_node(s: &str) -> Result<NodeId, String> {
+    NodeId::from_str(s).map_err(|e| e.to_string())
+}
+
+async fn on_quic<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    ctx.quic.spawn(f).await.map_err(|e| e.to_string())
+}
+
+async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
+    let gone = |_| "daemon is shutting down".to_string();
+    match req {
+        Request::Status => {
+            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+            let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+            let kp = &ctx.local.keypair;
+            Ok(json!({
+                "node_id": kp.node_id().to_string(),
+                "name": ctx.cfg.node.name,
+                "fingerprint": kp.public.fingerprint().to_string(),
+                "roles": roles,
+                "listen": ctx.net.local_addr(),
+                "advertise": ctx.advertise,
+                "mesh_id": mesh.mesh_id.as_ref().map(mesh_id_hex),
+                "members": mesh.members.len(),
+                "membership_version": mesh.version,
+                "authority": mesh.local_is_authority,
+                "connected_peers": ctx.net.connected().len(),
+                "state_dir": ctx.dir.root,
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol": lifeboat_protocol::PROTOCOL_VERSION,
+            }))
+        }
+        Request::RoleAdd { role, node } => role_change(ctx, RoleOp::Add, &role, node).await,
+        Request::RoleRemove { role, node } => role_change(ctx, RoleOp::Remove, &role, node).await,
+        Request::RoleList { node: None } => {
+            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+            Ok(json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }))
+        }
+        Request::RoleList { node: Some(n) } => {
+            let id = parse_node(&n)?;
+            let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
+            let p = peers
+                .into_iter()
+                .find(|p| p.node_id == id.to_string())
+                .ok_or_else(|| format!("node {id} is not in the peer table; see `lifeboat peers`"))?;
+            Ok(json!({ "node_id": p.node_id, "roles": p.roles, "state": p.state }))
+        }
+        Request::MeshCreate => {
+            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+            if !roles.contains(&Role::Configuration) {
+                return Err("only a configuration node can create a mesh; run `lifeboat role add configuration` first".into());
+            }
+            let id = ctx
+                .mesh
+                .send(CreateMesh {
+                    name: ctx.cfg.node.name.clone(),
+                    addrs: ctx.advertise.clone(),
+                })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "mesh_id": mesh_id_hex(&id) }))
+        }
+        Request::KeyIssue { valid_for_ms } => {
+            if valid_for_ms == 0 || valid_for_ms > 30 * 86_400_000 {
+                return Err("--valid-for must be between 1s and 30d".into());
+            }
+            let key = ctx
+                .mesh
+                .send(IssueKey {
+                    validity_ms: valid_for_ms,
+                    addrs: ctx.advertise.clone(),
+                })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "key": key.encode(), "expires_ms": key.expires.0, "config_addrs": key.config_addrs }))
+        }
+        Request::Register { key } => register(ctx, &key).await,
+        Request::Peers => {
+            let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
+            Ok(serde_json::to_value(peers).unwrap_or_default())
+        }
+        Request::Shutdown => {
+            let _ = ctx.stop.try_send(());
+            Ok(json!({ "stopping": true }))
+        }
+    }
+}
+
+async fn role_change(
+    ctx: &Ctx,
+    op: RoleOp,
+    role: &str,
+    node: Option<String>,
+) -> Result<serde_json::Value, String> {
+    let role = parse_role(role)?;
+    let target = match node {
+        Some(n) if parse_node(&n)? != ctx.local.keypair.node_id() => parse_node(&n)?,
+        _ => {
+            let roles = ctx
+                .roles
+                .send(ApplyRole { op, role })
+                .await
+                .map_err(|_| "daemon is shutting down".to_string())??;
+            return Ok(json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }));
+        }
+    };
+    let mesh = ctx.mesh.send(GetMesh).await.map_err(|e| e.to_string())?;
+    let roles = ctx.roles.send(GetRoles).await.map_err(|e| e.to_string())?;
+    if !mesh.local_is_authority || !roles.contains(&Role::Configuration) {
+        return Err("only a configuration node that administers the mesh can assign roles to other nodes".into());
+    }
+    if !ctx.net.connected().contains(&target) {
+        return Err(format!(
+            "node {target} is not connected to this node; check `lifeboat peers`"
+        ));
+    }
+    let net = ctx.net.clone();
+    let reply = on_quic(ctx, async move { net.request(target, Message::RoleRequest { op, role }).await })
+        .await?
+        .map_err(|e| e.to_string())?;
+    match reply {
+        Message::RoleReply { roles } => Ok(json!({ "node_id": target.to_string(), "roles": roles })),
+        Message::Error { message } => Err(format!("node {target} refused: {message}")),
+        other => Err(format!("unexpected reply from {target}: {other:?}")),
+    }
+}
+
+async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
+    let key = RegistrationKey::decode(text).map_err(|e| e.to_string())?;
+    let mesh = ctx.mesh.send(GetMesh).await.map_err(|e| e.to_string())?;
+    if let Some(id) = mesh.mesh_id {
+        if id == key.mesh_id {
+            return Ok(json!({ "mesh_id": mesh_id_hex(&id), "already_member": true }));
+        }
+        return Err(format!(
+            "this node already belongs to mesh {}; a node joins one mesh",
+            mesh_id_hex(&id)
+        ));
+    }
+    let now = crate::seams::now();
+    // Expiry is decided by the configuration node's clock; this early check only saves a
+    // round trip when both clocks agree the key is stale.
+    if now.0 > key.expires.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
+        return Err(format!(
+            "registration key expired {} ago; issue a new one with `lifeboat key issue` on the configuration node",
+            lifeboat_protocol::time::human_duration(now.millis_since(key.expires))
+        ));
+    }
+    let net = ctx.net.clone();
+    let req = Message::Register {
+        name: ctx.cfg.node.name.clone(),
+        now,
+        addrs: ctx.advertise.clone(),
+    };
+    let k = key.clone();
+    let (registrar, reply) = on_quic(ctx, async move { net.register(&k, req).await })
+        .await?
+        .map_err(|e| format!("registration failed: {e}"))?;
+    match reply {
+        Message::Registered(grant) => {
+            let members = grant.members.len();
+            let mesh_id = grant.mesh_id;
+            ctx.mesh
+                .send(Join {
+                    grant,
+                    authority: registrar,
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "mesh_id": mesh_id_hex(&mesh_id), "members": members, "configuration_node": registrar.node_id().to_string() }))
+        }
+        Message::RegisterRefused(r) => Err(format!("registration refused: {r}")),
+        Message::Error { message } => Err(format!("registration failed: {message}")),
+        other => Err(format!("unexpected reply to registration: {other:?}")),
+    }
+}
