@@ -149,7 +149,11 @@ enum KeyCmd {
 fn install_tracing(format: LogFormatArg) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if format == LogFormatArg::Json {
         b.json().init();
     } else {
@@ -165,7 +169,13 @@ fn call(dir: &StateDir, req: Request) -> Result<serde_json::Value> {
             dir.root.display()
         );
     }
-    control::call(&dir.control_socket(), &dir.root, &req, Duration::from_secs(60)).map_err(|e| anyhow!(e))
+    control::call(
+        &dir.control_socket(),
+        &dir.root,
+        &req,
+        Duration::from_secs(60),
+    )
+    .map_err(|e| anyhow!(e))
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -175,27 +185,50 @@ fn print_json(v: &serde_json::Value) {
 fn roles_line(v: &serde_json::Value) -> String {
     let roles: Vec<String> = v["roles"]
         .as_array()
-        .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     format!(
         "{}: {}",
         v["node_id"].as_str().unwrap_or("?"),
-        if roles.is_empty() { "-".into() } else { roles.join(",") }
+        if roles.is_empty() {
+            "-".into()
+        } else {
+            roles.join(",")
+        }
     )
 }
 
 fn run(cli: Cli) -> Result<()> {
     let dir = StateDir::new(cli.state_dir.clone().unwrap_or_else(default_state_dir));
     match cli.cmd {
-        Cmd::Init { name, listen, peers, force } => {
+        Cmd::Init {
+            name,
+            listen,
+            peers,
+            force,
+        } => {
             let r = lifeboat_node::init::init(
                 &dir,
-                &lifeboat_node::init::InitOptions { name, listen, peers, force },
+                &lifeboat_node::init::InitOptions {
+                    name,
+                    listen,
+                    peers,
+                    force,
+                },
             )?;
             if r.unchanged {
                 println!("{} is already initialized: node {} (fingerprint {}); pass --force to start over", dir.root.display(), r.node_id, r.fingerprint);
             } else {
-                println!("initialized {}: node {} (fingerprint {})", dir.root.display(), r.node_id, r.fingerprint);
+                println!(
+                    "initialized {}: node {} (fingerprint {})",
+                    dir.root.display(),
+                    r.node_id,
+                    r.fingerprint
+                );
                 println!("next: lifeboat node run --state-dir {}", dir.root.display());
             }
         }
@@ -219,11 +252,23 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                println!("node        {} ({})", v["node_id"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or("?"));
+                println!(
+                    "node        {} ({})",
+                    v["node_id"].as_str().unwrap_or("?"),
+                    v["name"].as_str().unwrap_or("?")
+                );
                 println!("fingerprint {}", v["fingerprint"].as_str().unwrap_or("?"));
-                println!("roles       {}", roles_line(&v).split(": ").nth(1).unwrap_or("-"));
+                println!(
+                    "roles       {}",
+                    roles_line(&v).split(": ").nth(1).unwrap_or("-")
+                );
                 println!("listen      {}", v["listen"]);
-                println!("mesh        {}", v["mesh_id"].as_str().unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)"));
+                println!(
+                    "mesh        {}",
+                    v["mesh_id"]
+                        .as_str()
+                        .unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)")
+                );
                 println!("members     {}", v["members"]);
                 println!("connected   {}", v["connected_peers"]);
             }
@@ -241,15 +286,25 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", roles_line(&v));
             }
         }
-        Cmd::Mesh { cmd: MeshCmd::Create } => {
+        Cmd::Mesh {
+            cmd: MeshCmd::Create,
+        } => {
             let v = call(&dir, Request::MeshCreate)?;
             println!("created mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
             println!("next: lifeboat key issue   (one key per joining node)");
         }
-        Cmd::Key { cmd: KeyCmd::Issue { valid_for } } => {
-            let d = humantime::parse_duration(&valid_for)
-                .with_context(|| format!("--valid-for {valid_for:?}: use a duration like 5d, 12h or 30m"))?;
-            let v = call(&dir, Request::KeyIssue { valid_for_ms: d.as_millis() as u64 })?;
+        Cmd::Key {
+            cmd: KeyCmd::Issue { valid_for },
+        } => {
+            let d = humantime::parse_duration(&valid_for).with_context(|| {
+                format!("--valid-for {valid_for:?}: use a duration like 5d, 12h or 30m")
+            })?;
+            let v = call(
+                &dir,
+                Request::KeyIssue {
+                    valid_for_ms: d.as_millis() as u64,
+                },
+            )?;
             println!("{}", v["key"].as_str().unwrap_or_default());
             eprintln!(
                 "valid for {} (one node, once); on the joining node run: lifeboat register KEY",
@@ -259,7 +314,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Register { key } => {
             let v = call(&dir, Request::Register { key })?;
             if v["already_member"] == true {
-                println!("already a member of mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
+                println!(
+                    "already a member of mesh {}",
+                    v["mesh_id"].as_str().unwrap_or("?")
+                );
             } else {
                 println!(
                     "joined mesh {} ({} members, configuration node {})",

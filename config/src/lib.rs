@@ -10,7 +10,9 @@ mod config;
 pub mod state;
 mod statedir;
 
-pub use config::{validate_name, Config, DiscoveryConfig, LogFormat, NodeConfig, DEFAULT_CONFIG_TOML};
+pub use config::{
+    validate_name, Config, DiscoveryConfig, LogFormat, NodeConfig, DEFAULT_CONFIG_TOML,
+};
 pub use statedir::{default_state_dir, StateDir, STATE_DIR_ENV};
 
 use std::path::PathBuf;

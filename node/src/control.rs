@@ -93,17 +93,21 @@ pub fn call(
     let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning {
         dir: dir.display().to_string(),
     })?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| ControlError::Io(e.to_string()))?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| ControlError::Io(e.to_string()))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| ControlError::Io(e.to_string()))?;
     let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Io(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| ControlError::Io(e.to_string()))?;
+    s.write_all(&line)
+        .map_err(|e| ControlError::Io(e.to_string()))?;
     let mut r = BufReader::new(s).take(MAX_LINE as u64);
     let mut out = String::new();
     r.read_line(&mut out).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            ControlError::Io(format!("the daemon did not answer within {}s", timeout.as_secs()))
-        }
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ControlError::Io(format!(
+            "the daemon did not answer within {}s",
+            timeout.as_secs()
+        )),
         _ => ControlError::Io(e.to_string()),
     })?;
     match serde_json::from_str::<Response>(&out) {

@@ -188,7 +188,9 @@ async fn route(
             let status = mesh.send(CheckKey(from.key)).await.ok()?;
             if !status.authority {
                 tracing::warn!(peer = %from.key.node_id(), "refused remote role change from a non-configuration node");
-                return err("only a configuration node that administers this mesh may assign roles");
+                return err(
+                    "only a configuration node that administers this mesh may assign roles",
+                );
             }
             match roles.send(ApplyRole { op, role }).await {
                 Ok(Ok(r)) => Some(Message::RoleReply { roles: r }),
@@ -308,7 +310,9 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         let _g = quic.enter();
         tls::endpoint(cfg.node.listen, &tls_id, &tuning).map_err(DaemonError::Start)?
     };
-    let bound = ep.local_addr().map_err(|e| DaemonError::Start(e.to_string()))?;
+    let bound = ep
+        .local_addr()
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
     let advertise = advertise_addrs(&cfg, bound);
     let local = Arc::new(Local {
         keypair: keypair.clone(),
@@ -333,7 +337,8 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             Box::new(OsRng),
         )
         .start();
-        let roles_addr = RolesActor::new(roles.roles.clone(), Box::new(DirStore(dir.clone()))).start();
+        let roles_addr =
+            RolesActor::new(roles.roles.clone(), Box::new(DirStore(dir.clone()))).start();
         let inbound = Arc::new(ActorInbound {
             peers: OnceLock::new(),
             roles: roles_addr.clone(),
@@ -356,7 +361,11 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
                 static_peers: d.peers.clone(),
                 ..PeerTableConfig::default()
             },
-            u64::from_le_bytes(lifeboat_actors::seams::Rng::seed32(&mut OsRng)[..8].try_into().unwrap_or([0; 8])),
+            u64::from_le_bytes(
+                lifeboat_actors::seams::Rng::seed32(&mut OsRng)[..8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            ),
         );
         let peers = PeersActor::new(
             table,
@@ -457,7 +466,10 @@ fn bind_control(dir: &StateDir) -> Result<tokio::net::UnixListener, String> {
 
 async fn signals(stop: tokio::sync::mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -552,7 +564,9 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             let p = peers
                 .into_iter()
                 .find(|p| p.node_id == id.to_string())
-                .ok_or_else(|| format!("node {id} is not in the peer table; see `lifeboat peers`"))?;
+                .ok_or_else(|| {
+                    format!("node {id} is not in the peer table; see `lifeboat peers`")
+                })?;
             Ok(json!({ "node_id": p.node_id, "roles": p.roles, "state": p.state }))
         }
         Request::MeshCreate => {
@@ -584,7 +598,9 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(gone)?
                 .map_err(|e| e.to_string())?;
-            Ok(json!({ "key": key.encode(), "expires_ms": key.expires.0, "config_addrs": key.config_addrs }))
+            Ok(
+                json!({ "key": key.encode(), "expires_ms": key.expires.0, "config_addrs": key.config_addrs }),
+            )
         }
         Request::Register { key } => register(ctx, &key).await,
         Request::Peers => {
@@ -613,13 +629,18 @@ async fn role_change(
                 .send(ApplyRole { op, role })
                 .await
                 .map_err(|_| "daemon is shutting down".to_string())??;
-            return Ok(json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }));
+            return Ok(
+                json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }),
+            );
         }
     };
     let mesh = ctx.mesh.send(GetMesh).await.map_err(|e| e.to_string())?;
     let roles = ctx.roles.send(GetRoles).await.map_err(|e| e.to_string())?;
     if !mesh.local_is_authority || !roles.contains(&Role::Configuration) {
-        return Err("only a configuration node that administers the mesh can assign roles to other nodes".into());
+        return Err(
+            "only a configuration node that administers the mesh can assign roles to other nodes"
+                .into(),
+        );
     }
     if !ctx.net.connected().contains(&target) {
         return Err(format!(
@@ -627,11 +648,15 @@ async fn role_change(
         ));
     }
     let net = ctx.net.clone();
-    let reply = on_quic(ctx, async move { net.request(target, Message::RoleRequest { op, role }).await })
-        .await?
-        .map_err(|e| e.to_string())?;
+    let reply = on_quic(ctx, async move {
+        net.request(target, Message::RoleRequest { op, role }).await
+    })
+    .await?
+    .map_err(|e| e.to_string())?;
     match reply {
-        Message::RoleReply { roles } => Ok(json!({ "node_id": target.to_string(), "roles": roles })),
+        Message::RoleReply { roles } => {
+            Ok(json!({ "node_id": target.to_string(), "roles": roles }))
+        }
         Message::Error { message } => Err(format!("node {target} refused: {message}")),
         other => Err(format!("unexpected reply from {target}: {other:?}")),
     }
@@ -680,7 +705,9 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            Ok(json!({ "mesh_id": mesh_id_hex(&mesh_id), "members": members, "configuration_node": registrar.node_id().to_string() }))
+            Ok(
+                json!({ "mesh_id": mesh_id_hex(&mesh_id), "members": members, "configuration_node": registrar.node_id().to_string() }),
+            )
         }
         Message::RegisterRefused(r) => Err(format!("registration refused: {r}")),
         Message::Error { message } => Err(format!("registration failed: {message}")),

@@ -35,7 +35,9 @@ impl MdnsDiscovery {
         sink: impl Fn(Discovered) + Send + 'static,
     ) -> Result<Self, String> {
         let daemon = ServiceDaemon::new().map_err(|e| format!("mdns: {e}"))?;
-        let browse = daemon.browse(MDNS_SERVICE).map_err(|e| format!("mdns browse: {e}"))?;
+        let browse = daemon
+            .browse(MDNS_SERVICE)
+            .map_err(|e| format!("mdns browse: {e}"))?;
         let monitor = daemon.monitor().map_err(|e| format!("mdns monitor: {e}"))?;
         std::thread::Builder::new()
             .name("lifeboat-mdns-browse".into())
@@ -100,7 +102,9 @@ fn parse(info: &mdns_sd::ResolvedService) -> Result<Discovered, String> {
         .map(Role::from_str)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let port: u16 = txt(info, "port")?.parse().map_err(|_| "bad port".to_string())?;
+    let port: u16 = txt(info, "port")?
+        .parse()
+        .map_err(|_| "bad port".to_string())?;
     let addrs = info
         .addresses
         .iter()

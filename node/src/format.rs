@@ -15,7 +15,15 @@ fn cell(v: &Value) -> String {
 
 /// Renders `lifeboat peers` as an aligned table.
 pub fn peer_table(peers: &Value) -> String {
-    let header = ["NODE ID", "NAME", "ROLES", "ADDRESSES", "FOUND BY", "STATE", "LAST CONTACT"];
+    let header = [
+        "NODE ID",
+        "NAME",
+        "ROLES",
+        "ADDRESSES",
+        "FOUND BY",
+        "STATE",
+        "LAST CONTACT",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for p in peers.as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
         let age = p["last_contact_age_ms"]

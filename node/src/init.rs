@@ -66,10 +66,7 @@ pub fn init(dir: &StateDir, opts: &InitOptions) -> Result<InitReport, ConfigErro
     let mut seed = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut seed);
     let kp = StaticKeypair::generate(seed);
-    let tls = TlsIdentity::generate().map_err(|msg| ConfigError::Invalid {
-        field: "tls",
-        msg,
-    })?;
+    let tls = TlsIdentity::generate().map_err(|msg| ConfigError::Invalid { field: "tls", msg })?;
     tls.save(&dir.tls_cert_path(), &dir.tls_key_path())?;
     write_config(dir, opts)?;
     if opts.force {
@@ -131,7 +128,14 @@ mod tests {
             init(&dir, &opts()),
             Err(ConfigError::IdentityExists { .. })
         ));
-        let c = init(&dir, &InitOptions { force: true, ..opts() }).unwrap();
+        let c = init(
+            &dir,
+            &InitOptions {
+                force: true,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_ne!(a.node_id, c.node_id);
         Config::load(&dir.config_path()).unwrap();
     }

@@ -5,10 +5,10 @@
 pub mod control;
 pub mod daemon;
 pub mod discovery;
+pub mod format;
 pub mod init;
 pub mod net;
+pub mod quickstart;
 pub mod seams;
 pub mod tls;
 pub mod transport;
-pub mod format;
-pub mod quickstart;

@@ -67,7 +67,12 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String
     }
 }
 
-fn start(exe: &Path, root: &Path, name: &str, peers: Vec<std::net::SocketAddr>) -> Result<Daemon, String> {
+fn start(
+    exe: &Path,
+    root: &Path,
+    name: &str,
+    peers: Vec<std::net::SocketAddr>,
+) -> Result<Daemon, String> {
     let dir = StateDir::new(root.join(name));
     init(
         &dir,
@@ -82,7 +87,8 @@ fn start(exe: &Path, root: &Path, name: &str, peers: Vec<std::net::SocketAddr>) 
     // Keep the demo on this machine: no mDNS announcements on the LAN.
     let cfg_path = dir.config_path();
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| e.to_string())?;
-    std::fs::write(&cfg_path, text.replace("mdns = true", "mdns = false")).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg_path, text.replace("mdns = true", "mdns = false"))
+        .map_err(|e| e.to_string())?;
     let log = std::fs::File::create(root.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
     let child = Command::new(exe)
         .args(["node", "run", "--state-dir"])
@@ -115,7 +121,10 @@ fn listen_addr(d: &Daemon) -> Result<std::net::SocketAddr, String> {
 }
 
 fn node_id(d: &Daemon) -> Result<String, String> {
-    Ok(d.call(Request::Status)?["node_id"].as_str().unwrap_or_default().to_string())
+    Ok(d.call(Request::Status)?["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// True if `d` sees `id` reachable with `role`.
@@ -128,7 +137,9 @@ fn sees(d: &Daemon, id: &str, role: &str) -> bool {
         .any(|p| {
             p["node_id"] == id
                 && p["state"] == "reachable"
-                && p["roles"].as_array().is_some_and(|r| r.iter().any(|x| x == role))
+                && p["roles"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x == role))
         })
 }
 
@@ -143,17 +154,28 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
 
     let cfg = start(exe, &root, "config-1", vec![])?;
     let cfg_addr = listen_addr(&cfg)?;
-    cfg.call(Request::RoleAdd { role: "configuration".into(), node: None })?;
+    cfg.call(Request::RoleAdd {
+        role: "configuration".into(),
+        node: None,
+    })?;
     let mesh = cfg.call(Request::MeshCreate)?;
-    out(&format!("config-1 ({cfg_addr}) created mesh {}", mesh["mesh_id"].as_str().unwrap_or("?")));
+    out(&format!(
+        "config-1 ({cfg_addr}) created mesh {}",
+        mesh["mesh_id"].as_str().unwrap_or("?")
+    ));
 
     let ps = start(exe, &root, "ps-1", vec![cfg_addr])?;
     let mob = start(exe, &root, "mobility-1", vec![cfg_addr])?;
     for d in [&ps, &mob] {
-        let key = cfg.call(Request::KeyIssue { valid_for_ms: 3_600_000 })?;
+        let key = cfg.call(Request::KeyIssue {
+            valid_for_ms: 3_600_000,
+        })?;
         let key = key["key"].as_str().unwrap_or_default().to_string();
         let r = d.call(Request::Register { key })?;
-        out(&format!("{} registered with a one-time key (mesh members: {})", d.name, r["members"]));
+        out(&format!(
+            "{} registered with a one-time key (mesh members: {})",
+            d.name, r["members"]
+        ));
     }
     let (ps_id, mob_id, cfg_id) = (node_id(&ps)?, node_id(&mob)?, node_id(&cfg)?);
     wait_for("the configuration node to connect to both nodes", || {
@@ -165,11 +187,21 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
             .count();
         (n >= 2).then_some(())
     })?;
-    cfg.call(Request::RoleAdd { role: "process-server".into(), node: Some(ps_id.clone()) })?;
-    cfg.call(Request::RoleAdd { role: "mobility".into(), node: Some(mob_id.clone()) })?;
+    cfg.call(Request::RoleAdd {
+        role: "process-server".into(),
+        node: Some(ps_id.clone()),
+    })?;
+    cfg.call(Request::RoleAdd {
+        role: "mobility".into(),
+        node: Some(mob_id.clone()),
+    })?;
     out("config-1 assigned process-server to ps-1 and mobility to mobility-1 over the mesh");
 
-    let all = [(&cfg, &cfg_id, "configuration"), (&ps, &ps_id, "process-server"), (&mob, &mob_id, "mobility")];
+    let all = [
+        (&cfg, &cfg_id, "configuration"),
+        (&ps, &ps_id, "process-server"),
+        (&mob, &mob_id, "mobility"),
+    ];
     for (viewer, vid, _) in all {
         for (_, id, role) in all {
             if id != vid {

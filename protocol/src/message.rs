@@ -155,9 +155,9 @@ impl fmt::Display for RegisterRefusal {
             ),
             RegisterRefusal::ClockSkew { skew_ms, max_ms } => write!(
                 f,
-                "clock skew of {} ({} than the configuration node) exceeds the allowed {}; synchronize the clocks (enable NTP, e.g. `timedatectl set-ntp true` or chrony) and retry",
+                "clock skew of {} (this node is {} the configuration node) exceeds the allowed {}; synchronize the clocks (enable NTP, e.g. `timedatectl set-ntp true` or chrony) and retry",
                 human_duration(skew_ms.unsigned_abs()),
-                if *skew_ms > 0 { "ahead" } else { "behind" },
+                if *skew_ms > 0 { "ahead of" } else { "behind" },
                 human_duration(*max_ms)
             ),
         }

@@ -35,10 +35,11 @@ impl fmt::Display for UnixMillis {
 
 /// Formats a duration in milliseconds the way an operator reads it: `4m12s`, `3d2h`, `850ms`.
 pub fn human_duration(ms: u64) -> String {
-    let s = ms / 1000;
-    if s == 0 {
+    if ms < 1000 {
         return format!("{ms}ms");
     }
+    // Round to the nearest second: a skew measured as 6m59.98s reads as 7m00s.
+    let s = (ms + 500) / 1000;
     let (d, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{sec}s"),
@@ -57,6 +58,7 @@ mod tests {
         assert_eq!(human_duration(850), "850ms");
         assert_eq!(human_duration(42_000), "42s");
         assert_eq!(human_duration(252_000), "4m12s");
+        assert_eq!(human_duration(419_980), "7m00s");
         assert_eq!(human_duration(3 * 86_400_000 + 2 * 3_600_000), "3d2h");
     }
 
