@@ -297,6 +297,23 @@ impl Mesh {
         true
     }
 
+    /// The membership list as a message, if this node is an authority (sent to a newly
+    /// connected peer, and in answer to [`Message::MembershipRequest`]).
+    pub fn membership_message(&self) -> Option<lifeboat_protocol::Message> {
+        let f = self.file.as_ref()?;
+        self.is_authority()
+            .then(|| lifeboat_protocol::Message::MembershipUpdate {
+                version: f.membership_version,
+                members: f.members.clone(),
+            })
+    }
+
+    /// True if a heartbeat from `from` announcing membership `version` means we should ask it
+    /// for the list (it is an authority and has a newer one).
+    pub fn wants_membership_from(&self, from: &PublicKey, version: u64) -> bool {
+        version > self.version() && self.is_authority_key(from)
+    }
+
     /// Records a member's current addresses (authority side, from heartbeats). Returns true if
     /// the list changed (and its version was bumped).
     pub fn update_member_addrs(&mut self, id: NodeId, addrs: Vec<SocketAddr>) -> bool {

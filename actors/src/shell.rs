@@ -812,3 +812,15 @@ impl Handler<GetSecret> for MeshActor {
         self.mesh.secret()
     }
 }
+
+/// The membership list as a message, if this node is an authority.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<Message>")]
+pub struct MembershipMessage;
+
+impl Handler<MembershipMessage> for MeshActor {
+    type Result = Option<Message>;
+    fn handle(&mut self, _: MembershipMessage, _: &mut Context<Self>) -> Option<Message> {
+        self.mesh.membership_message()
+    }
+}

@@ -85,6 +85,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rehearse the mesh logic under faults (loss, latency, partitions) in a deterministic
+    /// simulation; a failing run prints the seed that replays it.
+    Simulate {
+        /// Seed of the first run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Number of runs (seeds seed, seed+1, ...).
+        #[arg(long, default_value_t = 1)]
+        runs: u64,
+        /// Nodes in the simulated mesh.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Message loss, per mille.
+        #[arg(long, default_value_t = 20)]
+        loss_permille: u64,
+        /// Partition episodes per run.
+        #[arg(long, default_value_t = 3)]
+        partitions: usize,
+        /// Print the event trace.
+        #[arg(long)]
+        trace: bool,
+    },
     /// Start a three-node mesh on loopback, register, assign roles, print the peer table.
     Quickstart {
         /// Keep the temporary state directories.
@@ -333,6 +355,57 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&v);
             } else {
                 println!("{}", lifeboat_node::format::peer_table(&v));
+            }
+        }
+        Cmd::Simulate {
+            seed,
+            runs,
+            nodes,
+            loss_permille,
+            partitions,
+            trace,
+        } => {
+            if !(2..=64).contains(&nodes) {
+                bail!("--nodes must be between 2 and 64");
+            }
+            if loss_permille > 1000 {
+                bail!("--loss-permille must be at most 1000");
+            }
+            let mut failed = 0;
+            for s in seed..seed.saturating_add(runs.max(1)) {
+                let r = lifeboat_simulation::run(lifeboat_simulation::SimConfig {
+                    seed: s,
+                    nodes,
+                    loss_permille,
+                    partitions,
+                    ..Default::default()
+                });
+                if trace {
+                    for line in &r.trace {
+                        println!("{line}");
+                    }
+                }
+                if r.violations.is_empty() {
+                    println!(
+                        "seed {s}: ok ({} delivered, {} lost, trace {})",
+                        r.delivered,
+                        r.lost,
+                        &r.trace_hash[..16]
+                    );
+                } else {
+                    failed += 1;
+                    println!("seed {s}: FAILED");
+                    for v in &r.violations {
+                        println!("  {v}");
+                    }
+                    println!("  reproduce with --seed {s}");
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} simulation runs violated invariants",
+                    runs.max(1)
+                );
             }
         }
         Cmd::Quickstart { keep } => {

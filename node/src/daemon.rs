@@ -208,13 +208,7 @@ async fn route(
                 .await;
             None
         }
-        Message::MembershipRequest => {
-            let m = mesh.send(GetMesh).await.ok()?;
-            m.local_is_authority.then_some(Message::MembershipUpdate {
-                version: m.version,
-                members: m.members,
-            })
-        }
+        Message::MembershipRequest => mesh.send(MembershipMessage).await.ok().flatten(),
         Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
         _ => err("unexpected message"),
     }
