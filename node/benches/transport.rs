@@ -24,20 +24,37 @@ impl Admission for Open {
         async move { (id == psk_id(&PSK)).then_some(PskKind::Mesh(PSK)) }.boxed()
     }
     fn check_key(&self, _: PublicKey) -> BoxFuture<'static, KeyStatus> {
-        async { KeyStatus { member: true, authority: false } }.boxed()
+        async {
+            KeyStatus {
+                member: true,
+                authority: false,
+            }
+        }
+        .boxed()
     }
 }
 
 fn local(seed: u8) -> Local {
     Local {
         keypair: StaticKeypair::generate([seed; 32]),
-        hello: RwLock::new(Hello { name: format!("b{seed}"), roles: vec![], listen_port: 0, mesh_id: None, version: 0 }),
+        hello: RwLock::new(Hello {
+            name: format!("b{seed}"),
+            roles: vec![],
+            listen_port: 0,
+            mesh_id: None,
+            version: 0,
+        }),
     }
 }
 
 fn endpoint() -> quinn::Endpoint {
     let id = TlsIdentity::generate().expect("cert");
-    tls::endpoint("127.0.0.1:0".parse().expect("addr"), &id, &Tuning::default()).expect("endpoint")
+    tls::endpoint(
+        "127.0.0.1:0".parse().expect("addr"),
+        &id,
+        &Tuning::default(),
+    )
+    .expect("endpoint")
 }
 
 async fn plain(total: usize) -> (Duration, Duration) {
@@ -45,7 +62,12 @@ async fn plain(total: usize) -> (Duration, Duration) {
     let client = endpoint();
     let addr = server.local_addr().expect("addr");
     let srv = tokio::spawn(async move {
-        let conn = server.accept().await.expect("incoming").await.expect("conn");
+        let conn = server
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("conn");
         let mut r = conn.accept_uni().await.expect("uni");
         let mut n = 0usize;
         while let Some(c) = r.read_chunk(CHUNK, true).await.expect("read") {
@@ -54,7 +76,11 @@ async fn plain(total: usize) -> (Duration, Duration) {
         (n, conn, server)
     });
     let t0 = Instant::now();
-    let conn = client.connect(addr, "lifeboat").expect("connect").await.expect("conn");
+    let conn = client
+        .connect(addr, "lifeboat")
+        .expect("connect")
+        .await
+        .expect("conn");
     let hs = t0.elapsed();
     let buf = vec![0x5au8; CHUNK];
     let t1 = Instant::now();
@@ -77,7 +103,9 @@ async fn sealed(total: usize) -> (Duration, Duration) {
     let addr = server.local_addr().expect("addr");
     let srv = tokio::spawn(async move {
         let inc = server.accept().await.expect("incoming");
-        let c = transport::accept(inc, &local(1), &Open, [3; 32]).await.expect("accept");
+        let c = transport::accept(inc, &local(1), &Open, [3; 32])
+            .await
+            .expect("accept");
         let mut r = c.accept_uni().await.expect("uni");
         let mut n = 0usize;
         while let Some(env) = r.next().await.expect("frame") {
@@ -96,7 +124,9 @@ async fn sealed(total: usize) -> (Duration, Duration) {
     let mut w = c.open_uni().await.expect("uni");
     let mut sent = 0;
     while sent < total {
-        w.send(Message::Bulk(vec![0x5au8; CHUNK])).await.expect("send");
+        w.send(Message::Bulk(vec![0x5au8; CHUNK]))
+            .await
+            .expect("send");
         sent += CHUNK;
     }
     w.finish();
@@ -111,9 +141,16 @@ fn mibps(bytes: usize, d: Duration) -> f64 {
 }
 
 fn main() {
-    let mib: usize = std::env::var("LIFEBOAT_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let mib: usize = std::env::var("LIFEBOAT_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
     let total = mib * CHUNK;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async {
         // Warm up both paths once (page faults, allocator), then measure alternately.
         plain(64 * CHUNK).await;
@@ -139,7 +176,14 @@ fn main() {
         println!("transport bench: {mib} MiB over loopback, best of 2");
         println!("  (a) plain quinn stream:          {a:8.1} MiB/s");
         println!("  (b) lifeboat sealed stream:      {b:8.1} MiB/s");
-        println!("  ratio b/a:                       {:8.3}  (target >= 0.8)", b / a);
-        println!("  handshake (median of 30): QUIC {:.2} ms, QUIC+Noise XXpsk3 {:.2} ms", ha[15].as_secs_f64() * 1e3, hb[15].as_secs_f64() * 1e3);
+        println!(
+            "  ratio b/a:                       {:8.3}  (target >= 0.8)",
+            b / a
+        );
+        println!(
+            "  handshake (median of 30): QUIC {:.2} ms, QUIC+Noise XXpsk3 {:.2} ms",
+            ha[15].as_secs_f64() * 1e3,
+            hb[15].as_secs_f64() * 1e3
+        );
     });
 }

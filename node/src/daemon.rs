@@ -136,7 +136,8 @@ fn err(m: impl Into<String>) -> Option<Message> {
     Some(Message::Error { message: m.into() })
 }
 
-async fn route(
+/// Routes one message from an authenticated peer to the actors; returns the reply, if any.
+pub async fn route(
     from: PeerInfo,
     msg: Message,
     peers: Option<Addr<PeersActor>>,

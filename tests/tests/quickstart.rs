@@ -1,0 +1,24 @@
+//! The README's first command must work: `lifeboat quickstart` exits 0 after every node saw the
+//! other two with their roles.
+
+use lifeboat_tests::bin;
+use std::process::Command;
+
+#[test]
+fn quickstart_forms_a_three_node_mesh_and_exits_zero() {
+    let out = Command::new(bin())
+        .arg("quickstart")
+        .output()
+        .expect("run quickstart");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("quickstart OK"), "{stdout}");
+    for role in ["process-server", "mobility"] {
+        assert!(stdout.contains(role), "peer table lacks {role}:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("reachable").count(), 2, "{stdout}");
+}
