@@ -128,6 +128,7 @@ enum RoleCmd {
     /// Add a role (starts at once, persists across restarts).
     Add {
         /// configuration, process-server or mobility.
+        #[arg(value_parser = valid_role)]
         role: String,
         /// Assign on another node (only from a configuration node).
         #[arg(long, value_name = "ID")]
@@ -136,6 +137,7 @@ enum RoleCmd {
     /// Remove a role.
     Remove {
         /// configuration, process-server or mobility.
+        #[arg(value_parser = valid_role)]
         role: String,
         /// Remove on another node (only from a configuration node).
         #[arg(long, value_name = "ID")]
@@ -166,6 +168,12 @@ enum KeyCmd {
         #[arg(long, default_value = "5d", value_name = "DURATION")]
         valid_for: String,
     },
+}
+
+fn valid_role(s: &str) -> Result<String, String> {
+    s.parse::<lifeboat_protocol::Role>()
+        .map(|r| r.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn install_tracing(format: LogFormatArg) {

@@ -174,3 +174,45 @@ fn three_nodes_on_loopback_find_each_other_by_mdns() {
         }
     }
 }
+
+#[test]
+fn bad_input_gets_a_one_line_error_and_a_non_zero_exit() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("missing");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(&missing)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (&["node", "run"][..], "lifeboat init --state-dir"),
+        (&["peers"][..], "lifeboat init --state-dir"),
+        (&["role", "add", "storage"][..], "unknown role"),
+        (
+            &["key", "issue", "--valid-for", "soon"][..],
+            "use a duration like",
+        ),
+    ] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+    // A config file with a typo names the field.
+    let n = Node::init("typo", "127.0.0.1:0", &[], false, &Timing::default());
+    let cfg = n.dir.join("lifeboat.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("heartbeat_interval_secs", "heartbeat_secs");
+    std::fs::write(&cfg, text).unwrap();
+    let err = n.fails(&["node", "run"]);
+    assert!(err.contains("heartbeat_secs"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
