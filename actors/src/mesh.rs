@@ -152,8 +152,10 @@ impl Mesh {
         Ok(f)
     }
 
-    /// Resolves the PSK a connecting peer names in handshake message 1.
-    pub fn psk_for(&self, id: &PskId) -> Option<PskKind> {
+    /// Resolves the PSK a connecting peer names in handshake message 1. Registration keys
+    /// resolve while they are unexpired (a used key stays resolvable until then, so its node can
+    /// retry a registration whose answer it lost, and so a late user hears "already used").
+    pub fn psk_for(&self, id: &PskId, now: UnixMillis) -> Option<PskKind> {
         let f = self.file.as_ref()?;
         if psk_id(&f.secret) == *id {
             return Some(PskKind::Mesh(f.secret));
@@ -163,7 +165,7 @@ impl Mesh {
         }
         f.issued_keys
             .iter()
-            .find(|k| k.key_id == *id)
+            .find(|k| k.key_id == *id && now < k.expires.plus_millis(MAX_CLOCK_SKEW_MS))
             .map(|k| PskKind::Registration(k.secret))
     }
 
@@ -221,8 +223,17 @@ impl Mesh {
             .find(|k| k.key_id == *key_id)
             .ok_or(RegisterRefusal::UnknownKey)?;
         match key.used_by {
-            // A retry by the same node (its reply was lost) gets the grant again.
-            Some(id) if id == joiner_id => {}
+            // A retry by the same node (its reply was lost) gets the grant again, unchanged.
+            Some(id) if id == joiner_id => {
+                if f.members.iter().any(|m| m.public_key == joiner) {
+                    return Ok(MeshGrant {
+                        mesh_id: f.mesh_id,
+                        mesh_secret: f.secret,
+                        membership_version: f.membership_version,
+                        members: f.members.clone(),
+                    });
+                }
+            }
             Some(_) => return Err(RegisterRefusal::AlreadyUsed),
             None => {
                 if now >= key.expires {
@@ -356,7 +367,7 @@ mod tests {
         let b = StaticKeypair::generate([4; 32]).public;
         let now = UnixMillis(2_000);
         assert!(matches!(
-            m.psk_for(&k.key_id()),
+            m.psk_for(&k.key_id(), UnixMillis(2_000)),
             Some(PskKind::Registration(_))
         ));
         let g = m
@@ -434,9 +445,9 @@ mod tests {
             Some(MeshError::NotAuthority)
         );
         // Registration keys are only resolvable on the authority.
-        assert_eq!(joined.psk_for(&k.key_id()), None);
+        assert_eq!(joined.psk_for(&k.key_id(), UnixMillis(2_000)), None);
         assert!(matches!(
-            joined.psk_for(&psk_id(&joined.secret().unwrap())),
+            joined.psk_for(&psk_id(&joined.secret().unwrap()), UnixMillis(2_000)),
             Some(PskKind::Mesh(_))
         ));
     }

@@ -99,6 +99,10 @@ pub struct PeerEntry {
     pub connected: bool,
     /// On our mesh's membership list.
     pub member: bool,
+    /// Generation of the connection the table believes is open (stale close events for an
+    /// older connection are ignored).
+    #[serde(skip)]
+    pub conn: Option<u64>,
 }
 
 /// Dial retry state of one target.
@@ -208,6 +212,7 @@ impl PeerTable {
             last_contact: None,
             connected: false,
             member: false,
+            conn: None,
         }))
     }
 
@@ -258,11 +263,14 @@ impl PeerTable {
         }
     }
 
-    /// An authenticated connection to `id` opened (we dialed `addr`, or it dialed us from it).
+    /// An authenticated connection (generation `conn`) to `id` opened (we dialed `addr`, or it
+    /// dialed us from it).
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_connected(
         &mut self,
         now: UnixMillis,
         id: NodeId,
+        conn: u64,
         addr: SocketAddr,
         name: &str,
         roles: &[Role],
@@ -282,6 +290,7 @@ impl PeerTable {
             return;
         };
         e.connected = true;
+        e.conn = Some(conn);
         e.last_contact = Some(now);
         e.last_seen = now;
         e.name = name.to_string();
@@ -296,10 +305,21 @@ impl PeerTable {
         self.reported_unreachable.remove(&id);
     }
 
-    /// The connection to `id` closed.
-    pub fn handle_disconnected(&mut self, _now: UnixMillis, id: NodeId) {
+    /// Connection generation `conn` to `id` closed (ignored if a newer one replaced it).
+    pub fn handle_disconnected(&mut self, _now: UnixMillis, id: NodeId, conn: u64) {
+        if let Some(e) = self.peers.get_mut(&id) {
+            if e.conn == Some(conn) {
+                e.connected = false;
+                e.conn = None;
+            }
+        }
+    }
+
+    /// A send to `id` found no connection: the table must not believe one is open.
+    pub fn handle_not_connected(&mut self, id: NodeId) {
         if let Some(e) = self.peers.get_mut(&id) {
             e.connected = false;
+            e.conn = None;
         }
     }
 
@@ -320,9 +340,9 @@ impl PeerTable {
     /// A heartbeat arrived from `id`.
     pub fn handle_heartbeat(&mut self, now: UnixMillis, id: NodeId, name: &str, roles: &[Role]) {
         if let Some(e) = self.entry(now, id) {
+            // Contact, not connection state: only connect/disconnect events change `connected`.
             e.last_contact = Some(now);
             e.last_seen = now;
-            e.connected = true;
             e.name = name.to_string();
             e.roles = roles.to_vec();
             self.reported_unreachable.remove(&id);
@@ -364,6 +384,11 @@ impl PeerTable {
         for a in &out {
             if let PeerAction::BecameUnreachable(id) = a {
                 self.reported_unreachable.insert(*id);
+                // A silent connection is as good as none: allow redialing.
+                if let Some(e) = self.peers.get_mut(id) {
+                    e.connected = false;
+                    e.conn = None;
+                }
             }
         }
         for id in forget {
@@ -451,7 +476,16 @@ mod tests {
         let mut t = PeerTable::new(id(1), cfg.clone(), 1);
         let p = id(2);
         t.handle_discovered(UnixMillis(0), p, "p", &[], &[addr(2)]);
-        t.handle_connected(UnixMillis(0), p, addr(2), "p", &[Role::Mobility], 2, true);
+        t.handle_connected(
+            UnixMillis(0),
+            p,
+            1,
+            addr(2),
+            "p",
+            &[Role::Mobility],
+            2,
+            true,
+        );
         let e = t.get(&p).unwrap().clone();
         assert_eq!(t.liveness(&e, UnixMillis(5_000)), Liveness::Reachable);
         let later = UnixMillis(cfg.unreachable_after_ms + 1);
@@ -516,13 +550,16 @@ mod tests {
         let cfg = PeerTableConfig::default();
         let mut t = PeerTable::new(id(1), cfg.clone(), 1);
         let p = id(2);
-        t.handle_connected(UnixMillis(0), p, addr(2), "p", &[], 2, false);
+        t.handle_connected(UnixMillis(0), p, 1, addr(2), "p", &[], 2, false);
         assert!(t.poll(UnixMillis(0)).contains(&PeerAction::Heartbeat(p)));
         assert!(!t.poll(UnixMillis(1)).contains(&PeerAction::Heartbeat(p)));
         assert!(t
             .poll(UnixMillis(cfg.heartbeat_interval_ms))
             .contains(&PeerAction::Heartbeat(p)));
-        t.handle_disconnected(UnixMillis(5), p);
+        t.handle_connected(UnixMillis(4), p, 2, addr(2), "p", &[], 2, false);
+        t.handle_disconnected(UnixMillis(5), p, 1);
+        assert!(t.get(&p).unwrap().connected, "a stale close is ignored");
+        t.handle_disconnected(UnixMillis(5), p, 2);
         assert!(!t
             .poll(UnixMillis(2 * cfg.heartbeat_interval_ms))
             .contains(&PeerAction::Heartbeat(p)));
@@ -544,10 +581,11 @@ mod tests {
             addr: addr(5),
             expect: None
         }));
-        t.handle_connected(UnixMillis(1), id(2), addr(5), "p", &[], 5, true);
-        assert!(!t
-            .poll(UnixMillis(100_000))
-            .iter()
-            .any(|a| matches!(a, PeerAction::Dial { .. })));
+        t.handle_connected(UnixMillis(1), id(2), 1, addr(5), "p", &[], 5, true);
+        let dials =
+            |acts: Vec<PeerAction>| acts.iter().any(|a| matches!(a, PeerAction::Dial { .. }));
+        assert!(!dials(t.poll(UnixMillis(5_000))));
+        // A connection that went silent counts as gone: the static peer is dialed again.
+        assert!(dials(t.poll(UnixMillis(100_000))));
     }
 }

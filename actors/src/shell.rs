@@ -346,7 +346,7 @@ impl Handler<IssueKey> for MeshActor {
 impl Handler<ResolvePsk> for MeshActor {
     type Result = Option<PskKind>;
     fn handle(&mut self, msg: ResolvePsk, _: &mut Context<Self>) -> Option<PskKind> {
-        self.mesh.psk_for(&msg.0)
+        self.mesh.psk_for(&msg.0, self.clock.now())
     }
 }
 
@@ -430,6 +430,8 @@ pub struct DiscoveredMsg(pub Discovered);
 pub struct ConnectedMsg {
     /// Peer.
     pub id: NodeId,
+    /// Connection generation.
+    pub conn: u64,
     /// Remote address.
     pub addr: SocketAddr,
     /// Peer's name.
@@ -442,10 +444,10 @@ pub struct ConnectedMsg {
     pub outbound: bool,
 }
 
-/// A connection closed.
+/// A connection closed: peer and connection generation.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct DisconnectedMsg(pub NodeId);
+pub struct DisconnectedMsg(pub NodeId, pub u64);
 
 /// A dial failed.
 #[derive(Message, Debug)]
@@ -565,11 +567,13 @@ impl PeersActor {
         for action in self.table.poll(now) {
             match action {
                 PeerAction::Dial { addr, expect } => self.transport.dial(addr, expect),
-                PeerAction::Heartbeat(id) => {
-                    if let Err(e) = self.transport.send(id, self.heartbeat()) {
-                        tracing::debug!(peer = %id, cause = %e, "heartbeat not sent");
+                PeerAction::Heartbeat(id) => match self.transport.send(id, self.heartbeat()) {
+                    Err(crate::seams::TransportError::NotConnected(_)) => {
+                        self.table.handle_not_connected(id)
                     }
-                }
+                    Err(e) => tracing::debug!(peer = %id, cause = %e, "heartbeat not sent"),
+                    Ok(()) => {}
+                },
                 PeerAction::BecameUnreachable(id) => {
                     tracing::warn!(peer = %id, "peer unreachable")
                 }
@@ -633,6 +637,7 @@ impl Handler<ConnectedMsg> for PeersActor {
         self.table.handle_connected(
             now,
             m.id,
+            m.conn,
             m.addr,
             &m.name,
             &m.roles,
@@ -665,7 +670,7 @@ impl Handler<ConnectedMsg> for PeersActor {
 impl Handler<DisconnectedMsg> for PeersActor {
     type Result = ();
     fn handle(&mut self, m: DisconnectedMsg, _: &mut Context<Self>) {
-        self.table.handle_disconnected(self.clock.now(), m.0);
+        self.table.handle_disconnected(self.clock.now(), m.0, m.1);
     }
 }
 

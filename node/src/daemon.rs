@@ -104,8 +104,10 @@ struct ActorInbound {
 impl Inbound for ActorInbound {
     fn connected(&self, c: &SecureConn) {
         if let Some(p) = self.peers.get() {
-            let _ = p.try_send(ConnectedMsg {
+            // Connection events are rare and must not be dropped: unbounded do_send.
+            p.do_send(ConnectedMsg {
                 id: c.peer_id(),
+                conn: c.conn.stable_id() as u64,
                 addr: c.conn.remote_address(),
                 name: c.hello.name.clone(),
                 roles: c.hello.roles.clone(),
@@ -114,14 +116,14 @@ impl Inbound for ActorInbound {
             });
         }
     }
-    fn disconnected(&self, id: NodeId) {
+    fn disconnected(&self, id: NodeId, conn: u64) {
         if let Some(p) = self.peers.get() {
-            let _ = p.try_send(DisconnectedMsg(id));
+            p.do_send(DisconnectedMsg(id, conn));
         }
     }
     fn dial_failed(&self, addr: SocketAddr, _: &TransportError) {
         if let Some(p) = self.peers.get() {
-            let _ = p.try_send(DialFailedMsg(addr));
+            p.do_send(DialFailedMsg(addr));
         }
     }
     fn message(&self, from: PeerInfo, msg: Message) -> BoxFuture<'static, Option<Message>> {
@@ -672,7 +674,12 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
     let now = crate::seams::now();
     // Expiry is decided by the configuration node's clock; this early check only saves a
     // round trip when both clocks agree the key is stale.
-    if now.0 > key.expires.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
+    if now.0
+        > key
+            .expires
+            .0
+            .saturating_add(lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS)
+    {
         return Err(format!(
             "registration key expired {} ago; issue a new one with `lifeboat key issue` on the configuration node",
             lifeboat_protocol::time::human_duration(now.millis_since(key.expires))

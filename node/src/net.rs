@@ -24,6 +24,10 @@ use tokio::sync::mpsc;
 
 /// Outgoing messages queued per peer before `send` reports backpressure.
 pub const SEND_QUEUE: usize = 256;
+/// Most handshakes in progress at once (unauthenticated peers cost memory and CPU).
+pub const MAX_HANDSHAKES: usize = 64;
+/// How long a peer may take to send the first frame of a request stream.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for its reply.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,8 +46,8 @@ pub struct PeerInfo {
 pub trait Inbound: Send + Sync + 'static {
     /// A mesh connection was established.
     fn connected(&self, c: &SecureConn);
-    /// The mesh connection to a peer closed.
-    fn disconnected(&self, id: NodeId);
+    /// The mesh connection `conn` (its `stable_id`) to a peer closed.
+    fn disconnected(&self, id: NodeId, conn: u64);
     /// A dial failed.
     fn dial_failed(&self, addr: SocketAddr, err: &TransportError);
     /// A message arrived; the returned message (if any) is the reply.
@@ -274,7 +278,7 @@ async fn connect_mesh(
     match r {
         Ok(c) => {
             let id = c.peer_id();
-            install(inner, c);
+            install(inner, c)?;
             Ok(id)
         }
         Err(e) => {
@@ -288,13 +292,22 @@ async fn connect_mesh(
 }
 
 async fn accept_loop(inner: Arc<Inner>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     while let Some(incoming) = inner.ep.accept().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes in progress; refusing");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let remote = incoming.remote_address();
             match transport::accept(incoming, &inner.local, inner.admission.as_ref(), seed()).await
             {
-                Ok(c) if c.admitted == Admitted::Mesh => install(inner, c),
+                Ok(c) if c.admitted == Admitted::Mesh => {
+                    let _ = install(inner, c);
+                }
                 Ok(c) => {
                     // Registration connection: serve its requests, never list it as a peer.
                     let c = Arc::new(c);
@@ -317,35 +330,45 @@ fn preferred_initiator(a: NodeId, b: NodeId) -> NodeId {
     a.min(b)
 }
 
-fn install(inner: Arc<Inner>, c: SecureConn) {
+fn install(inner: Arc<Inner>, c: SecureConn) -> Result<(), TransportError> {
     let me = inner.local.keypair.node_id();
     let peer = c.peer_id();
     let initiator = if c.outbound { me } else { peer };
     let c = Arc::new(c);
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    {
-        let keep_new = match inner.conns.get(&peer) {
-            None => true,
-            Some(old) => {
-                let old_init = if old.conn.outbound { me } else { peer };
-                let pref = preferred_initiator(me, peer);
-                old.conn.conn.close_reason().is_some() || old_init == initiator || initiator == pref
-            }
-        };
-        if !keep_new {
-            c.conn.close(close::DUPLICATE, b"duplicate connection");
-            return;
-        }
-        if let Some(old) = inner.conns.insert(
-            peer,
-            Slot {
+    // Decide and insert under the map entry's lock, so two concurrent installs for the same
+    // peer agree on one survivor; close the loser after the lock is released.
+    let loser = match inner.conns.entry(peer) {
+        dashmap::mapref::entry::Entry::Vacant(v) => {
+            v.insert(Slot {
                 conn: c.clone(),
                 tx,
-            },
-        ) {
-            old.conn
-                .conn
-                .close(close::DUPLICATE, b"duplicate connection");
+            });
+            None
+        }
+        dashmap::mapref::entry::Entry::Occupied(mut o) => {
+            let old = o.get();
+            let old_init = if old.conn.outbound { me } else { peer };
+            let keep_new = old.conn.conn.close_reason().is_some()
+                || old_init == initiator
+                || initiator == preferred_initiator(me, peer);
+            if keep_new {
+                let old = o.insert(Slot {
+                    conn: c.clone(),
+                    tx,
+                });
+                Some(old.conn)
+            } else {
+                Some(c.clone())
+            }
+        }
+    };
+    if let Some(l) = &loser {
+        l.conn.close(close::DUPLICATE, b"duplicate connection");
+        if Arc::ptr_eq(l, &c) {
+            return Err(TransportError::Protocol(format!(
+                "already connected to {peer}"
+            )));
         }
     }
     inner.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +376,7 @@ fn install(inner: Arc<Inner>, c: SecureConn) {
     inner.inbound.connected(&c);
     let rt = inner.rt.clone();
     rt.spawn(serve(inner, c, Some(rx)));
+    Ok(())
 }
 
 /// Serves one connection until it closes.
@@ -386,7 +410,7 @@ async fn serve(inner: Arc<Inner>, c: Arc<SecureConn>, rx: Option<mpsc::Receiver<
             .is_some();
         if ours {
             tracing::info!(peer = %peer, reason = ?c.conn.close_reason(), "peer disconnected");
-            inner.inbound.disconnected(peer);
+            inner.inbound.disconnected(peer, c.conn.stable_id() as u64);
         }
     }
 }
@@ -437,7 +461,14 @@ async fn serve_bi(
     mut w: transport::FrameWriter,
     mut r: transport::FrameReader,
 ) {
-    match r.next().await {
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, r.next()).await {
+        Ok(x) => x,
+        Err(_) => {
+            tracing::debug!(peer = %c.peer_id(), "request stream idle; dropped");
+            return;
+        }
+    };
+    match first {
         Ok(Some(env)) => {
             let reply = inner
                 .inbound
@@ -463,13 +494,17 @@ async fn write_loop(c: Arc<SecureConn>, mut rx: mpsc::Receiver<Message>) {
                 Ok(s) => w = Some(s),
                 Err(e) => {
                     tracing::debug!(peer = %c.peer_id(), cause = %e, "cannot open message stream");
+                    c.conn.close(close::FRAME, b"cannot open message stream");
                     return;
                 }
             }
         }
         if let Some(s) = w.as_mut() {
             if let Err(e) = s.send(msg).await {
-                tracing::debug!(peer = %c.peer_id(), cause = %e, "message stream failed");
+                // A connection that cannot carry our messages is closed, so that the peer is
+                // marked disconnected and redialed, rather than silently deaf.
+                tracing::warn!(peer = %c.peer_id(), cause = %e, "message stream failed; closing connection");
+                c.conn.close(close::FRAME, b"message stream failed");
                 return;
             }
         }

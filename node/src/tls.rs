@@ -129,8 +129,8 @@ impl Default for Tuning {
             keep_alive: Duration::from_secs(3),
             stream_window: 8 << 20,
             conn_window: 32 << 20,
-            max_bidi: 32,
-            max_uni: 8,
+            max_bidi: 16,
+            max_uni: 4,
         }
     }
 }

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// Time allowed for a whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame accepted on a mesh stream (a replication batch is at most 1 MiB of blocks).
+pub const MAX_MESH_FRAME: usize = 4 << 20;
 /// Largest handshake record buffered.
 const MAX_HANDSHAKE_BUF: usize = 70_000;
 
@@ -269,9 +271,15 @@ impl SecureConn {
 
     fn reader(&self, recv: quinn::RecvStream) -> Result<FrameReader, TransportError> {
         let idx = u64::from(recv.id());
+        // Registration connections carry one small request; mesh streams carry at most one
+        // replication batch per frame.
+        let max = match self.admitted {
+            Admitted::Registration(_) => 64 * 1024,
+            Admitted::Mesh => MAX_MESH_FRAME,
+        };
         Ok(FrameReader {
             recv,
-            opener: FrameOpener::new(self.keys.clone(), idx, self.version)?,
+            opener: FrameOpener::new(self.keys.clone(), idx, self.version)?.with_max_frame(max),
             done: false,
         })
     }

@@ -43,7 +43,7 @@ struct Echo;
 
 impl Inbound for Echo {
     fn connected(&self, _: &SecureConn) {}
-    fn disconnected(&self, _: NodeId) {}
+    fn disconnected(&self, _: NodeId, _: u64) {}
     fn dial_failed(&self, _: SocketAddr, _: &TransportError) {}
     fn message(&self, _: PeerInfo, msg: Message) -> BoxFuture<'static, Option<Message>> {
         async move { Some(msg) }.boxed()

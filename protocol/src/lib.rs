@@ -22,6 +22,7 @@ pub mod identity;
 pub mod message;
 pub mod regkey;
 pub mod time;
+pub mod vault;
 
 pub use identity::{Fingerprint, NodeId, PublicKey, StaticKeypair};
 pub use message::{Envelope, Member, Message, Role};

@@ -372,9 +372,11 @@ impl Sim {
             if let Ok(mut c) = self.nodes[x].transport.connected.lock() {
                 c.insert(id);
             }
+            self.seq += 1;
+            let gen = self.seq;
             self.nodes[x]
                 .table
-                .handle_connected(now, id, addr, &name, &roles, port, x == a);
+                .handle_connected(now, id, gen, addr, &name, &roles, port, x == a);
         }
         // An authority greets a new connection with the membership list, as the daemon does.
         for (x, y) in [(a, b), (b, a)] {
@@ -395,7 +397,12 @@ impl Sim {
             if let Ok(mut c) = self.nodes[x].transport.connected.lock() {
                 c.remove(&id);
             }
-            self.nodes[x].table.handle_disconnected(now, id);
+            let gen = self.nodes[x]
+                .table
+                .get(&id)
+                .and_then(|e| e.conn)
+                .unwrap_or(0);
+            self.nodes[x].table.handle_disconnected(now, id, gen);
         }
         self.log(format!("disconnect n{a} n{b}"));
     }

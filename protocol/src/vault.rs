@@ -1,0 +1,657 @@
+//! The vault's formats, sans-IO: block ids, sealing, packs and their indexes, manifest chunks,
+//! Merkle roots and recovery-point records. The node's vault client moves these bytes to and
+//! from an object store; nothing here does I/O.
+//!
+//! ```text
+//! vault.json                       VaultHeader (plaintext JSON: format, id, name, key check)
+//! packs/<pp>/<pack-id>.pack        "LBPK" 1 || sealed_block*            (megabytes each)
+//! packs/<pp>/<pack-id>.idx         seal("idx", rmp(PackIndex))          (block id -> offset, len)
+//! chunks/<cc>/<chunk-id>           seal("chunk", ids of up to 1024 blocks)
+//! points/<machine>/<ms>-<id>       seal("point", rmp(PointRecord))     (created with create-if-absent)
+//! ```
+//!
+//! - Block id = BLAKE3 keyed with a key derived from the vault's data key, over the plaintext
+//!   block, so equal blocks dedupe across points and machines while the storage provider cannot
+//!   test whether the vault holds a given content. The all-zero id means "all-zero block":
+//!   never stored, never sent.
+//! - A sealed block = AES-256-GCM(zstd(block)), nonce derived from the block id (deterministic:
+//!   one nonce per distinct plaintext), the id as associated data. Opening checks the tag,
+//!   decompresses with a bound, and recomputes the id.
+//! - A disk manifest is a list of chunk ids; a chunk holds the ids of 1024 consecutive blocks
+//!   (64 MiB of disk at the default block size). Unchanged chunks are shared between points, so
+//!   a point costs what changed. The Merkle root of a disk is BLAKE3 (keyed) over its size, block
+//!   size and chunk ids, and each chunk id is BLAKE3 (keyed) over its block ids.
+
+use crate::identity::NodeId;
+use crate::time::UnixMillis;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Vault format version written by this build.
+pub const VAULT_FORMAT: u16 = 1;
+/// Default block size (64 KiB).
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+/// Block ids per manifest chunk.
+pub const CHUNK_ENTRIES: usize = 1024;
+/// Pack magic.
+pub const PACK_MAGIC: &[u8; 5] = b"LBPK\x01";
+/// Largest accepted block size (sanity bound on decompression).
+pub const MAX_BLOCK_SIZE: u32 = 4 << 20;
+
+/// Errors of the vault formats.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    /// AEAD authentication failed: corrupted or not sealed with this vault's key.
+    #[error("authentication failed: the object is corrupted or from another vault")]
+    Auth,
+    /// Decompression failed or exceeded the bound.
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+    /// The content does not hash to its id.
+    #[error("content does not match its id (expected {expected}, got {got})")]
+    IdMismatch {
+        /// Expected id (hex).
+        expected: String,
+        /// Computed id (hex).
+        got: String,
+    },
+    /// Structurally invalid bytes.
+    #[error("malformed {what}: {msg}")]
+    Malformed {
+        /// Which object kind.
+        what: &'static str,
+        /// Detail.
+        msg: String,
+    },
+}
+
+/// Identifier of a block (or of a chunk): 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlockId(pub [u8; 32]);
+
+impl BlockId {
+    /// The id standing for an all-zero block.
+    pub const ZERO: BlockId = BlockId([0; 32]);
+
+    /// True for the all-zero marker.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockId({}..)", &self.to_hex()[..12])
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses lowercase/uppercase hex of exactly `N` bytes.
+pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// True if every byte is zero (64-byte strides OR-ed as words; no allocation).
+pub fn is_zero_block(data: &[u8]) -> bool {
+    let mut strides = data.chunks_exact(64);
+    for c in &mut strides {
+        let mut acc = 0u64;
+        for w in c.chunks_exact(8) {
+            acc |= u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    strides.remainder().iter().all(|b| *b == 0)
+}
+
+/// A vault's data key and the keys derived from it.
+#[derive(Clone)]
+pub struct DataKey {
+    /// Master key (distributed to process servers and configuration nodes only).
+    master: [u8; 32],
+    /// Keys block and chunk ids.
+    id_key: [u8; 32],
+    /// Keys nonce derivation.
+    nonce_key: [u8; 32],
+    /// AEAD key.
+    aead: LessSafeKeyHolder,
+}
+
+#[derive(Clone)]
+struct LessSafeKeyHolder([u8; 32]);
+
+impl LessSafeKeyHolder {
+    fn key(&self) -> LessSafeKey {
+        // A 32-byte key is always valid for AES-256-GCM.
+        LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &self.0)
+                .unwrap_or_else(|_| unreachable!("aes key length")),
+        )
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey(check={})", &self.key_check()[..12])
+    }
+}
+
+impl DataKey {
+    /// Derives all keys from the master key.
+    pub fn from_master(master: [u8; 32]) -> Self {
+        DataKey {
+            master,
+            id_key: blake3::derive_key("lifeboat vault block id v1", &master),
+            nonce_key: blake3::derive_key("lifeboat vault nonce v1", &master),
+            aead: LessSafeKeyHolder(blake3::derive_key("lifeboat vault aead v1", &master)),
+        }
+    }
+
+    /// The master key.
+    pub fn master(&self) -> [u8; 32] {
+        self.master
+    }
+
+    /// A public check value: proves a node holds the right key without revealing it.
+    pub fn key_check(&self) -> String {
+        hex(blake3::keyed_hash(&self.id_key, b"lifeboat key check").as_bytes())
+    }
+
+    /// Id of a block's plaintext.
+    pub fn block_id(&self, data: &[u8]) -> BlockId {
+        BlockId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+    }
+
+    fn nonce_for(&self, domain: &[u8], id: &[u8]) -> Nonce {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+        h.update(domain);
+        h.update(id);
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&h.finalize().as_bytes()[..12]);
+        Nonce::assume_unique_for_key(n)
+    }
+
+    /// Compresses and seals a block whose id is `id`.
+    pub fn seal_block(&self, id: &BlockId, data: &[u8], level: i32) -> Vec<u8> {
+        let mut buf = zstd::bulk::compress(data, level).unwrap_or_else(|_| data.to_vec());
+        let tag = self
+            .aead
+            .key()
+            .seal_in_place_separate_tag(self.nonce_for(b"block", &id.0), Aad::from(&id.0), &mut buf)
+            .unwrap_or_else(|_| unreachable!("in-memory seal"));
+        buf.extend_from_slice(tag.as_ref());
+        buf
+    }
+
+    /// Opens a sealed block and checks that it is the block `id` (at most `max_len` bytes).
+    pub fn open_block(
+        &self,
+        id: &BlockId,
+        sealed: &[u8],
+        max_len: usize,
+    ) -> Result<Vec<u8>, FormatError> {
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .aead
+            .key()
+            .open_in_place(self.nonce_for(b"block", &id.0), Aad::from(&id.0), &mut buf)
+            .map_err(|_| FormatError::Auth)?;
+        let data = zstd::bulk::decompress(plain, max_len)
+            .map_err(|e| FormatError::Decompress(e.to_string()))?;
+        let got = self.block_id(&data);
+        if got != *id {
+            return Err(FormatError::IdMismatch {
+                expected: id.to_hex(),
+                got: got.to_hex(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Seals a metadata object of `kind` with a caller-supplied random nonce.
+    pub fn seal_object(&self, kind: &str, nonce: [u8; 12], plain: &[u8]) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        let tag = self
+            .aead
+            .key()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kind.as_bytes()),
+                &mut buf,
+            )
+            .unwrap_or_else(|_| unreachable!("in-memory seal"));
+        let mut out = Vec::with_capacity(12 + buf.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens a metadata object of `kind`.
+    pub fn open_object(&self, kind: &str, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        if sealed.len() < 12 + 16 {
+            return Err(FormatError::Auth);
+        }
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&sealed[..12]);
+        let mut buf = sealed[12..].to_vec();
+        let plain = self
+            .aead
+            .key()
+            .open_in_place(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(kind.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| FormatError::Auth)?;
+        Ok(plain.to_vec())
+    }
+
+    /// Id of a manifest chunk (over its block ids).
+    pub fn chunk_id(&self, ids: &[BlockId]) -> BlockId {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(b"chunk");
+        for id in ids {
+            h.update(&id.0);
+        }
+        BlockId(*h.finalize().as_bytes())
+    }
+
+    /// Merkle root of a disk.
+    pub fn merkle_root(&self, size_bytes: u64, block_size: u32, chunks: &[BlockId]) -> BlockId {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(b"disk");
+        h.update(&size_bytes.to_be_bytes());
+        h.update(&block_size.to_be_bytes());
+        for c in chunks {
+            h.update(&c.0);
+        }
+        BlockId(*h.finalize().as_bytes())
+    }
+
+    /// Serializes and seals a chunk.
+    pub fn seal_chunk(&self, ids: &[BlockId], nonce: [u8; 12]) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(ids.len() * 32);
+        for id in ids {
+            plain.extend_from_slice(&id.0);
+        }
+        self.seal_object("chunk", nonce, &plain)
+    }
+
+    /// Opens a chunk and checks it against its id.
+    pub fn open_chunk(&self, id: &BlockId, sealed: &[u8]) -> Result<Vec<BlockId>, FormatError> {
+        let plain = self.open_object("chunk", sealed)?;
+        if plain.len() % 32 != 0 || plain.len() / 32 > CHUNK_ENTRIES {
+            return Err(FormatError::Malformed {
+                what: "chunk",
+                msg: format!("{} bytes", plain.len()),
+            });
+        }
+        let ids: Vec<BlockId> = plain
+            .chunks_exact(32)
+            .map(|c| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(c);
+                BlockId(a)
+            })
+            .collect();
+        let got = self.chunk_id(&ids);
+        if got != *id {
+            return Err(FormatError::IdMismatch {
+                expected: id.to_hex(),
+                got: got.to_hex(),
+            });
+        }
+        Ok(ids)
+    }
+}
+
+/// Where a block lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Block id.
+    pub id: BlockId,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Sealed length.
+    pub len: u32,
+}
+
+/// The index object of one pack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackIndex {
+    /// Pack id (hex of 16 bytes).
+    pub pack: String,
+    /// Entries.
+    pub entries: Vec<IndexEntry>,
+}
+
+/// Accumulates sealed blocks into one pack.
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    /// Pack bytes so far.
+    buf: Vec<u8>,
+    /// Index entries so far.
+    entries: Vec<IndexEntry>,
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(PACK_MAGIC);
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends a sealed block.
+    pub fn add(&mut self, id: BlockId, sealed: &[u8]) {
+        self.entries.push(IndexEntry {
+            id,
+            offset: self.buf.len() as u64,
+            len: sealed.len() as u32,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True if no block was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Finishes: returns the pack id (hex, content-derived), pack bytes and index.
+    pub fn finish(self) -> (String, Vec<u8>, PackIndex) {
+        let id = hex(&blake3::hash(&self.buf).as_bytes()[..16]);
+        let idx = PackIndex {
+            pack: id.clone(),
+            entries: self.entries,
+        };
+        (id, self.buf, idx)
+    }
+}
+
+/// How consistent a point's content is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Taken with the applications quiesced (freeze hook) from a frozen view.
+    AppConsistent,
+    /// Taken from a frozen view (snapshot or reflink), like a power cut.
+    CrashConsistent,
+    /// Read from a live disk without a frozen view: blocks may be from different instants.
+    NotConsistent,
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Consistency::AppConsistent => "app-consistent",
+            Consistency::CrashConsistent => "crash-consistent",
+            Consistency::NotConsistent => "not-consistent",
+        })
+    }
+}
+
+/// One disk of a recovery point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// Disk name (unique within the machine).
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Manifest chunk ids.
+    pub chunks: Vec<BlockId>,
+    /// Merkle root over size, block size and chunk ids.
+    pub merkle_root: BlockId,
+}
+
+impl DiskRecord {
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.size_bytes.div_ceil(self.block_size as u64)
+    }
+}
+
+/// What a point cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointStats {
+    /// Blocks the mobility node sent (changed since the base point).
+    pub changed_blocks: u64,
+    /// Of those, all-zero blocks (sent as markers, never stored).
+    pub zero_blocks: u64,
+    /// Payload bytes received from the mobility node.
+    pub received_bytes: u64,
+    /// Blocks newly stored in the vault.
+    pub new_blocks: u64,
+    /// Blocks the vault already held (deduplicated).
+    pub dedup_blocks: u64,
+    /// Sealed bytes written to packs.
+    pub stored_bytes: u64,
+}
+
+/// A recovery point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRecord {
+    /// Format version.
+    pub format: u16,
+    /// Point id (hex of 16 bytes).
+    pub id: String,
+    /// Protected machine (its mobility node).
+    pub machine: NodeId,
+    /// Machine name.
+    pub machine_name: String,
+    /// When the content was captured (mobility node's clock).
+    pub captured: UnixMillis,
+    /// When the point was committed (process server's clock).
+    pub committed: UnixMillis,
+    /// Consistency label.
+    pub consistency: Consistency,
+    /// The point this one was built on (lineage).
+    pub parent: Option<String>,
+    /// Disks.
+    pub disks: Vec<DiskRecord>,
+    /// Cost.
+    pub stats: PointStats,
+}
+
+impl PointRecord {
+    /// Object key under `points/`.
+    pub fn object_key(&self) -> String {
+        point_key(&self.machine, self.captured, &self.id)
+    }
+}
+
+/// Object key of a point.
+pub fn point_key(machine: &NodeId, captured: UnixMillis, id: &str) -> String {
+    format!("points/{machine}/{:016}-{id}", captured.0)
+}
+
+/// Object key of a pack.
+pub fn pack_key(pack: &str) -> String {
+    format!("packs/{}/{pack}.pack", &pack[..2.min(pack.len())])
+}
+
+/// Object key of a pack's index.
+pub fn index_key(pack: &str) -> String {
+    format!("packs/{}/{pack}.idx", &pack[..2.min(pack.len())])
+}
+
+/// Object key of a chunk.
+pub fn chunk_key(id: &BlockId) -> String {
+    let h = id.to_hex();
+    format!("chunks/{}/{h}", &h[..2])
+}
+
+/// The plaintext header of a vault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultHeader {
+    /// Format version.
+    pub format: u16,
+    /// Vault name.
+    pub name: String,
+    /// Vault id (hex).
+    pub id: String,
+    /// Creation time.
+    pub created: UnixMillis,
+    /// Block size.
+    pub block_size: u32,
+    /// [`DataKey::key_check`] of the vault's key.
+    pub key_check: String,
+}
+
+/// rmp-encodes a value.
+pub fn to_rmp<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec(v).unwrap_or_default()
+}
+
+/// rmp-decodes a value.
+pub fn from_rmp<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    b: &[u8],
+) -> Result<T, FormatError> {
+    rmp_serde::from_slice(b).map_err(|e| FormatError::Malformed {
+        what,
+        msg: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> DataKey {
+        DataKey::from_master([7; 32])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn blocks_round_trip_through_seal_and_open(data in proptest::collection::vec(any::<u8>(), 0..70_000)) {
+            let k = key();
+            let id = k.block_id(&data);
+            let sealed = k.seal_block(&id, &data, 1);
+            prop_assert_eq!(k.open_block(&id, &sealed, data.len().max(1)).unwrap(), data);
+        }
+
+        #[test]
+        fn opening_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let k = key();
+            let _ = k.open_block(&BlockId([1; 32]), &bytes, 65536);
+            let _ = k.open_object("point", &bytes);
+            let _ = k.open_chunk(&BlockId([1; 32]), &bytes);
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_or_another_key_fails_to_open() {
+        let k = key();
+        let data = vec![42u8; 65536];
+        let id = k.block_id(&data);
+        let mut sealed = k.seal_block(&id, &data, 1);
+        assert_eq!(k.open_block(&id, &sealed, 65536).unwrap(), data);
+        assert_eq!(
+            DataKey::from_master([8; 32]).open_block(&id, &sealed, 65536),
+            Err(FormatError::Auth)
+        );
+        sealed[3] ^= 1;
+        assert_eq!(k.open_block(&id, &sealed, 65536), Err(FormatError::Auth));
+        let other = k.block_id(b"x");
+        assert_eq!(
+            k.open_block(&other, &k.seal_block(&id, &data, 1), 65536),
+            Err(FormatError::Auth)
+        );
+    }
+
+    #[test]
+    fn ids_are_keyed_and_compressible_blocks_shrink() {
+        let data = vec![1u8; 65536];
+        assert_ne!(
+            key().block_id(&data),
+            DataKey::from_master([8; 32]).block_id(&data)
+        );
+        assert_ne!(key().block_id(&data).0, *blake3::hash(&data).as_bytes());
+        let k = key();
+        assert!(k.seal_block(&k.block_id(&data), &data, 1).len() < 1000);
+    }
+
+    #[test]
+    fn chunks_verify_against_their_ids() {
+        let k = key();
+        let ids: Vec<BlockId> = (0..10u8).map(|i| k.block_id(&[i])).collect();
+        let id = k.chunk_id(&ids);
+        let sealed = k.seal_chunk(&ids, [1; 12]);
+        assert_eq!(k.open_chunk(&id, &sealed).unwrap(), ids);
+        let wrong = k.chunk_id(&ids[..9]);
+        assert!(matches!(
+            k.open_chunk(&wrong, &sealed),
+            Err(FormatError::IdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn packs_index_their_blocks() {
+        let k = key();
+        let mut p = PackBuilder::new();
+        let blocks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 * (i as usize + 1)]).collect();
+        for b in &blocks {
+            let id = k.block_id(b);
+            p.add(id, &k.seal_block(&id, b, 1));
+        }
+        let (pid, bytes, idx) = p.finish();
+        assert_eq!(pid, idx.pack);
+        assert_eq!(&bytes[..5], PACK_MAGIC);
+        for (e, b) in idx.entries.iter().zip(&blocks) {
+            let s = &bytes[e.offset as usize..e.offset as usize + e.len as usize];
+            assert_eq!(&k.open_block(&e.id, s, 65536).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn zero_detection_and_hex() {
+        assert!(is_zero_block(&[0; 65536]));
+        let mut b = vec![0u8; 65536];
+        b[65535] = 1;
+        assert!(!is_zero_block(&b));
+        b[65535] = 0;
+        b[3] = 1;
+        assert!(!is_zero_block(&b));
+        assert_eq!(from_hex::<2>("0aff"), Some([10, 255]));
+        assert_eq!(from_hex::<2>("0af"), None);
+        assert_eq!(from_hex::<2>("zzzz"), None);
+    }
+}
