@@ -12,3 +12,4 @@ pub mod quickstart;
 pub mod seams;
 pub mod tls;
 pub mod transport;
+pub mod vault;

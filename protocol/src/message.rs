@@ -178,6 +178,180 @@ pub struct MeshGrant {
     pub members: Vec<Member>,
 }
 
+/// A replication policy (the reference product's "replication policy").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Policy {
+    /// Name.
+    pub name: String,
+    /// RPO above this raises an alert (seconds).
+    pub rpo_threshold_secs: u64,
+    /// Recovery points are kept this long (seconds), thinned as documented.
+    pub retention_secs: u64,
+    /// A crash-consistent point is taken this often (seconds).
+    pub crash_consistent_every_secs: u64,
+    /// An app-consistent point is taken this often (seconds; 0 = never).
+    pub app_consistent_every_secs: u64,
+}
+
+impl Policy {
+    /// The built-in default: tighter than the reference product's (RPO alert at 15 min,
+    /// 24 h retention, app-consistent every hour) and a crash-consistent point every minute
+    /// instead of every 5 minutes.
+    pub fn default_policy() -> Self {
+        Policy {
+            name: "default".into(),
+            rpo_threshold_secs: 15 * 60,
+            retention_secs: 24 * 3600,
+            crash_consistent_every_secs: 60,
+            app_consistent_every_secs: 3600,
+        }
+    }
+}
+
+/// A disk to protect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DiskSpec {
+    /// Name, unique within the machine (derived from the path by default).
+    pub name: String,
+    /// Block device or image file on the protected machine.
+    pub path: String,
+}
+
+/// Commands run around a cycle on the protected machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Hooks {
+    /// Quiesces applications (e.g. `fsfreeze -f /mnt`); its success makes points app-consistent.
+    pub freeze: Option<String>,
+    /// Resumes them (e.g. `fsfreeze -u /mnt`); always run after `freeze`.
+    pub thaw: Option<String>,
+    /// Makes a frozen view; prints, one per line, `NAME PATH` of the view of each disk.
+    pub snapshot: Option<String>,
+}
+
+/// What the configuration node asks a mobility node to protect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ProtectionSpec {
+    /// The machine (its mobility node).
+    pub machine: NodeId,
+    /// Disks.
+    pub disks: Vec<DiskSpec>,
+    /// Policy.
+    pub policy: Policy,
+    /// Preferred process server (any connected one otherwise).
+    pub process_server: Option<NodeId>,
+    /// Hooks.
+    pub hooks: Hooks,
+    /// Block size in bytes.
+    pub block_size: u32,
+}
+
+/// What a process server needs to reach the vault.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct VaultGrant {
+    /// Vault name.
+    pub name: String,
+    /// Store URL (`file:///...`, `az://container`, `s3://bucket`).
+    pub url: String,
+    /// Data key (master).
+    pub master_key: [u8; 32],
+    /// Store options (object_store configuration keys).
+    pub options: Vec<(String, String)>,
+}
+
+impl fmt::Debug for VaultGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VaultGrant({}, {})", self.name, self.url)
+    }
+}
+
+/// Disk geometry in a delta.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DiskInfo {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size.
+    pub block_size: u32,
+}
+
+/// Opens a replication stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeltaHeader {
+    /// Session id (hex of 16 bytes).
+    pub session: String,
+    /// Protected machine.
+    pub machine: NodeId,
+    /// Its name.
+    pub machine_name: String,
+    /// Point this delta is relative to (None: initial replication; unsent blocks are zero).
+    pub base: Option<String>,
+    /// Capture time.
+    pub captured: UnixMillis,
+    /// Consistency of the captured view.
+    pub consistency: crate::vault::Consistency,
+    /// Disks.
+    pub disks: Vec<DiskInfo>,
+}
+
+/// One changed block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DeltaBlock {
+    /// Block index in the disk.
+    pub index: u64,
+    /// Content; `None` for an all-zero block.
+    #[cfg_attr(test, proptest(strategy = "arb_block_data()"))]
+    pub data: Option<serde_bytes::ByteBuf>,
+}
+
+/// A committed point, as reported to the mobility and configuration nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PointSummary {
+    /// Point id.
+    pub id: String,
+    /// Machine.
+    pub machine: NodeId,
+    /// Capture time.
+    pub captured: UnixMillis,
+    /// Commit time.
+    pub committed: UnixMillis,
+    /// Consistency.
+    pub consistency: crate::vault::Consistency,
+    /// Cost.
+    pub stats: crate::vault::PointStats,
+    /// Process server that committed it.
+    pub process_server: NodeId,
+}
+
+/// Replication state of a protected machine, as its mobility node reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ProtectionReport {
+    /// Machine.
+    pub machine: NodeId,
+    /// Initial replication not finished yet.
+    pub initial: bool,
+    /// Progress of the running cycle, per mille.
+    pub progress_permille: u16,
+    /// Bytes changed and not yet in a committed point.
+    pub pending_bytes: u64,
+    /// Latest committed point known to the mobility node.
+    pub last_point: Option<String>,
+    /// Last error, if the last cycle failed.
+    pub last_error: Option<String>,
+    /// Process server of the last cycle.
+    pub process_server: Option<NodeId>,
+}
+
 /// A wire message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -237,6 +411,40 @@ pub enum Message {
     },
     /// Ask for the membership list (sent when a heartbeat shows a newer version).
     MembershipRequest,
+    /// Configuration node to process server: the vault and its data key.
+    VaultGrant(VaultGrant),
+    /// Configuration node to mobility node: protect these disks.
+    Protect(ProtectionSpec),
+    /// Configuration node to mobility node: stop protecting.
+    Unprotect {
+        /// The machine.
+        machine: NodeId,
+    },
+    /// Mobility to process server: first frame of a replication stream.
+    DeltaBegin(DeltaHeader),
+    /// Mobility to process server: changed blocks of one disk.
+    DeltaBlocks {
+        /// Disk index in the header.
+        disk: u16,
+        /// Blocks.
+        blocks: Vec<DeltaBlock>,
+    },
+    /// Mobility to process server: end of the stream.
+    DeltaEnd {
+        /// Blocks sent in total (cross-check).
+        sent_blocks: u64,
+    },
+    /// Process server to mobility: the point is committed in the vault.
+    PointCommitted(PointSummary),
+    /// Process server to mobility: the point could not be committed.
+    PointFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Process server to configuration node: a point was committed.
+    PointNotice(PointSummary),
+    /// Mobility to configuration node: replication state.
+    Report(ProtectionReport),
     /// Opaque bulk bytes (throughput probes; later, replication payloads).
     Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A request failed; the text says why.
@@ -264,6 +472,13 @@ impl Envelope {
             msg,
         }
     }
+}
+
+/// Optional block payloads for property tests.
+#[cfg(test)]
+pub(crate) fn arb_block_data() -> impl proptest::strategy::Strategy<Value = Option<serde_bytes::ByteBuf>> {
+    use proptest::prelude::*;
+    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64).prop_map(serde_bytes::ByteBuf::from))
 }
 
 /// Wire-representable socket addresses: serde carries neither IPv6 flow info nor scope id.

@@ -68,6 +68,7 @@ pub enum FormatError {
 
 /// Identifier of a block (or of a chunk): 32 bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct BlockId(pub [u8; 32]);
 
 impl BlockId {
@@ -404,6 +405,7 @@ impl PackBuilder {
 
 /// How consistent a point's content is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
     /// Taken with the applications quiesced (freeze hook) from a frozen view.
@@ -412,6 +414,18 @@ pub enum Consistency {
     CrashConsistent,
     /// Read from a live disk without a frozen view: blocks may be from different instants.
     NotConsistent,
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "app-consistent" => Ok(Consistency::AppConsistent),
+            "crash-consistent" => Ok(Consistency::CrashConsistent),
+            "not-consistent" => Ok(Consistency::NotConsistent),
+            _ => Err(format!("unknown consistency {s:?}")),
+        }
+    }
 }
 
 impl fmt::Display for Consistency {
@@ -448,6 +462,7 @@ impl DiskRecord {
 
 /// What a point cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PointStats {
     /// Blocks the mobility node sent (changed since the base point).
     pub changed_blocks: u64,

@@ -1,0 +1,624 @@
+//! The vault client: moves the sealed formats of [`lifeboat_protocol::vault`] to and from an
+//! object store (`object_store`: local directory, Azure Blob, S3).
+//!
+//! Writes are ordered so a reader never sees a dangling reference: a pack is written before its
+//! index, chunks before the point that names them, and the point last, with create-if-absent
+//! (the commit). Every read is verified: AEAD tags, block ids, chunk ids, Merkle roots.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lifeboat_protocol::vault::{
+    self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord, FormatError,
+    PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE, VAULT_FORMAT,
+};
+use lifeboat_protocol::{NodeId, UnixMillis};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Vault failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The store URL is not understood.
+    #[error("unsupported vault store {0:?}: use file:///PATH, az://CONTAINER or s3://BUCKET")]
+    Url(String),
+    /// The object store failed.
+    #[error("vault store: {op} {key}: {source}")]
+    Store {
+        /// Operation.
+        op: &'static str,
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: object_store::Error,
+    },
+    /// An object failed verification.
+    #[error("vault object {key} is damaged: {source}")]
+    Format {
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: FormatError,
+    },
+    /// The vault has no header (not created, or wrong URL).
+    #[error("no vault at {0}; create one with `lifeboat vault create NAME --store URL`")]
+    NoVault(String),
+    /// The data key does not match the vault.
+    #[error("this node's data key does not open vault {0}")]
+    WrongKey(String),
+    /// A vault already exists there.
+    #[error("a vault already exists at {0}")]
+    Exists(String),
+    /// Restore found damage.
+    #[error("disk {disk}: block {block}: {detail}")]
+    Corrupt {
+        /// Disk name.
+        disk: String,
+        /// Block index.
+        block: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Local file I/O during restore.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The point does not exist.
+    #[error("no recovery point {0}")]
+    NoPoint(String),
+}
+
+/// How a node reaches a vault (persisted as `vault.json`, 0600).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Vault name.
+    pub name: String,
+    /// Store URL.
+    pub url: String,
+    /// Master data key, hex.
+    pub master_key: String,
+    /// object_store configuration options.
+    pub options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for VaultConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VaultConfig({}, {})", self.name, self.url)
+    }
+}
+
+impl VaultConfig {
+    /// The data key.
+    pub fn key(&self) -> Option<DataKey> {
+        vault::from_hex::<32>(&self.master_key).map(DataKey::from_master)
+    }
+}
+
+/// Builds an object store from a vault URL and options.
+pub fn store_from_url(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>, VaultError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(VaultError::Url(url.into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| VaultError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| VaultError::Store {
+            op: "open",
+            key: path.into(),
+            source: e,
+        })?;
+        return Ok(Arc::new(fs));
+    }
+    if let Some(container) = url.strip_prefix("az://").or_else(|| url.strip_prefix("azure://")) {
+        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+        for (k, v) in options {
+            if let Ok(key) = k.parse::<object_store::azure::AzureConfigKey>() {
+                b = b.with_config(key, v);
+            }
+        }
+        let s = b.build().map_err(|e| VaultError::Store {
+            op: "open",
+            key: url.into(),
+            source: e,
+        })?;
+        return Ok(Arc::new(s));
+    }
+    if let Some(bucket) = url.strip_prefix("s3://") {
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in options {
+            if let Ok(key) = k.parse::<object_store::aws::AmazonS3ConfigKey>() {
+                b = b.with_config(key, v);
+            }
+        }
+        let s = b.build().map_err(|e| VaultError::Store {
+            op: "open",
+            key: url.into(),
+            source: e,
+        })?;
+        return Ok(Arc::new(s));
+    }
+    Err(VaultError::Url(url.into()))
+}
+
+/// Where a block lives.
+#[derive(Clone, Debug)]
+struct Loc {
+    /// Pack id.
+    pack: Arc<str>,
+    /// Offset in the pack.
+    offset: u64,
+    /// Sealed length.
+    len: u32,
+}
+
+/// Counters of a restore.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RestoreStats {
+    /// Blocks written.
+    pub blocks: u64,
+    /// All-zero blocks (left sparse).
+    pub zero_blocks: u64,
+    /// Bytes fetched from the vault.
+    pub fetched_bytes: u64,
+}
+
+/// An open vault.
+pub struct Vault {
+    /// The object store.
+    store: Arc<dyn ObjectStore>,
+    /// Keys.
+    key: DataKey,
+    /// Header.
+    header: VaultHeader,
+    /// Block index (block id -> location), built from pack indexes.
+    index: RwLock<HashMap<BlockId, Loc>>,
+    /// Packs whose index is loaded.
+    loaded: RwLock<std::collections::HashSet<String>>,
+    /// Decrypted point records by object key.
+    points: RwLock<BTreeMap<String, PointRecord>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault({})", self.header.name)
+    }
+}
+
+fn path(key: &str) -> ObjPath {
+    ObjPath::from(key)
+}
+
+fn nonce() -> [u8; 12] {
+    let mut n = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut n);
+    n
+}
+
+/// Retries `f` with capped, jittered exponential backoff, at most `attempts` times.
+pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(what: &str, attempts: u32, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = 200u64;
+    let mut n = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n + 1 >= attempts => return Err(e),
+            Err(e) => {
+                n += 1;
+                let jitter = rand::thread_rng().next_u64() % (delay / 2 + 1);
+                tracing::warn!(op = what, attempt = n, cause = %e, "vault operation failed; retrying");
+                tokio::time::sleep(Duration::from_millis(delay / 2 + jitter)).await;
+                delay = (delay * 2).min(10_000);
+            }
+        }
+    }
+}
+
+impl Vault {
+    /// Creates a vault in `store` (fails if one exists).
+    pub async fn create(
+        store: Arc<dyn ObjectStore>,
+        name: &str,
+        key: &DataKey,
+        now: UnixMillis,
+    ) -> Result<VaultHeader, VaultError> {
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let header = VaultHeader {
+            format: VAULT_FORMAT,
+            name: name.into(),
+            id: vault::hex(&id),
+            created: now,
+            block_size: vault::DEFAULT_BLOCK_SIZE,
+            key_check: key.key_check(),
+        };
+        let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store.put_opts(&path("vault.json"), PutPayload::from(body), opts).await {
+            Ok(_) => Ok(header),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(VaultError::Exists(store.to_string())),
+            Err(e) => Err(VaultError::Store {
+                op: "create",
+                key: "vault.json".into(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Opens the vault in `store` with `key` and loads its block index.
+    pub async fn open(store: Arc<dyn ObjectStore>, key: DataKey) -> Result<Vault, VaultError> {
+        let raw = match store.get(&path("vault.json")).await {
+            Ok(r) => r.bytes().await.map_err(|e| VaultError::Store {
+                op: "get",
+                key: "vault.json".into(),
+                source: e,
+            })?,
+            Err(object_store::Error::NotFound { .. }) => return Err(VaultError::NoVault(store.to_string())),
+            Err(e) => {
+                return Err(VaultError::Store {
+                    op: "get",
+                    key: "vault.json".into(),
+                    source: e,
+                })
+            }
+        };
+        let header: VaultHeader = serde_json::from_slice(&raw).map_err(|e| VaultError::Format {
+            key: "vault.json".into(),
+            source: FormatError::Malformed {
+                what: "vault header",
+                msg: e.to_string(),
+            },
+        })?;
+        if header.key_check != key.key_check() {
+            return Err(VaultError::WrongKey(header.name));
+        }
+        let v = Vault {
+            store,
+            key,
+            header,
+            index: RwLock::new(HashMap::new()),
+            loaded: RwLock::new(Default::default()),
+            points: RwLock::new(BTreeMap::new()),
+        };
+        v.refresh_index().await?;
+        Ok(v)
+    }
+
+    /// The header.
+    pub fn header(&self) -> &VaultHeader {
+        &self.header
+    }
+
+    /// The data key.
+    pub fn key(&self) -> &DataKey {
+        &self.key
+    }
+
+    /// Blocks in the index.
+    pub fn indexed_blocks(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
+        let r = self.store.get(&path(key)).await.map_err(|e| VaultError::Store {
+            op: "get",
+            key: key.into(),
+            source: e,
+        })?;
+        r.bytes().await.map_err(|e| VaultError::Store {
+            op: "get",
+            key: key.into(),
+            source: e,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
+        let p = path(prefix);
+        let mut s = self.store.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            let m = m.map_err(|e| VaultError::Store {
+                op: "list",
+                key: prefix.into(),
+                source: e,
+            })?;
+            out.push(m.location.to_string());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Loads the indexes of packs not yet known.
+    pub async fn refresh_index(&self) -> Result<(), VaultError> {
+        for k in self.list("packs").await? {
+            let Some(pack) = k.strip_suffix(".idx").and_then(|s| s.rsplit('/').next()) else {
+                continue;
+            };
+            if vault::from_hex::<16>(pack).is_none() {
+                continue;
+            }
+            if self.loaded.read().map(|l| l.contains(pack)).unwrap_or(false) {
+                continue;
+            }
+            let raw = self.get(&k).await?;
+            let plain = self
+                .key
+                .open_object("idx", &raw)
+                .map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+            let idx: PackIndex = from_rmp("pack index", &plain).map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+            let p: Arc<str> = Arc::from(pack);
+            if let Ok(mut i) = self.index.write() {
+                for e in idx.entries {
+                    i.entry(e.id).or_insert(Loc {
+                        pack: p.clone(),
+                        offset: e.offset,
+                        len: e.len,
+                    });
+                }
+            }
+            if let Ok(mut l) = self.loaded.write() {
+                l.insert(pack.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// True if the vault holds block `id`.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.index.read().map(|i| i.contains_key(id)).unwrap_or(false)
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, mode: PutMode) -> Result<bool, VaultError> {
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self.store.put_opts(&path(key), PutPayload::from(body), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(VaultError::Store {
+                op: "put",
+                key: key.into(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Uploads a finished pack, then its index, then makes its blocks visible. Returns bytes.
+    pub async fn upload_pack(&self, pack: PackBuilder) -> Result<u64, VaultError> {
+        if pack.is_empty() {
+            return Ok(0);
+        }
+        let (id, bytes, idx) = pack.finish();
+        let n = bytes.len() as u64;
+        let sealed_idx = self.key.seal_object("idx", nonce(), &to_rmp(&idx));
+        let (pk, ik) = (pack_key(&id), index_key(&id));
+        with_retries("put pack", 8, || self.put(&pk, bytes.clone(), PutMode::Overwrite)).await?;
+        with_retries("put index", 8, || self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)).await?;
+        let p: Arc<str> = Arc::from(id.as_str());
+        if let Ok(mut i) = self.index.write() {
+            for e in idx.entries {
+                i.entry(e.id).or_insert(Loc {
+                    pack: p.clone(),
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.insert(id);
+        }
+        Ok(n)
+    }
+
+    /// Stores a manifest chunk (content-addressed: an existing one is reused).
+    pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
+        let id = self.key.chunk_id(ids);
+        let sealed = self.key.seal_chunk(ids, nonce());
+        let k = chunk_key(&id);
+        with_retries("put chunk", 8, || self.put(&k, sealed.clone(), PutMode::Create)).await?;
+        Ok(id)
+    }
+
+    /// Reads and verifies a manifest chunk.
+    pub async fn get_chunk(&self, id: &BlockId) -> Result<Vec<BlockId>, VaultError> {
+        let k = chunk_key(id);
+        let raw = self.get(&k).await?;
+        self.key.open_chunk(id, &raw).map_err(|e| VaultError::Format { key: k, source: e })
+    }
+
+    /// Commits a point (create-if-absent). Everything it references must already be stored.
+    pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
+        let k = rec.object_key();
+        let sealed = self.key.seal_object("point", nonce(), &to_rmp(rec));
+        let created = with_retries("commit point", 8, || self.put(&k, sealed.clone(), PutMode::Create)).await?;
+        if !created {
+            return Err(VaultError::Exists(k));
+        }
+        if let Ok(mut p) = self.points.write() {
+            p.insert(k, rec.clone());
+        }
+        Ok(())
+    }
+
+    /// Lists points, oldest first (of one machine, or all).
+    pub async fn list_points(&self, machine: Option<&NodeId>) -> Result<Vec<PointRecord>, VaultError> {
+        let prefix = match machine {
+            Some(m) => format!("points/{m}"),
+            None => "points".into(),
+        };
+        let mut out = Vec::new();
+        for k in self.list(&prefix).await? {
+            // Names from the store are checked before use: points/<node id>/<ms>-<hex id>.
+            let mut parts = k.split('/');
+            let (Some("points"), Some(m), Some(leaf), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if m.parse::<NodeId>().is_err() || leaf.len() != 16 + 1 + 32 {
+                continue;
+            }
+            if let Some(r) = self.points.read().ok().and_then(|p| p.get(&k).cloned()) {
+                out.push(r);
+                continue;
+            }
+            let raw = self.get(&k).await?;
+            let plain = self
+                .key
+                .open_object("point", &raw)
+                .map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+            let rec: PointRecord = from_rmp("point", &plain).map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+            if let Ok(mut p) = self.points.write() {
+                p.insert(k, rec.clone());
+            }
+            out.push(rec);
+        }
+        out.sort_by_key(|p| (p.captured, p.id.clone()));
+        Ok(out)
+    }
+
+    /// The block ids of a disk, expanded from its chunks (verifying each chunk).
+    pub async fn disk_ids(&self, d: &DiskRecord) -> Result<Vec<BlockId>, VaultError> {
+        let mut ids = Vec::with_capacity(d.blocks() as usize);
+        for c in &d.chunks {
+            ids.extend(self.get_chunk(c).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Reads, opens and verifies one block.
+    pub async fn read_block(&self, id: &BlockId, max_len: usize) -> Result<Vec<u8>, VaultError> {
+        let loc = self.locate(id).await.ok_or_else(|| VaultError::Format {
+            key: id.to_hex(),
+            source: FormatError::Malformed {
+                what: "index",
+                msg: "block not in the vault".into(),
+            },
+        })?;
+        let k = pack_key(&loc.pack);
+        let raw = self
+            .store
+            .get_range(&path(&k), loc.offset..loc.offset + loc.len as u64)
+            .await
+            .map_err(|e| VaultError::Store {
+                op: "get_range",
+                key: k.clone(),
+                source: e,
+            })?;
+        self.key
+            .open_block(id, &raw, max_len)
+            .map_err(|e| VaultError::Format { key: k, source: e })
+    }
+
+    async fn locate(&self, id: &BlockId) -> Option<Loc> {
+        if let Some(l) = self.index.read().ok().and_then(|i| i.get(id).cloned()) {
+            return Some(l);
+        }
+        let _ = self.refresh_index().await;
+        self.index.read().ok().and_then(|i| i.get(id).cloned())
+    }
+
+    /// Restores a disk to `out` (a raw image), verifying every block and the Merkle root.
+    pub async fn restore_disk(&self, d: &DiskRecord, out: &Path) -> Result<RestoreStats, VaultError> {
+        let corrupt = |block: u64, detail: String| VaultError::Corrupt {
+            disk: d.name.clone(),
+            block,
+            detail,
+        };
+        if d.block_size == 0 || d.block_size > MAX_BLOCK_SIZE {
+            return Err(corrupt(0, format!("invalid block size {}", d.block_size)));
+        }
+        let root = self.key.merkle_root(d.size_bytes, d.block_size, &d.chunks);
+        if root != d.merkle_root {
+            return Err(corrupt(0, "Merkle root does not match the manifest".into()));
+        }
+        let io = |e: std::io::Error| VaultError::Io {
+            path: out.display().to_string(),
+            source: e,
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .map_err(io)?;
+        f.set_len(d.size_bytes).map_err(io)?;
+        let bs = d.block_size as u64;
+        let mut stats = RestoreStats::default();
+        for (ci, c) in d.chunks.iter().enumerate() {
+            let ids = self.get_chunk(c).await.map_err(|e| corrupt((ci * CHUNK_ENTRIES) as u64, e.to_string()))?;
+            // Group the chunk's blocks by pack and fetch contiguous runs with one ranged read.
+            let mut wanted: Vec<(u64, BlockId, Loc)> = Vec::new();
+            for (j, id) in ids.iter().enumerate() {
+                let block = (ci * CHUNK_ENTRIES + j) as u64;
+                if id.is_zero() {
+                    stats.zero_blocks += 1;
+                    continue;
+                }
+                let loc = self
+                    .locate(id)
+                    .await
+                    .ok_or_else(|| corrupt(block, format!("block {} is missing from the vault", id.to_hex())))?;
+                wanted.push((block, *id, loc));
+            }
+            wanted.sort_by(|a, b| (&a.2.pack, a.2.offset).cmp(&(&b.2.pack, b.2.offset)));
+            let mut i = 0;
+            while i < wanted.len() {
+                let mut j = i + 1;
+                let mut end = wanted[i].2.offset + wanted[i].2.len as u64;
+                while j < wanted.len()
+                    && wanted[j].2.pack == wanted[i].2.pack
+                    && wanted[j].2.offset == end
+                    && end - wanted[i].2.offset < (8 << 20)
+                {
+                    end += wanted[j].2.len as u64;
+                    j += 1;
+                }
+                let start = wanted[i].2.offset;
+                let k = pack_key(&wanted[i].2.pack);
+                let raw = self
+                    .store
+                    .get_range(&path(&k), start..end)
+                    .await
+                    .map_err(|e| corrupt(wanted[i].0, format!("reading {k}: {e}")))?;
+                stats.fetched_bytes += raw.len() as u64;
+                for (block, id, loc) in &wanted[i..j] {
+                    let s = (loc.offset - start) as usize;
+                    let sealed = raw
+                        .get(s..s + loc.len as usize)
+                        .ok_or_else(|| corrupt(*block, format!("{k} is truncated")))?;
+                    let data = self
+                        .key
+                        .open_block(id, sealed, d.block_size as usize)
+                        .map_err(|e| corrupt(*block, format!("{e} (pack {k}, id {})", id.to_hex())))?;
+                    let expect = bs.min(d.size_bytes - block * bs) as usize;
+                    if data.len() != expect {
+                        return Err(corrupt(*block, format!("block has {} bytes, expected {expect}", data.len())));
+                    }
+                    f.write_all_at(&data, block * bs).map_err(io)?;
+                    stats.blocks += 1;
+                }
+                i = j;
+            }
+        }
+        f.sync_all().map_err(io)?;
+        Ok(stats)
+    }
+}
