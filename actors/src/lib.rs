@@ -12,6 +12,7 @@
 
 pub mod mesh;
 pub mod peers;
+pub mod replication;
 pub mod roles;
 pub mod seams;
 pub mod shell;

@@ -1,0 +1,285 @@
+//! Replication decisions, sans-IO: when a protected machine takes its next point, how RPO and
+//! health are computed, and which points retention keeps.
+//!
+//! - [`Scheduler`] (mobility side): call [`Scheduler::poll`] with `now`; it returns the cycle to
+//!   run, if one is due. Report the outcome with [`Scheduler::handle_done`] or
+//!   [`Scheduler::handle_failed`] (failures retry with capped exponential backoff).
+//! - [`health`] (configuration side): RPO = age of the newest committed point's capture
+//!   (or of the protection itself before the first point); above the policy threshold the
+//!   machine is `critical`, above half of it `warning`.
+//! - [`thin`]: the retention rule.
+
+use lifeboat_protocol::message::Policy;
+use lifeboat_protocol::vault::Consistency;
+use lifeboat_protocol::UnixMillis;
+use serde::Serialize;
+
+/// A cycle to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CycleKind {
+    /// Quiesce applications (freeze hook) for an app-consistent point.
+    pub app: bool,
+}
+
+/// When to run cycles.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    /// Crash-consistent period, ms.
+    crash_every_ms: u64,
+    /// App-consistent period, ms (0 = never).
+    app_every_ms: u64,
+    /// Whether the machine can quiesce (a freeze hook is configured).
+    can_quiesce: bool,
+    /// Start of the last successful cycle.
+    last_ok: Option<UnixMillis>,
+    /// Start of the last successful app-consistent cycle.
+    last_app: Option<UnixMillis>,
+    /// Not before this time (backoff after failures).
+    not_before: UnixMillis,
+    /// Consecutive failures.
+    failures: u32,
+    /// A cycle is running.
+    running: bool,
+}
+
+/// Largest retry delay after failures (ms).
+pub const MAX_RETRY_MS: u64 = 60_000;
+
+impl Scheduler {
+    /// A scheduler for `policy`.
+    pub fn new(policy: &Policy, can_quiesce: bool) -> Self {
+        Scheduler {
+            crash_every_ms: policy.crash_consistent_every_secs.max(1) * 1000,
+            app_every_ms: policy.app_consistent_every_secs * 1000,
+            can_quiesce,
+            last_ok: None,
+            last_app: None,
+            not_before: UnixMillis(0),
+            failures: 0,
+            running: false,
+        }
+    }
+
+    /// The cycle due at `now`, if any (marks it running).
+    pub fn poll(&mut self, now: UnixMillis) -> Option<CycleKind> {
+        if self.running || now < self.not_before {
+            return None;
+        }
+        let app_due = self.can_quiesce
+            && self.app_every_ms > 0
+            && self.last_app.is_none_or(|t| now.millis_since(t) >= self.app_every_ms);
+        let crash_due = self.last_ok.is_none_or(|t| now.millis_since(t) >= self.crash_every_ms);
+        if app_due || crash_due {
+            self.running = true;
+            return Some(CycleKind { app: app_due });
+        }
+        None
+    }
+
+    /// The cycle started at `started` committed its point.
+    pub fn handle_done(&mut self, started: UnixMillis, kind: CycleKind) {
+        self.running = false;
+        self.failures = 0;
+        self.last_ok = Some(started);
+        if kind.app {
+            self.last_app = Some(started);
+        }
+    }
+
+    /// The cycle failed at `now`; the next try waits a capped exponential delay.
+    pub fn handle_failed(&mut self, now: UnixMillis) {
+        self.running = false;
+        self.failures = self.failures.saturating_add(1);
+        let delay = (1000u64 << self.failures.min(16)).min(MAX_RETRY_MS);
+        self.not_before = now.plus_millis(delay);
+    }
+
+    /// Consecutive failures.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Health of a protected machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// First full copy not finished.
+    InitialReplication,
+    /// RPO within half the threshold.
+    Protected,
+    /// RPO above half the threshold.
+    Warning,
+    /// RPO above the threshold: alert.
+    Critical,
+}
+
+/// RPO (ms) and health at `now`. `newest` is the capture time of the newest committed point,
+/// `since` when protection started.
+pub fn health(now: UnixMillis, newest: Option<UnixMillis>, since: UnixMillis, threshold_secs: u64) -> (u64, Health) {
+    let t = threshold_secs * 1000;
+    match newest {
+        None => {
+            let age = now.millis_since(since);
+            (age, if age > t { Health::Critical } else { Health::InitialReplication })
+        }
+        Some(p) => {
+            let rpo = now.millis_since(p);
+            let h = if rpo > t {
+                Health::Critical
+            } else if rpo > t / 2 {
+                Health::Warning
+            } else {
+                Health::Protected
+            };
+            (rpo, h)
+        }
+    }
+}
+
+/// A point as retention sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointAge {
+    /// Id.
+    pub id: String,
+    /// Capture time.
+    pub captured: UnixMillis,
+    /// Consistency.
+    pub consistency: Consistency,
+}
+
+/// Everything of the last two hours is kept.
+pub const KEEP_ALL_MS: u64 = 2 * 3600 * 1000;
+
+/// The retention rule. Returns the ids to delete. Kept:
+/// - the newest point, and the newest app-consistent point, always;
+/// - every point captured in the last 2 hours;
+/// - older than that and within `retention_secs`: the newest point of each clock hour, and the
+///   newest app-consistent point of each clock hour;
+/// - nothing older than `retention_secs` (except the two above).
+pub fn thin(points: &[PointAge], now: UnixMillis, retention_secs: u64) -> Vec<String> {
+    let retention = retention_secs * 1000;
+    let newest = points.iter().max_by_key(|p| p.captured).map(|p| p.id.clone());
+    let newest_app = points
+        .iter()
+        .filter(|p| p.consistency == Consistency::AppConsistent)
+        .max_by_key(|p| p.captured)
+        .map(|p| p.id.clone());
+    let mut keep_hourly = std::collections::BTreeMap::<(u64, bool), (UnixMillis, String)>::new();
+    for p in points {
+        let age = now.millis_since(p.captured);
+        if age <= KEEP_ALL_MS || age > retention {
+            continue;
+        }
+        let hour = p.captured.0 / 3_600_000;
+        for app in [false, true] {
+            if app && p.consistency != Consistency::AppConsistent {
+                continue;
+            }
+            let e = keep_hourly.entry((hour, app)).or_insert((p.captured, p.id.clone()));
+            if p.captured > e.0 {
+                *e = (p.captured, p.id.clone());
+            }
+        }
+    }
+    let hourly: std::collections::BTreeSet<String> = keep_hourly.into_values().map(|(_, id)| id).collect();
+    points
+        .iter()
+        .filter(|p| {
+            let age = now.millis_since(p.captured);
+            let keep = Some(&p.id) == newest.as_ref()
+                || Some(&p.id) == newest_app.as_ref()
+                || age <= KEEP_ALL_MS
+                || (age <= retention && hourly.contains(&p.id));
+            !keep
+        })
+        .map(|p| p.id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            crash_consistent_every_secs: 60,
+            app_consistent_every_secs: 3600,
+            ..Policy::default_policy()
+        }
+    }
+
+    #[test]
+    fn cycles_run_at_the_policy_frequencies() {
+        let mut s = Scheduler::new(&policy(), true);
+        let k = s.poll(UnixMillis(0)).unwrap();
+        assert!(k.app, "the first cycle of a quiescable machine is app-consistent");
+        assert_eq!(s.poll(UnixMillis(1)), None, "one cycle at a time");
+        s.handle_done(UnixMillis(0), k);
+        assert_eq!(s.poll(UnixMillis(59_999)), None);
+        assert_eq!(s.poll(UnixMillis(60_000)), Some(CycleKind { app: false }));
+        s.handle_done(UnixMillis(60_000), CycleKind { app: false });
+        assert_eq!(s.poll(UnixMillis(3_600_000)), Some(CycleKind { app: true }));
+        let mut n = Scheduler::new(&policy(), false);
+        assert_eq!(n.poll(UnixMillis(0)), Some(CycleKind { app: false }));
+    }
+
+    #[test]
+    fn failures_back_off_with_a_cap() {
+        let mut s = Scheduler::new(&policy(), false);
+        let mut now = UnixMillis(0);
+        for _ in 0..20 {
+            assert!(s.poll(now).is_some());
+            s.handle_failed(now);
+            let mut t = now;
+            while s.poll(t).is_none() {
+                t = t.plus_millis(500);
+            }
+            assert!(t.millis_since(now) <= MAX_RETRY_MS + 500);
+            s.handle_failed(t);
+            now = t.plus_millis(MAX_RETRY_MS);
+        }
+    }
+
+    #[test]
+    fn health_follows_rpo() {
+        let t = 900;
+        assert_eq!(health(UnixMillis(1_000), None, UnixMillis(0), t).1, Health::InitialReplication);
+        assert_eq!(health(UnixMillis(1_000_000), None, UnixMillis(0), t).1, Health::Critical);
+        assert_eq!(health(UnixMillis(100_000), Some(UnixMillis(0)), UnixMillis(0), t), (100_000, Health::Protected));
+        assert_eq!(health(UnixMillis(500_000), Some(UnixMillis(0)), UnixMillis(0), t).1, Health::Warning);
+        assert_eq!(health(UnixMillis(900_001), Some(UnixMillis(0)), UnixMillis(0), t).1, Health::Critical);
+    }
+
+    #[test]
+    fn retention_keeps_recent_hourly_and_newest_app_points() {
+        let h = 3_600_000;
+        let now = UnixMillis(100 * h);
+        let mut pts = Vec::new();
+        // One point every 20 minutes for 30 hours; every 6th is app-consistent.
+        for i in 0..90u64 {
+            let captured = UnixMillis(now.0 - i * h / 3);
+            let consistency = if i % 6 == 5 { Consistency::AppConsistent } else { Consistency::CrashConsistent };
+            pts.push(PointAge { id: format!("p{i}"), captured, consistency });
+        }
+        let gone: std::collections::BTreeSet<String> = thin(&pts, now, 24 * 3600).into_iter().collect();
+        for p in &pts {
+            let age = now.millis_since(p.captured);
+            if age <= KEEP_ALL_MS {
+                assert!(!gone.contains(&p.id), "{} is recent", p.id);
+            }
+            if age > 24 * h {
+                assert!(gone.contains(&p.id), "{} is beyond retention", p.id);
+            }
+        }
+        // Between 2 h and 24 h at most two points (newest, newest app) per clock hour remain.
+        let kept: Vec<&PointAge> = pts.iter().filter(|p| !gone.contains(&p.id)).collect();
+        for hour in (now.0 - 24 * h) / h..(now.0 - 2 * h) / h {
+            let n = kept.iter().filter(|p| p.captured.0 / h == hour).count();
+            assert!((1..=2).contains(&n), "hour {hour} keeps {n}");
+        }
+        assert!(!gone.contains("p5"), "newest app-consistent point is kept");
+        assert!(!gone.contains("p0"), "newest point is kept");
+        assert!(thin(&pts[..1], UnixMillis(now.0 + 1000 * h), 3600).is_empty(), "the only point is never dropped");
+    }
+}
