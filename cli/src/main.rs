@@ -53,8 +53,74 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
-    /// Show this node's identity, roles and mesh.
+    /// Show this node's identity, roles and mesh, and (on the configuration node) the
+    /// replication state of protected machines: state, RPO, latest points, process server.
     Status {
+        /// Only this machine (node id or name).
+        machine: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The vault (on the configuration node).
+    Vault {
+        #[command(subcommand)]
+        cmd: VaultCmd,
+    },
+    /// Replication policies (on the configuration node).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Protect a machine's disks: initial replication, then continuous delta replication.
+    Protect {
+        /// The machine: node id or name of a mesh member with the mobility role.
+        machine: String,
+        /// Block device or image file on that machine (repeatable).
+        #[arg(long = "disk", required = true, value_name = "PATH")]
+        disks: Vec<String>,
+        /// Replication policy [default: default].
+        #[arg(long)]
+        policy: Option<String>,
+        /// Preferred process server (node id or name); any connected one otherwise.
+        #[arg(long, value_name = "NODE")]
+        process_server: Option<String>,
+        /// Quiesce command for app-consistent points (e.g. "fsfreeze -f /mnt").
+        #[arg(long, value_name = "CMD")]
+        freeze_hook: Option<String>,
+        /// Resume command, always run after the freeze hook (e.g. "fsfreeze -u /mnt").
+        #[arg(long, value_name = "CMD")]
+        thaw_hook: Option<String>,
+        /// Command that makes a frozen view and prints "DISK-NAME PATH" lines.
+        #[arg(long, value_name = "CMD")]
+        snapshot_hook: Option<String>,
+        /// Block size in bytes [default: 65536].
+        #[arg(long)]
+        block_size: Option<u32>,
+    },
+    /// Stop protecting a machine (its recovery points stay in the vault).
+    Unprotect {
+        /// The machine.
+        machine: String,
+    },
+    /// List a machine's recovery points (time, consistency, size, Merkle roots).
+    Points {
+        /// The machine.
+        machine: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
+    Restore {
+        /// The machine.
+        machine: String,
+        /// latest, latest-app, latest-crash, a point id (prefix), or a time (RFC 3339).
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// Directory for the images (DISK.img).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -112,6 +178,58 @@ enum Cmd {
         /// Keep the temporary state directories.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VaultCmd {
+    /// Create the vault and its data key.
+    Create {
+        /// Vault name.
+        name: String,
+        /// file:///PATH (default: STATE_DIR/vault), az://CONTAINER or s3://BUCKET.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// object_store option KEY=VALUE (repeatable), e.g. azure_storage_account_name=...
+        #[arg(long = "store-option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Create (or replace) a policy.
+    Create {
+        /// Name.
+        name: String,
+        /// Alert when RPO exceeds this.
+        #[arg(long, default_value = "15m")]
+        rpo_threshold: String,
+        /// Keep recovery points this long (thinned: all in the last 2 h, then hourly).
+        #[arg(long, default_value = "24h")]
+        retention: String,
+        /// Take a crash-consistent point this often.
+        #[arg(long, default_value = "1m")]
+        crash_consistent_every: String,
+        /// Take an app-consistent point this often ("0" = never).
+        #[arg(long, default_value = "1h")]
+        app_consistent_every: String,
+    },
+    /// List policies.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one policy.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a policy (refused while machines use it).
+    Delete {
+        /// Name.
+        name: String,
     },
 }
 
@@ -174,6 +292,26 @@ fn valid_role(s: &str) -> Result<String, String> {
     s.parse::<lifeboat_protocol::Role>()
         .map(|r| r.to_string())
         .map_err(|e| e.to_string())
+}
+
+fn secs(flag: &str, v: &str) -> Result<u64> {
+    if v == "0" {
+        return Ok(0);
+    }
+    let d = humantime::parse_duration(v).with_context(|| format!("--{flag} {v:?}: use a duration like 30s, 15m, 24h or 7d"))?;
+    Ok(d.as_secs())
+}
+
+fn age(ms: u64) -> String {
+    format!("{} ago", lifeboat_protocol::time::human_duration(ms))
+}
+
+fn when(ms: Option<u64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ms.map(|t| age(now.saturating_sub(t))).unwrap_or_else(|| "-".into())
 }
 
 fn install_tracing(format: LogFormatArg) {
@@ -277,11 +415,27 @@ fn run(cli: Cli) -> Result<()> {
             call(&dir, Request::Shutdown)?;
             println!("stopping");
         }
-        Cmd::Status { json } => {
+        Cmd::Status { machine, json } => {
             let v = call(&dir, Request::Status)?;
+            let repl = call(&dir, Request::ReplStatus { machine: machine.clone() })?;
             if json {
-                print_json(&v);
+                print_json(&serde_json::json!({ "node": v, "replication": repl }));
             } else {
+                for m in repl["machines"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<16} {:<20} rpo {:<10} latest {:<12} app {:<12} {}{}",
+                        m["machine"].as_str().unwrap_or("?"),
+                        m["state"].as_str().unwrap_or("?"),
+                        lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0)),
+                        when(m["latest_point"]["captured_ms"].as_u64()),
+                        when(m["latest_app_consistent"]["captured_ms"].as_u64()),
+                        if m["alert"] == true { "ALERT: RPO above threshold" } else { "" },
+                        m["last_error"].as_str().map(|e| format!(" last error: {e}")).unwrap_or_default(),
+                    );
+                }
+                if machine.is_some() {
+                    return Ok(());
+                }
                 println!(
                     "node        {} ({})",
                     v["node_id"].as_str().unwrap_or("?"),
@@ -363,6 +517,101 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&v);
             } else {
                 println!("{}", lifeboat_node::format::peer_table(&v));
+            }
+        }
+        Cmd::Vault { cmd: VaultCmd::Create { name, store, options } } => {
+            let mut opts = Vec::new();
+            for o in options {
+                let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--store-option {o:?}: use KEY=VALUE"))?;
+                opts.push((k.to_string(), v.to_string()));
+            }
+            let v = call(&dir, Request::VaultCreate { name, store, options: opts })?;
+            println!("created vault {} at {}", v["name"].as_str().unwrap_or("?"), v["url"].as_str().unwrap_or("?"));
+        }
+        Cmd::Policy { cmd } => match cmd {
+            PolicyCmd::Create { name, rpo_threshold, retention, crash_consistent_every, app_consistent_every } => {
+                let policy = lifeboat_protocol::message::Policy {
+                    name,
+                    rpo_threshold_secs: secs("rpo-threshold", &rpo_threshold)?,
+                    retention_secs: secs("retention", &retention)?,
+                    crash_consistent_every_secs: secs("crash-consistent-every", &crash_consistent_every)?,
+                    app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
+                };
+                let v = call(&dir, Request::PolicyCreate { policy })?;
+                println!("policy {} saved", v["name"].as_str().unwrap_or("?"));
+            }
+            PolicyCmd::List { json } => {
+                let v = call(&dir, Request::PolicyList)?;
+                if json {
+                    print_json(&v);
+                } else if let Some(m) = v.as_object() {
+                    println!("{:<16} {:>10} {:>10} {:>12} {:>12}", "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY");
+                    let h = |x: &serde_json::Value| match x.as_u64().unwrap_or(0) {
+                        0 => "never".to_string(),
+                        s => lifeboat_protocol::time::human_duration(s * 1000),
+                    };
+                    for (n, p) in m {
+                        println!("{n:<16} {:>10} {:>10} {:>12} {:>12}", h(&p["rpo_threshold_secs"]), h(&p["retention_secs"]), h(&p["crash_consistent_every_secs"]), h(&p["app_consistent_every_secs"]));
+                    }
+                }
+            }
+            PolicyCmd::Show { name } => {
+                let v = call(&dir, Request::PolicyList)?;
+                let p = v.get(&name).ok_or_else(|| anyhow!("no policy named {name}"))?;
+                print_json(p);
+            }
+            PolicyCmd::Delete { name } => {
+                call(&dir, Request::PolicyDelete { name: name.clone() })?;
+                println!("policy {name} deleted");
+            }
+        },
+        Cmd::Protect { machine, disks, policy, process_server, freeze_hook, thaw_hook, snapshot_hook, block_size } => {
+            if freeze_hook.is_some() != thaw_hook.is_some() {
+                bail!("--freeze-hook and --thaw-hook go together (an application frozen without a thaw stays frozen)");
+            }
+            let hooks = lifeboat_protocol::message::Hooks { freeze: freeze_hook, thaw: thaw_hook, snapshot: snapshot_hook };
+            let v = call(&dir, Request::Protect { machine, disks, policy, process_server, hooks, block_size })?;
+            println!(
+                "protecting {} ({} disks, policy {}); initial replication starts now, see `lifeboat status`",
+                v["machine"].as_str().unwrap_or("?"),
+                v["disks"].as_array().map_or(0, |d| d.len()),
+                v["policy"].as_str().unwrap_or("?")
+            );
+        }
+        Cmd::Unprotect { machine } => {
+            call(&dir, Request::Unprotect { machine: machine.clone() })?;
+            println!("{machine} is no longer protected (its recovery points stay in the vault)");
+        }
+        Cmd::Points { machine, json } => {
+            let v = call(&dir, Request::Points { machine })?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS", "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED");
+                for p in v.as_array().cloned().unwrap_or_default() {
+                    let roots: Vec<String> = p["disks"].as_array().cloned().unwrap_or_default().iter()
+                        .map(|d| format!("{}={}", d["name"].as_str().unwrap_or("?"), &d["merkle_root"].as_str().unwrap_or("?")[..16]))
+                        .collect();
+                    println!("{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
+                        p["id"].as_str().unwrap_or("?"),
+                        when(p["captured_ms"].as_u64()),
+                        p["consistency"].as_str().unwrap_or("?"),
+                        p["stats"]["changed_blocks"],
+                        p["stats"]["stored_bytes"],
+                        roots.join(" "));
+                }
+            }
+        }
+        Cmd::Restore { machine, point, to, json } => {
+            let to = if to.is_absolute() { to } else { std::env::current_dir()?.join(to) };
+            let v = call(&dir, Request::Restore { machine, point, to: to.display().to_string() })?;
+            if json {
+                print_json(&v);
+            } else {
+                for d in v["disks"].as_array().cloned().unwrap_or_default() {
+                    println!("{} -> {} ({} bytes, Merkle root {} verified)", d["name"].as_str().unwrap_or("?"), d["image"].as_str().unwrap_or("?"), d["size_bytes"], d["merkle_root"].as_str().unwrap_or("?"));
+                }
+                println!("restored point {} ({})", v["point"]["id"].as_str().unwrap_or("?"), v["point"]["consistency"].as_str().unwrap_or("?"));
             }
         }
         Cmd::Simulate {

@@ -33,6 +33,11 @@ unreachable_after_secs = 10
 # A peer not heard from for this many seconds is forgotten (removed from the table).
 forget_after_secs = 600
 
+[replication]
+# Process server: most bytes of replication data spooled on local disk (under the state
+# directory) before mobility nodes are made to wait. Default 1 GiB.
+spool_max_bytes = 1073741824
+
 [log]
 # Log format on stderr: "pretty" for people, "json" for collectors.
 format = "pretty"
@@ -47,9 +52,28 @@ pub struct Config {
     /// Peer discovery and liveness.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Replication.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[replication]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Spool bound of a process server, bytes. Default 1 GiB.
+    pub spool_max_bytes: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            spool_max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// `[node]`.
@@ -179,6 +203,12 @@ impl Config {
                     "{} must be greater than unreachable_after_secs ({})",
                     d.forget_after_secs, d.unreachable_after_secs
                 ),
+            });
+        }
+        if self.replication.spool_max_bytes < (32 << 20) {
+            return Err(ConfigError::Invalid {
+                field: "replication.spool_max_bytes",
+                msg: format!("{} is too small; use at least 33554432 (32 MiB)", self.replication.spool_max_bytes),
             });
         }
         for p in &d.peers {

@@ -52,6 +52,66 @@ pub enum Request {
     },
     /// The peer table.
     Peers,
+    /// Create the vault (configuration node).
+    VaultCreate {
+        /// Vault name.
+        name: String,
+        /// Store URL (default: a directory under the state dir).
+        store: Option<String>,
+        /// object_store options.
+        options: Vec<(String, String)>,
+    },
+    /// Create or replace a policy.
+    PolicyCreate {
+        /// The policy.
+        policy: lifeboat_protocol::message::Policy,
+    },
+    /// List policies.
+    PolicyList,
+    /// Delete a policy.
+    PolicyDelete {
+        /// Name.
+        name: String,
+    },
+    /// Protect a machine's disks.
+    Protect {
+        /// Machine (node id or name).
+        machine: String,
+        /// Disk paths on the machine.
+        disks: Vec<String>,
+        /// Policy name.
+        policy: Option<String>,
+        /// Preferred process server.
+        process_server: Option<String>,
+        /// Hooks.
+        hooks: lifeboat_protocol::message::Hooks,
+        /// Block size.
+        block_size: Option<u32>,
+    },
+    /// Stop protecting a machine.
+    Unprotect {
+        /// Machine.
+        machine: String,
+    },
+    /// Recovery points of a machine.
+    Points {
+        /// Machine.
+        machine: String,
+    },
+    /// Restore a point to raw images.
+    Restore {
+        /// Machine.
+        machine: String,
+        /// Point selector.
+        point: String,
+        /// Target directory.
+        to: String,
+    },
+    /// Replication status.
+    ReplStatus {
+        /// One machine, or all.
+        machine: Option<String>,
+    },
     /// Stop the daemon.
     Shutdown,
 }

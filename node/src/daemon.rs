@@ -11,6 +11,7 @@
 use crate::control::{Request, Response, MAX_LINE};
 use crate::discovery::MdnsDiscovery;
 use crate::net::{Inbound, Net, PeerInfo};
+use crate::replication::Repl;
 use crate::seams::{DirStore, OsRng, SystemClock};
 use crate::tls::{self, TlsIdentity, Tuning};
 use crate::transport::{Admission, Admitted, Local, SecureConn, TransportError};
@@ -69,6 +70,20 @@ struct Ctx {
     advertise: Vec<SocketAddr>,
     /// Shutdown trigger.
     stop: tokio::sync::mpsc::Sender<()>,
+    /// Replication.
+    repl: Arc<Repl>,
+}
+
+/// Background duties of the replication roles: keep the vault open, grant it to process
+/// servers, watch RPO. Runs on the quinn runtime.
+async fn replication_duties(repl: Arc<Repl>) {
+    loop {
+        if let Err(e) = repl.open_vault().await {
+            tracing::warn!(cause = %e, "vault not reachable yet");
+        }
+        crate::replication::config_side::tick(&repl).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Admission backed by the mesh actor.
@@ -99,6 +114,8 @@ struct ActorInbound {
     roles: Addr<RolesActor>,
     /// Mesh actor.
     mesh: Addr<MeshActor>,
+    /// Replication (set once started; it needs the network first).
+    repl: OnceLock<Arc<Repl>>,
 }
 
 impl Inbound for ActorInbound {
@@ -130,7 +147,35 @@ impl Inbound for ActorInbound {
         let peers = self.peers.get().cloned();
         let roles = self.roles.clone();
         let mesh = self.mesh.clone();
-        async move { route(from, msg, peers, roles, mesh).await }.boxed()
+        let repl = self.repl.get().cloned();
+        async move { route(from, msg, peers, roles, mesh, repl).await }.boxed()
+    }
+    fn stream(
+        &self,
+        from: PeerInfo,
+        first: Message,
+        mut w: crate::transport::FrameWriter,
+        r: crate::transport::FrameReader,
+    ) -> BoxFuture<'static, ()> {
+        let repl = self.repl.get().cloned();
+        let roles = self.roles.clone();
+        async move {
+            let is_ps = roles.send(GetRoles).await.map(|r| r.contains(&Role::ProcessServer)).unwrap_or(false);
+            match (repl, first) {
+                (Some(repl), Message::DeltaBegin(h)) if is_ps => {
+                    crate::replication::ps::serve(repl, from.key.node_id(), h, w, r).await
+                }
+                _ => {
+                    let _ = w
+                        .send(Message::PointFailed {
+                            reason: "this node is not a process server".into(),
+                        })
+                        .await;
+                    w.finish();
+                }
+            }
+        }
+        .boxed()
     }
 }
 
@@ -145,6 +190,7 @@ pub async fn route(
     peers: Option<Addr<PeersActor>>,
     roles: Addr<RolesActor>,
     mesh: Addr<MeshActor>,
+    repl: Option<Arc<Repl>>,
 ) -> Option<Message> {
     if let Admitted::Registration(key_id) = from.admitted {
         return match msg {
@@ -213,6 +259,67 @@ pub async fn route(
         }
         Message::MembershipRequest => mesh.send(MembershipMessage).await.ok().flatten(),
         Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
+        Message::VaultGrant(g) => {
+            let status = mesh.send(CheckKey(from.key)).await.ok()?;
+            if !status.authority {
+                return err("only the configuration node may grant a vault");
+            }
+            let repl = repl?;
+            let cfg = crate::vault::VaultConfig {
+                name: g.name,
+                url: g.url,
+                master_key: lifeboat_protocol::vault::hex(&g.master_key),
+                options: g.options.into_iter().collect(),
+            };
+            if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
+                return Some(Message::Accept);
+            }
+            match repl.set_vault_config(cfg) {
+                Ok(()) => {
+                    tracing::info!("vault granted by the configuration node");
+                    Some(Message::Accept)
+                }
+                Err(e) => err(e),
+            }
+        }
+        Message::Protect(spec) => {
+            let status = mesh.send(CheckKey(from.key)).await.ok()?;
+            if !status.authority {
+                return err("only the configuration node may start protection");
+            }
+            let repl = repl?;
+            if spec.machine != repl.local {
+                return err("this protection is for another machine");
+            }
+            if !roles.send(GetRoles).await.ok()?.contains(&Role::Mobility) {
+                return err("this node lacks the mobility role");
+            }
+            match crate::replication::mobility::start(&repl, spec) {
+                Ok(()) => Some(Message::Accept),
+                Err(e) => err(e),
+            }
+        }
+        Message::Unprotect { machine } => {
+            let status = mesh.send(CheckKey(from.key)).await.ok()?;
+            let repl = repl?;
+            if !status.authority || machine != repl.local {
+                return err("refused");
+            }
+            crate::replication::mobility::stop(&repl);
+            Some(Message::Accept)
+        }
+        Message::PointNotice(s) => {
+            let repl = repl?;
+            if roles.send(GetRoles).await.ok()?.contains(&Role::Configuration) {
+                crate::replication::config_side::point_notice(&repl, s);
+            }
+            None
+        }
+        Message::Report(r) => {
+            let repl = repl?;
+            crate::replication::config_side::report(&repl, from.key.node_id(), r);
+            None
+        }
         _ => err("unexpected message"),
     }
 }
@@ -340,6 +447,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             peers: OnceLock::new(),
             roles: roles_addr.clone(),
             mesh: mesh.clone(),
+            repl: OnceLock::new(),
         });
         let net = Net::start(
             ep,
@@ -375,6 +483,25 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         )
         .start();
         let _ = inbound.peers.set(peers.clone());
+        let repl = match Repl::new(
+            dir.clone(),
+            net.clone(),
+            keypair.node_id(),
+            cfg.node.name.clone(),
+            roles_addr.clone(),
+            mesh.clone(),
+            peers.clone(),
+            cfg.replication.spool_max_bytes,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Err(DaemonError::Start(e)),
+        };
+        let _ = inbound.repl.set(repl.clone());
+        {
+            let _g = quic_handle.enter();
+            crate::replication::mobility::resume(&repl);
+        }
+        quic_handle.spawn(replication_duties(repl.clone()));
         let sync = HelloSync {
             local: local.clone(),
             net: net.clone(),
@@ -426,6 +553,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             peers,
             advertise,
             stop: stop_tx,
+            repl,
         });
         let listener = match bind_control(&dir) {
             Ok(l) => l,
@@ -603,6 +731,50 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         Request::Peers => {
             let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
             Ok(serde_json::to_value(peers).unwrap_or_default())
+        }
+        Request::VaultCreate { name, store, options } => {
+            let repl = ctx.repl.clone();
+            let mut opts: std::collections::BTreeMap<String, String> = options.into_iter().collect();
+            // Store settings in this daemon's environment travel with the grant to process servers.
+            for (k, v) in std::env::vars() {
+                let lk = k.to_ascii_lowercase();
+                if lk.starts_with("azure_") || lk.starts_with("aws_") {
+                    opts.entry(lk).or_insert(v);
+                }
+            }
+            on_quic(ctx, async move { crate::replication::config_side::vault_create(&repl, &name, store, opts).await }).await?
+        }
+        Request::PolicyCreate { policy } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::policy_create(&repl, policy).await }).await?
+        }
+        Request::PolicyList => Ok(serde_json::to_value(crate::replication::config_side::policies(&ctx.repl)).unwrap_or_default()),
+        Request::PolicyDelete { name } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::policy_delete(&repl, &name).await }).await?
+        }
+        Request::Protect { machine, disks, policy, process_server, hooks, block_size } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::protect(&repl, &machine, disks, policy, process_server, hooks, block_size).await
+            })
+            .await?
+        }
+        Request::Unprotect { machine } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::unprotect(&repl, &machine).await }).await?
+        }
+        Request::Points { machine } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::points(&repl, &machine).await }).await?
+        }
+        Request::Restore { machine, point, to } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::restore(&repl, &machine, &point, &to).await }).await?
+        }
+        Request::ReplStatus { machine } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move { crate::replication::config_side::status(&repl, machine).await }).await?
         }
         Request::Shutdown => {
             let _ = ctx.stop.try_send(());

@@ -52,6 +52,25 @@ pub trait Inbound: Send + Sync + 'static {
     fn dial_failed(&self, addr: SocketAddr, err: &TransportError);
     /// A message arrived; the returned message (if any) is the reply.
     fn message(&self, from: PeerInfo, msg: Message) -> BoxFuture<'static, Option<Message>>;
+    /// A bidirectional stream opened with a streaming message (`DeltaBegin`): the handler owns
+    /// the rest of the stream.
+    fn stream(
+        &self,
+        from: PeerInfo,
+        first: Message,
+        mut w: transport::FrameWriter,
+        r: transport::FrameReader,
+    ) -> BoxFuture<'static, ()> {
+        let _ = (from, first, r);
+        Box::pin(async move {
+            let _ = w
+                .send(Message::Error {
+                    message: "this node does not accept replication streams".into(),
+                })
+                .await;
+            w.finish();
+        })
+    }
 }
 
 /// Counters shown in status and checked by tests.
@@ -178,6 +197,17 @@ impl Net {
             .map(|s| s.conn.clone())
             .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))?;
         conn.request(msg, REQUEST_TIMEOUT).await
+    }
+
+    /// Opens a bidirectional stream to a connected peer (for streaming exchanges).
+    pub async fn open_bi(&self, to: NodeId) -> Result<(transport::FrameWriter, transport::FrameReader), TransportError> {
+        let conn = self
+            .inner
+            .conns
+            .get(&to)
+            .map(|s| s.conn.clone())
+            .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))?;
+        conn.open_bi().await
     }
 
     /// Registers with the configuration node named by `key`, sending `register`; returns the
@@ -469,6 +499,9 @@ async fn serve_bi(
         }
     };
     match first {
+        Ok(Some(env)) if matches!(env.msg, Message::DeltaBegin(_)) && c.admitted == Admitted::Mesh => {
+            inner.inbound.stream(info, env.msg, w, r).await;
+        }
         Ok(Some(env)) => {
             let reply = inner
                 .inbound

@@ -79,6 +79,7 @@ async fn only_the_mesh_authority_may_change_roles_remotely() {
         None,
         roles.clone(),
         mesh.clone(),
+        None,
     )
     .await;
     match r {
@@ -93,6 +94,7 @@ async fn only_the_mesh_authority_may_change_roles_remotely() {
         None,
         roles.clone(),
         mesh.clone(),
+        None,
     )
     .await;
     assert_eq!(
@@ -109,6 +111,7 @@ async fn only_the_mesh_authority_may_change_roles_remotely() {
         None,
         roles,
         mesh,
+        None,
     )
     .await;
     assert!(matches!(r, Some(Message::Error { message }) if message.contains("may only register")));

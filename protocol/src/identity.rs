@@ -43,10 +43,32 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// Short stable identifier of a node, derived from its public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Short stable identifier of a node, derived from its public key. Serialized as its text form
+/// in human-readable formats (JSON state files, map keys) and as 10 bytes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct NodeId(pub [u8; 10]);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 10]>::deserialize(d).map(NodeId)
+        }
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,6 +180,19 @@ mod tests {
             let s = id.to_string();
             prop_assert_eq!(s.parse::<NodeId>().unwrap(), id);
         }
+    }
+
+    #[test]
+    fn node_ids_are_text_in_json_and_bytes_on_the_wire() {
+        let id = StaticKeypair::generate([3; 32]).node_id();
+        let j = serde_json::to_string(&id).unwrap();
+        assert_eq!(j, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<NodeId>(&j).unwrap(), id);
+        let m: std::collections::BTreeMap<NodeId, u8> = [(id, 1)].into_iter().collect();
+        assert!(serde_json::to_string(&m).is_ok());
+        let w = rmp_serde::to_vec(&id).unwrap();
+        assert!(w.len() <= 12);
+        assert_eq!(rmp_serde::from_slice::<NodeId>(&w).unwrap(), id);
     }
 
     #[test]

@@ -353,12 +353,18 @@ pub struct PackIndex {
 }
 
 /// Accumulates sealed blocks into one pack.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PackBuilder {
     /// Pack bytes so far.
     buf: Vec<u8>,
     /// Index entries so far.
     entries: Vec<IndexEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PackBuilder {

@@ -1,0 +1,510 @@
+//! Configuration side: the vault (creation, data key, grants to process servers), policies,
+//! protections, the catalog of recovery points (a cache of the vault's), replication status and
+//! RPO alerts, and restores.
+
+use super::{load, save, Repl};
+use crate::vault::{store_from_url, Vault, VaultConfig};
+use lifeboat_actors::replication::{health, Health};
+use lifeboat_config::StateDir;
+use lifeboat_protocol::message::{DiskSpec, Hooks, PointSummary, Policy, ProtectionReport, ProtectionSpec};
+use lifeboat_protocol::vault::{self, Consistency, DataKey, PointRecord, DEFAULT_BLOCK_SIZE};
+use lifeboat_protocol::{Message, NodeId, Role, UnixMillis};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A protection as the configuration node keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Protection {
+    /// What the mobility node was told.
+    pub spec: ProtectionSpec,
+    /// Machine name.
+    pub machine_name: String,
+    /// When protection started.
+    pub since: UnixMillis,
+}
+
+/// What the configuration node knows of a machine's points and state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Newest point.
+    pub latest: Option<PointSummary>,
+    /// Newest app-consistent point.
+    pub latest_app: Option<PointSummary>,
+    /// Newest crash-consistent (or better) point.
+    pub latest_crash: Option<PointSummary>,
+    /// Latest report from the mobility node.
+    pub report: Option<ProtectionReport>,
+    /// An RPO alert is raised.
+    pub alerted: bool,
+}
+
+/// Configuration-side state.
+#[derive(Debug, Default)]
+pub struct ConfigState {
+    /// Policies by name.
+    pub policies: Mutex<BTreeMap<String, Policy>>,
+    /// Protections by machine.
+    pub protections: Mutex<BTreeMap<NodeId, Protection>>,
+    /// Catalog by machine.
+    pub catalog: Mutex<BTreeMap<NodeId, CatalogEntry>>,
+    /// Process servers that hold the current vault grant.
+    pub granted: Mutex<BTreeSet<NodeId>>,
+}
+
+impl ConfigState {
+    /// Loads persisted state.
+    pub fn load(dir: &StateDir) -> Result<Self, String> {
+        let policies: BTreeMap<String, Policy> = load(&dir.root.join("policies.json"))?.unwrap_or_default();
+        let protections: BTreeMap<NodeId, Protection> = load(&dir.root.join("protections.json"))?.unwrap_or_default();
+        let catalog: BTreeMap<NodeId, CatalogEntry> = load(&dir.root.join("catalog.json"))?.unwrap_or_default();
+        Ok(ConfigState {
+            policies: Mutex::new(policies),
+            protections: Mutex::new(protections),
+            catalog: Mutex::new(catalog),
+            granted: Mutex::new(BTreeSet::new()),
+        })
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn require_config(repl: &Repl) -> Result<(), String> {
+    if !repl.roles().await.contains(&Role::Configuration) {
+        return Err("this command runs on a configuration node (this node lacks the configuration role)".into());
+    }
+    Ok(())
+}
+
+async fn require_vault(repl: &Repl) -> Result<Arc<Vault>, String> {
+    repl.open_vault()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no vault yet; create one with `lifeboat vault create NAME`".into())
+}
+
+/// `lifeboat vault create NAME [--store URL] [--store-option K=V]...`
+pub async fn vault_create(repl: &Repl, name: &str, url: Option<String>, options: BTreeMap<String, String>) -> Result<Value, String> {
+    require_config(repl).await?;
+    if let Some(c) = guard(&repl.vault_cfg).clone() {
+        return Err(format!("this configuration node already has vault {:?} at {}", c.name, c.url));
+    }
+    if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("invalid vault name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"));
+    }
+    let url = url.unwrap_or_else(|| format!("file://{}", repl.dir.root.join("vault").display()));
+    let mut master = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut master);
+    let key = DataKey::from_master(master);
+    let store = store_from_url(&url, &options).map_err(|e| e.to_string())?;
+    let header = Vault::create(store, name, &key, crate::seams::now()).await.map_err(|e| e.to_string())?;
+    repl.set_vault_config(VaultConfig {
+        name: name.into(),
+        url: url.clone(),
+        master_key: vault::hex(&master),
+        options,
+    })?;
+    guard(&repl.cfg.granted).clear();
+    require_vault(repl).await?;
+    Ok(json!({ "name": name, "url": url, "vault_id": header.id, "key_check": header.key_check }))
+}
+
+fn save_policies(repl: &Repl) -> Result<(), String> {
+    let p = guard(&repl.cfg.policies).clone();
+    save(&repl.dir.root.join("policies.json"), &p, 0o644)
+}
+
+/// All policies, the built-in default included.
+pub fn policies(repl: &Repl) -> BTreeMap<String, Policy> {
+    let mut p = guard(&repl.cfg.policies).clone();
+    p.entry("default".into()).or_insert_with(Policy::default_policy);
+    p
+}
+
+/// Validates a policy.
+pub fn validate_policy(p: &Policy) -> Result<(), String> {
+    if p.name.is_empty() || p.name.len() > 63 || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("invalid policy name {:?}", p.name));
+    }
+    if p.crash_consistent_every_secs == 0 {
+        return Err("--crash-consistent-every must be at least 1s".into());
+    }
+    if p.rpo_threshold_secs < p.crash_consistent_every_secs {
+        return Err("--rpo-threshold must not be shorter than --crash-consistent-every (every point would raise an alert)".into());
+    }
+    if p.retention_secs < p.crash_consistent_every_secs {
+        return Err("--retention must be at least --crash-consistent-every, or no point would be kept".into());
+    }
+    if p.app_consistent_every_secs != 0 && p.app_consistent_every_secs < p.crash_consistent_every_secs {
+        return Err("--app-consistent-every must be 0 (never) or at least --crash-consistent-every".into());
+    }
+    if p.retention_secs > 365 * 86_400 {
+        return Err("--retention above one year is not supported".into());
+    }
+    Ok(())
+}
+
+/// `lifeboat policy create`.
+pub async fn policy_create(repl: &Repl, p: Policy) -> Result<Value, String> {
+    require_config(repl).await?;
+    validate_policy(&p)?;
+    guard(&repl.cfg.policies).insert(p.name.clone(), p.clone());
+    save_policies(repl)?;
+    Ok(serde_json::to_value(p).unwrap_or_default())
+}
+
+/// `lifeboat policy delete`.
+pub async fn policy_delete(repl: &Repl, name: &str) -> Result<Value, String> {
+    require_config(repl).await?;
+    let used: Vec<String> = guard(&repl.cfg.protections)
+        .values()
+        .filter(|p| p.spec.policy.name == name)
+        .map(|p| p.machine_name.clone())
+        .collect();
+    if !used.is_empty() {
+        return Err(format!("policy {name} is used by {}; unprotect them or protect them with another policy first", used.join(", ")));
+    }
+    if guard(&repl.cfg.policies).remove(name).is_none() {
+        return Err(format!("no policy named {name}"));
+    }
+    save_policies(repl)?;
+    Ok(json!({ "deleted": name }))
+}
+
+/// Resolves a machine given by node id or name among mesh members.
+async fn resolve_machine(repl: &Repl, machine: &str) -> Result<(NodeId, String), String> {
+    let mesh = repl.mesh.send(lifeboat_actors::shell::GetMesh).await.map_err(|e| e.to_string())?;
+    for m in &mesh.members {
+        if m.node_id().to_string() == machine || m.name == machine {
+            return Ok((m.node_id(), m.name.clone()));
+        }
+    }
+    Err(format!("no mesh member named {machine:?}; see `lifeboat peers`"))
+}
+
+fn save_protections(repl: &Repl) -> Result<(), String> {
+    let p = guard(&repl.cfg.protections).clone();
+    save(&repl.dir.root.join("protections.json"), &p, 0o644)
+}
+
+fn save_catalog(repl: &Repl) {
+    let c = guard(&repl.cfg.catalog).clone();
+    if let Err(e) = save(&repl.dir.root.join("catalog.json"), &c, 0o644) {
+        tracing::warn!(cause = %e, "saving the catalog failed");
+    }
+}
+
+/// `lifeboat protect MACHINE --disk PATH...`
+#[allow(clippy::too_many_arguments)]
+pub async fn protect(
+    repl: &Repl,
+    machine: &str,
+    disks: Vec<String>,
+    policy: Option<String>,
+    process_server: Option<String>,
+    hooks: Hooks,
+    block_size: Option<u32>,
+) -> Result<Value, String> {
+    require_config(repl).await?;
+    require_vault(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    if disks.is_empty() {
+        return Err("give at least one --disk PATH".into());
+    }
+    let policy_name = policy.unwrap_or_else(|| "default".into());
+    let policy = policies(repl)
+        .get(&policy_name)
+        .cloned()
+        .ok_or_else(|| format!("no policy named {policy_name}; see `lifeboat policy list`"))?;
+    let ps = match process_server {
+        Some(p) => Some(resolve_machine(repl, &p).await?.0),
+        None => None,
+    };
+    let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    if !(4096..=vault::MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
+        return Err("--block-size must be a power of two between 4 KiB and 4 MiB".into());
+    }
+    let mut specs = Vec::new();
+    let mut names = BTreeSet::new();
+    for d in disks {
+        if !d.starts_with('/') {
+            return Err(format!("--disk {d}: give an absolute path on the protected machine"));
+        }
+        let mut n = super::disk_name(&d);
+        let mut k = 2;
+        while !names.insert(n.clone()) {
+            n = format!("{}-{k}", super::disk_name(&d));
+            k += 1;
+        }
+        specs.push(DiskSpec { name: n, path: d });
+    }
+    let spec = ProtectionSpec {
+        machine: id,
+        disks: specs,
+        policy,
+        process_server: ps,
+        hooks,
+        block_size: bs,
+    };
+    let peer_roles = repl.connected_with(Role::Mobility).await;
+    if id != repl.local && !peer_roles.contains(&id) {
+        return Err(format!(
+            "{name} ({id}) is not connected with the mobility role; run `lifeboat role add mobility --node {id}` and check `lifeboat peers`"
+        ));
+    }
+    if id == repl.local {
+        if !repl.roles().await.contains(&Role::Mobility) {
+            return Err("this node lacks the mobility role; run `lifeboat role add mobility`".into());
+        }
+        super::mobility::start_arc(repl, spec.clone())?;
+    } else {
+        let net = repl.net.clone();
+        match net.request(id, Message::Protect(spec.clone())).await.map_err(|e| e.to_string())? {
+            Message::Accept => {}
+            Message::Error { message } => return Err(format!("{name} refused: {message}")),
+            other => return Err(format!("unexpected reply from {name}: {other:?}")),
+        }
+    }
+    guard(&repl.cfg.protections).insert(
+        id,
+        Protection {
+            spec: spec.clone(),
+            machine_name: name.clone(),
+            since: crate::seams::now(),
+        },
+    );
+    save_protections(repl)?;
+    tracing::info!(machine = %name, disks = spec.disks.len(), policy = %spec.policy.name, "protection enabled");
+    Ok(json!({ "machine": name, "node_id": id.to_string(), "disks": spec.disks, "policy": spec.policy.name }))
+}
+
+/// `lifeboat unprotect MACHINE`.
+pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
+    require_config(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    if guard(&repl.cfg.protections).remove(&id).is_none() {
+        return Err(format!("{name} is not protected"));
+    }
+    save_protections(repl)?;
+    if id == repl.local {
+        super::mobility::stop(repl);
+    } else if let Err(e) = repl.net.request(id, Message::Unprotect { machine: id }).await {
+        tracing::warn!(machine = %name, cause = %e, "could not reach the machine; it stops when it next connects");
+    }
+    Ok(json!({ "unprotected": name }))
+}
+
+/// Handles a `PointNotice` from a process server.
+pub fn point_notice(repl: &Repl, s: PointSummary) {
+    {
+        let mut c = guard(&repl.cfg.catalog);
+        let e = c.entry(s.machine).or_default();
+        let newer = |x: &Option<PointSummary>| x.as_ref().is_none_or(|p| p.captured <= s.captured);
+        if newer(&e.latest) {
+            e.latest = Some(s.clone());
+        }
+        if s.consistency != Consistency::NotConsistent && newer(&e.latest_crash) {
+            e.latest_crash = Some(s.clone());
+        }
+        if s.consistency == Consistency::AppConsistent && newer(&e.latest_app) {
+            e.latest_app = Some(s.clone());
+        }
+    }
+    save_catalog(repl);
+}
+
+/// Handles a `Report` from a mobility node (only about itself).
+pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
+    if r.machine != from {
+        return;
+    }
+    guard(&repl.cfg.catalog).entry(from).or_default().report = Some(r);
+}
+
+/// Periodic duties: vault grants to process servers, RPO alerts.
+pub async fn tick(repl: &Repl) {
+    if !repl.roles().await.contains(&Role::Configuration) {
+        return;
+    }
+    if let Some(grant) = repl.grant() {
+        let connected: BTreeSet<NodeId> = repl.connected_with(Role::ProcessServer).await.into_iter().collect();
+        let todo: Vec<NodeId> = {
+            let mut g = guard(&repl.cfg.granted);
+            g.retain(|id| connected.contains(id));
+            connected.iter().filter(|id| !g.contains(id)).copied().collect()
+        };
+        for id in todo {
+            match repl.net.request(id, Message::VaultGrant(grant.clone())).await {
+                Ok(Message::Accept) => {
+                    guard(&repl.cfg.granted).insert(id);
+                    tracing::info!(process_server = %id, "vault granted");
+                }
+                Ok(other) => tracing::warn!(process_server = %id, reply = ?other, "vault grant refused"),
+                Err(e) => tracing::debug!(process_server = %id, cause = %e, "vault grant failed"),
+            }
+        }
+    }
+    let now = crate::seams::now();
+    let prots = guard(&repl.cfg.protections).clone();
+    let mut c = guard(&repl.cfg.catalog);
+    for (id, p) in prots {
+        let e = c.entry(id).or_default();
+        let (rpo, h) = health(now, e.latest.as_ref().map(|s| s.captured), p.since, p.spec.policy.rpo_threshold_secs);
+        if h == Health::Critical && !e.alerted {
+            e.alerted = true;
+            tracing::warn!(machine = %p.machine_name, rpo_secs = rpo / 1000, threshold_secs = p.spec.policy.rpo_threshold_secs, "ALERT: RPO above threshold");
+        } else if h != Health::Critical && e.alerted {
+            e.alerted = false;
+            tracing::info!(machine = %p.machine_name, rpo_secs = rpo / 1000, "RPO back under threshold");
+        }
+    }
+}
+
+/// `lifeboat status [MACHINE]` (replication part).
+pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, String> {
+    let now = crate::seams::now();
+    let only = match machine {
+        Some(m) => Some(resolve_machine(repl, &m).await?.0),
+        None => None,
+    };
+    let prots = guard(&repl.cfg.protections).clone();
+    let cat = guard(&repl.cfg.catalog).clone();
+    let mut machines = Vec::new();
+    for (id, p) in prots.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)) {
+        let e = cat.get(id).cloned().unwrap_or_default();
+        let (rpo, h) = health(now, e.latest.as_ref().map(|s| s.captured), p.since, p.spec.policy.rpo_threshold_secs);
+        let state = match (&e.report, h) {
+            (Some(r), _) if r.last_error.is_some() && e.latest.is_none() => "error",
+            (_, Health::InitialReplication) => "initial-replication",
+            (_, Health::Protected) => "protected",
+            (_, Health::Warning) => "warning",
+            (_, Health::Critical) => "critical",
+        };
+        let pt = |s: &Option<PointSummary>| s.as_ref().map(|s| json!({ "id": s.id, "captured_ms": s.captured.0, "consistency": s.consistency }));
+        machines.push(json!({
+            "machine": p.machine_name,
+            "node_id": id.to_string(),
+            "policy": p.spec.policy.name,
+            "disks": p.spec.disks.iter().map(|d| json!({ "name": d.name, "path": d.path })).collect::<Vec<_>>(),
+            "state": state,
+            "rpo_ms": rpo,
+            "rpo_threshold_secs": p.spec.policy.rpo_threshold_secs,
+            "alert": h == Health::Critical,
+            "latest_point": pt(&e.latest),
+            "latest_crash_consistent": pt(&e.latest_crash),
+            "latest_app_consistent": pt(&e.latest_app),
+            "process_server": e.latest.as_ref().map(|s| s.process_server.to_string()),
+            "last_error": e.report.as_ref().and_then(|r| r.last_error.clone()),
+        }));
+    }
+    Ok(json!({ "machines": machines, "process_server": ps_health(repl) }))
+}
+
+/// This node's process-server health (spool use, backlog age, uploads).
+pub fn ps_health(repl: &Repl) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let since = repl.ps.backlog_since.load(Relaxed);
+    json!({
+        "spool_segments_used": repl.ps.segments_in_use(),
+        "spool_segments_max": repl.ps.spool_segments,
+        "spooled_bytes": repl.ps.spooled_bytes.load(Relaxed),
+        "backlog_age_ms": if since == 0 { 0 } else { crate::seams::now().0.saturating_sub(since) },
+        "uploaded_bytes": repl.ps.uploaded_bytes.load(Relaxed),
+        "points_committed": repl.ps.points.load(Relaxed),
+        "upload_failures": repl.ps.upload_failures.load(Relaxed),
+    })
+}
+
+fn point_json(p: &PointRecord) -> Value {
+    json!({
+        "id": p.id,
+        "machine": p.machine_name,
+        "captured_ms": p.captured.0,
+        "committed_ms": p.committed.0,
+        "consistency": p.consistency,
+        "parent": p.parent,
+        "stats": p.stats,
+        "disks": p.disks.iter().map(|d| json!({
+            "name": d.name,
+            "size_bytes": d.size_bytes,
+            "merkle_root": d.merkle_root.to_hex(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `lifeboat points MACHINE`.
+pub async fn points(repl: &Repl, machine: &str) -> Result<Value, String> {
+    let vault = require_vault(repl).await?;
+    let (id, _) = resolve_machine(repl, machine).await?;
+    let pts = vault.list_points(Some(&id)).await.map_err(|e| e.to_string())?;
+    Ok(Value::Array(pts.iter().map(point_json).collect()))
+}
+
+/// Picks a point: `latest`, `latest-app`, `latest-crash`, an id (or unique prefix), or a time
+/// (RFC 3339: the newest point captured at or before it).
+pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRecord, String> {
+    let newest = |f: &dyn Fn(&PointRecord) -> bool| pts.iter().filter(|p| f(p)).max_by_key(|p| p.captured);
+    let found = match sel {
+        "latest" => newest(&|_| true),
+        "latest-app" => newest(&|p| p.consistency == Consistency::AppConsistent),
+        "latest-crash" => newest(&|p| p.consistency != Consistency::NotConsistent),
+        s if s.len() >= 6 && s.chars().all(|c| c.is_ascii_hexdigit()) => {
+            let m: Vec<&PointRecord> = pts.iter().filter(|p| p.id.starts_with(s)).collect();
+            if m.len() > 1 {
+                return Err(format!("point id prefix {s} is ambiguous"));
+            }
+            m.into_iter().next()
+        }
+        s => {
+            let t = humantime::parse_rfc3339_weak(s)
+                .map_err(|_| format!("--point {s:?}: use latest, latest-app, latest-crash, a point id, or a time like 2026-11-26T08:00:00Z"))?;
+            let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            newest(&|p| p.captured.0 <= ms)
+        }
+    };
+    found.ok_or_else(|| format!("no recovery point matches {sel:?}"))
+}
+
+/// `lifeboat restore MACHINE --point P --to DIR`: raw images, every block verified.
+pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Result<Value, String> {
+    let vault = require_vault(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    let pts = vault.list_points(Some(&id)).await.map_err(|e| e.to_string())?;
+    let p = select_point(&pts, point)?.clone();
+    let dir = Path::new(to);
+    if !dir.is_absolute() {
+        return Err("--to must be an absolute directory".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{to}: {e}"))?;
+    let mut disks = Vec::new();
+    for d in &p.disks {
+        if !super::valid_disk_name(&d.name) {
+            return Err(format!("point {} has an invalid disk name", p.id));
+        }
+        let file = if d.name.ends_with(".img") || d.name.ends_with(".raw") {
+            d.name.clone()
+        } else {
+            format!("{}.img", d.name)
+        };
+        let out = dir.join(file);
+        let t0 = std::time::Instant::now();
+        let stats = vault.restore_disk(d, &out).await.map_err(|e| format!("restore of {name} point {} failed: {e}", p.id))?;
+        disks.push(json!({
+            "name": d.name,
+            "image": out,
+            "size_bytes": d.size_bytes,
+            "merkle_root": d.merkle_root.to_hex(),
+            "blocks": stats.blocks,
+            "zero_blocks": stats.zero_blocks,
+            "fetched_bytes": stats.fetched_bytes,
+            "seconds": t0.elapsed().as_secs_f64(),
+        }));
+    }
+    tracing::info!(machine = %name, point = %p.id, "restore verified");
+    Ok(json!({ "machine": name, "point": point_json(&p), "disks": disks, "verified": true }))
+}

@@ -1,0 +1,533 @@
+//! Mobility side: change capture of protected disks in `scan` mode, and shipping to a process
+//! server.
+//!
+//! A cycle: (optionally) freeze applications, take a frozen view (snapshot hook, or a reflink
+//! clone of image files), thaw; read every block of the view, hash it (BLAKE3) and compare with
+//! the hash map of the last *committed* point (`hashes/<disk>.bin`); send changed blocks
+//! (all-zero ones as markers) to a process server; when it answers `PointCommitted`, replace the
+//! hash map. Until then the old map stands, so every change not yet in a committed point is
+//! found again by the next cycle: a crash or a lost process server never loses a change and
+//! never forces a full resync.
+//!
+//! The point is labelled honestly: app-consistent if the freeze hook succeeded and the view was
+//! read or cloned while frozen; crash-consistent if read from a snapshot or reflink clone;
+//! otherwise not consistent (a live disk read over time).
+
+use super::{load, save, Repl};
+use crate::transport::FrameWriter;
+use lifeboat_actors::replication::{CycleKind, Scheduler};
+use lifeboat_protocol::message::{DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec};
+use lifeboat_protocol::vault::{self, Consistency};
+use lifeboat_protocol::{Message, NodeId, Role};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Blocks per `DeltaBlocks` frame (1 MiB at 64 KiB blocks).
+const BATCH_BLOCKS: usize = 16;
+/// How long a cycle waits for the process server's commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Mobility-side state.
+#[derive(Debug, Default)]
+pub struct MobilityState {
+    /// Stops the running protection loop.
+    stop: Mutex<Option<watch::Sender<bool>>>,
+    /// Latest report (also sent to the configuration node).
+    pub report: Mutex<Option<ProtectionReport>>,
+    /// Blocks sent by the last cycle.
+    pub last_sent_blocks: AtomicU64,
+    /// Cycles completed since start.
+    pub cycles: AtomicU64,
+}
+
+/// Persisted progress of a protected machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Replica {
+    /// The newest committed point (the base of the next delta).
+    pub last_point: Option<String>,
+    /// Initial replication finished.
+    pub initial_done: bool,
+}
+
+fn protection_path(repl: &Repl) -> PathBuf {
+    repl.dir.root.join("protection.json")
+}
+fn replica_path(repl: &Repl) -> PathBuf {
+    repl.dir.root.join("replica.json")
+}
+/// Hash maps are kept per committed point (`hashes/<point>/<disk>.bin`) and `replica.json`
+/// names the current one, so switching to a new point is one atomic rename of `replica.json`:
+/// a crash in between leaves the old point and its maps intact.
+fn hashes_path(repl: &Repl, point: &str, disk: &str) -> PathBuf {
+    repl.dir.root.join("hashes").join(point).join(format!("{disk}.bin"))
+}
+
+/// Starts protecting `spec` (persisted first, so a restart resumes it).
+pub fn start(repl: &Arc<Repl>, spec: ProtectionSpec) -> Result<(), String> {
+    for d in &spec.disks {
+        if !super::valid_disk_name(&d.name) {
+            return Err(format!("invalid disk name {:?}", d.name));
+        }
+    }
+    let old: Option<ProtectionSpec> = load(&protection_path(repl))?;
+    if old.as_ref().is_some_and(|o| o.disks != spec.disks) {
+        // Different disks: start over.
+        let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+        let _ = std::fs::remove_file(replica_path(repl));
+    }
+    save(&protection_path(repl), &spec, 0o600)?;
+    resume(repl);
+    Ok(())
+}
+
+/// [`start`] for a shared reference (the configuration node protecting itself).
+pub fn start_arc(repl: &Repl, spec: ProtectionSpec) -> Result<(), String> {
+    let me = repl.me.lock().ok().and_then(|m| m.upgrade()).ok_or("node is shutting down")?;
+    start(&me, spec)
+}
+
+/// Resumes the persisted protection, if any (at daemon start).
+pub fn resume(repl: &Arc<Repl>) {
+    let spec: ProtectionSpec = match load(&protection_path(repl)) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot resume protection");
+            return;
+        }
+    };
+    let (tx, rx) = watch::channel(false);
+    if let Ok(mut g) = repl.mob.stop.lock() {
+        if let Some(old) = g.replace(tx) {
+            let _ = old.send(true);
+        }
+    }
+    let r = repl.clone();
+    tokio::spawn(async move { run(r, spec, rx).await });
+}
+
+/// Stops protecting and forgets the local change-tracking state.
+pub fn stop(repl: &Repl) {
+    if let Ok(mut g) = repl.mob.stop.lock() {
+        if let Some(old) = g.take() {
+            let _ = old.send(true);
+        }
+    }
+    let _ = std::fs::remove_file(protection_path(repl));
+    let _ = std::fs::remove_file(replica_path(repl));
+    let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+}
+
+async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bool>) {
+    let mut sched = Scheduler::new(&spec.policy, spec.hooks.freeze.is_some());
+    tracing::info!(disks = spec.disks.len(), "protection started");
+    loop {
+        if *stop.borrow() {
+            tracing::info!("protection stopped");
+            return;
+        }
+        let now = crate::seams::now();
+        if let Some(kind) = sched.poll(now) {
+            match cycle(&repl, &spec, kind).await {
+                Ok(s) => {
+                    sched.handle_done(now, kind);
+                    repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
+                    report(&repl, true, Some(s.id.clone()), None, Some(s.process_server)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "replication cycle failed; changes are kept for the next one");
+                    sched.handle_failed(crate::seams::now());
+                    let last = load::<Replica>(&replica_path(&repl)).ok().flatten().unwrap_or_default();
+                    report(&repl, last.initial_done, last.last_point, Some(e), None).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn report(repl: &Repl, initial_done: bool, last_point: Option<String>, err: Option<String>, ps: Option<NodeId>) {
+    let r = ProtectionReport {
+        machine: repl.local,
+        initial: !initial_done,
+        progress_permille: if initial_done { 1000 } else { 0 },
+        pending_bytes: 0,
+        last_point,
+        last_error: err,
+        process_server: ps,
+    };
+    if let Ok(mut g) = repl.mob.report.lock() {
+        *g = Some(r.clone());
+    }
+    repl.tell_authorities(Message::Report(r)).await;
+}
+
+/// Picks a process server: the preferred one if connected, else any connected one.
+async fn pick_ps(repl: &Repl, preferred: Option<NodeId>) -> Result<NodeId, String> {
+    let all = repl.connected_with(Role::ProcessServer).await;
+    if let Some(p) = preferred {
+        if all.contains(&p) {
+            return Ok(p);
+        }
+    }
+    all.first()
+        .copied()
+        .ok_or_else(|| "no process server is reachable (assign one with `lifeboat role add process-server --node ID`)".into())
+}
+
+fn run_hook(what: &str, cmd: &str) -> Result<String, String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map_err(|e| format!("{what} hook: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} hook `{cmd}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Thaws on drop, so no error path leaves applications frozen.
+struct Frozen(Option<String>);
+
+impl Frozen {
+    fn thaw(&mut self) {
+        if let Some(cmd) = self.0.take() {
+            if let Err(e) = run_hook("thaw", &cmd) {
+                tracing::error!(cause = %e, "THAW FAILED: applications may still be frozen");
+            }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+    }
+}
+
+/// Removes the cycle's temporary clones on drop.
+struct Views {
+    paths: Vec<PathBuf>,
+    temp: Option<PathBuf>,
+}
+
+impl Drop for Views {
+    fn drop(&mut self) {
+        if let Some(t) = self.temp.take() {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
+fn reflink_clones(repl: &Repl, spec: &ProtectionSpec) -> Option<Views> {
+    let dir = repl.dir.root.join("views");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut paths = Vec::new();
+    for d in &spec.disks {
+        let meta = std::fs::metadata(&d.path).ok()?;
+        if !meta.is_file() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
+        let dst = dir.join(&d.name);
+        let ok = Command::new("cp")
+            .arg("--reflink=always")
+            .arg(&d.path)
+            .arg(&dst)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
+        paths.push(dst);
+    }
+    Some(Views { paths, temp: Some(dir) })
+}
+
+/// Takes the frozen view for a cycle; returns the paths to read and the consistency label.
+fn take_views(repl: &Repl, spec: &ProtectionSpec, kind: CycleKind) -> Result<(Views, Consistency, Frozen), String> {
+    let mut frozen = Frozen(None);
+    let mut app = false;
+    if kind.app {
+        if let Some(f) = &spec.hooks.freeze {
+            run_hook("freeze", f)?;
+            frozen = Frozen(Some(spec.hooks.thaw.clone().unwrap_or_default()).filter(|s| !s.is_empty()));
+            app = true;
+        }
+    }
+    if let Some(snap) = &spec.hooks.snapshot {
+        let out = run_hook("snapshot", snap)?;
+        let mut paths = Vec::new();
+        for d in &spec.disks {
+            let p = out
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(n, _)| *n == d.name)
+                .map(|(_, p)| PathBuf::from(p.trim()))
+                .ok_or_else(|| format!("snapshot hook gave no view for disk {}", d.name))?;
+            paths.push(p);
+        }
+        frozen.thaw();
+        let c = if app { Consistency::AppConsistent } else { Consistency::CrashConsistent };
+        return Ok((Views { paths, temp: None }, c, frozen));
+    }
+    if let Some(v) = reflink_clones(repl, spec) {
+        frozen.thaw();
+        let c = if app { Consistency::AppConsistent } else { Consistency::CrashConsistent };
+        return Ok((v, c, frozen));
+    }
+    // No frozen view: read the disks themselves (while frozen, if the freeze hook ran).
+    let paths = spec.disks.iter().map(|d| PathBuf::from(&d.path)).collect();
+    let c = if app { Consistency::AppConsistent } else { Consistency::NotConsistent };
+    Ok((Views { paths, temp: None }, c, frozen))
+}
+
+fn open_disk(path: &Path) -> Result<(std::fs::File, u64, bool), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block_dev = meta.file_type().is_block_device();
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    if block_dev {
+        // Bypass the page cache: the device's cache can be stale against what a filesystem
+        // on it just flushed.
+        o.custom_flags(libc::O_DIRECT);
+    }
+    let mut f = o.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let size = if block_dev {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?
+    } else {
+        meta.len()
+    };
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok((f, size, block_dev))
+}
+
+/// What the scanner hands to the sender.
+enum Scan {
+    Batch(Vec<DeltaBlock>),
+    Done { hashes: Vec<[u8; 32]>, sent: u64 },
+}
+
+/// Reads and hashes a disk on a blocking thread; changed blocks go out through `tx`.
+fn scan_disk(path: PathBuf, block_size: u32, old: Option<Vec<[u8; 32]>>, tx: mpsc::Sender<Result<Scan, String>>) {
+    let res = (|| -> Result<(), String> {
+        let (mut f, size, direct) = open_disk(&path)?;
+        let bs = block_size as usize;
+        let n = size.div_ceil(block_size as u64) as usize;
+        // O_DIRECT needs an aligned buffer: over-allocate and slice at a 4096-byte boundary.
+        let mut raw = vec![0u8; bs + 4096];
+        let off = if direct { (4096 - (raw.as_ptr() as usize % 4096)) % 4096 } else { 0 };
+        let mut hashes = Vec::with_capacity(n);
+        let mut batch = Vec::new();
+        let mut sent = 0u64;
+        for i in 0..n {
+            let want = bs.min((size - (i * bs) as u64) as usize);
+            let buf = &mut raw[off..off + bs];
+            let mut got = 0;
+            while got < want {
+                let r = f.read(&mut buf[got..if direct { bs } else { want }]).map_err(|e| format!("{}: block {i}: {e}", path.display()))?;
+                if r == 0 {
+                    break;
+                }
+                got += r;
+            }
+            if got < want {
+                return Err(format!("{}: short read at block {i} (disk shrank?)", path.display()));
+            }
+            let data = &buf[..want];
+            let h = *blake3::hash(data).as_bytes();
+            let changed = match &old {
+                Some(o) => o.get(i) != Some(&h),
+                // Initial replication: unsent blocks are zero, so zero blocks need no marker.
+                None => !vault::is_zero_block(data),
+            };
+            hashes.push(h);
+            if changed {
+                sent += 1;
+                let payload = (!vault::is_zero_block(data)).then(|| serde_bytes::ByteBuf::from(data.to_vec()));
+                batch.push(DeltaBlock { index: i as u64, data: payload });
+                if batch.len() >= BATCH_BLOCKS {
+                    if tx.blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch)))).is_err() {
+                        return Err("sender stopped".into());
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send(Ok(Scan::Batch(batch))).is_err() {
+            return Err("sender stopped".into());
+        }
+        let _ = tx.blocking_send(Ok(Scan::Done { hashes, sent }));
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+fn load_hashes(path: &Path, blocks: usize) -> Option<Vec<[u8; 32]>> {
+    let b = std::fs::read(path).ok()?;
+    if b.len() != blocks * 32 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(32)
+            .map(|c| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(c);
+                a
+            })
+            .collect(),
+    )
+}
+
+async fn send_disk(
+    w: &mut FrameWriter,
+    disk: u16,
+    path: PathBuf,
+    block_size: u32,
+    old: Option<Vec<[u8; 32]>>,
+) -> Result<(Vec<[u8; 32]>, u64), String> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let scanner = tokio::task::spawn_blocking(move || scan_disk(path, block_size, old, tx));
+    let mut result = Err("scanner ended without a result".to_string());
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(Scan::Batch(blocks)) => {
+                if let Err(e) = w.send(Message::DeltaBlocks { disk, blocks }).await {
+                    result = Err(format!("sending to the process server: {e}"));
+                    break;
+                }
+            }
+            Ok(Scan::Done { hashes, sent }) => {
+                result = Ok((hashes, sent));
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let _ = scanner.await;
+    result
+}
+
+async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Result<PointSummary, String> {
+    let ps = pick_ps(repl, spec.process_server).await?;
+    let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
+    let (r2, s2) = (repl.clone(), spec.clone());
+    let (views, consistency, mut frozen) = tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
+        .await
+        .map_err(|e| e.to_string())??;
+    let captured = crate::seams::now();
+    // Geometry, and the old hash maps (a missing or mismatched map means a full copy).
+    let mut infos = Vec::new();
+    let mut olds = Vec::new();
+    for (d, p) in spec.disks.iter().zip(&views.paths) {
+        let (_, size, _) = open_disk(p)?;
+        if size == 0 {
+            return Err(format!("disk {} ({}) is empty", d.name, p.display()));
+        }
+        let blocks = size.div_ceil(spec.block_size as u64) as usize;
+        olds.push(
+            replica
+                .last_point
+                .as_ref()
+                .and_then(|pt| load_hashes(&hashes_path(repl, pt, &d.name), blocks)),
+        );
+        infos.push(DiskInfo { name: d.name.clone(), size_bytes: size, block_size: spec.block_size });
+    }
+    let base = if replica.last_point.is_some() && olds.iter().all(Option::is_some) {
+        replica.last_point.clone()
+    } else {
+        olds.iter_mut().for_each(|o| *o = None);
+        None
+    };
+    let mut session = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
+    let header = DeltaHeader {
+        session: vault::hex(&session),
+        machine: repl.local,
+        machine_name: repl.name.clone(),
+        base: base.clone(),
+        captured,
+        consistency,
+        disks: infos,
+    };
+    let (mut w, mut r) = repl.net.open_bi(ps).await.map_err(|e| format!("process server {ps}: {e}"))?;
+    w.send(Message::DeltaBegin(header)).await.map_err(|e| e.to_string())?;
+    let mut new_hashes = Vec::new();
+    let mut sent = 0;
+    for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
+        let (h, n) = send_disk(&mut w, i as u16, p.clone(), spec.block_size, old).await?;
+        new_hashes.push(h);
+        sent += n;
+    }
+    frozen.thaw();
+    drop(views);
+    w.send(Message::DeltaEnd { sent_blocks: sent }).await.map_err(|e| e.to_string())?;
+    w.finish();
+    repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
+    let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
+        .await
+        .map_err(|_| "process server did not commit within an hour".to_string())?
+        .map_err(|e| format!("process server {ps}: {e}"))?;
+    match reply {
+        Message::PointCommitted(s) => {
+            // Only now does the change log move forward: maps of the new point first, then the
+            // atomic switch in replica.json, then the old maps go.
+            if vault::from_hex::<16>(&s.id).is_none() {
+                return Err("process server returned an invalid point id".into());
+            }
+            std::fs::create_dir_all(repl.dir.root.join("hashes").join(&s.id)).map_err(|e| e.to_string())?;
+            for (d, h) in spec.disks.iter().zip(&new_hashes) {
+                let mut b = Vec::with_capacity(h.len() * 32);
+                h.iter().for_each(|x| b.extend_from_slice(x));
+                lifeboat_config::state::write_file_atomic(&hashes_path(repl, &s.id, &d.name), &b, 0o600)
+                    .map_err(|e| e.to_string())?;
+            }
+            replica.last_point = Some(s.id.clone());
+            replica.initial_done = true;
+            save(&replica_path(repl), &replica, 0o600)?;
+            if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
+                for e in rd.flatten() {
+                    if e.file_name().to_str() != Some(s.id.as_str()) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
+            Ok(s)
+        }
+        Message::PointFailed { reason } => {
+            if reason.starts_with("base-unknown") {
+                // The vault lost our base: drop the maps so the next cycle sends everything.
+                let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+                replica.last_point = None;
+                save(&replica_path(repl), &replica, 0o600)?;
+            }
+            Err(format!("process server {ps} could not commit: {reason}"))
+        }
+        other => Err(format!("unexpected reply from process server: {other:?}")),
+    }
+}

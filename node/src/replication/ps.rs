@@ -1,0 +1,454 @@
+//! Process-server side: receives a replication stream, spools it to local disk, and turns it
+//! into a recovery point: block ids, dedup against the vault, zstd + AES-GCM sealing, packs of
+//! megabytes, manifest chunks, and the point committed with create-if-absent. Only then is the
+//! mobility node told `PointCommitted` (end-to-end acknowledgement: until then it keeps the
+//! changes) and the configuration node `PointNotice`.
+//!
+//! The spool is a bounded FIFO of segment files (`spool/<session>-<n>.seg`): the receiver
+//! appends, the processor consumes and deletes. When the spool is full the receiver stops
+//! reading, so QUIC flow control pushes back on the mobility node; nothing is dropped. During a
+//! vault outage uploads retry with capped backoff while the spool absorbs what it can. The spool
+//! is a performance buffer, not a durability boundary: a process server that dies loses only
+//! work the mobility node will send again.
+
+use super::Repl;
+use crate::transport::{FrameReader, FrameWriter};
+use crate::vault::Vault;
+use lifeboat_protocol::message::{DeltaHeader, PointSummary};
+use lifeboat_protocol::vault::{
+    self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE, VAULT_FORMAT,
+};
+use lifeboat_protocol::{Message, NodeId};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Bytes per spool segment.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// Pack size target.
+pub const PACK_BYTES: usize = 8 << 20;
+/// zstd level for blocks (fast; the CPU budget goes to hashing and sealing).
+pub const ZSTD_LEVEL: i32 = 1;
+/// Largest disk accepted (64 TiB).
+const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Most disks per machine.
+const MAX_DISKS: usize = 64;
+
+/// Process-server state and counters.
+#[derive(Debug)]
+pub struct PsState {
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool budget in segments.
+    budget: Arc<Semaphore>,
+    /// Segments allowed in total.
+    pub spool_segments: usize,
+    /// Bytes currently spooled.
+    pub spooled_bytes: AtomicU64,
+    /// Sealed bytes uploaded since start.
+    pub uploaded_bytes: AtomicU64,
+    /// Points committed since start.
+    pub points: AtomicU64,
+    /// Unix ms of the oldest unprocessed segment (0 = none).
+    pub backlog_since: AtomicU64,
+    /// Upload failures since start (vault outages).
+    pub upload_failures: AtomicU64,
+}
+
+impl PsState {
+    /// Creates the spool (removing segments of sessions that died with a previous process).
+    pub fn new(dir: &lifeboat_config::StateDir, max_bytes: u64) -> Result<Self, String> {
+        let spool_dir = dir.root.join("spool");
+        let _ = std::fs::remove_dir_all(&spool_dir);
+        std::fs::create_dir_all(&spool_dir).map_err(|e| format!("{}: {e}", spool_dir.display()))?;
+        let segs = (max_bytes / SEGMENT_BYTES).max(2) as usize;
+        Ok(PsState {
+            spool_dir,
+            budget: Arc::new(Semaphore::new(segs)),
+            spool_segments: segs,
+            spooled_bytes: AtomicU64::new(0),
+            uploaded_bytes: AtomicU64::new(0),
+            points: AtomicU64::new(0),
+            backlog_since: AtomicU64::new(0),
+            upload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Segments in use.
+    pub fn segments_in_use(&self) -> usize {
+        self.spool_segments - self.budget.available_permits()
+    }
+}
+
+/// One spooled block.
+#[derive(Serialize, Deserialize)]
+struct SpoolRecord {
+    disk: u16,
+    index: u64,
+    data: Option<serde_bytes::ByteBuf>,
+}
+
+/// A closed segment handed to the processor (holds one unit of spool budget).
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn fail(reason: impl Into<String>) -> Message {
+    Message::PointFailed { reason: reason.into() }
+}
+
+fn validate(h: &DeltaHeader, from: NodeId) -> Result<(), String> {
+    if h.machine != from {
+        return Err("a mobility node may only replicate its own machine".into());
+    }
+    if h.disks.is_empty() || h.disks.len() > MAX_DISKS {
+        return Err(format!("{} disks (1..={MAX_DISKS} allowed)", h.disks.len()));
+    }
+    if vault::from_hex::<16>(&h.session).is_none() {
+        return Err("invalid session id".into());
+    }
+    for d in &h.disks {
+        if !super::valid_disk_name(&d.name) {
+            return Err(format!("invalid disk name {:?}", d.name));
+        }
+        if d.block_size < 4096 || d.block_size > MAX_BLOCK_SIZE || !d.block_size.is_power_of_two() {
+            return Err(format!("invalid block size {}", d.block_size));
+        }
+        if d.size_bytes == 0 || d.size_bytes > MAX_DISK_BYTES {
+            return Err(format!("invalid disk size {}", d.size_bytes));
+        }
+    }
+    Ok(())
+}
+
+/// Serves one replication stream whose first frame was `DeltaBegin(header)`.
+pub async fn serve(repl: Arc<Repl>, from: NodeId, header: DeltaHeader, mut w: FrameWriter, r: FrameReader) {
+    let reply = match receive_and_commit(&repl, from, header, r).await {
+        Ok(summary) => {
+            repl.tell_authorities(Message::PointNotice(summary.clone())).await;
+            Message::PointCommitted(summary)
+        }
+        Err(reason) => {
+            tracing::warn!(machine = %from, %reason, "replication session failed");
+            fail(reason)
+        }
+    };
+    if w.send(reply).await.is_ok() {
+        w.finish();
+    }
+}
+
+async fn receive_and_commit(repl: &Arc<Repl>, from: NodeId, header: DeltaHeader, mut r: FrameReader) -> Result<PointSummary, String> {
+    validate(&header, from)?;
+    let vault = repl
+        .open_vault()
+        .await
+        .map_err(|e| format!("vault unavailable: {e}"))?
+        .ok_or("this process server has no vault yet (create one on the configuration node)")?;
+    // Base manifests (the point this delta is relative to).
+    let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
+    let mut ids: Vec<Vec<BlockId>> = Vec::new();
+    let base_rec = match &header.base {
+        None => None,
+        Some(b) => {
+            let pts = vault.list_points(Some(&from)).await.map_err(|e| e.to_string())?;
+            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| format!("base-unknown: point {b} is not in the vault; a full resync is needed"))?)
+        }
+    };
+    for (i, d) in header.disks.iter().enumerate() {
+        let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
+        let mut v = vec![BlockId::ZERO; n];
+        if let Some(b) = base_rec.as_ref().and_then(|p| p.disks.iter().find(|x| x.name == d.name)) {
+            if b.block_size == d.block_size {
+                let old = vault.disk_ids(b).await.map_err(|e| e.to_string())?;
+                for (j, id) in old.into_iter().take(n).enumerate() {
+                    v[j] = id;
+                }
+                base[i] = Some(b.clone());
+            } else if header.base.is_some() {
+                return Err("base-unknown: block size changed; a full resync is needed".into());
+            }
+        } else if header.base.is_some() {
+            return Err(format!("base-unknown: disk {} is not in the base point", d.name));
+        }
+        ids.push(v);
+    }
+
+    let (seg_tx, seg_rx) = mpsc::channel::<Segment>(repl.ps.spool_segments);
+    let processor = tokio::spawn(process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx));
+    let received = receive(repl, &header, &mut r, seg_tx).await;
+    let processed = processor.await.map_err(|e| format!("processor failed: {e}"))?;
+    let sent = received?;
+    let (ids, mut stats) = processed?;
+    if stats.changed_blocks != sent {
+        return Err(format!("stream announced {sent} blocks but carried {}", stats.changed_blocks));
+    }
+
+    // Manifest chunks: unchanged chunks are the base's, shared.
+    let mut disks = Vec::new();
+    for (i, d) in header.disks.iter().enumerate() {
+        let mut chunks = Vec::new();
+        for (k, c) in ids[i].chunks(CHUNK_ENTRIES).enumerate() {
+            let cid = vault.key().chunk_id(c);
+            let reuse = base[i].as_ref().and_then(|b| b.chunks.get(k)) == Some(&cid);
+            if !reuse {
+                retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?;
+            }
+            chunks.push(cid);
+        }
+        let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
+        disks.push(DiskRecord {
+            name: d.name.clone(),
+            size_bytes: d.size_bytes,
+            block_size: d.block_size,
+            chunks,
+            merkle_root,
+        });
+    }
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    let rec = PointRecord {
+        format: VAULT_FORMAT,
+        id: vault::hex(&id),
+        machine: header.machine,
+        machine_name: header.machine_name.clone(),
+        captured: header.captured,
+        committed: crate::seams::now(),
+        consistency: header.consistency,
+        parent: header.base.clone(),
+        disks,
+        stats,
+    };
+    retry_forever(repl, "commit point", || vault.commit_point(&rec)).await?;
+    repl.ps.points.fetch_add(1, Ordering::Relaxed);
+    stats = rec.stats;
+    tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
+        changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
+    Ok(PointSummary {
+        id: rec.id,
+        machine: rec.machine,
+        captured: rec.captured,
+        committed: rec.committed,
+        consistency: rec.consistency,
+        stats,
+        process_server: repl.local,
+    })
+}
+
+/// Retries a vault operation until it succeeds: a vault outage stalls the session (and, through
+/// the full spool, the mobility node), it never loses or drops data. Bounded per attempt by the
+/// store's own timeouts; the overall wait ends when the stream's peer gives up.
+async fn retry_forever<T, F, Fut>(repl: &Repl, what: &str, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::vault::VaultError>>,
+{
+    let mut delay = 500u64;
+    loop {
+        match crate::vault::with_retries(what, 3, &mut f).await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                repl.ps.upload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(op = what, cause = %e, "vault unavailable; spool holds the data, retrying");
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                delay = (delay * 2).min(15_000);
+            }
+        }
+    }
+}
+
+/// Reads the stream into spool segments. Returns the announced block count.
+async fn receive(repl: &Arc<Repl>, h: &DeltaHeader, r: &mut FrameReader, tx: mpsc::Sender<Segment>) -> Result<u64, String> {
+    let mut seg: Option<(BufWriter<std::fs::File>, PathBuf, u64, tokio::sync::OwnedSemaphorePermit)> = None;
+    let mut n = 0u32;
+    loop {
+        let env = tokio::time::timeout(Duration::from_secs(300), r.next())
+            .await
+            .map_err(|_| "replication stream stalled for 5 minutes".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("replication stream ended before DeltaEnd")?;
+        match env.msg {
+            Message::DeltaBlocks { disk, blocks } => {
+                let d = h.disks.get(disk as usize).ok_or("block for an unknown disk")?;
+                let nblocks = d.size_bytes.div_ceil(d.block_size as u64);
+                for b in blocks {
+                    if b.index >= nblocks {
+                        return Err(format!("block {} beyond the end of disk {}", b.index, d.name));
+                    }
+                    if let Some(data) = &b.data {
+                        let expect = (d.block_size as u64).min(d.size_bytes - b.index * d.block_size as u64);
+                        if data.len() as u64 != expect {
+                            return Err(format!("block {} of {} has {} bytes, expected {expect}", b.index, d.name, data.len()));
+                        }
+                    }
+                    if seg.is_none() {
+                        // Wait for spool room: this is the backpressure point.
+                        let permit = repl.ps.budget.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+                        n += 1;
+                        let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
+                        let f = std::fs::File::create(&path).map_err(|e| format!("spool: {e}"))?;
+                        seg = Some((BufWriter::with_capacity(1 << 20, f), path, 0, permit));
+                    }
+                    if let Some((wtr, _, bytes, _)) = seg.as_mut() {
+                        let rec = vault::to_rmp(&SpoolRecord { disk, index: b.index, data: b.data });
+                        wtr.write_all(&(rec.len() as u32).to_be_bytes())
+                            .and_then(|_| wtr.write_all(&rec))
+                            .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
+                        *bytes += 4 + rec.len() as u64;
+                        repl.ps.spooled_bytes.fetch_add(4 + rec.len() as u64, Ordering::Relaxed);
+                    }
+                    if seg.as_ref().is_some_and(|s| s.2 >= SEGMENT_BYTES) {
+                        close_segment(repl, seg.take(), &tx).await?;
+                    }
+                }
+            }
+            Message::DeltaEnd { sent_blocks } => {
+                close_segment(repl, seg.take(), &tx).await?;
+                return Ok(sent_blocks);
+            }
+            other => return Err(format!("unexpected message in a replication stream: {other:?}")),
+        }
+    }
+}
+
+async fn close_segment(
+    repl: &Repl,
+    seg: Option<(BufWriter<std::fs::File>, PathBuf, u64, tokio::sync::OwnedSemaphorePermit)>,
+    tx: &mpsc::Sender<Segment>,
+) -> Result<(), String> {
+    let Some((w, path, bytes, permit)) = seg else { return Ok(()) };
+    let f = w.into_inner().map_err(|e| format!("spool flush failed: {e}"))?;
+    f.sync_data().map_err(|e| format!("spool sync failed: {e}"))?;
+    let _ = repl.ps.backlog_since.compare_exchange(0, crate::seams::now().0, Ordering::Relaxed, Ordering::Relaxed);
+    tx.send(Segment { path, bytes, _permit: permit })
+        .await
+        .map_err(|_| "processor stopped".to_string())
+}
+
+/// Consumes segments: ids, dedup, sealing, packing, upload. Returns the new id vectors.
+async fn process(
+    repl: Arc<Repl>,
+    vault: Arc<Vault>,
+    h: DeltaHeader,
+    mut ids: Vec<Vec<BlockId>>,
+    mut rx: mpsc::Receiver<Segment>,
+) -> Result<(Vec<Vec<BlockId>>, PointStats), String> {
+    let mut stats = PointStats::default();
+    let mut pack = PackBuilder::new();
+    let mut pending: HashSet<BlockId> = HashSet::new();
+    let mut failure: Option<String> = None;
+    while let Some(seg) = rx.recv().await {
+        if failure.is_some() {
+            // Keep draining so the receiver never blocks on a dead processor.
+            let _ = std::fs::remove_file(&seg.path);
+            continue;
+        }
+        let v = vault.clone();
+        let path = seg.path.clone();
+        let sealed = {
+            let pending_snapshot = pending.clone();
+            tokio::task::spawn_blocking(move || seal_segment(&v, &path, &pending_snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let _ = std::fs::remove_file(&seg.path);
+        repl.ps.spooled_bytes.fetch_sub(seg.bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                failure = Some(e);
+                continue;
+            }
+        };
+        for (disk, index, id, blob, raw_len) in sealed {
+            let d = disk as usize;
+            if d >= ids.len() || index as usize >= ids[d].len() {
+                failure = Some("spool record out of range".into());
+                break;
+            }
+            ids[d][index as usize] = id;
+            stats.changed_blocks += 1;
+            stats.received_bytes += raw_len;
+            if id.is_zero() {
+                stats.zero_blocks += 1;
+                continue;
+            }
+            match blob {
+                Some(b) if pending.insert(id) => {
+                    stats.new_blocks += 1;
+                    stats.stored_bytes += b.len() as u64;
+                    pack.add(id, &b);
+                }
+                _ => stats.dedup_blocks += 1,
+            }
+            if pack.len() >= PACK_BYTES {
+                let full = std::mem::take(&mut pack);
+                let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&full))).await?;
+                repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+                pack = PackBuilder::new();
+            }
+        }
+        if rx.is_empty() {
+            repl.ps.backlog_since.store(0, Ordering::Relaxed);
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    if !pack.is_empty() {
+        let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&pack))).await?;
+        repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    let _ = h;
+    Ok((ids, stats))
+}
+
+/// Copies a pack builder (uploads may be retried, and `upload_pack` consumes its argument).
+fn rebuild(p: &PackBuilder) -> PackBuilder {
+    p.clone()
+}
+
+type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64);
+
+/// Reads a segment and seals its blocks (CPU work, on a blocking thread). A block the vault or
+/// this session already holds comes back without a blob (dedup).
+fn seal_segment(v: &Vault, path: &std::path::Path, pending: &HashSet<BlockId>) -> Result<Vec<Sealed>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("spool read: {e}"))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut out = Vec::new();
+    let mut len = [0u8; 4];
+    let mut seen: HashSet<BlockId> = HashSet::new();
+    loop {
+        match r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(format!("spool read: {e}")),
+        }
+        let n = u32::from_be_bytes(len) as usize;
+        if n > 2 * MAX_BLOCK_SIZE as usize {
+            return Err("spool record too large".into());
+        }
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).map_err(|e| format!("spool read: {e}"))?;
+        let rec: SpoolRecord = vault::from_rmp("spool record", &buf).map_err(|e| e.to_string())?;
+        match rec.data {
+            None => out.push((rec.disk, rec.index, BlockId::ZERO, None, 0)),
+            Some(data) if vault::is_zero_block(&data) => out.push((rec.disk, rec.index, BlockId::ZERO, None, data.len() as u64)),
+            Some(data) => {
+                let id = v.key().block_id(&data);
+                let known = v.contains(&id) || pending.contains(&id) || !seen.insert(id);
+                let blob = (!known).then(|| v.key().seal_block(&id, &data, ZSTD_LEVEL));
+                out.push((rec.disk, rec.index, id, blob, data.len() as u64));
+            }
+        }
+    }
+    Ok(out)
+}
