@@ -54,7 +54,7 @@ impl Serialize for NodeId {
         if s.is_human_readable() {
             s.serialize_str(&self.to_string())
         } else {
-            self.0.serialize(s)
+            serde_bytes::Bytes::new(&self.0).serialize(s)
         }
     }
 }
@@ -65,7 +65,7 @@ impl<'de> Deserialize<'de> for NodeId {
             let s = String::deserialize(d)?;
             s.parse().map_err(serde::de::Error::custom)
         } else {
-            <[u8; 10]>::deserialize(d).map(NodeId)
+            serde_bytes::ByteArray::<10>::deserialize(d).map(|b| NodeId(b.into_array()))
         }
     }
 }
