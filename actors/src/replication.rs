@@ -67,8 +67,12 @@ impl Scheduler {
         }
         let app_due = self.can_quiesce
             && self.app_every_ms > 0
-            && self.last_app.is_none_or(|t| now.millis_since(t) >= self.app_every_ms);
-        let crash_due = self.last_ok.is_none_or(|t| now.millis_since(t) >= self.crash_every_ms);
+            && self
+                .last_app
+                .is_none_or(|t| now.millis_since(t) >= self.app_every_ms);
+        let crash_due = self
+            .last_ok
+            .is_none_or(|t| now.millis_since(t) >= self.crash_every_ms);
         if app_due || crash_due {
             self.running = true;
             return Some(CycleKind { app: app_due });
@@ -116,12 +120,24 @@ pub enum Health {
 
 /// RPO (ms) and health at `now`. `newest` is the capture time of the newest committed point,
 /// `since` when protection started.
-pub fn health(now: UnixMillis, newest: Option<UnixMillis>, since: UnixMillis, threshold_secs: u64) -> (u64, Health) {
+pub fn health(
+    now: UnixMillis,
+    newest: Option<UnixMillis>,
+    since: UnixMillis,
+    threshold_secs: u64,
+) -> (u64, Health) {
     let t = threshold_secs * 1000;
     match newest {
         None => {
             let age = now.millis_since(since);
-            (age, if age > t { Health::Critical } else { Health::InitialReplication })
+            (
+                age,
+                if age > t {
+                    Health::Critical
+                } else {
+                    Health::InitialReplication
+                },
+            )
         }
         Some(p) => {
             let rpo = now.millis_since(p);
@@ -159,7 +175,10 @@ pub const KEEP_ALL_MS: u64 = 2 * 3600 * 1000;
 /// - nothing older than `retention_secs` (except the two above).
 pub fn thin(points: &[PointAge], now: UnixMillis, retention_secs: u64) -> Vec<String> {
     let retention = retention_secs * 1000;
-    let newest = points.iter().max_by_key(|p| p.captured).map(|p| p.id.clone());
+    let newest = points
+        .iter()
+        .max_by_key(|p| p.captured)
+        .map(|p| p.id.clone());
     let newest_app = points
         .iter()
         .filter(|p| p.consistency == Consistency::AppConsistent)
@@ -176,13 +195,16 @@ pub fn thin(points: &[PointAge], now: UnixMillis, retention_secs: u64) -> Vec<St
             if app && p.consistency != Consistency::AppConsistent {
                 continue;
             }
-            let e = keep_hourly.entry((hour, app)).or_insert((p.captured, p.id.clone()));
+            let e = keep_hourly
+                .entry((hour, app))
+                .or_insert((p.captured, p.id.clone()));
             if p.captured > e.0 {
                 *e = (p.captured, p.id.clone());
             }
         }
     }
-    let hourly: std::collections::BTreeSet<String> = keep_hourly.into_values().map(|(_, id)| id).collect();
+    let hourly: std::collections::BTreeSet<String> =
+        keep_hourly.into_values().map(|(_, id)| id).collect();
     points
         .iter()
         .filter(|p| {
@@ -213,7 +235,10 @@ mod tests {
     fn cycles_run_at_the_policy_frequencies() {
         let mut s = Scheduler::new(&policy(), true);
         let k = s.poll(UnixMillis(0)).unwrap();
-        assert!(k.app, "the first cycle of a quiescable machine is app-consistent");
+        assert!(
+            k.app,
+            "the first cycle of a quiescable machine is app-consistent"
+        );
         assert_eq!(s.poll(UnixMillis(1)), None, "one cycle at a time");
         s.handle_done(UnixMillis(0), k);
         assert_eq!(s.poll(UnixMillis(59_999)), None);
@@ -244,11 +269,26 @@ mod tests {
     #[test]
     fn health_follows_rpo() {
         let t = 900;
-        assert_eq!(health(UnixMillis(1_000), None, UnixMillis(0), t).1, Health::InitialReplication);
-        assert_eq!(health(UnixMillis(1_000_000), None, UnixMillis(0), t).1, Health::Critical);
-        assert_eq!(health(UnixMillis(100_000), Some(UnixMillis(0)), UnixMillis(0), t), (100_000, Health::Protected));
-        assert_eq!(health(UnixMillis(500_000), Some(UnixMillis(0)), UnixMillis(0), t).1, Health::Warning);
-        assert_eq!(health(UnixMillis(900_001), Some(UnixMillis(0)), UnixMillis(0), t).1, Health::Critical);
+        assert_eq!(
+            health(UnixMillis(1_000), None, UnixMillis(0), t).1,
+            Health::InitialReplication
+        );
+        assert_eq!(
+            health(UnixMillis(1_000_000), None, UnixMillis(0), t).1,
+            Health::Critical
+        );
+        assert_eq!(
+            health(UnixMillis(100_000), Some(UnixMillis(0)), UnixMillis(0), t),
+            (100_000, Health::Protected)
+        );
+        assert_eq!(
+            health(UnixMillis(500_000), Some(UnixMillis(0)), UnixMillis(0), t).1,
+            Health::Warning
+        );
+        assert_eq!(
+            health(UnixMillis(900_001), Some(UnixMillis(0)), UnixMillis(0), t).1,
+            Health::Critical
+        );
     }
 
     #[test]
@@ -259,10 +299,19 @@ mod tests {
         // One point every 20 minutes for 30 hours; every 6th is app-consistent.
         for i in 0..90u64 {
             let captured = UnixMillis(now.0 - i * h / 3);
-            let consistency = if i % 6 == 5 { Consistency::AppConsistent } else { Consistency::CrashConsistent };
-            pts.push(PointAge { id: format!("p{i}"), captured, consistency });
+            let consistency = if i % 6 == 5 {
+                Consistency::AppConsistent
+            } else {
+                Consistency::CrashConsistent
+            };
+            pts.push(PointAge {
+                id: format!("p{i}"),
+                captured,
+                consistency,
+            });
         }
-        let gone: std::collections::BTreeSet<String> = thin(&pts, now, 24 * 3600).into_iter().collect();
+        let gone: std::collections::BTreeSet<String> =
+            thin(&pts, now, 24 * 3600).into_iter().collect();
         for p in &pts {
             let age = now.millis_since(p.captured);
             if age <= KEEP_ALL_MS {
@@ -280,6 +329,9 @@ mod tests {
         }
         assert!(!gone.contains("p5"), "newest app-consistent point is kept");
         assert!(!gone.contains("p0"), "newest point is kept");
-        assert!(thin(&pts[..1], UnixMillis(now.0 + 1000 * h), 3600).is_empty(), "the only point is never dropped");
+        assert!(
+            thin(&pts[..1], UnixMillis(now.0 + 1000 * h), 3600).is_empty(),
+            "the only point is never dropped"
+        );
     }
 }

@@ -298,7 +298,8 @@ fn secs(flag: &str, v: &str) -> Result<u64> {
     if v == "0" {
         return Ok(0);
     }
-    let d = humantime::parse_duration(v).with_context(|| format!("--{flag} {v:?}: use a duration like 30s, 15m, 24h or 7d"))?;
+    let d = humantime::parse_duration(v)
+        .with_context(|| format!("--{flag} {v:?}: use a duration like 30s, 15m, 24h or 7d"))?;
     Ok(d.as_secs())
 }
 
@@ -311,7 +312,8 @@ fn when(ms: Option<u64>) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    ms.map(|t| age(now.saturating_sub(t))).unwrap_or_else(|| "-".into())
+    ms.map(|t| age(now.saturating_sub(t)))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn install_tracing(format: LogFormatArg) {
@@ -417,7 +419,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Status { machine, json } => {
             let v = call(&dir, Request::Status)?;
-            let repl = call(&dir, Request::ReplStatus { machine: machine.clone() })?;
+            let repl = call(
+                &dir,
+                Request::ReplStatus {
+                    machine: machine.clone(),
+                },
+            )?;
             if json {
                 print_json(&serde_json::json!({ "node": v, "replication": repl }));
             } else {
@@ -429,8 +436,15 @@ fn run(cli: Cli) -> Result<()> {
                         lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0)),
                         when(m["latest_point"]["captured_ms"].as_u64()),
                         when(m["latest_app_consistent"]["captured_ms"].as_u64()),
-                        if m["alert"] == true { "ALERT: RPO above threshold" } else { "" },
-                        m["last_error"].as_str().map(|e| format!(" last error: {e}")).unwrap_or_default(),
+                        if m["alert"] == true {
+                            "ALERT: RPO above threshold"
+                        } else {
+                            ""
+                        },
+                        m["last_error"]
+                            .as_str()
+                            .map(|e| format!(" last error: {e}"))
+                            .unwrap_or_default(),
                     );
                 }
                 if machine.is_some() {
@@ -519,22 +533,51 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", lifeboat_node::format::peer_table(&v));
             }
         }
-        Cmd::Vault { cmd: VaultCmd::Create { name, store, options } } => {
+        Cmd::Vault {
+            cmd:
+                VaultCmd::Create {
+                    name,
+                    store,
+                    options,
+                },
+        } => {
             let mut opts = Vec::new();
             for o in options {
-                let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--store-option {o:?}: use KEY=VALUE"))?;
+                let (k, v) = o
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--store-option {o:?}: use KEY=VALUE"))?;
                 opts.push((k.to_string(), v.to_string()));
             }
-            let v = call(&dir, Request::VaultCreate { name, store, options: opts })?;
-            println!("created vault {} at {}", v["name"].as_str().unwrap_or("?"), v["url"].as_str().unwrap_or("?"));
+            let v = call(
+                &dir,
+                Request::VaultCreate {
+                    name,
+                    store,
+                    options: opts,
+                },
+            )?;
+            println!(
+                "created vault {} at {}",
+                v["name"].as_str().unwrap_or("?"),
+                v["url"].as_str().unwrap_or("?")
+            );
         }
         Cmd::Policy { cmd } => match cmd {
-            PolicyCmd::Create { name, rpo_threshold, retention, crash_consistent_every, app_consistent_every } => {
+            PolicyCmd::Create {
+                name,
+                rpo_threshold,
+                retention,
+                crash_consistent_every,
+                app_consistent_every,
+            } => {
                 let policy = lifeboat_protocol::message::Policy {
                     name,
                     rpo_threshold_secs: secs("rpo-threshold", &rpo_threshold)?,
                     retention_secs: secs("retention", &retention)?,
-                    crash_consistent_every_secs: secs("crash-consistent-every", &crash_consistent_every)?,
+                    crash_consistent_every_secs: secs(
+                        "crash-consistent-every",
+                        &crash_consistent_every,
+                    )?,
                     app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
                 };
                 let v = call(&dir, Request::PolicyCreate { policy })?;
@@ -545,19 +588,30 @@ fn run(cli: Cli) -> Result<()> {
                 if json {
                     print_json(&v);
                 } else if let Some(m) = v.as_object() {
-                    println!("{:<16} {:>10} {:>10} {:>12} {:>12}", "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY");
+                    println!(
+                        "{:<16} {:>10} {:>10} {:>12} {:>12}",
+                        "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY"
+                    );
                     let h = |x: &serde_json::Value| match x.as_u64().unwrap_or(0) {
                         0 => "never".to_string(),
                         s => lifeboat_protocol::time::human_duration(s * 1000),
                     };
                     for (n, p) in m {
-                        println!("{n:<16} {:>10} {:>10} {:>12} {:>12}", h(&p["rpo_threshold_secs"]), h(&p["retention_secs"]), h(&p["crash_consistent_every_secs"]), h(&p["app_consistent_every_secs"]));
+                        println!(
+                            "{n:<16} {:>10} {:>10} {:>12} {:>12}",
+                            h(&p["rpo_threshold_secs"]),
+                            h(&p["retention_secs"]),
+                            h(&p["crash_consistent_every_secs"]),
+                            h(&p["app_consistent_every_secs"])
+                        );
                     }
                 }
             }
             PolicyCmd::Show { name } => {
                 let v = call(&dir, Request::PolicyList)?;
-                let p = v.get(&name).ok_or_else(|| anyhow!("no policy named {name}"))?;
+                let p = v
+                    .get(&name)
+                    .ok_or_else(|| anyhow!("no policy named {name}"))?;
                 print_json(p);
             }
             PolicyCmd::Delete { name } => {
@@ -565,12 +619,35 @@ fn run(cli: Cli) -> Result<()> {
                 println!("policy {name} deleted");
             }
         },
-        Cmd::Protect { machine, disks, policy, process_server, freeze_hook, thaw_hook, snapshot_hook, block_size } => {
+        Cmd::Protect {
+            machine,
+            disks,
+            policy,
+            process_server,
+            freeze_hook,
+            thaw_hook,
+            snapshot_hook,
+            block_size,
+        } => {
             if freeze_hook.is_some() != thaw_hook.is_some() {
                 bail!("--freeze-hook and --thaw-hook go together (an application frozen without a thaw stays frozen)");
             }
-            let hooks = lifeboat_protocol::message::Hooks { freeze: freeze_hook, thaw: thaw_hook, snapshot: snapshot_hook };
-            let v = call(&dir, Request::Protect { machine, disks, policy, process_server, hooks, block_size })?;
+            let hooks = lifeboat_protocol::message::Hooks {
+                freeze: freeze_hook,
+                thaw: thaw_hook,
+                snapshot: snapshot_hook,
+            };
+            let v = call(
+                &dir,
+                Request::Protect {
+                    machine,
+                    disks,
+                    policy,
+                    process_server,
+                    hooks,
+                    block_size,
+                },
+            )?;
             println!(
                 "protecting {} ({} disks, policy {}); initial replication starts now, see `lifeboat status`",
                 v["machine"].as_str().unwrap_or("?"),
@@ -579,7 +656,12 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Unprotect { machine } => {
-            call(&dir, Request::Unprotect { machine: machine.clone() })?;
+            call(
+                &dir,
+                Request::Unprotect {
+                    machine: machine.clone(),
+                },
+            )?;
             println!("{machine} is no longer protected (its recovery points stay in the vault)");
         }
         Cmd::Points { machine, json } => {
@@ -587,31 +669,72 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                println!("{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS", "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED");
+                println!(
+                    "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
+                    "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
+                );
                 for p in v.as_array().cloned().unwrap_or_default() {
-                    let roots: Vec<String> = p["disks"].as_array().cloned().unwrap_or_default().iter()
-                        .map(|d| format!("{}={}", d["name"].as_str().unwrap_or("?"), &d["merkle_root"].as_str().unwrap_or("?")[..16]))
+                    let roots: Vec<String> = p["disks"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "{}={}",
+                                d["name"].as_str().unwrap_or("?"),
+                                &d["merkle_root"].as_str().unwrap_or("?")[..16]
+                            )
+                        })
                         .collect();
-                    println!("{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
+                    println!(
+                        "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
                         p["id"].as_str().unwrap_or("?"),
                         when(p["captured_ms"].as_u64()),
                         p["consistency"].as_str().unwrap_or("?"),
                         p["stats"]["changed_blocks"],
                         p["stats"]["stored_bytes"],
-                        roots.join(" "));
+                        roots.join(" ")
+                    );
                 }
             }
         }
-        Cmd::Restore { machine, point, to, json } => {
-            let to = if to.is_absolute() { to } else { std::env::current_dir()?.join(to) };
-            let v = call(&dir, Request::Restore { machine, point, to: to.display().to_string() })?;
+        Cmd::Restore {
+            machine,
+            point,
+            to,
+            json,
+        } => {
+            let to = if to.is_absolute() {
+                to
+            } else {
+                std::env::current_dir()?.join(to)
+            };
+            let v = call(
+                &dir,
+                Request::Restore {
+                    machine,
+                    point,
+                    to: to.display().to_string(),
+                },
+            )?;
             if json {
                 print_json(&v);
             } else {
                 for d in v["disks"].as_array().cloned().unwrap_or_default() {
-                    println!("{} -> {} ({} bytes, Merkle root {} verified)", d["name"].as_str().unwrap_or("?"), d["image"].as_str().unwrap_or("?"), d["size_bytes"], d["merkle_root"].as_str().unwrap_or("?"));
+                    println!(
+                        "{} -> {} ({} bytes, Merkle root {} verified)",
+                        d["name"].as_str().unwrap_or("?"),
+                        d["image"].as_str().unwrap_or("?"),
+                        d["size_bytes"],
+                        d["merkle_root"].as_str().unwrap_or("?")
+                    );
                 }
-                println!("restored point {} ({})", v["point"]["id"].as_str().unwrap_or("?"), v["point"]["consistency"].as_str().unwrap_or("?"));
+                println!(
+                    "restored point {} ({})",
+                    v["point"]["id"].as_str().unwrap_or("?"),
+                    v["point"]["consistency"].as_str().unwrap_or("?")
+                );
             }
         }
         Cmd::Simulate {

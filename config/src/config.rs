@@ -208,7 +208,10 @@ impl Config {
         if self.replication.spool_max_bytes < (32 << 20) {
             return Err(ConfigError::Invalid {
                 field: "replication.spool_max_bytes",
-                msg: format!("{} is too small; use at least 33554432 (32 MiB)", self.replication.spool_max_bytes),
+                msg: format!(
+                    "{} is too small; use at least 33554432 (32 MiB)",
+                    self.replication.spool_max_bytes
+                ),
             });
         }
         for p in &d.peers {

@@ -160,7 +160,11 @@ impl Inbound for ActorInbound {
         let repl = self.repl.get().cloned();
         let roles = self.roles.clone();
         async move {
-            let is_ps = roles.send(GetRoles).await.map(|r| r.contains(&Role::ProcessServer)).unwrap_or(false);
+            let is_ps = roles
+                .send(GetRoles)
+                .await
+                .map(|r| r.contains(&Role::ProcessServer))
+                .unwrap_or(false);
             match (repl, first) {
                 (Some(repl), Message::DeltaBegin(h)) if is_ps => {
                     crate::replication::ps::serve(repl, from.key.node_id(), h, w, r).await
@@ -310,7 +314,12 @@ pub async fn route(
         }
         Message::PointNotice(s) => {
             let repl = repl?;
-            if roles.send(GetRoles).await.ok()?.contains(&Role::Configuration) {
+            if roles
+                .send(GetRoles)
+                .await
+                .ok()?
+                .contains(&Role::Configuration)
+            {
                 crate::replication::config_side::point_notice(&repl, s);
             }
             None
@@ -732,9 +741,14 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
             Ok(serde_json::to_value(peers).unwrap_or_default())
         }
-        Request::VaultCreate { name, store, options } => {
+        Request::VaultCreate {
+            name,
+            store,
+            options,
+        } => {
             let repl = ctx.repl.clone();
-            let mut opts: std::collections::BTreeMap<String, String> = options.into_iter().collect();
+            let mut opts: std::collections::BTreeMap<String, String> =
+                options.into_iter().collect();
             // Store settings in this daemon's environment travel with the grant to process servers.
             for (k, v) in std::env::vars() {
                 let lk = k.to_ascii_lowercase();
@@ -742,39 +756,79 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                     opts.entry(lk).or_insert(v);
                 }
             }
-            on_quic(ctx, async move { crate::replication::config_side::vault_create(&repl, &name, store, opts).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::vault_create(&repl, &name, store, opts).await
+            })
+            .await?
         }
         Request::PolicyCreate { policy } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::policy_create(&repl, policy).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::policy_create(&repl, policy).await
+            })
+            .await?
         }
-        Request::PolicyList => Ok(serde_json::to_value(crate::replication::config_side::policies(&ctx.repl)).unwrap_or_default()),
+        Request::PolicyList => Ok(
+            serde_json::to_value(crate::replication::config_side::policies(&ctx.repl))
+                .unwrap_or_default(),
+        ),
         Request::PolicyDelete { name } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::policy_delete(&repl, &name).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::policy_delete(&repl, &name).await
+            })
+            .await?
         }
-        Request::Protect { machine, disks, policy, process_server, hooks, block_size } => {
+        Request::Protect {
+            machine,
+            disks,
+            policy,
+            process_server,
+            hooks,
+            block_size,
+        } => {
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
-                crate::replication::config_side::protect(&repl, &machine, disks, policy, process_server, hooks, block_size).await
+                crate::replication::config_side::protect(
+                    &repl,
+                    &machine,
+                    disks,
+                    policy,
+                    process_server,
+                    hooks,
+                    block_size,
+                )
+                .await
             })
             .await?
         }
         Request::Unprotect { machine } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::unprotect(&repl, &machine).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::unprotect(&repl, &machine).await
+            })
+            .await?
         }
         Request::Points { machine } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::points(&repl, &machine).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::points(&repl, &machine).await
+            })
+            .await?
         }
         Request::Restore { machine, point, to } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::restore(&repl, &machine, &point, &to).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::restore(&repl, &machine, &point, &to).await
+            })
+            .await?
         }
         Request::ReplStatus { machine } => {
             let repl = ctx.repl.clone();
-            on_quic(ctx, async move { crate::replication::config_side::status(&repl, machine).await }).await?
+            on_quic(ctx, async move {
+                crate::replication::config_side::status(&repl, machine).await
+            })
+            .await?
         }
         Request::Shutdown => {
             let _ = ctx.stop.try_send(());

@@ -200,7 +200,10 @@ impl Net {
     }
 
     /// Opens a bidirectional stream to a connected peer (for streaming exchanges).
-    pub async fn open_bi(&self, to: NodeId) -> Result<(transport::FrameWriter, transport::FrameReader), TransportError> {
+    pub async fn open_bi(
+        &self,
+        to: NodeId,
+    ) -> Result<(transport::FrameWriter, transport::FrameReader), TransportError> {
         let conn = self
             .inner
             .conns
@@ -499,7 +502,9 @@ async fn serve_bi(
         }
     };
     match first {
-        Ok(Some(env)) if matches!(env.msg, Message::DeltaBegin(_)) && c.admitted == Admitted::Mesh => {
+        Ok(Some(env))
+            if matches!(env.msg, Message::DeltaBegin(_)) && c.admitted == Admitted::Mesh =>
+        {
             inner.inbound.stream(info, env.msg, w, r).await;
         }
         Ok(Some(env)) => {

@@ -8,8 +8,9 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lifeboat_protocol::vault::{
-    self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord, FormatError,
-    PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE, VAULT_FORMAT,
+    self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord,
+    FormatError, PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
+    VAULT_FORMAT,
 };
 use lifeboat_protocol::{NodeId, UnixMillis};
 use object_store::path::Path as ObjPath;
@@ -105,7 +106,10 @@ impl VaultConfig {
 }
 
 /// Builds an object store from a vault URL and options.
-pub fn store_from_url(url: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>, VaultError> {
+pub fn store_from_url(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, VaultError> {
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(VaultError::Url(url.into()));
@@ -114,15 +118,21 @@ pub fn store_from_url(url: &str, options: &BTreeMap<String, String>) -> Result<A
             path: path.into(),
             source: e,
         })?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| VaultError::Store {
-            op: "open",
-            key: path.into(),
-            source: e,
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
+            VaultError::Store {
+                op: "open",
+                key: path.into(),
+                source: e,
+            }
         })?;
         return Ok(Arc::new(fs));
     }
-    if let Some(container) = url.strip_prefix("az://").or_else(|| url.strip_prefix("azure://")) {
-        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+    if let Some(container) = url
+        .strip_prefix("az://")
+        .or_else(|| url.strip_prefix("azure://"))
+    {
+        let mut b =
+            object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
         for (k, v) in options {
             if let Ok(key) = k.parse::<object_store::azure::AzureConfigKey>() {
                 b = b.with_config(key, v);
@@ -207,7 +217,11 @@ fn nonce() -> [u8; 12] {
 }
 
 /// Retries `f` with capped, jittered exponential backoff, at most `attempts` times.
-pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(what: &str, attempts: u32, mut f: F) -> Result<T, E>
+pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut f: F,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -252,9 +266,14 @@ impl Vault {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match store.put_opts(&path("vault.json"), PutPayload::from(body), opts).await {
+        match store
+            .put_opts(&path("vault.json"), PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => Ok(header),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(VaultError::Exists(store.to_string())),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(VaultError::Exists(store.to_string()))
+            }
             Err(e) => Err(VaultError::Store {
                 op: "create",
                 key: "vault.json".into(),
@@ -271,7 +290,9 @@ impl Vault {
                 key: "vault.json".into(),
                 source: e,
             })?,
-            Err(object_store::Error::NotFound { .. }) => return Err(VaultError::NoVault(store.to_string())),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(VaultError::NoVault(store.to_string()))
+            }
             Err(e) => {
                 return Err(VaultError::Store {
                     op: "get",
@@ -318,11 +339,15 @@ impl Vault {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
-        let r = self.store.get(&path(key)).await.map_err(|e| VaultError::Store {
-            op: "get",
-            key: key.into(),
-            source: e,
-        })?;
+        let r = self
+            .store
+            .get(&path(key))
+            .await
+            .map_err(|e| VaultError::Store {
+                op: "get",
+                key: key.into(),
+                source: e,
+            })?;
         r.bytes().await.map_err(|e| VaultError::Store {
             op: "get",
             key: key.into(),
@@ -355,15 +380,27 @@ impl Vault {
             if vault::from_hex::<16>(pack).is_none() {
                 continue;
             }
-            if self.loaded.read().map(|l| l.contains(pack)).unwrap_or(false) {
+            if self
+                .loaded
+                .read()
+                .map(|l| l.contains(pack))
+                .unwrap_or(false)
+            {
                 continue;
             }
             let raw = self.get(&k).await?;
             let plain = self
                 .key
                 .open_object("idx", &raw)
-                .map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
-            let idx: PackIndex = from_rmp("pack index", &plain).map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+                .map_err(|e| VaultError::Format {
+                    key: k.clone(),
+                    source: e,
+                })?;
+            let idx: PackIndex =
+                from_rmp("pack index", &plain).map_err(|e| VaultError::Format {
+                    key: k.clone(),
+                    source: e,
+                })?;
             let p: Arc<str> = Arc::from(pack);
             if let Ok(mut i) = self.index.write() {
                 for e in idx.entries {
@@ -383,7 +420,10 @@ impl Vault {
 
     /// True if the vault holds block `id`.
     pub fn contains(&self, id: &BlockId) -> bool {
-        self.index.read().map(|i| i.contains_key(id)).unwrap_or(false)
+        self.index
+            .read()
+            .map(|i| i.contains_key(id))
+            .unwrap_or(false)
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, mode: PutMode) -> Result<bool, VaultError> {
@@ -391,7 +431,11 @@ impl Vault {
             mode,
             ..Default::default()
         };
-        match self.store.put_opts(&path(key), PutPayload::from(body), opts).await {
+        match self
+            .store
+            .put_opts(&path(key), PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(VaultError::Store {
@@ -411,8 +455,14 @@ impl Vault {
         let n = bytes.len() as u64;
         let sealed_idx = self.key.seal_object("idx", nonce(), &to_rmp(&idx));
         let (pk, ik) = (pack_key(&id), index_key(&id));
-        with_retries("put pack", 8, || self.put(&pk, bytes.clone(), PutMode::Overwrite)).await?;
-        with_retries("put index", 8, || self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)).await?;
+        with_retries("put pack", 8, || {
+            self.put(&pk, bytes.clone(), PutMode::Overwrite)
+        })
+        .await?;
+        with_retries("put index", 8, || {
+            self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)
+        })
+        .await?;
         let p: Arc<str> = Arc::from(id.as_str());
         if let Ok(mut i) = self.index.write() {
             for e in idx.entries {
@@ -434,7 +484,10 @@ impl Vault {
         let id = self.key.chunk_id(ids);
         let sealed = self.key.seal_chunk(ids, nonce());
         let k = chunk_key(&id);
-        with_retries("put chunk", 8, || self.put(&k, sealed.clone(), PutMode::Create)).await?;
+        with_retries("put chunk", 8, || {
+            self.put(&k, sealed.clone(), PutMode::Create)
+        })
+        .await?;
         Ok(id)
     }
 
@@ -442,14 +495,19 @@ impl Vault {
     pub async fn get_chunk(&self, id: &BlockId) -> Result<Vec<BlockId>, VaultError> {
         let k = chunk_key(id);
         let raw = self.get(&k).await?;
-        self.key.open_chunk(id, &raw).map_err(|e| VaultError::Format { key: k, source: e })
+        self.key
+            .open_chunk(id, &raw)
+            .map_err(|e| VaultError::Format { key: k, source: e })
     }
 
     /// Commits a point (create-if-absent). Everything it references must already be stored.
     pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
         let k = rec.object_key();
         let sealed = self.key.seal_object("point", nonce(), &to_rmp(rec));
-        let created = with_retries("commit point", 8, || self.put(&k, sealed.clone(), PutMode::Create)).await?;
+        let created = with_retries("commit point", 8, || {
+            self.put(&k, sealed.clone(), PutMode::Create)
+        })
+        .await?;
         if !created {
             return Err(VaultError::Exists(k));
         }
@@ -460,7 +518,10 @@ impl Vault {
     }
 
     /// Lists points, oldest first (of one machine, or all).
-    pub async fn list_points(&self, machine: Option<&NodeId>) -> Result<Vec<PointRecord>, VaultError> {
+    pub async fn list_points(
+        &self,
+        machine: Option<&NodeId>,
+    ) -> Result<Vec<PointRecord>, VaultError> {
         let prefix = match machine {
             Some(m) => format!("points/{m}"),
             None => "points".into(),
@@ -469,7 +530,9 @@ impl Vault {
         for k in self.list(&prefix).await? {
             // Names from the store are checked before use: points/<node id>/<ms>-<hex id>.
             let mut parts = k.split('/');
-            let (Some("points"), Some(m), Some(leaf), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            let (Some("points"), Some(m), Some(leaf), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             if m.parse::<NodeId>().is_err() || leaf.len() != 16 + 1 + 32 {
@@ -483,8 +546,14 @@ impl Vault {
             let plain = self
                 .key
                 .open_object("point", &raw)
-                .map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
-            let rec: PointRecord = from_rmp("point", &plain).map_err(|e| VaultError::Format { key: k.clone(), source: e })?;
+                .map_err(|e| VaultError::Format {
+                    key: k.clone(),
+                    source: e,
+                })?;
+            let rec: PointRecord = from_rmp("point", &plain).map_err(|e| VaultError::Format {
+                key: k.clone(),
+                source: e,
+            })?;
             if let Ok(mut p) = self.points.write() {
                 p.insert(k, rec.clone());
             }
@@ -536,7 +605,11 @@ impl Vault {
     }
 
     /// Restores a disk to `out` (a raw image), verifying every block and the Merkle root.
-    pub async fn restore_disk(&self, d: &DiskRecord, out: &Path) -> Result<RestoreStats, VaultError> {
+    pub async fn restore_disk(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+    ) -> Result<RestoreStats, VaultError> {
         let corrupt = |block: u64, detail: String| VaultError::Corrupt {
             disk: d.name.clone(),
             block,
@@ -563,7 +636,10 @@ impl Vault {
         let bs = d.block_size as u64;
         let mut stats = RestoreStats::default();
         for (ci, c) in d.chunks.iter().enumerate() {
-            let ids = self.get_chunk(c).await.map_err(|e| corrupt((ci * CHUNK_ENTRIES) as u64, e.to_string()))?;
+            let ids = self
+                .get_chunk(c)
+                .await
+                .map_err(|e| corrupt((ci * CHUNK_ENTRIES) as u64, e.to_string()))?;
             // Group the chunk's blocks by pack and fetch contiguous runs with one ranged read.
             let mut wanted: Vec<(u64, BlockId, Loc)> = Vec::new();
             for (j, id) in ids.iter().enumerate() {
@@ -572,10 +648,12 @@ impl Vault {
                     stats.zero_blocks += 1;
                     continue;
                 }
-                let loc = self
-                    .locate(id)
-                    .await
-                    .ok_or_else(|| corrupt(block, format!("block {} is missing from the vault", id.to_hex())))?;
+                let loc = self.locate(id).await.ok_or_else(|| {
+                    corrupt(
+                        block,
+                        format!("block {} is missing from the vault", id.to_hex()),
+                    )
+                })?;
                 wanted.push((block, *id, loc));
             }
             wanted.sort_by(|a, b| (&a.2.pack, a.2.offset).cmp(&(&b.2.pack, b.2.offset)));
@@ -607,10 +685,15 @@ impl Vault {
                     let data = self
                         .key
                         .open_block(id, sealed, d.block_size as usize)
-                        .map_err(|e| corrupt(*block, format!("{e} (pack {k}, id {})", id.to_hex())))?;
+                        .map_err(|e| {
+                            corrupt(*block, format!("{e} (pack {k}, id {})", id.to_hex()))
+                        })?;
                     let expect = bs.min(d.size_bytes - block * bs) as usize;
                     if data.len() != expect {
-                        return Err(corrupt(*block, format!("block has {} bytes, expected {expect}", data.len())));
+                        return Err(corrupt(
+                            *block,
+                            format!("block has {} bytes, expected {expect}", data.len()),
+                        ));
                     }
                     f.write_all_at(&data, block * bs).map_err(io)?;
                     stats.blocks += 1;

@@ -476,9 +476,12 @@ impl Envelope {
 
 /// Optional block payloads for property tests.
 #[cfg(test)]
-pub(crate) fn arb_block_data() -> impl proptest::strategy::Strategy<Value = Option<serde_bytes::ByteBuf>> {
+pub(crate) fn arb_block_data(
+) -> impl proptest::strategy::Strategy<Value = Option<serde_bytes::ByteBuf>> {
     use proptest::prelude::*;
-    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64).prop_map(serde_bytes::ByteBuf::from))
+    proptest::option::of(
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(serde_bytes::ByteBuf::from),
+    )
 }
 
 /// Wire-representable socket addresses: serde carries neither IPv6 flow info nor scope id.

@@ -203,6 +203,12 @@ impl Node {
         self.start_with(&[], &[]);
     }
 
+    /// Starts the daemon with extra environment (owned pairs).
+    pub fn start_env(&mut self, env: &[(String, String)]) {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.start_with(&e, &[]);
+    }
+
     /// Starts the daemon with extra environment and a wrapper command (e.g. faketime).
     pub fn start_with(&mut self, env: &[(&str, &str)], wrapper: &[&str]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log");
@@ -233,7 +239,7 @@ impl Node {
 
     /// Node id.
     pub fn id(&self) -> String {
-        self.json(&["status"])["node_id"]
+        self.json(&["status"])["node"]["node_id"]
             .as_str()
             .expect("node id")
             .to_string()
@@ -241,7 +247,7 @@ impl Node {
 
     /// The address it listens on.
     pub fn listen(&self) -> String {
-        self.json(&["status"])["listen"]
+        self.json(&["status"])["node"]["listen"]
             .as_str()
             .expect("listen")
             .to_string()
@@ -424,5 +430,133 @@ impl Segment {
             &format!("port{i}"),
             if up { "up" } else { "down" },
         ]);
+    }
+}
+
+/// A free TCP port on loopback (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The repository's `tools/` directory (npm-installed Azurite lives there).
+pub fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Azurite (Microsoft's Azure Storage emulator), started on a free port; killed on drop.
+#[derive(Debug)]
+pub struct Azurite {
+    /// Blob service port.
+    pub port: u16,
+    /// The process.
+    child: Option<Child>,
+    /// Its data directory.
+    dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts Azurite (installed by `scripts/test` into `tools/node_modules`).
+    pub fn start() -> Azurite {
+        let dir = tempfile::Builder::new()
+            .prefix("azurite-")
+            .tempdir()
+            .expect("tempdir");
+        let mut a = Azurite {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let bin = tools_dir().join("node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/test (it npm-installs Azurite)",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--location",
+            ])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("azurite to listen", WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// The blob endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment a daemon needs to use this emulator.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AZURITE_BLOB_STORAGE_URL".into(), self.endpoint()),
+            ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+        ]
+    }
+
+    /// Creates a container.
+    pub fn create_container(&self, name: &str) {
+        let out = Command::new("node")
+            .arg(tools_dir().join("create-container.js"))
+            .arg(self.endpoint())
+            .arg(name)
+            .output()
+            .expect("run node");
+        assert!(
+            out.status.success(),
+            "create container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the emulator (a vault outage); its data stays for [`Azurite::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -6,7 +6,9 @@ use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
 use lifeboat_actors::replication::{health, Health};
 use lifeboat_config::StateDir;
-use lifeboat_protocol::message::{DiskSpec, Hooks, PointSummary, Policy, ProtectionReport, ProtectionSpec};
+use lifeboat_protocol::message::{
+    DiskSpec, Hooks, PointSummary, Policy, ProtectionReport, ProtectionSpec,
+};
 use lifeboat_protocol::vault::{self, Consistency, DataKey, PointRecord, DEFAULT_BLOCK_SIZE};
 use lifeboat_protocol::{Message, NodeId, Role, UnixMillis};
 use rand::RngCore;
@@ -58,9 +60,12 @@ pub struct ConfigState {
 impl ConfigState {
     /// Loads persisted state.
     pub fn load(dir: &StateDir) -> Result<Self, String> {
-        let policies: BTreeMap<String, Policy> = load(&dir.root.join("policies.json"))?.unwrap_or_default();
-        let protections: BTreeMap<NodeId, Protection> = load(&dir.root.join("protections.json"))?.unwrap_or_default();
-        let catalog: BTreeMap<NodeId, CatalogEntry> = load(&dir.root.join("catalog.json"))?.unwrap_or_default();
+        let policies: BTreeMap<String, Policy> =
+            load(&dir.root.join("policies.json"))?.unwrap_or_default();
+        let protections: BTreeMap<NodeId, Protection> =
+            load(&dir.root.join("protections.json"))?.unwrap_or_default();
+        let catalog: BTreeMap<NodeId, CatalogEntry> =
+            load(&dir.root.join("catalog.json"))?.unwrap_or_default();
         Ok(ConfigState {
             policies: Mutex::new(policies),
             protections: Mutex::new(protections),
@@ -76,7 +81,10 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn require_config(repl: &Repl) -> Result<(), String> {
     if !repl.roles().await.contains(&Role::Configuration) {
-        return Err("this command runs on a configuration node (this node lacks the configuration role)".into());
+        return Err(
+            "this command runs on a configuration node (this node lacks the configuration role)"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -89,20 +97,37 @@ async fn require_vault(repl: &Repl) -> Result<Arc<Vault>, String> {
 }
 
 /// `lifeboat vault create NAME [--store URL] [--store-option K=V]...`
-pub async fn vault_create(repl: &Repl, name: &str, url: Option<String>, options: BTreeMap<String, String>) -> Result<Value, String> {
+pub async fn vault_create(
+    repl: &Repl,
+    name: &str,
+    url: Option<String>,
+    options: BTreeMap<String, String>,
+) -> Result<Value, String> {
     require_config(repl).await?;
     if let Some(c) = guard(&repl.vault_cfg).clone() {
-        return Err(format!("this configuration node already has vault {:?} at {}", c.name, c.url));
+        return Err(format!(
+            "this configuration node already has vault {:?} at {}",
+            c.name, c.url
+        ));
     }
-    if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("invalid vault name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"));
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "invalid vault name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
+        ));
     }
     let url = url.unwrap_or_else(|| format!("file://{}", repl.dir.root.join("vault").display()));
     let mut master = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut master);
     let key = DataKey::from_master(master);
     let store = store_from_url(&url, &options).map_err(|e| e.to_string())?;
-    let header = Vault::create(store, name, &key, crate::seams::now()).await.map_err(|e| e.to_string())?;
+    let header = Vault::create(store, name, &key, crate::seams::now())
+        .await
+        .map_err(|e| e.to_string())?;
     repl.set_vault_config(VaultConfig {
         name: name.into(),
         url: url.clone(),
@@ -122,13 +147,20 @@ fn save_policies(repl: &Repl) -> Result<(), String> {
 /// All policies, the built-in default included.
 pub fn policies(repl: &Repl) -> BTreeMap<String, Policy> {
     let mut p = guard(&repl.cfg.policies).clone();
-    p.entry("default".into()).or_insert_with(Policy::default_policy);
+    p.entry("default".into())
+        .or_insert_with(Policy::default_policy);
     p
 }
 
 /// Validates a policy.
 pub fn validate_policy(p: &Policy) -> Result<(), String> {
-    if p.name.is_empty() || p.name.len() > 63 || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if p.name.is_empty()
+        || p.name.len() > 63
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(format!("invalid policy name {:?}", p.name));
     }
     if p.crash_consistent_every_secs == 0 {
@@ -138,10 +170,17 @@ pub fn validate_policy(p: &Policy) -> Result<(), String> {
         return Err("--rpo-threshold must not be shorter than --crash-consistent-every (every point would raise an alert)".into());
     }
     if p.retention_secs < p.crash_consistent_every_secs {
-        return Err("--retention must be at least --crash-consistent-every, or no point would be kept".into());
+        return Err(
+            "--retention must be at least --crash-consistent-every, or no point would be kept"
+                .into(),
+        );
     }
-    if p.app_consistent_every_secs != 0 && p.app_consistent_every_secs < p.crash_consistent_every_secs {
-        return Err("--app-consistent-every must be 0 (never) or at least --crash-consistent-every".into());
+    if p.app_consistent_every_secs != 0
+        && p.app_consistent_every_secs < p.crash_consistent_every_secs
+    {
+        return Err(
+            "--app-consistent-every must be 0 (never) or at least --crash-consistent-every".into(),
+        );
     }
     if p.retention_secs > 365 * 86_400 {
         return Err("--retention above one year is not supported".into());
@@ -167,7 +206,10 @@ pub async fn policy_delete(repl: &Repl, name: &str) -> Result<Value, String> {
         .map(|p| p.machine_name.clone())
         .collect();
     if !used.is_empty() {
-        return Err(format!("policy {name} is used by {}; unprotect them or protect them with another policy first", used.join(", ")));
+        return Err(format!(
+            "policy {name} is used by {}; unprotect them or protect them with another policy first",
+            used.join(", ")
+        ));
     }
     if guard(&repl.cfg.policies).remove(name).is_none() {
         return Err(format!("no policy named {name}"));
@@ -178,13 +220,19 @@ pub async fn policy_delete(repl: &Repl, name: &str) -> Result<Value, String> {
 
 /// Resolves a machine given by node id or name among mesh members.
 async fn resolve_machine(repl: &Repl, machine: &str) -> Result<(NodeId, String), String> {
-    let mesh = repl.mesh.send(lifeboat_actors::shell::GetMesh).await.map_err(|e| e.to_string())?;
+    let mesh = repl
+        .mesh
+        .send(lifeboat_actors::shell::GetMesh)
+        .await
+        .map_err(|e| e.to_string())?;
     for m in &mesh.members {
         if m.node_id().to_string() == machine || m.name == machine {
             return Ok((m.node_id(), m.name.clone()));
         }
     }
-    Err(format!("no mesh member named {machine:?}; see `lifeboat peers`"))
+    Err(format!(
+        "no mesh member named {machine:?}; see `lifeboat peers`"
+    ))
 }
 
 fn save_protections(repl: &Repl) -> Result<(), String> {
@@ -233,7 +281,9 @@ pub async fn protect(
     let mut names = BTreeSet::new();
     for d in disks {
         if !d.starts_with('/') {
-            return Err(format!("--disk {d}: give an absolute path on the protected machine"));
+            return Err(format!(
+                "--disk {d}: give an absolute path on the protected machine"
+            ));
         }
         let mut n = super::disk_name(&d);
         let mut k = 2;
@@ -259,12 +309,18 @@ pub async fn protect(
     }
     if id == repl.local {
         if !repl.roles().await.contains(&Role::Mobility) {
-            return Err("this node lacks the mobility role; run `lifeboat role add mobility`".into());
+            return Err(
+                "this node lacks the mobility role; run `lifeboat role add mobility`".into(),
+            );
         }
         super::mobility::start_arc(repl, spec.clone())?;
     } else {
         let net = repl.net.clone();
-        match net.request(id, Message::Protect(spec.clone())).await.map_err(|e| e.to_string())? {
+        match net
+            .request(id, Message::Protect(spec.clone()))
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Message::Accept => {}
             Message::Error { message } => return Err(format!("{name} refused: {message}")),
             other => return Err(format!("unexpected reply from {name}: {other:?}")),
@@ -280,7 +336,9 @@ pub async fn protect(
     );
     save_protections(repl)?;
     tracing::info!(machine = %name, disks = spec.disks.len(), policy = %spec.policy.name, "protection enabled");
-    Ok(json!({ "machine": name, "node_id": id.to_string(), "disks": spec.disks, "policy": spec.policy.name }))
+    Ok(
+        json!({ "machine": name, "node_id": id.to_string(), "disks": spec.disks, "policy": spec.policy.name }),
+    )
 }
 
 /// `lifeboat unprotect MACHINE`.
@@ -293,7 +351,11 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
     save_protections(repl)?;
     if id == repl.local {
         super::mobility::stop(repl);
-    } else if let Err(e) = repl.net.request(id, Message::Unprotect { machine: id }).await {
+    } else if let Err(e) = repl
+        .net
+        .request(id, Message::Unprotect { machine: id })
+        .await
+    {
         tracing::warn!(machine = %name, cause = %e, "could not reach the machine; it stops when it next connects");
     }
     Ok(json!({ "unprotected": name }))
@@ -332,19 +394,33 @@ pub async fn tick(repl: &Repl) {
         return;
     }
     if let Some(grant) = repl.grant() {
-        let connected: BTreeSet<NodeId> = repl.connected_with(Role::ProcessServer).await.into_iter().collect();
+        let connected: BTreeSet<NodeId> = repl
+            .connected_with(Role::ProcessServer)
+            .await
+            .into_iter()
+            .collect();
         let todo: Vec<NodeId> = {
             let mut g = guard(&repl.cfg.granted);
             g.retain(|id| connected.contains(id));
-            connected.iter().filter(|id| !g.contains(id)).copied().collect()
+            connected
+                .iter()
+                .filter(|id| !g.contains(id))
+                .copied()
+                .collect()
         };
         for id in todo {
-            match repl.net.request(id, Message::VaultGrant(grant.clone())).await {
+            match repl
+                .net
+                .request(id, Message::VaultGrant(grant.clone()))
+                .await
+            {
                 Ok(Message::Accept) => {
                     guard(&repl.cfg.granted).insert(id);
                     tracing::info!(process_server = %id, "vault granted");
                 }
-                Ok(other) => tracing::warn!(process_server = %id, reply = ?other, "vault grant refused"),
+                Ok(other) => {
+                    tracing::warn!(process_server = %id, reply = ?other, "vault grant refused")
+                }
                 Err(e) => tracing::debug!(process_server = %id, cause = %e, "vault grant failed"),
             }
         }
@@ -354,7 +430,12 @@ pub async fn tick(repl: &Repl) {
     let mut c = guard(&repl.cfg.catalog);
     for (id, p) in prots {
         let e = c.entry(id).or_default();
-        let (rpo, h) = health(now, e.latest.as_ref().map(|s| s.captured), p.since, p.spec.policy.rpo_threshold_secs);
+        let (rpo, h) = health(
+            now,
+            e.latest.as_ref().map(|s| s.captured),
+            p.since,
+            p.spec.policy.rpo_threshold_secs,
+        );
         if h == Health::Critical && !e.alerted {
             e.alerted = true;
             tracing::warn!(machine = %p.machine_name, rpo_secs = rpo / 1000, threshold_secs = p.spec.policy.rpo_threshold_secs, "ALERT: RPO above threshold");
@@ -375,9 +456,17 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
     let prots = guard(&repl.cfg.protections).clone();
     let cat = guard(&repl.cfg.catalog).clone();
     let mut machines = Vec::new();
-    for (id, p) in prots.iter().filter(|(id, _)| only.is_none_or(|o| o == **id)) {
+    for (id, p) in prots
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|o| o == **id))
+    {
         let e = cat.get(id).cloned().unwrap_or_default();
-        let (rpo, h) = health(now, e.latest.as_ref().map(|s| s.captured), p.since, p.spec.policy.rpo_threshold_secs);
+        let (rpo, h) = health(
+            now,
+            e.latest.as_ref().map(|s| s.captured),
+            p.since,
+            p.spec.policy.rpo_threshold_secs,
+        );
         let state = match (&e.report, h) {
             (Some(r), _) if r.last_error.is_some() && e.latest.is_none() => "error",
             (_, Health::InitialReplication) => "initial-replication",
@@ -385,7 +474,9 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             (_, Health::Warning) => "warning",
             (_, Health::Critical) => "critical",
         };
-        let pt = |s: &Option<PointSummary>| s.as_ref().map(|s| json!({ "id": s.id, "captured_ms": s.captured.0, "consistency": s.consistency }));
+        let pt = |s: &Option<PointSummary>| {
+            s.as_ref().map(|s| json!({ "id": s.id, "captured_ms": s.captured.0, "consistency": s.consistency }))
+        };
         machines.push(json!({
             "machine": p.machine_name,
             "node_id": id.to_string(),
@@ -441,14 +532,18 @@ fn point_json(p: &PointRecord) -> Value {
 pub async fn points(repl: &Repl, machine: &str) -> Result<Value, String> {
     let vault = require_vault(repl).await?;
     let (id, _) = resolve_machine(repl, machine).await?;
-    let pts = vault.list_points(Some(&id)).await.map_err(|e| e.to_string())?;
+    let pts = vault
+        .list_points(Some(&id))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Value::Array(pts.iter().map(point_json).collect()))
 }
 
 /// Picks a point: `latest`, `latest-app`, `latest-crash`, an id (or unique prefix), or a time
 /// (RFC 3339: the newest point captured at or before it).
 pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRecord, String> {
-    let newest = |f: &dyn Fn(&PointRecord) -> bool| pts.iter().filter(|p| f(p)).max_by_key(|p| p.captured);
+    let newest =
+        |f: &dyn Fn(&PointRecord) -> bool| pts.iter().filter(|p| f(p)).max_by_key(|p| p.captured);
     let found = match sel {
         "latest" => newest(&|_| true),
         "latest-app" => newest(&|p| p.consistency == Consistency::AppConsistent),
@@ -463,7 +558,10 @@ pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRe
         s => {
             let t = humantime::parse_rfc3339_weak(s)
                 .map_err(|_| format!("--point {s:?}: use latest, latest-app, latest-crash, a point id, or a time like 2026-11-26T08:00:00Z"))?;
-            let ms = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
             newest(&|p| p.captured.0 <= ms)
         }
     };
@@ -474,7 +572,10 @@ pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRe
 pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Result<Value, String> {
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
-    let pts = vault.list_points(Some(&id)).await.map_err(|e| e.to_string())?;
+    let pts = vault
+        .list_points(Some(&id))
+        .await
+        .map_err(|e| e.to_string())?;
     let p = select_point(&pts, point)?.clone();
     let dir = Path::new(to);
     if !dir.is_absolute() {
@@ -493,7 +594,10 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
         };
         let out = dir.join(file);
         let t0 = std::time::Instant::now();
-        let stats = vault.restore_disk(d, &out).await.map_err(|e| format!("restore of {name} point {} failed: {e}", p.id))?;
+        let stats = vault
+            .restore_disk(d, &out)
+            .await
+            .map_err(|e| format!("restore of {name} point {} failed: {e}", p.id))?;
         disks.push(json!({
             "name": d.name,
             "image": out,

@@ -16,7 +16,9 @@
 use super::{load, save, Repl};
 use crate::transport::FrameWriter;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
-use lifeboat_protocol::message::{DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec};
+use lifeboat_protocol::message::{
+    DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec,
+};
 use lifeboat_protocol::vault::{self, Consistency};
 use lifeboat_protocol::{Message, NodeId, Role};
 use serde::{Deserialize, Serialize};
@@ -66,7 +68,11 @@ fn replica_path(repl: &Repl) -> PathBuf {
 /// names the current one, so switching to a new point is one atomic rename of `replica.json`:
 /// a crash in between leaves the old point and its maps intact.
 fn hashes_path(repl: &Repl, point: &str, disk: &str) -> PathBuf {
-    repl.dir.root.join("hashes").join(point).join(format!("{disk}.bin"))
+    repl.dir
+        .root
+        .join("hashes")
+        .join(point)
+        .join(format!("{disk}.bin"))
 }
 
 /// Starts protecting `spec` (persisted first, so a restart resumes it).
@@ -89,7 +95,12 @@ pub fn start(repl: &Arc<Repl>, spec: ProtectionSpec) -> Result<(), String> {
 
 /// [`start`] for a shared reference (the configuration node protecting itself).
 pub fn start_arc(repl: &Repl, spec: ProtectionSpec) -> Result<(), String> {
-    let me = repl.me.lock().ok().and_then(|m| m.upgrade()).ok_or("node is shutting down")?;
+    let me = repl
+        .me
+        .lock()
+        .ok()
+        .and_then(|m| m.upgrade())
+        .ok_or("node is shutting down")?;
     start(&me, spec)
 }
 
@@ -139,12 +150,22 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
                 Ok(s) => {
                     sched.handle_done(now, kind);
                     repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
-                    report(&repl, true, Some(s.id.clone()), None, Some(s.process_server)).await;
+                    report(
+                        &repl,
+                        true,
+                        Some(s.id.clone()),
+                        None,
+                        Some(s.process_server),
+                    )
+                    .await;
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "replication cycle failed; changes are kept for the next one");
                     sched.handle_failed(crate::seams::now());
-                    let last = load::<Replica>(&replica_path(&repl)).ok().flatten().unwrap_or_default();
+                    let last = load::<Replica>(&replica_path(&repl))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
                     report(&repl, last.initial_done, last.last_point, Some(e), None).await;
                 }
             }
@@ -156,7 +177,13 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
     }
 }
 
-async fn report(repl: &Repl, initial_done: bool, last_point: Option<String>, err: Option<String>, ps: Option<NodeId>) {
+async fn report(
+    repl: &Repl,
+    initial_done: bool,
+    last_point: Option<String>,
+    err: Option<String>,
+    ps: Option<NodeId>,
+) {
     let r = ProtectionReport {
         machine: repl.local,
         initial: !initial_done,
@@ -259,17 +286,25 @@ fn reflink_clones(repl: &Repl, spec: &ProtectionSpec) -> Option<Views> {
         }
         paths.push(dst);
     }
-    Some(Views { paths, temp: Some(dir) })
+    Some(Views {
+        paths,
+        temp: Some(dir),
+    })
 }
 
 /// Takes the frozen view for a cycle; returns the paths to read and the consistency label.
-fn take_views(repl: &Repl, spec: &ProtectionSpec, kind: CycleKind) -> Result<(Views, Consistency, Frozen), String> {
+fn take_views(
+    repl: &Repl,
+    spec: &ProtectionSpec,
+    kind: CycleKind,
+) -> Result<(Views, Consistency, Frozen), String> {
     let mut frozen = Frozen(None);
     let mut app = false;
     if kind.app {
         if let Some(f) = &spec.hooks.freeze {
             run_hook("freeze", f)?;
-            frozen = Frozen(Some(spec.hooks.thaw.clone().unwrap_or_default()).filter(|s| !s.is_empty()));
+            frozen =
+                Frozen(Some(spec.hooks.thaw.clone().unwrap_or_default()).filter(|s| !s.is_empty()));
             app = true;
         }
     }
@@ -286,17 +321,29 @@ fn take_views(repl: &Repl, spec: &ProtectionSpec, kind: CycleKind) -> Result<(Vi
             paths.push(p);
         }
         frozen.thaw();
-        let c = if app { Consistency::AppConsistent } else { Consistency::CrashConsistent };
+        let c = if app {
+            Consistency::AppConsistent
+        } else {
+            Consistency::CrashConsistent
+        };
         return Ok((Views { paths, temp: None }, c, frozen));
     }
     if let Some(v) = reflink_clones(repl, spec) {
         frozen.thaw();
-        let c = if app { Consistency::AppConsistent } else { Consistency::CrashConsistent };
+        let c = if app {
+            Consistency::AppConsistent
+        } else {
+            Consistency::CrashConsistent
+        };
         return Ok((v, c, frozen));
     }
     // No frozen view: read the disks themselves (while frozen, if the freeze hook ran).
     let paths = spec.disks.iter().map(|d| PathBuf::from(&d.path)).collect();
-    let c = if app { Consistency::AppConsistent } else { Consistency::NotConsistent };
+    let c = if app {
+        Consistency::AppConsistent
+    } else {
+        Consistency::NotConsistent
+    };
     Ok((Views { paths, temp: None }, c, frozen))
 }
 
@@ -310,15 +357,19 @@ fn open_disk(path: &Path) -> Result<(std::fs::File, u64, bool), String> {
         // on it just flushed.
         o.custom_flags(libc::O_DIRECT);
     }
-    let mut f = o.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = o
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let size = if block_dev {
         use std::io::Seek;
-        f.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| e.to_string())?
     } else {
         meta.len()
     };
     use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| e.to_string())?;
     Ok((f, size, block_dev))
 }
 
@@ -329,14 +380,23 @@ enum Scan {
 }
 
 /// Reads and hashes a disk on a blocking thread; changed blocks go out through `tx`.
-fn scan_disk(path: PathBuf, block_size: u32, old: Option<Vec<[u8; 32]>>, tx: mpsc::Sender<Result<Scan, String>>) {
+fn scan_disk(
+    path: PathBuf,
+    block_size: u32,
+    old: Option<Vec<[u8; 32]>>,
+    tx: mpsc::Sender<Result<Scan, String>>,
+) {
     let res = (|| -> Result<(), String> {
         let (mut f, size, direct) = open_disk(&path)?;
         let bs = block_size as usize;
         let n = size.div_ceil(block_size as u64) as usize;
         // O_DIRECT needs an aligned buffer: over-allocate and slice at a 4096-byte boundary.
         let mut raw = vec![0u8; bs + 4096];
-        let off = if direct { (4096 - (raw.as_ptr() as usize % 4096)) % 4096 } else { 0 };
+        let off = if direct {
+            (4096 - (raw.as_ptr() as usize % 4096)) % 4096
+        } else {
+            0
+        };
         let mut hashes = Vec::with_capacity(n);
         let mut batch = Vec::new();
         let mut sent = 0u64;
@@ -345,14 +405,19 @@ fn scan_disk(path: PathBuf, block_size: u32, old: Option<Vec<[u8; 32]>>, tx: mps
             let buf = &mut raw[off..off + bs];
             let mut got = 0;
             while got < want {
-                let r = f.read(&mut buf[got..if direct { bs } else { want }]).map_err(|e| format!("{}: block {i}: {e}", path.display()))?;
+                let r = f
+                    .read(&mut buf[got..if direct { bs } else { want }])
+                    .map_err(|e| format!("{}: block {i}: {e}", path.display()))?;
                 if r == 0 {
                     break;
                 }
                 got += r;
             }
             if got < want {
-                return Err(format!("{}: short read at block {i} (disk shrank?)", path.display()));
+                return Err(format!(
+                    "{}: short read at block {i} (disk shrank?)",
+                    path.display()
+                ));
             }
             let data = &buf[..want];
             let h = *blake3::hash(data).as_bytes();
@@ -364,10 +429,17 @@ fn scan_disk(path: PathBuf, block_size: u32, old: Option<Vec<[u8; 32]>>, tx: mps
             hashes.push(h);
             if changed {
                 sent += 1;
-                let payload = (!vault::is_zero_block(data)).then(|| serde_bytes::ByteBuf::from(data.to_vec()));
-                batch.push(DeltaBlock { index: i as u64, data: payload });
+                let payload = (!vault::is_zero_block(data))
+                    .then(|| serde_bytes::ByteBuf::from(data.to_vec()));
+                batch.push(DeltaBlock {
+                    index: i as u64,
+                    data: payload,
+                });
                 if batch.len() >= BATCH_BLOCKS {
-                    if tx.blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch)))).is_err() {
+                    if tx
+                        .blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch))))
+                        .is_err()
+                    {
                         return Err("sender stopped".into());
                     }
                 }
@@ -432,14 +504,21 @@ async fn send_disk(
     result
 }
 
-async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Result<PointSummary, String> {
+async fn cycle(
+    repl: &Arc<Repl>,
+    spec: &ProtectionSpec,
+    kind: CycleKind,
+) -> Result<PointSummary, String> {
     let ps = pick_ps(repl, spec.process_server).await?;
     let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
-    let (r2, s2) = (repl.clone(), spec.clone());
-    let (views, consistency, mut frozen) = tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
-        .await
-        .map_err(|e| e.to_string())??;
+    // The capture time is taken before the view: every write completed before it is in the
+    // point (a snapshot taken later may contain later writes too, never fewer).
     let captured = crate::seams::now();
+    let (r2, s2) = (repl.clone(), spec.clone());
+    let (views, consistency, mut frozen) =
+        tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
+            .await
+            .map_err(|e| e.to_string())??;
     // Geometry, and the old hash maps (a missing or mismatched map means a full copy).
     let mut infos = Vec::new();
     let mut olds = Vec::new();
@@ -455,7 +534,11 @@ async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Resu
                 .as_ref()
                 .and_then(|pt| load_hashes(&hashes_path(repl, pt, &d.name), blocks)),
         );
-        infos.push(DiskInfo { name: d.name.clone(), size_bytes: size, block_size: spec.block_size });
+        infos.push(DiskInfo {
+            name: d.name.clone(),
+            size_bytes: size,
+            block_size: spec.block_size,
+        });
     }
     let base = if replica.last_point.is_some() && olds.iter().all(Option::is_some) {
         replica.last_point.clone()
@@ -474,8 +557,14 @@ async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Resu
         consistency,
         disks: infos,
     };
-    let (mut w, mut r) = repl.net.open_bi(ps).await.map_err(|e| format!("process server {ps}: {e}"))?;
-    w.send(Message::DeltaBegin(header)).await.map_err(|e| e.to_string())?;
+    let (mut w, mut r) = repl
+        .net
+        .open_bi(ps)
+        .await
+        .map_err(|e| format!("process server {ps}: {e}"))?;
+    w.send(Message::DeltaBegin(header))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut new_hashes = Vec::new();
     let mut sent = 0;
     for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
@@ -485,7 +574,9 @@ async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Resu
     }
     frozen.thaw();
     drop(views);
-    w.send(Message::DeltaEnd { sent_blocks: sent }).await.map_err(|e| e.to_string())?;
+    w.send(Message::DeltaEnd { sent_blocks: sent })
+        .await
+        .map_err(|e| e.to_string())?;
     w.finish();
     repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
     let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
@@ -499,12 +590,17 @@ async fn cycle(repl: &Arc<Repl>, spec: &ProtectionSpec, kind: CycleKind) -> Resu
             if vault::from_hex::<16>(&s.id).is_none() {
                 return Err("process server returned an invalid point id".into());
             }
-            std::fs::create_dir_all(repl.dir.root.join("hashes").join(&s.id)).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(repl.dir.root.join("hashes").join(&s.id))
+                .map_err(|e| e.to_string())?;
             for (d, h) in spec.disks.iter().zip(&new_hashes) {
                 let mut b = Vec::with_capacity(h.len() * 32);
                 h.iter().for_each(|x| b.extend_from_slice(x));
-                lifeboat_config::state::write_file_atomic(&hashes_path(repl, &s.id, &d.name), &b, 0o600)
-                    .map_err(|e| e.to_string())?;
+                lifeboat_config::state::write_file_atomic(
+                    &hashes_path(repl, &s.id, &d.name),
+                    &b,
+                    0o600,
+                )
+                .map_err(|e| e.to_string())?;
             }
             replica.last_point = Some(s.id.clone());
             replica.initial_done = true;

@@ -129,7 +129,9 @@ impl Repl {
         let Some(cfg) = self.vault_cfg.lock().ok().and_then(|c| c.clone()) else {
             return Ok(None);
         };
-        let key = cfg.key().ok_or_else(|| VaultError::WrongKey(cfg.name.clone()))?;
+        let key = cfg
+            .key()
+            .ok_or_else(|| VaultError::WrongKey(cfg.name.clone()))?;
         let store = store_from_url(&cfg.url, &cfg.options)?;
         let v = Arc::new(Vault::open(store, key).await?);
         tracing::info!(vault = %cfg.name, url = %cfg.url, blocks = v.indexed_blocks(), "vault open");
@@ -211,7 +213,13 @@ pub fn disk_name(path: &str) -> String {
         .unwrap_or("disk");
     let s: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     if s.is_empty() || s.starts_with('.') {
@@ -226,5 +234,7 @@ pub fn valid_disk_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

@@ -16,7 +16,8 @@ use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
 use lifeboat_protocol::message::{DeltaHeader, PointSummary};
 use lifeboat_protocol::vault::{
-    self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE, VAULT_FORMAT,
+    self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
+    VAULT_FORMAT,
 };
 use lifeboat_protocol::{Message, NodeId};
 use rand::RngCore;
@@ -102,7 +103,9 @@ struct Segment {
 }
 
 fn fail(reason: impl Into<String>) -> Message {
-    Message::PointFailed { reason: reason.into() }
+    Message::PointFailed {
+        reason: reason.into(),
+    }
 }
 
 fn validate(h: &DeltaHeader, from: NodeId) -> Result<(), String> {
@@ -130,10 +133,17 @@ fn validate(h: &DeltaHeader, from: NodeId) -> Result<(), String> {
 }
 
 /// Serves one replication stream whose first frame was `DeltaBegin(header)`.
-pub async fn serve(repl: Arc<Repl>, from: NodeId, header: DeltaHeader, mut w: FrameWriter, r: FrameReader) {
+pub async fn serve(
+    repl: Arc<Repl>,
+    from: NodeId,
+    header: DeltaHeader,
+    mut w: FrameWriter,
+    r: FrameReader,
+) {
     let reply = match receive_and_commit(&repl, from, header, r).await {
         Ok(summary) => {
-            repl.tell_authorities(Message::PointNotice(summary.clone())).await;
+            repl.tell_authorities(Message::PointNotice(summary.clone()))
+                .await;
             Message::PointCommitted(summary)
         }
         Err(reason) => {
@@ -146,7 +156,12 @@ pub async fn serve(repl: Arc<Repl>, from: NodeId, header: DeltaHeader, mut w: Fr
     }
 }
 
-async fn receive_and_commit(repl: &Arc<Repl>, from: NodeId, header: DeltaHeader, mut r: FrameReader) -> Result<PointSummary, String> {
+async fn receive_and_commit(
+    repl: &Arc<Repl>,
+    from: NodeId,
+    header: DeltaHeader,
+    mut r: FrameReader,
+) -> Result<PointSummary, String> {
     validate(&header, from)?;
     let vault = repl
         .open_vault()
@@ -159,14 +174,22 @@ async fn receive_and_commit(repl: &Arc<Repl>, from: NodeId, header: DeltaHeader,
     let base_rec = match &header.base {
         None => None,
         Some(b) => {
-            let pts = vault.list_points(Some(&from)).await.map_err(|e| e.to_string())?;
-            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| format!("base-unknown: point {b} is not in the vault; a full resync is needed"))?)
+            let pts = vault
+                .list_points(Some(&from))
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
+                format!("base-unknown: point {b} is not in the vault; a full resync is needed")
+            })?)
         }
     };
     for (i, d) in header.disks.iter().enumerate() {
         let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
         let mut v = vec![BlockId::ZERO; n];
-        if let Some(b) = base_rec.as_ref().and_then(|p| p.disks.iter().find(|x| x.name == d.name)) {
+        if let Some(b) = base_rec
+            .as_ref()
+            .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
+        {
             if b.block_size == d.block_size {
                 let old = vault.disk_ids(b).await.map_err(|e| e.to_string())?;
                 for (j, id) in old.into_iter().take(n).enumerate() {
@@ -177,19 +200,33 @@ async fn receive_and_commit(repl: &Arc<Repl>, from: NodeId, header: DeltaHeader,
                 return Err("base-unknown: block size changed; a full resync is needed".into());
             }
         } else if header.base.is_some() {
-            return Err(format!("base-unknown: disk {} is not in the base point", d.name));
+            return Err(format!(
+                "base-unknown: disk {} is not in the base point",
+                d.name
+            ));
         }
         ids.push(v);
     }
 
     let (seg_tx, seg_rx) = mpsc::channel::<Segment>(repl.ps.spool_segments);
-    let processor = tokio::spawn(process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx));
+    let processor = tokio::spawn(process(
+        repl.clone(),
+        vault.clone(),
+        header.clone(),
+        ids,
+        seg_rx,
+    ));
     let received = receive(repl, &header, &mut r, seg_tx).await;
-    let processed = processor.await.map_err(|e| format!("processor failed: {e}"))?;
+    let processed = processor
+        .await
+        .map_err(|e| format!("processor failed: {e}"))?;
     let sent = received?;
     let (ids, mut stats) = processed?;
     if stats.changed_blocks != sent {
-        return Err(format!("stream announced {sent} blocks but carried {}", stats.changed_blocks));
+        return Err(format!(
+            "stream announced {sent} blocks but carried {}",
+            stats.changed_blocks
+        ));
     }
 
     // Manifest chunks: unchanged chunks are the base's, shared.
@@ -266,8 +303,18 @@ where
 }
 
 /// Reads the stream into spool segments. Returns the announced block count.
-async fn receive(repl: &Arc<Repl>, h: &DeltaHeader, r: &mut FrameReader, tx: mpsc::Sender<Segment>) -> Result<u64, String> {
-    let mut seg: Option<(BufWriter<std::fs::File>, PathBuf, u64, tokio::sync::OwnedSemaphorePermit)> = None;
+async fn receive(
+    repl: &Arc<Repl>,
+    h: &DeltaHeader,
+    r: &mut FrameReader,
+    tx: mpsc::Sender<Segment>,
+) -> Result<u64, String> {
+    let mut seg: Option<(
+        BufWriter<std::fs::File>,
+        PathBuf,
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+    )> = None;
     let mut n = 0u32;
     loop {
         let env = tokio::time::timeout(Duration::from_secs(300), r.next())
@@ -277,33 +324,57 @@ async fn receive(repl: &Arc<Repl>, h: &DeltaHeader, r: &mut FrameReader, tx: mps
             .ok_or("replication stream ended before DeltaEnd")?;
         match env.msg {
             Message::DeltaBlocks { disk, blocks } => {
-                let d = h.disks.get(disk as usize).ok_or("block for an unknown disk")?;
+                let d = h
+                    .disks
+                    .get(disk as usize)
+                    .ok_or("block for an unknown disk")?;
                 let nblocks = d.size_bytes.div_ceil(d.block_size as u64);
                 for b in blocks {
                     if b.index >= nblocks {
-                        return Err(format!("block {} beyond the end of disk {}", b.index, d.name));
+                        return Err(format!(
+                            "block {} beyond the end of disk {}",
+                            b.index, d.name
+                        ));
                     }
                     if let Some(data) = &b.data {
-                        let expect = (d.block_size as u64).min(d.size_bytes - b.index * d.block_size as u64);
+                        let expect =
+                            (d.block_size as u64).min(d.size_bytes - b.index * d.block_size as u64);
                         if data.len() as u64 != expect {
-                            return Err(format!("block {} of {} has {} bytes, expected {expect}", b.index, d.name, data.len()));
+                            return Err(format!(
+                                "block {} of {} has {} bytes, expected {expect}",
+                                b.index,
+                                d.name,
+                                data.len()
+                            ));
                         }
                     }
                     if seg.is_none() {
                         // Wait for spool room: this is the backpressure point.
-                        let permit = repl.ps.budget.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+                        let permit = repl
+                            .ps
+                            .budget
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(|e| e.to_string())?;
                         n += 1;
                         let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
                         let f = std::fs::File::create(&path).map_err(|e| format!("spool: {e}"))?;
                         seg = Some((BufWriter::with_capacity(1 << 20, f), path, 0, permit));
                     }
                     if let Some((wtr, _, bytes, _)) = seg.as_mut() {
-                        let rec = vault::to_rmp(&SpoolRecord { disk, index: b.index, data: b.data });
+                        let rec = vault::to_rmp(&SpoolRecord {
+                            disk,
+                            index: b.index,
+                            data: b.data,
+                        });
                         wtr.write_all(&(rec.len() as u32).to_be_bytes())
                             .and_then(|_| wtr.write_all(&rec))
                             .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
                         *bytes += 4 + rec.len() as u64;
-                        repl.ps.spooled_bytes.fetch_add(4 + rec.len() as u64, Ordering::Relaxed);
+                        repl.ps
+                            .spooled_bytes
+                            .fetch_add(4 + rec.len() as u64, Ordering::Relaxed);
                     }
                     if seg.as_ref().is_some_and(|s| s.2 >= SEGMENT_BYTES) {
                         close_segment(repl, seg.take(), &tx).await?;
@@ -314,23 +385,46 @@ async fn receive(repl: &Arc<Repl>, h: &DeltaHeader, r: &mut FrameReader, tx: mps
                 close_segment(repl, seg.take(), &tx).await?;
                 return Ok(sent_blocks);
             }
-            other => return Err(format!("unexpected message in a replication stream: {other:?}")),
+            other => {
+                return Err(format!(
+                    "unexpected message in a replication stream: {other:?}"
+                ))
+            }
         }
     }
 }
 
 async fn close_segment(
     repl: &Repl,
-    seg: Option<(BufWriter<std::fs::File>, PathBuf, u64, tokio::sync::OwnedSemaphorePermit)>,
+    seg: Option<(
+        BufWriter<std::fs::File>,
+        PathBuf,
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
     tx: &mpsc::Sender<Segment>,
 ) -> Result<(), String> {
-    let Some((w, path, bytes, permit)) = seg else { return Ok(()) };
-    let f = w.into_inner().map_err(|e| format!("spool flush failed: {e}"))?;
-    f.sync_data().map_err(|e| format!("spool sync failed: {e}"))?;
-    let _ = repl.ps.backlog_since.compare_exchange(0, crate::seams::now().0, Ordering::Relaxed, Ordering::Relaxed);
-    tx.send(Segment { path, bytes, _permit: permit })
-        .await
-        .map_err(|_| "processor stopped".to_string())
+    let Some((w, path, bytes, permit)) = seg else {
+        return Ok(());
+    };
+    let f = w
+        .into_inner()
+        .map_err(|e| format!("spool flush failed: {e}"))?;
+    f.sync_data()
+        .map_err(|e| format!("spool sync failed: {e}"))?;
+    let _ = repl.ps.backlog_since.compare_exchange(
+        0,
+        crate::seams::now().0,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    tx.send(Segment {
+        path,
+        bytes,
+        _permit: permit,
+    })
+    .await
+    .map_err(|_| "processor stopped".to_string())
 }
 
 /// Consumes segments: ids, dedup, sealing, packing, upload. Returns the new id vectors.
@@ -360,7 +454,10 @@ async fn process(
                 .map_err(|e| e.to_string())?
         };
         let _ = std::fs::remove_file(&seg.path);
-        repl.ps.spooled_bytes.fetch_sub(seg.bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        repl.ps.spooled_bytes.fetch_sub(
+            seg.bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         let sealed = match sealed {
             Ok(s) => s,
             Err(e) => {
@@ -391,7 +488,8 @@ async fn process(
             }
             if pack.len() >= PACK_BYTES {
                 let full = std::mem::take(&mut pack);
-                let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&full))).await?;
+                let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&full)))
+                    .await?;
                 repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
                 pack = PackBuilder::new();
             }
@@ -420,7 +518,11 @@ type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64);
 
 /// Reads a segment and seals its blocks (CPU work, on a blocking thread). A block the vault or
 /// this session already holds comes back without a blob (dedup).
-fn seal_segment(v: &Vault, path: &std::path::Path, pending: &HashSet<BlockId>) -> Result<Vec<Sealed>, String> {
+fn seal_segment(
+    v: &Vault,
+    path: &std::path::Path,
+    pending: &HashSet<BlockId>,
+) -> Result<Vec<Sealed>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("spool read: {e}"))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
     let mut out = Vec::new();
@@ -437,11 +539,14 @@ fn seal_segment(v: &Vault, path: &std::path::Path, pending: &HashSet<BlockId>) -
             return Err("spool record too large".into());
         }
         let mut buf = vec![0u8; n];
-        r.read_exact(&mut buf).map_err(|e| format!("spool read: {e}"))?;
+        r.read_exact(&mut buf)
+            .map_err(|e| format!("spool read: {e}"))?;
         let rec: SpoolRecord = vault::from_rmp("spool record", &buf).map_err(|e| e.to_string())?;
         match rec.data {
             None => out.push((rec.disk, rec.index, BlockId::ZERO, None, 0)),
-            Some(data) if vault::is_zero_block(&data) => out.push((rec.disk, rec.index, BlockId::ZERO, None, data.len() as u64)),
+            Some(data) if vault::is_zero_block(&data) => {
+                out.push((rec.disk, rec.index, BlockId::ZERO, None, data.len() as u64))
+            }
             Some(data) => {
                 let id = v.key().block_id(&data);
                 let known = v.contains(&id) || pending.contains(&id) || !seen.insert(id);
