@@ -1,8 +1,11 @@
-//! `lifeboat quickstart`: a three-node mesh on loopback, run from real `lifeboat node run`
-//! processes with temporary state directories. First cut (foundation): configuration node
-//! creates the mesh, the other two register with one-time keys, the configuration node assigns
-//! the process-server and mobility roles remotely, and every node must see the other two as
-//! reachable with the right roles before the peer table is printed.
+//! `lifeboat quickstart`: Lifeboat's main job on embedded defaults, on this machine.
+//!
+//! Three real `lifeboat node run` processes on loopback with temporary state directories: the
+//! configuration node creates the mesh, the other two register with one-time keys, the
+//! configuration node assigns the process-server and mobility roles over the mesh, and every
+//! node must see the other two with their roles. Then it creates a local vault, protects a
+//! generated sample disk on the mobility node, waits for the initial replication and two delta
+//! points, restores the latest point and checks it bit-exact against the disk.
 
 use crate::control::{self, Request};
 use crate::init::{init, InitOptions};
@@ -143,6 +146,134 @@ fn sees(d: &Daemon, id: &str, role: &str) -> bool {
         })
 }
 
+/// Deterministic sample content: random-looking, zero and repeated blocks.
+fn sample_block(i: u64, len: usize) -> Vec<u8> {
+    match i % 5 {
+        1 | 3 => vec![0; len],
+        2 => vec![(i % 251) as u8; len],
+        _ => {
+            let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        }
+    }
+}
+
+/// Changes the sample disk atomically (write a new file, rename it under the snapshot lock).
+fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
+    let tmp = dir.join("disk.img.new");
+    std::fs::write(&tmp, content).map_err(|e| e.to_string())?;
+    let ok = Command::new("flock")
+        .arg(dir.join("disk.lock"))
+        .arg("mv")
+        .arg(&tmp)
+        .arg(dir.join("disk.img"))
+        .status()
+        .map_err(|e| format!("flock: {e}"))?
+        .success();
+    ok.then_some(()).ok_or_else(|| "could not update the sample disk".into())
+}
+
+fn points(cfg: &Daemon) -> Result<Vec<Value>, String> {
+    Ok(cfg.call(Request::Points { machine: "mobility-1".into() })?.as_array().cloned().unwrap_or_default())
+}
+
+fn point_after(cfg: &Daemon, t: u64) -> Result<Value, String> {
+    wait_for("a recovery point", || {
+        points(cfg)
+            .ok()?
+            .into_iter()
+            .filter(|p| p["captured_ms"].as_u64().unwrap_or(0) > t)
+            .min_by_key(|p| p["captured_ms"].as_u64().unwrap_or(0))
+    })
+}
+
+fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let v = cfg.call(Request::VaultCreate { name: "quickstart".into(), store: None, options: vec![] })?;
+    out(&format!("created vault {} at {}", v["name"].as_str().unwrap_or("?"), v["url"].as_str().unwrap_or("?")));
+    cfg.call(Request::PolicyCreate {
+        policy: lifeboat_protocol::message::Policy {
+            name: "quickstart".into(),
+            rpo_threshold_secs: 60,
+            retention_secs: 3600,
+            crash_consistent_every_secs: 2,
+            app_consistent_every_secs: 0,
+        },
+    })?;
+    // A 32 MiB sample disk on the mobility node, with crash-consistent views from a snapshot
+    // hook (a copy taken under the same lock the disk's writer holds).
+    let bs = 65536usize;
+    let dir = root.join("sample");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut disk: Vec<u8> = (0..512u64).flat_map(|i| sample_block(i, bs)).collect();
+    write_disk(&dir, &disk)?;
+    let d = dir.display();
+    let hook = format!("flock {d}/disk.lock cp {d}/disk.img {d}/view.img && echo \"disk.img {d}/view.img\"");
+    let t = crate::seams::now().0;
+    cfg.call(Request::Protect {
+        machine: "mobility-1".into(),
+        disks: vec![dir.join("disk.img").display().to_string()],
+        policy: Some("quickstart".into()),
+        process_server: None,
+        hooks: lifeboat_protocol::message::Hooks { freeze: None, thaw: None, snapshot: Some(hook) },
+        block_size: None,
+    })?;
+    out("protecting mobility-1's 32 MiB sample disk (policy: a crash-consistent point every 2 s)");
+    let p = point_after(cfg, t)?;
+    out(&format!(
+        "initial replication: point {} ({}), {} blocks sent, {} stored, {} deduplicated",
+        &p["id"].as_str().unwrap_or("?")[..12],
+        p["consistency"].as_str().unwrap_or("?"),
+        p["stats"]["changed_blocks"],
+        p["stats"]["new_blocks"],
+        p["stats"]["dedup_blocks"]
+    ));
+    for round in 1..=2u64 {
+        // Change 1% of the blocks.
+        for k in 0..5u64 {
+            let b = ((round * 97 + k * 101) % 512) as usize;
+            disk[b * bs..(b + 1) * bs].copy_from_slice(&sample_block(1000 * round + k, bs));
+        }
+        write_disk(&dir, &disk)?;
+        let t = crate::seams::now().0;
+        let p = point_after(cfg, t)?;
+        out(&format!(
+            "delta point {}: point {} ({}), {} blocks sent",
+            round,
+            &p["id"].as_str().unwrap_or("?")[..12],
+            p["consistency"].as_str().unwrap_or("?"),
+            p["stats"]["changed_blocks"]
+        ));
+    }
+    let to = root.join("restored");
+    let r = cfg.call(Request::Restore { machine: "mobility-1".into(), point: "latest".into(), to: to.display().to_string() })?;
+    let restored = std::fs::read(to.join("disk.img")).map_err(|e| e.to_string())?;
+    if restored != disk {
+        return Err("the restored image differs from the source disk".into());
+    }
+    out(&format!(
+        "restored point {} to {}: every block and the Merkle root verified, bit-exact with the source",
+        &r["point"]["id"].as_str().unwrap_or("?")[..12],
+        to.join("disk.img").display()
+    ));
+    let st = cfg.call(Request::ReplStatus { machine: None })?;
+    if let Some(m) = st["machines"].as_array().and_then(|a| a.first()) {
+        out(&format!(
+            "status: {} is {}, RPO {}",
+            m["machine"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0))
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the quickstart; `keep` leaves the state directories in place. Returns the report.
 pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
     let tmp = tempfile::Builder::new()
@@ -214,6 +345,8 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
     out("every node sees the other two, authenticated, with their roles:");
     let peers = cfg.call(Request::Peers)?;
     out(&crate::format::peer_table(&peers));
+
+    replicate(&root, &cfg, out)?;
     drop((cfg, ps, mob));
     if keep {
         let kept = tmp.keep();

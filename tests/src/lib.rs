@@ -262,6 +262,15 @@ impl Node {
             .cloned()
     }
 
+    /// Kills the daemon with SIGKILL (a crash: no cleanup, no shutdown path).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // A crashed daemon leaves its control socket behind; the next start must cope.
+    }
+
     /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;

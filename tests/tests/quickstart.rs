@@ -21,4 +21,7 @@ fn quickstart_forms_a_three_node_mesh_and_exits_zero() {
         assert!(stdout.contains(role), "peer table lacks {role}:\n{stdout}");
     }
     assert_eq!(stdout.matches("reachable").count(), 2, "{stdout}");
+    assert!(stdout.contains("initial replication: point"), "{stdout}");
+    assert_eq!(stdout.matches("delta point").count(), 2, "{stdout}");
+    assert!(stdout.contains("bit-exact with the source"), "{stdout}");
 }

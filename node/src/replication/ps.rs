@@ -191,7 +191,7 @@ async fn receive_and_commit(
             .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
         {
             if b.block_size == d.block_size {
-                let old = vault.disk_ids(b).await.map_err(|e| e.to_string())?;
+                let old = retry_forever(repl, "read base manifest", || vault.disk_ids(b)).await?;
                 for (j, id) in old.into_iter().take(n).enumerate() {
                     v[j] = id;
                 }
