@@ -177,11 +177,18 @@ fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
         .status()
         .map_err(|e| format!("flock: {e}"))?
         .success();
-    ok.then_some(()).ok_or_else(|| "could not update the sample disk".into())
+    ok.then_some(())
+        .ok_or_else(|| "could not update the sample disk".into())
 }
 
 fn points(cfg: &Daemon) -> Result<Vec<Value>, String> {
-    Ok(cfg.call(Request::Points { machine: "mobility-1".into() })?.as_array().cloned().unwrap_or_default())
+    Ok(cfg
+        .call(Request::Points {
+            machine: "mobility-1".into(),
+        })?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 fn point_after(cfg: &Daemon, t: u64) -> Result<Value, String> {
@@ -195,8 +202,16 @@ fn point_after(cfg: &Daemon, t: u64) -> Result<Value, String> {
 }
 
 fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(), String> {
-    let v = cfg.call(Request::VaultCreate { name: "quickstart".into(), store: None, options: vec![] })?;
-    out(&format!("created vault {} at {}", v["name"].as_str().unwrap_or("?"), v["url"].as_str().unwrap_or("?")));
+    let v = cfg.call(Request::VaultCreate {
+        name: "quickstart".into(),
+        store: None,
+        options: vec![],
+    })?;
+    out(&format!(
+        "created vault {} at {}",
+        v["name"].as_str().unwrap_or("?"),
+        v["url"].as_str().unwrap_or("?")
+    ));
     cfg.call(Request::PolicyCreate {
         policy: lifeboat_protocol::message::Policy {
             name: "quickstart".into(),
@@ -214,14 +229,20 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
     let mut disk: Vec<u8> = (0..512u64).flat_map(|i| sample_block(i, bs)).collect();
     write_disk(&dir, &disk)?;
     let d = dir.display();
-    let hook = format!("flock {d}/disk.lock cp {d}/disk.img {d}/view.img && echo \"disk.img {d}/view.img\"");
+    let hook = format!(
+        "flock {d}/disk.lock cp {d}/disk.img {d}/view.img && echo \"disk.img {d}/view.img\""
+    );
     let t = crate::seams::now().0;
     cfg.call(Request::Protect {
         machine: "mobility-1".into(),
         disks: vec![dir.join("disk.img").display().to_string()],
         policy: Some("quickstart".into()),
         process_server: None,
-        hooks: lifeboat_protocol::message::Hooks { freeze: None, thaw: None, snapshot: Some(hook) },
+        hooks: lifeboat_protocol::message::Hooks {
+            freeze: None,
+            thaw: None,
+            snapshot: Some(hook),
+        },
         block_size: None,
     })?;
     out("protecting mobility-1's 32 MiB sample disk (policy: a crash-consistent point every 2 s)");
@@ -252,7 +273,11 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         ));
     }
     let to = root.join("restored");
-    let r = cfg.call(Request::Restore { machine: "mobility-1".into(), point: "latest".into(), to: to.display().to_string() })?;
+    let r = cfg.call(Request::Restore {
+        machine: "mobility-1".into(),
+        point: "latest".into(),
+        to: to.display().to_string(),
+    })?;
     let restored = std::fs::read(to.join("disk.img")).map_err(|e| e.to_string())?;
     if restored != disk {
         return Err("the restored image differs from the source disk".into());

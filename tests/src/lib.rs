@@ -5,6 +5,8 @@
 //! executable; `scripts/test` builds it before running the tests. Every wait is bounded and
 //! polls for an event; every process, namespace and directory is cleaned up on drop.
 
+pub mod disks;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -549,9 +551,22 @@ impl Azurite {
         );
     }
 
-    /// Stops the emulator (a vault outage); its data stays for [`Azurite::restart`].
+    /// Stops the emulator (a vault outage); its data stays for [`Azurite::restart`]. SIGTERM
+    /// first: Azurite persists its metadata database on a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -568,4 +583,39 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts a mesh: `nodes[0]` is the configuration node; each other `(name, role)` registers and
+/// takes its role. Waits until the configuration node sees everyone connected with a role.
+pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
+    let t = Timing::default();
+    let mut cfg = Node::init(nodes[0].0, "127.0.0.1:0", &[], false, &t);
+    cfg.start_env(env);
+    let peers = vec![cfg.listen()];
+    let mut all = vec![cfg];
+    for (name, _) in &nodes[1..] {
+        let mut n = Node::init(name, "127.0.0.1:0", &peers, false, &t);
+        n.start_env(env);
+        all.push(n);
+    }
+    {
+        let refs: Vec<&Node> = all.iter().collect();
+        form_mesh(&refs);
+    }
+    for (n, (_, role)) in all.iter().zip(nodes).skip(1) {
+        n.ok(&["role", "add", role]);
+    }
+    for n in &all[1..] {
+        let id = n.id();
+        wait_until(
+            &format!("config to see {} connected with its role", n.name),
+            WAIT,
+            || {
+                all[0].peer(&id).is_some_and(|p| {
+                    p["connected"] == true && p["roles"].as_array().is_some_and(|r| !r.is_empty())
+                })
+            },
+        );
+    }
+    all
 }

@@ -168,66 +168,35 @@ async fn receive_and_commit(
         .await
         .map_err(|e| format!("vault unavailable: {e}"))?
         .ok_or("this process server has no vault yet (create one on the configuration node)")?;
-    // Base manifests (the point this delta is relative to).
-    let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
-    let mut ids: Vec<Vec<BlockId>> = Vec::new();
-    let base_rec = match &header.base {
-        None => None,
-        Some(b) => {
-            let pts = vault
-                .list_points(Some(&from))
-                .await
-                .map_err(|e| e.to_string())?;
-            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
-                format!("base-unknown: point {b} is not in the vault; a full resync is needed")
-            })?)
-        }
-    };
-    for (i, d) in header.disks.iter().enumerate() {
-        let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
-        let mut v = vec![BlockId::ZERO; n];
-        if let Some(b) = base_rec
-            .as_ref()
-            .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
-        {
-            if b.block_size == d.block_size {
-                let old = retry_forever(repl, "read base manifest", || vault.disk_ids(b)).await?;
-                for (j, id) in old.into_iter().take(n).enumerate() {
-                    v[j] = id;
-                }
-                base[i] = Some(b.clone());
-            } else if header.base.is_some() {
-                return Err("base-unknown: block size changed; a full resync is needed".into());
-            }
-        } else if header.base.is_some() {
-            return Err(format!(
-                "base-unknown: disk {} is not in the base point",
-                d.name
-            ));
-        }
-        ids.push(v);
-    }
-
+    // Receive into the spool at once; the processor resolves the base (which needs the vault)
+    // and consumes the spool, so a vault outage fills the spool instead of stalling the stream.
     let (seg_tx, seg_rx) = mpsc::channel::<Segment>(repl.ps.spool_segments);
-    let processor = tokio::spawn(process(
-        repl.clone(),
-        vault.clone(),
-        header.clone(),
-        ids,
-        seg_rx,
-    ));
+    let processor = {
+        let (repl, vault, header) = (repl.clone(), vault.clone(), header.clone());
+        tokio::spawn(async move {
+            let (base, ids) = resolve_base(&repl, &vault, &header, from).await?;
+            let (ids, stats) =
+                process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
+            Ok::<_, String>((base, ids, stats))
+        })
+    };
     let received = receive(repl, &header, &mut r, seg_tx).await;
     let processed = processor
         .await
         .map_err(|e| format!("processor failed: {e}"))?;
-    let sent = received?;
-    let (ids, mut stats) = processed?;
-    if stats.changed_blocks != sent {
-        return Err(format!(
-            "stream announced {sent} blocks but carried {}",
-            stats.changed_blocks
-        ));
-    }
+    let (base, ids, mut stats) = match (received, processed) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(sent), Ok((base, ids, stats))) => {
+            if stats.changed_blocks != sent {
+                return Err(format!(
+                    "stream announced {sent} blocks but carried {}",
+                    stats.changed_blocks
+                ));
+            }
+            (base, ids, stats)
+        }
+    };
 
     // Manifest chunks: unchanged chunks are the base's, shared.
     let mut disks = Vec::new();
@@ -278,6 +247,56 @@ async fn receive_and_commit(
         stats,
         process_server: repl.local,
     })
+}
+
+/// The base point's manifests and the starting id vectors of this delta.
+async fn resolve_base(
+    repl: &Arc<Repl>,
+    vault: &Arc<Vault>,
+    header: &DeltaHeader,
+    from: NodeId,
+) -> Result<(Vec<Option<DiskRecord>>, Vec<Vec<BlockId>>), String> {
+    // Base manifests (the point this delta is relative to).
+    let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
+    let mut ids: Vec<Vec<BlockId>> = Vec::new();
+    let base_rec = match &header.base {
+        None => None,
+        Some(b) => {
+            let pts = vault
+                .list_points(Some(&from))
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
+                format!("base-unknown: point {b} is not in the vault; a full resync is needed")
+            })?)
+        }
+    };
+    for (i, d) in header.disks.iter().enumerate() {
+        let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
+        let mut v = vec![BlockId::ZERO; n];
+        if let Some(b) = base_rec
+            .as_ref()
+            .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
+        {
+            if b.block_size == d.block_size {
+                let old = retry_forever(repl, "read base manifest", || vault.disk_ids(b)).await?;
+                for (j, id) in old.into_iter().take(n).enumerate() {
+                    v[j] = id;
+                }
+                base[i] = Some(b.clone());
+            } else if header.base.is_some() {
+                return Err("base-unknown: block size changed; a full resync is needed".into());
+            }
+        } else if header.base.is_some() {
+            return Err(format!(
+                "base-unknown: disk {} is not in the base point",
+                d.name
+            ));
+        }
+        ids.push(v);
+    }
+
+    Ok((base, ids))
 }
 
 /// Retries a vault operation until it succeeds: a vault outage stalls the session (and, through
