@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Replication benchmark: Lifeboat against peers measured in the same run, on this machine.
+#
+#   seeding a 2 GiB image (40% random, 40% zero, 20% compressible 64 KiB blocks) into a local
+#   vault through a process server on loopback   vs  restic backup (new repo)  and  zstd -1
+#   delta after 1% of the blocks change          vs  restic incremental backup and
+#                                                    rsync -I --inplace --no-whole-file
+#   restore of the 2 GiB image                   vs  cp
+#   process-server peak RSS (VmHWM)
+#
+# Usage: bench/replication.sh [SIZE_MIB]   (default 2048; needs restic, rsync, zstd, python3)
+# Prints figures and ratios; exits non-zero only if a step fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIB=${1:-2048}
+for t in restic rsync zstd python3; do
+  command -v "$t" >/dev/null || { echo "bench: $t is missing (apt-get install restic rsync zstd)" >&2; exit 1; }
+done
+cargo build --release -q -p lifeboat-cli
+L=$PWD/target/release/lifeboat
+W=$(mktemp -d /var/tmp/lifeboat-bench-XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2-$1:.3f}')"; }
+rate() { python3 -c "print(f'{$1/($2):.1f}')"; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+
+echo "bench: generating a ${MIB} MiB image in $W"
+python3 - "$W/disk.img" "$MIB" <<'PY'
+import os, sys, random
+path, mib = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(42)
+words = [b"lifeboat", b"replica", b"vault", b"point", b"block", b"delta", b"mesh", b"noise"]
+with open(path, "wb") as f:
+    for i in range(mib * 16):
+        r = rnd.random()
+        if r < 0.4:
+            f.write(os.urandom(65536))
+        elif r < 0.8:
+            f.write(bytes(65536))
+        else:
+            line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
+            f.write((line * (65536 // len(line) + 1))[:65536])
+PY
+
+start_node() { # name [peer]
+  "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
+  sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
+  "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
+  for _ in $(seq 100); do "$L" status --state-dir "$W/$1" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "bench: $1 did not start" >&2; exit 1
+}
+start_node cfg
+CA=$("$L" status --json --state-dir "$W/cfg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["listen"])')
+start_node ps "$CA"; PS_PID=${pids[-1]}
+start_node mob "$CA"
+"$L" role add configuration --state-dir "$W/cfg" >/dev/null
+"$L" mesh create --state-dir "$W/cfg" >/dev/null
+for n in ps mob; do "$L" register "$("$L" key issue --state-dir "$W/cfg" 2>/dev/null)" --state-dir "$W/$n" >/dev/null; done
+"$L" role add process-server --state-dir "$W/ps" >/dev/null
+"$L" role add mobility --state-dir "$W/mob" >/dev/null
+"$L" vault create bench --state-dir "$W/cfg" >/dev/null
+"$L" policy create bench --rpo-threshold 1h --retention 24h --crash-consistent-every 20s --app-consistent-every 0 --state-dir "$W/cfg" >/dev/null
+for _ in $(seq 100); do "$L" peers --json --state-dir "$W/cfg" | grep -q process-server && "$L" peers --json --state-dir "$W/cfg" | grep -q mobility && break; sleep 0.1; done
+
+point_n() { # wait for point number N (1-based); print "captured committed changed"
+  for _ in $(seq 6000); do
+    out=$("$L" points mob --json --state-dir "$W/cfg" | python3 -c "
+import json,sys
+p=json.load(sys.stdin)
+if len(p) >= $1: print(p[$1-1]['captured_ms'], p[$1-1]['committed_ms'], p[$1-1]['stats']['changed_blocks'])" 2>/dev/null || true)
+    [ -n "$out" ] && { echo "$out"; return; }
+    sleep 0.1
+  done
+  echo "bench: point $1 never came" >&2; exit 1
+}
+drop
+"$L" protect mob --disk "$W/disk.img" --policy bench --state-dir "$W/cfg" >/dev/null
+read -r c1 m1 n1 < <(point_n 1)
+LB_SEED=$(python3 -c "print(($m1-$c1)/1000)")
+PS_RSS=$(awk '/VmHWM/ {print $2}' /proc/$PS_PID/status)
+
+# Change 1% of the blocks, in place.
+python3 - "$W/disk.img" "$MIB" <<'PY'
+import os, sys, random
+path, mib = sys.argv[1], int(sys.argv[2])
+n = mib * 16
+rnd = random.Random(7)
+with open(path, "r+b") as f:
+    for b in rnd.sample(range(n), n // 100):
+        f.seek(b * 65536); f.write(os.urandom(65536))
+PY
+cp --sparse=never "$W/disk.img" "$W/after.img"
+read -r c2 m2 n2 < <(point_n 2)
+# A cycle that started before the change may be point 2; the delta is the first with changes.
+if [ "$n2" -eq 0 ]; then read -r c2 m2 n2 < <(point_n 3); fi
+LB_DELTA=$(python3 -c "print(($m2-$c2)/1000)")
+
+drop
+t0=$(now); "$L" restore mob --point latest --to "$W/restored" --state-dir "$W/cfg" >/dev/null; t1=$(now)
+LB_RESTORE=$(secs "$t0" "$t1")
+cmp -s "$W/restored/disk.img" "$W/after.img" || { echo "bench: restored image differs!" >&2; exit 1; }
+
+# Peers, on the same data.
+kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+python3 - "$W/disk.img" "$W/before.img" "$MIB" <<'PY'
+# Rebuild the pre-change image for the peers (same generator and seed).
+import os, sys, random
+src, path, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# Cheaper: undo is impossible (random writes); regenerate from the seeds instead.
+rnd = random.Random(42)
+words = [b"lifeboat", b"replica", b"vault", b"point", b"block", b"delta", b"mesh", b"noise"]
+with open(path, "wb") as f:
+    for i in range(mib * 16):
+        r = rnd.random()
+        if r < 0.4:
+            f.write(os.urandom(65536))
+        elif r < 0.8:
+            f.write(bytes(65536))
+        else:
+            line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
+            f.write((line * (65536 // len(line) + 1))[:65536])
+PY
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$W/restic"
+restic init -q >/dev/null
+cp --sparse=never "$W/before.img" "$W/img"
+drop; t0=$(now); restic backup -q "$W/img" >/dev/null; t1=$(now); R_SEED=$(secs "$t0" "$t1")
+drop; t0=$(now); zstd -1 -q -f "$W/img" -o "$W/img.zst"; t1=$(now); Z_SEED=$(secs "$t0" "$t1")
+cp --sparse=never "$W/img" "$W/rsync-dst.img"
+python3 - "$W/img" "$MIB" <<'PY'
+import os, sys, random
+path, mib = sys.argv[1], int(sys.argv[2])
+n = mib * 16
+rnd = random.Random(7)
+with open(path, "r+b") as f:
+    for b in rnd.sample(range(n), n // 100):
+        f.seek(b * 65536); f.write(os.urandom(65536))
+PY
+drop; t0=$(now); restic backup -q "$W/img" >/dev/null; t1=$(now); R_DELTA=$(secs "$t0" "$t1")
+drop; t0=$(now); rsync -I --inplace --no-whole-file "$W/img" "$W/rsync-dst.img"; t1=$(now); RS_DELTA=$(secs "$t0" "$t1")
+drop; t0=$(now); cp --sparse=never "$W/after.img" "$W/cp.img"; sync; t1=$(now); CP=$(secs "$t0" "$t1")
+
+echo
+echo "replication bench: ${MIB} MiB image (40% random, 40% zero, 20% compressible), $(nproc) cores"
+printf "  seed      lifeboat %8.1f MiB/s (%6.2fs)   restic %8.1f MiB/s (%6.2fs)   zstd -1 %8.1f MiB/s   lifeboat/restic %5.2fx (target >= 2)\n" \
+  "$(rate "$MIB" "$LB_SEED")" "$LB_SEED" "$(rate "$MIB" "$R_SEED")" "$R_SEED" "$(rate "$MIB" "$Z_SEED")" "$(python3 -c "print($R_SEED/$LB_SEED)")"
+printf "  delta 1%%  lifeboat %7.2fs (%s blocks)   restic %7.2fs   rsync %7.2fs   restic/lifeboat %5.2fx (target >= 1.5)   rsync/lifeboat %5.2fx\n" \
+  "$LB_DELTA" "$n2" "$R_DELTA" "$RS_DELTA" "$(python3 -c "print($R_DELTA/$LB_DELTA)")" "$(python3 -c "print($RS_DELTA/$LB_DELTA)")"
+printf "  restore   lifeboat %8.1f MiB/s (%6.2fs)   cp %8.1f MiB/s (%6.2fs)   lifeboat/cp %5.2fx (target >= 0.7), bit-exact\n" \
+  "$(rate "$MIB" "$LB_RESTORE")" "$LB_RESTORE" "$(rate "$MIB" "$CP")" "$CP" "$(python3 -c "print($CP/$LB_RESTORE)")"
+printf "  process-server peak RSS %.1f MiB\n" "$(python3 -c "print($PS_RSS/1024)")"
