@@ -22,6 +22,7 @@ W=$(mktemp -d /var/tmp/lifeboat-bench-XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2-$1:.3f}')"; }
 rate() { python3 -c "print(f'{$1/($2):.1f}')"; }
@@ -48,7 +49,7 @@ PY
 start_node() { # name [peer]
   "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
   sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
-  "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
+  LIFEBOAT_LOG=info,lifeboat_node::replication=debug "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
   for _ in $(seq 100); do "$L" status --state-dir "$W/$1" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "bench: $1 did not start" >&2; exit 1
 }

@@ -426,7 +426,13 @@ impl Vault {
             .unwrap_or(false)
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, mode: PutMode) -> Result<bool, VaultError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: impl Into<Bytes>,
+        mode: PutMode,
+    ) -> Result<bool, VaultError> {
+        let body: Bytes = body.into();
         let opts = PutOptions {
             mode,
             ..Default::default()
@@ -452,8 +458,20 @@ impl Vault {
             return Ok(0);
         }
         let (id, bytes, idx) = pack.finish();
+        self.upload_finished(&id, Bytes::from(bytes), idx).await
+    }
+
+    /// Uploads a finished pack (`bytes` is cheap to clone for retries), then its index, then
+    /// makes its blocks visible. Returns bytes.
+    pub async fn upload_finished(
+        &self,
+        id: &str,
+        bytes: Bytes,
+        idx: PackIndex,
+    ) -> Result<u64, VaultError> {
+        let id = id.to_string();
         let n = bytes.len() as u64;
-        let sealed_idx = self.key.seal_object("idx", nonce(), &to_rmp(&idx));
+        let sealed_idx = Bytes::from(self.key.seal_object("idx", nonce(), &to_rmp(&idx)));
         let (pk, ik) = (pack_key(&id), index_key(&id));
         with_retries("put pack", 8, || {
             self.put(&pk, bytes.clone(), PutMode::Overwrite)
@@ -503,7 +521,7 @@ impl Vault {
     /// Commits a point (create-if-absent). Everything it references must already be stored.
     pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
         let k = rec.object_key();
-        let sealed = self.key.seal_object("point", nonce(), &to_rmp(rec));
+        let sealed = Bytes::from(self.key.seal_object("point", nonce(), &to_rmp(rec)));
         let created = with_retries("commit point", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
         })

@@ -458,6 +458,7 @@ async fn process(
     let mut pack = PackBuilder::new();
     let mut pending: HashSet<BlockId> = HashSet::new();
     let mut failure: Option<String> = None;
+    let mut inflight: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
             // Keep draining so the receiver never blocks on a dead processor.
@@ -506,11 +507,13 @@ async fn process(
                 _ => stats.dedup_blocks += 1,
             }
             if pack.len() >= PACK_BYTES {
+                // Upload in the background while the next segment is sealed; at most one
+                // upload in flight bounds memory to two packs.
+                if let Some(prev) = inflight.take() {
+                    prev.await.map_err(|e| e.to_string())??;
+                }
                 let full = std::mem::take(&mut pack);
-                let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&full)))
-                    .await?;
-                repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-                pack = PackBuilder::new();
+                inflight = Some(spawn_upload(repl.clone(), vault.clone(), full));
             }
         }
         if rx.is_empty() {
@@ -520,17 +523,34 @@ async fn process(
     if let Some(f) = failure {
         return Err(f);
     }
+    if let Some(prev) = inflight.take() {
+        prev.await.map_err(|e| e.to_string())??;
+    }
     if !pack.is_empty() {
-        let n = retry_forever(&repl, "upload pack", || vault.upload_pack(rebuild(&pack))).await?;
-        repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+        spawn_upload(repl.clone(), vault.clone(), pack)
+            .await
+            .map_err(|e| e.to_string())??;
     }
     let _ = h;
     Ok((ids, stats))
 }
 
-/// Copies a pack builder (uploads may be retried, and `upload_pack` consumes its argument).
-fn rebuild(p: &PackBuilder) -> PackBuilder {
-    p.clone()
+/// Uploads a full pack on its own task (retrying through vault outages).
+fn spawn_upload(
+    repl: Arc<Repl>,
+    vault: Arc<Vault>,
+    pack: PackBuilder,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        let (id, bytes, idx) = pack.finish();
+        let bytes = bytes::Bytes::from(bytes);
+        let n = retry_forever(&repl, "upload pack", || {
+            vault.upload_finished(&id, bytes.clone(), idx.clone())
+        })
+        .await?;
+        repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    })
 }
 
 type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64);
