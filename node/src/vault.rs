@@ -535,6 +535,26 @@ impl Vault {
         Ok(())
     }
 
+    /// Deletes a point (retention). Blocks and chunks it alone referenced become garbage; they
+    /// are not removed here.
+    pub async fn delete_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
+        let k = rec.object_key();
+        match self.store.delete(&path(&k)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(VaultError::Store {
+                    op: "delete",
+                    key: k,
+                    source: e,
+                })
+            }
+        }
+        if let Ok(mut p) = self.points.write() {
+            p.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Lists points, oldest first (of one machine, or all).
     pub async fn list_points(
         &self,
@@ -545,6 +565,7 @@ impl Vault {
             None => "points".into(),
         };
         let mut out = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
         for k in self.list(&prefix).await? {
             // Names from the store are checked before use: points/<node id>/<ms>-<hex id>.
             let mut parts = k.split('/');
@@ -556,6 +577,7 @@ impl Vault {
             if m.parse::<NodeId>().is_err() || leaf.len() != 16 + 1 + 32 {
                 continue;
             }
+            listed.insert(k.clone());
             if let Some(r) = self.points.read().ok().and_then(|p| p.get(&k).cloned()) {
                 out.push(r);
                 continue;
@@ -576,6 +598,10 @@ impl Vault {
                 p.insert(k, rec.clone());
             }
             out.push(rec);
+        }
+        // Points deleted by another node's retention drop out of the cache too.
+        if let Ok(mut p) = self.points.write() {
+            p.retain(|k, _| !k.starts_with(&format!("{prefix}/")) || listed.contains(k));
         }
         out.sort_by_key(|p| (p.captured, p.id.clone()));
         Ok(out)

@@ -55,6 +55,8 @@ pub struct ConfigState {
     pub catalog: Mutex<BTreeMap<NodeId, CatalogEntry>>,
     /// Process servers that hold the current vault grant.
     pub granted: Mutex<BTreeSet<NodeId>>,
+    /// When retention last ran.
+    pub last_retention: Mutex<UnixMillis>,
 }
 
 impl ConfigState {
@@ -71,6 +73,7 @@ impl ConfigState {
             protections: Mutex::new(protections),
             catalog: Mutex::new(catalog),
             granted: Mutex::new(BTreeSet::new()),
+            last_retention: Mutex::new(UnixMillis(0)),
         })
     }
 }
@@ -388,7 +391,49 @@ pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
     guard(&repl.cfg.catalog).entry(from).or_default().report = Some(r);
 }
 
-/// Periodic duties: vault grants to process servers, RPO alerts.
+/// How often retention runs.
+const RETENTION_EVERY_MS: u64 = 30_000;
+
+/// Applies each protection's retention rule to its points in the vault.
+async fn retention(repl: &Repl, now: UnixMillis) {
+    let Some(vault) = repl.vault() else { return };
+    let prots = guard(&repl.cfg.protections).clone();
+    for (id, p) in prots {
+        let pts = match vault.list_points(Some(&id)).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(machine = %p.machine_name, cause = %e, "retention: cannot list points");
+                continue;
+            }
+        };
+        let ages: Vec<lifeboat_actors::replication::PointAge> = pts
+            .iter()
+            .map(|r| lifeboat_actors::replication::PointAge {
+                id: r.id.clone(),
+                captured: r.captured,
+                consistency: r.consistency,
+            })
+            .collect();
+        let drop: BTreeSet<String> =
+            lifeboat_actors::replication::thin(&ages, now, p.spec.policy.retention_secs)
+                .into_iter()
+                .collect();
+        let mut n = 0;
+        for r in pts.iter().filter(|r| drop.contains(&r.id)) {
+            match vault.delete_point(r).await {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::warn!(machine = %p.machine_name, point = %r.id, cause = %e, "retention: delete failed")
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(machine = %p.machine_name, deleted = n, kept = pts.len() - n, "retention thinned recovery points");
+        }
+    }
+}
+
+/// Periodic duties: vault grants to process servers, RPO alerts, retention.
 pub async fn tick(repl: &Repl) {
     if !repl.roles().await.contains(&Role::Configuration) {
         return;
@@ -426,6 +471,17 @@ pub async fn tick(repl: &Repl) {
         }
     }
     let now = crate::seams::now();
+    let due = {
+        let mut last = guard(&repl.cfg.last_retention);
+        let due = now.millis_since(*last) >= RETENTION_EVERY_MS;
+        if due {
+            *last = now;
+        }
+        due
+    };
+    if due {
+        retention(repl, now).await;
+    }
     let prots = guard(&repl.cfg.protections).clone();
     let mut c = guard(&repl.cfg.catalog);
     for (id, p) in prots {
