@@ -335,3 +335,184 @@ mod tests {
         );
     }
 }
+
+/// A process server's upload bandwidth policy: one limit during work hours, another outside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Throttle {
+    /// Bytes per second during work hours (None = unlimited).
+    pub work_bps: Option<u64>,
+    /// Bytes per second outside work hours (None = unlimited).
+    pub off_bps: Option<u64>,
+    /// Work hours as minutes of the day [start, end) in the given UTC offset.
+    pub work_minutes: (u32, u32),
+    /// UTC offset of the work-hours clock, minutes.
+    pub utc_offset_min: i32,
+}
+
+/// Parses `100Mbit`, `1Gbit`, `500kbit`, `20MB` (bytes) into bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: use a rate like 100Mbit, 1Gbit or 20MB"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "bit" | "bps" => 1.0 / 8.0,
+        "kbit" => 1e3 / 8.0,
+        "mbit" => 1e6 / 8.0,
+        "gbit" => 1e9 / 8.0,
+        "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use bit, kbit, Mbit, Gbit, B, kB, MB or GB"
+            ))
+        }
+    };
+    let v = (n * mult) as u64;
+    if v == 0 {
+        return Err(format!("{s:?} is zero; omit the limit for unlimited"));
+    }
+    Ok(v)
+}
+
+/// Parses `08:00-18:00` or `08:00-18:00+01:00` into minutes and a UTC offset.
+pub fn parse_work_hours(s: &str) -> Result<((u32, u32), i32), String> {
+    let bad =
+        || format!("{s:?}: use HH:MM-HH:MM, optionally with a UTC offset like 08:00-18:00+01:00");
+    let (range, off) = match s.get(11..) {
+        Some(o) if !o.is_empty() => (&s[..11], o),
+        _ => (s, "+00:00"),
+    };
+    let hm = |x: &str| -> Result<u32, String> {
+        let (h, m) = x.split_once(':').ok_or_else(bad)?;
+        let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if h > 24 || m > 59 || (h == 24 && m > 0) {
+            return Err(bad());
+        }
+        Ok(h * 60 + m)
+    };
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let sign = match off.chars().next() {
+        Some('+') => 1,
+        Some('-') => -1,
+        _ => return Err(bad()),
+    };
+    let o = hm(&off[1..])? as i32 * sign;
+    Ok(((hm(a)?, hm(b)?), o))
+}
+
+impl Throttle {
+    /// The limit in force at `now` (bytes per second; None = unlimited).
+    pub fn rate_at(&self, now: UnixMillis) -> Option<u64> {
+        let minute = ((now.0 / 60_000) as i64 + self.utc_offset_min as i64).rem_euclid(1440) as u32;
+        let (a, b) = self.work_minutes;
+        let work = if a <= b {
+            minute >= a && minute < b
+        } else {
+            minute >= a || minute < b
+        };
+        if work {
+            self.work_bps
+        } else {
+            self.off_bps
+        }
+    }
+}
+
+/// A token bucket: one second of burst at the current rate.
+#[derive(Clone, Debug, Default)]
+pub struct TokenBucket {
+    /// Available bytes (may go negative: a large send borrows, and the next waits).
+    tokens: f64,
+    /// Last refill.
+    last: UnixMillis,
+}
+
+impl TokenBucket {
+    /// Takes `bytes` at `rate` (None = unlimited); returns how long to wait first (ms).
+    pub fn take(&mut self, now: UnixMillis, rate: Option<u64>, bytes: u64) -> u64 {
+        let Some(rate) = rate else {
+            self.last = now;
+            self.tokens = 0.0;
+            return 0;
+        };
+        let r = rate as f64;
+        let elapsed = now.millis_since(self.last) as f64 / 1000.0;
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * r).min(r);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            0
+        } else {
+            ((-self.tokens / r) * 1000.0).ceil() as u64
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_hours_parse_with_clear_errors() {
+        assert_eq!(parse_rate("100Mbit").unwrap(), 12_500_000);
+        assert_eq!(parse_rate("1Gbit").unwrap(), 125_000_000);
+        assert_eq!(parse_rate("20MB").unwrap(), 20_000_000);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0Mbit").is_err());
+        assert!(parse_rate("10 furlongs").is_err());
+        assert_eq!(parse_work_hours("08:00-18:00").unwrap(), ((480, 1080), 0));
+        assert_eq!(
+            parse_work_hours("08:00-18:00+01:00").unwrap(),
+            ((480, 1080), 60)
+        );
+        assert!(parse_work_hours("8-18").is_err());
+        assert!(parse_work_hours("25:00-18:00").is_err());
+    }
+
+    #[test]
+    fn the_schedule_switches_limits_at_work_hours() {
+        let t = Throttle {
+            work_bps: Some(1),
+            off_bps: Some(2),
+            work_minutes: (480, 1080),
+            utc_offset_min: 60,
+        };
+        let at = |h: u64, m: u64| UnixMillis((h * 60 + m) * 60_000);
+        assert_eq!(t.rate_at(at(6, 59)), Some(2), "07:59 local");
+        assert_eq!(t.rate_at(at(7, 0)), Some(1), "08:00 local");
+        assert_eq!(t.rate_at(at(16, 59)), Some(1));
+        assert_eq!(t.rate_at(at(17, 0)), Some(2), "18:00 local");
+        let night = Throttle {
+            work_minutes: (1320, 360),
+            utc_offset_min: 0,
+            ..t
+        };
+        assert_eq!(night.rate_at(at(23, 0)), Some(1));
+        assert_eq!(night.rate_at(at(12, 0)), Some(2));
+    }
+
+    #[test]
+    fn the_bucket_holds_the_long_run_rate() {
+        let mut b = TokenBucket::default();
+        let mut now = UnixMillis(1_000_000);
+        b.take(now, Some(1_000_000), 0);
+        let mut sent = 0u64;
+        // 8 MiB packs at 1 MB/s: the waits add up to the time the bytes need.
+        for _ in 0..10 {
+            let w = b.take(now, Some(1_000_000), 8 << 20);
+            now = now.plus_millis(w);
+            sent += 8 << 20;
+        }
+        let secs = now.millis_since(UnixMillis(1_000_000)) as f64 / 1000.0;
+        let rate = sent as f64 / secs;
+        assert!(rate <= 1_100_000.0 && rate >= 900_000.0, "rate {rate}");
+        assert_eq!(b.take(now, None, 1 << 30), 0, "unlimited never waits");
+    }
+}

@@ -103,6 +103,21 @@ enum Cmd {
         /// The machine.
         machine: String,
     },
+    /// Limit this process server's upload bandwidth to the vault, by work hours.
+    Throttle {
+        /// Limit during work hours, e.g. 100Mbit.
+        #[arg(long, value_name = "RATE")]
+        bandwidth_limit: Option<String>,
+        /// Limit outside work hours, e.g. 1Gbit [default: the work-hours limit].
+        #[arg(long, value_name = "RATE")]
+        off_hours_limit: Option<String>,
+        /// Work hours, e.g. 08:00-18:00 or 08:00-18:00+01:00 (UTC offset; default UTC).
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        work_hours: Option<String>,
+        /// Remove the limit.
+        #[arg(long, conflicts_with_all = ["bandwidth_limit", "off_hours_limit", "work_hours"])]
+        off: bool,
+    },
     /// List a machine's recovery points (time, consistency, size, Merkle roots).
     Points {
         /// The machine.
@@ -654,6 +669,27 @@ fn run(cli: Cli) -> Result<()> {
                 v["disks"].as_array().map_or(0, |d| d.len()),
                 v["policy"].as_str().unwrap_or("?")
             );
+        }
+        Cmd::Throttle {
+            bandwidth_limit,
+            off_hours_limit,
+            work_hours,
+            off,
+        } => {
+            let v = call(
+                &dir,
+                Request::Throttle {
+                    work: bandwidth_limit,
+                    off: off_hours_limit,
+                    hours: work_hours,
+                    clear: off,
+                },
+            )?;
+            match v["now_bytes_per_sec"].as_u64() {
+                Some(r) => println!("upload limit now {:.1} Mbit/s", r as f64 * 8.0 / 1e6),
+                None if off => println!("upload limit removed"),
+                None => println!("no upload limit in force now (outside the limited hours)"),
+            }
         }
         Cmd::Unprotect { machine } => {
             call(

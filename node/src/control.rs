@@ -107,6 +107,17 @@ pub enum Request {
         /// Target directory.
         to: String,
     },
+    /// Set this process server's upload bandwidth policy.
+    Throttle {
+        /// Limit during work hours (e.g. "100Mbit").
+        work: Option<String>,
+        /// Limit outside work hours.
+        off: Option<String>,
+        /// Work hours, "HH:MM-HH:MM[+HH:MM]".
+        hours: Option<String>,
+        /// Remove the limit.
+        clear: bool,
+    },
     /// Replication status.
     ReplStatus {
         /// One machine, or all.

@@ -823,6 +823,12 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             })
             .await?
         }
+        Request::Throttle {
+            work,
+            off,
+            hours,
+            clear,
+        } => crate::replication::config_side::throttle(&ctx.repl, work, off, hours, clear),
         Request::ReplStatus { machine } => {
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {

@@ -60,6 +60,24 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
         create.extend(["--store", u.as_str()]);
     }
     cfg.ok(&create);
+    // The process server uploads under a bandwidth policy (generous enough not to slow the test).
+    let out = s._ps.ok(&[
+        "throttle",
+        "--bandwidth-limit",
+        "800Mbit",
+        "--off-hours-limit",
+        "2Gbit",
+        "--work-hours",
+        "00:00-24:00",
+    ]);
+    assert!(out.contains("upload limit now 800.0 Mbit/s"), "{out}");
+    let st = s._ps.json(&["status"]);
+    assert_eq!(
+        st["replication"]["process_server"]["upload_limit_bytes_per_sec_now"],
+        100_000_000
+    );
+    let err = s._ps.fails(&["throttle", "--bandwidth-limit", "lots"]);
+    assert!(err.contains("use a rate like"), "{err}");
     cfg.ok(&[
         "policy",
         "create",

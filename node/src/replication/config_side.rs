@@ -564,6 +564,8 @@ pub fn ps_health(repl: &Repl) -> Value {
         "uploaded_bytes": repl.ps.uploaded_bytes.load(Relaxed),
         "points_committed": repl.ps.points.load(Relaxed),
         "upload_failures": repl.ps.upload_failures.load(Relaxed),
+        "throttle": repl.ps.throttle.lock().ok().and_then(|t| t.clone()),
+        "upload_limit_bytes_per_sec_now": repl.ps.throttle.lock().ok().and_then(|t| t.as_ref().and_then(|t| t.rate_at(crate::seams::now()))),
     })
 }
 
@@ -582,6 +584,49 @@ fn point_json(p: &PointRecord) -> Value {
             "merkle_root": d.merkle_root.to_hex(),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `lifeboat throttle`: this process server's upload bandwidth policy.
+pub fn throttle(
+    repl: &Repl,
+    work: Option<String>,
+    off: Option<String>,
+    hours: Option<String>,
+    clear: bool,
+) -> Result<Value, String> {
+    use lifeboat_actors::replication::{parse_rate, parse_work_hours, Throttle};
+    let t = if clear {
+        None
+    } else {
+        let work_bps = work.as_deref().map(parse_rate).transpose()?;
+        let off_bps = match off.as_deref() {
+            Some(o) => Some(parse_rate(o)?),
+            None => work_bps,
+        };
+        let (work_minutes, utc_offset_min) = match hours.as_deref() {
+            Some(h) => parse_work_hours(h)?,
+            None => ((0, 1440), 0),
+        };
+        if work_bps.is_none() && off_bps.is_none() {
+            return Err(
+                "give --bandwidth-limit and/or --off-hours-limit (or --off to remove the limit)"
+                    .into(),
+            );
+        }
+        Some(Throttle {
+            work_bps,
+            off_bps,
+            work_minutes,
+            utc_offset_min,
+        })
+    };
+    save(&repl.dir.root.join("throttle.json"), &t, 0o644)?;
+    if let Ok(mut g) = repl.ps.throttle.lock() {
+        *g = t.clone();
+    }
+    Ok(
+        json!({ "throttle": t, "now_bytes_per_sec": t.as_ref().and_then(|t| t.rate_at(crate::seams::now())) }),
+    )
 }
 
 /// `lifeboat points MACHINE`.

@@ -60,6 +60,10 @@ pub struct PsState {
     pub backlog_since: AtomicU64,
     /// Upload failures since start (vault outages).
     pub upload_failures: AtomicU64,
+    /// Upload bandwidth policy (persisted in `throttle.json`).
+    pub throttle: std::sync::Mutex<Option<lifeboat_actors::replication::Throttle>>,
+    /// Token bucket enforcing it.
+    bucket: tokio::sync::Mutex<lifeboat_actors::replication::TokenBucket>,
 }
 
 impl PsState {
@@ -78,6 +82,8 @@ impl PsState {
             points: AtomicU64::new(0),
             backlog_since: AtomicU64::new(0),
             upload_failures: AtomicU64::new(0),
+            throttle: std::sync::Mutex::new(super::load(&dir.root.join("throttle.json"))?),
+            bucket: tokio::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -543,6 +549,22 @@ fn spawn_upload(
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     tokio::spawn(async move {
         let (id, bytes, idx) = pack.finish();
+        // Bandwidth policy: wait for the bucket before the bytes go out.
+        let rate = repl
+            .ps
+            .throttle
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().and_then(|t| t.rate_at(crate::seams::now())));
+        let wait = repl
+            .ps
+            .bucket
+            .lock()
+            .await
+            .take(crate::seams::now(), rate, bytes.len() as u64);
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
         let bytes = bytes::Bytes::from(bytes);
         let n = retry_forever(&repl, "upload pack", || {
             vault.upload_finished(&id, bytes.clone(), idx.clone())
