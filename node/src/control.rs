@@ -61,6 +61,11 @@ pub enum Request {
         /// object_store options.
         options: Vec<(String, String)>,
     },
+    /// Garbage-collect the vault now.
+    VaultGc {
+        /// Grace period in milliseconds.
+        grace_ms: u64,
+    },
     /// Create or replace a policy.
     PolicyCreate {
         /// The policy.

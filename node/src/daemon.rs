@@ -761,6 +761,13 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             })
             .await?
         }
+        Request::VaultGc { grace_ms } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::gc(&repl, grace_ms).await
+            })
+            .await?
+        }
         Request::PolicyCreate { policy } => {
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {

@@ -173,6 +173,27 @@ struct Loc {
     len: u32,
 }
 
+/// What a garbage collection did.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Points in the vault.
+    pub points: u64,
+    /// Distinct blocks they reference.
+    pub live_blocks: u64,
+    /// Packs newly condemned.
+    pub condemned: u64,
+    /// Packs repacked (live blocks moved to a new pack).
+    pub repacked: u64,
+    /// Packs deleted.
+    pub deleted_packs: u64,
+    /// Condemned packs saved by a reference or a rescue.
+    pub rescued: u64,
+    /// Chunks deleted.
+    pub deleted_chunks: u64,
+    /// Bytes of packs deleted.
+    pub freed_bytes: u64,
+}
+
 /// Counters of a restore.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct RestoreStats {
@@ -193,11 +214,13 @@ pub struct Vault {
     /// Header.
     header: VaultHeader,
     /// Block index (block id -> location), built from pack indexes.
-    index: RwLock<HashMap<BlockId, Loc>>,
+    index: RwLock<HashMap<BlockId, Vec<Loc>>>,
     /// Packs whose index is loaded.
     loaded: RwLock<std::collections::HashSet<String>>,
     /// Decrypted point records by object key.
     points: RwLock<BTreeMap<String, PointRecord>>,
+    /// Packs condemned by garbage collection (dedup ignores their blocks).
+    condemned: RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -318,7 +341,9 @@ impl Vault {
             index: RwLock::new(HashMap::new()),
             loaded: RwLock::new(Default::default()),
             points: RwLock::new(BTreeMap::new()),
+            condemned: RwLock::new(Default::default()),
         };
+        v.refresh_condemned().await?;
         v.refresh_index().await?;
         Ok(v)
     }
@@ -355,6 +380,251 @@ impl Vault {
         })
     }
 
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, VaultError> {
+        let p = path(prefix);
+        let mut s = self.store.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            out.push(m.map_err(|e| VaultError::Store {
+                op: "list",
+                key: prefix.into(),
+                source: e,
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<(), VaultError> {
+        match self.store.delete(&path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(VaultError::Store {
+                op: "delete",
+                key: key.into(),
+                source: e,
+            }),
+        }
+    }
+
+    async fn exists_under(&self, prefix: &str) -> Result<bool, VaultError> {
+        Ok(!self.list(prefix).await?.is_empty())
+    }
+
+    /// Process-server side of the garbage-collection protocol, run just before a commit: every
+    /// pack the new point depends on through this session (uploaded or deduplicated) that GC has
+    /// condemned meanwhile is rescued; then, if any of them has a deletion tombstone, the session
+    /// must fail (its mobility node retries, and dedup no longer offers that pack).
+    pub async fn rescue(
+        &self,
+        session: &str,
+        packs: &std::collections::HashSet<String>,
+    ) -> Result<(), VaultError> {
+        self.refresh_condemned().await?;
+        let at_risk: Vec<String> = packs
+            .iter()
+            .filter(|p| self.is_condemned(p))
+            .cloned()
+            .collect();
+        for p in &at_risk {
+            self.put(
+                &format!("gc/rescue/{p}/{session}"),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        }
+        for p in packs {
+            if self.exists_under(&format!("gc/deleted/{p}")).await? {
+                // Forget the vanished pack so the retry uploads those blocks afresh.
+                self.refresh_index().await?;
+                return Err(VaultError::Exists(format!(
+                    "pack {p} is being garbage-collected; the session is retried with fresh blocks"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Garbage collection, safe while process servers write:
+    ///
+    /// 1. mark: every block and chunk referenced by a point now in the vault;
+    /// 2. packs older than `grace_ms` with no live block are *condemned* (a marker object);
+    ///    packs with at least half dead bytes are repacked (live sealed blocks copied to a new
+    ///    pack) and the old one condemned. Deduplication ignores condemned packs;
+    /// 3. a pack condemned for at least `grace_ms` is deleted, unless the current mark
+    ///    needs it again or a process server rescued it (`gc/rescue/`). Deletion is announced
+    ///    first with a tombstone (`gc/deleted/`, kept a week) and the rescue markers re-checked,
+    ///    so a concurrent commit either sees the tombstone and fails, or GC sees the rescue;
+    /// 4. chunks older than `grace_ms` that no point references are deleted.
+    pub async fn gc(&self, now_ms: u64, grace_ms: u64) -> Result<GcReport, VaultError> {
+        let mut rep = GcReport::default();
+        self.refresh_condemned().await?;
+        self.refresh_index().await?;
+        // 1. Mark.
+        let points = self.list_points(None).await?;
+        let mut live_chunks = std::collections::HashSet::new();
+        let mut live = std::collections::HashSet::new();
+        for p in &points {
+            for d in &p.disks {
+                for c in &d.chunks {
+                    if live_chunks.insert(*c) {
+                        live.extend(
+                            self.get_chunk(c)
+                                .await?
+                                .into_iter()
+                                .filter(|b| !b.is_zero()),
+                        );
+                    }
+                }
+            }
+        }
+        rep.points = points.len() as u64;
+        rep.live_blocks = live.len() as u64;
+        let age = |m: &object_store::ObjectMeta| {
+            now_ms.saturating_sub(m.last_modified.timestamp_millis().max(0) as u64)
+        };
+        let condemned_at: BTreeMap<String, u64> = self
+            .list_meta("gc/condemned")
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename().map(|f| (f.to_string(), age(m))))
+            .collect();
+        // 2 and 3. Packs.
+        for m in self.list_meta("packs").await? {
+            let k = m.location.to_string();
+            let Some(pack) = k
+                .strip_suffix(".pack")
+                .and_then(|s| s.rsplit('/').next())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if vault::from_hex::<16>(&pack).is_none() {
+                continue;
+            }
+            let ik = index_key(&pack);
+            let idx: PackIndex = match self.get(&ik).await {
+                Ok(raw) => {
+                    let plain =
+                        self.key
+                            .open_object("idx", &raw)
+                            .map_err(|e| VaultError::Format {
+                                key: ik.clone(),
+                                source: e,
+                            })?;
+                    from_rmp("pack index", &plain).map_err(|e| VaultError::Format {
+                        key: ik.clone(),
+                        source: e,
+                    })?
+                }
+                // A pack without an index is an upload in progress (or interrupted): leave it.
+                Err(_) => continue,
+            };
+            // Live entries whose block has no other copy in a pack that is not condemned.
+            let (live_e, dead_e): (Vec<&vault::IndexEntry>, Vec<&vault::IndexEntry>) = idx
+                .entries
+                .iter()
+                .partition(|e| live.contains(&e.id) && !self.copy_elsewhere(&e.id, &pack));
+            if let Some(&cage) = condemned_at.get(&pack) {
+                let rescued = self.exists_under(&format!("gc/rescue/{pack}")).await?;
+                if !live_e.is_empty() || rescued {
+                    self.uncondemn(&pack).await?;
+                    rep.rescued += 1;
+                    continue;
+                }
+                if cage < grace_ms {
+                    continue;
+                }
+                // Announce first (a tombstone that outlives the pack), then re-check rescues.
+                self.put(
+                    &format!("gc/deleted/{pack}"),
+                    Bytes::new(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+                if self.exists_under(&format!("gc/rescue/{pack}")).await? {
+                    self.delete_key(&format!("gc/deleted/{pack}")).await?;
+                    self.uncondemn(&pack).await?;
+                    rep.rescued += 1;
+                    continue;
+                }
+                self.delete_key(&ik).await?;
+                self.delete_key(&k).await?;
+                self.delete_key(&format!("gc/condemned/{pack}")).await?;
+                rep.deleted_packs += 1;
+                rep.freed_bytes += m.size;
+                continue;
+            }
+            if age(&m) < grace_ms || dead_e.is_empty() {
+                continue;
+            }
+            let dead_bytes: u64 = dead_e.iter().map(|e| e.len as u64).sum();
+            if !live_e.is_empty() {
+                if dead_bytes * 2 < m.size {
+                    continue;
+                }
+                // Repack: copy the live sealed blocks as they are into a new pack.
+                let raw = self.get(&k).await?;
+                let mut nb = PackBuilder::new();
+                for e in &live_e {
+                    let b = raw
+                        .get(e.offset as usize..e.offset as usize + e.len as usize)
+                        .ok_or_else(|| VaultError::Format {
+                            key: k.clone(),
+                            source: FormatError::Malformed {
+                                what: "pack",
+                                msg: "entry beyond the end".into(),
+                            },
+                        })?;
+                    nb.add(e.id, b);
+                }
+                self.upload_pack(nb).await?;
+                rep.repacked += 1;
+            }
+            self.put(
+                &format!("gc/condemned/{pack}"),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+            // From now on its blocks count as copies only in other packs.
+            if let Ok(mut c) = self.condemned.write() {
+                c.insert(pack.clone());
+            }
+            rep.condemned += 1;
+        }
+        // Tombstones of deleted packs are kept a week (far longer than any upload session).
+        for m in self.list_meta("gc/deleted").await? {
+            if age(&m) > 7 * 86_400_000 {
+                self.delete_key(m.location.as_ref()).await?;
+            }
+        }
+        // 4. Chunks.
+        for m in self.list_meta("chunks").await? {
+            let name = m.location.filename().unwrap_or_default().to_string();
+            let Some(id) = vault::from_hex::<32>(&name).map(BlockId) else {
+                continue;
+            };
+            if !live_chunks.contains(&id) && age(&m) >= grace_ms {
+                self.delete_key(m.location.as_ref()).await?;
+                rep.deleted_chunks += 1;
+            }
+        }
+        self.refresh_condemned().await?;
+        self.refresh_index().await?;
+        Ok(rep)
+    }
+
+    async fn uncondemn(&self, pack: &str) -> Result<(), VaultError> {
+        for k in self.list(&format!("gc/rescue/{pack}")).await? {
+            self.delete_key(&k).await?;
+        }
+        self.delete_key(&format!("gc/condemned/{pack}")).await?;
+        if let Ok(mut c) = self.condemned.write() {
+            c.remove(pack);
+        }
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
         let p = path(prefix);
         let mut s = self.store.list(Some(&p));
@@ -371,8 +641,10 @@ impl Vault {
         Ok(out)
     }
 
-    /// Loads the indexes of packs not yet known.
+    /// Loads the indexes of packs not yet known and forgets packs that are gone. A block held by
+    /// several packs (after a repack) is located in a pack that is not condemned.
     pub async fn refresh_index(&self) -> Result<(), VaultError> {
+        let mut present = std::collections::HashSet::new();
         for k in self.list("packs").await? {
             let Some(pack) = k.strip_suffix(".idx").and_then(|s| s.rsplit('/').next()) else {
                 continue;
@@ -380,6 +652,7 @@ impl Vault {
             if vault::from_hex::<16>(pack).is_none() {
                 continue;
             }
+            present.insert(pack.to_string());
             if self
                 .loaded
                 .read()
@@ -388,7 +661,18 @@ impl Vault {
             {
                 continue;
             }
-            let raw = self.get(&k).await?;
+            let raw = match self.get(&k).await {
+                Ok(r) => r,
+                // Deleted by garbage collection between list and get.
+                Err(VaultError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => {
+                    present.remove(pack);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let plain = self
                 .key
                 .open_object("idx", &raw)
@@ -401,29 +685,99 @@ impl Vault {
                     key: k.clone(),
                     source: e,
                 })?;
-            let p: Arc<str> = Arc::from(pack);
-            if let Ok(mut i) = self.index.write() {
-                for e in idx.entries {
-                    i.entry(e.id).or_insert(Loc {
+            self.add_index(pack, idx);
+        }
+        if let Ok(mut i) = self.index.write() {
+            i.retain(|_, locs| {
+                locs.retain(|l| present.contains(&*l.pack));
+                !locs.is_empty()
+            });
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.retain(|p| present.contains(p));
+        }
+        Ok(())
+    }
+
+    fn add_index(&self, pack: &str, idx: PackIndex) {
+        let p: Arc<str> = Arc::from(pack);
+        if let Ok(mut i) = self.index.write() {
+            for e in idx.entries {
+                let locs = i.entry(e.id).or_default();
+                if !locs.iter().any(|l| *l.pack == *pack) {
+                    locs.push(Loc {
                         pack: p.clone(),
                         offset: e.offset,
                         len: e.len,
                     });
                 }
             }
-            if let Ok(mut l) = self.loaded.write() {
-                l.insert(pack.to_string());
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.insert(pack.to_string());
+        }
+    }
+
+    fn is_condemned(&self, pack: &str) -> bool {
+        self.condemned
+            .read()
+            .map(|c| c.contains(pack))
+            .unwrap_or(false)
+    }
+
+    /// Reloads the set of packs condemned by garbage collection.
+    pub async fn refresh_condemned(&self) -> Result<(), VaultError> {
+        let mut set = std::collections::HashSet::new();
+        for k in self.list("gc/condemned").await? {
+            if let Some(p) = k
+                .rsplit('/')
+                .next()
+                .filter(|p| vault::from_hex::<16>(p).is_some())
+            {
+                set.insert(p.to_string());
             }
+        }
+        if let Ok(mut c) = self.condemned.write() {
+            *c = set;
         }
         Ok(())
     }
 
-    /// True if the vault holds block `id`.
-    pub fn contains(&self, id: &BlockId) -> bool {
+    /// Where block `id` is, preferring packs that are not condemned.
+    fn best_loc(&self, id: &BlockId) -> Option<Loc> {
+        let i = self.index.read().ok()?;
+        let locs = i.get(id)?;
+        locs.iter()
+            .find(|l| !self.is_condemned(&l.pack))
+            .or_else(|| locs.first())
+            .cloned()
+    }
+
+    /// The pack holding `id` that is not condemned, if any.
+    pub fn pack_of(&self, id: &BlockId) -> Option<String> {
+        self.best_loc(id)
+            .filter(|l| !self.is_condemned(&l.pack))
+            .map(|l| l.pack.to_string())
+    }
+
+    /// True if a pack other than `pack`, not condemned, also holds `id`.
+    fn copy_elsewhere(&self, id: &BlockId, pack: &str) -> bool {
         self.index
             .read()
-            .map(|i| i.contains_key(id))
+            .ok()
+            .and_then(|i| {
+                i.get(id).map(|locs| {
+                    locs.iter()
+                        .any(|l| *l.pack != *pack && !self.is_condemned(&l.pack))
+                })
+            })
             .unwrap_or(false)
+    }
+
+    /// True if the vault holds block `id`. Blocks only in condemned packs do not count: a new
+    /// point must not start depending on a pack that garbage collection is about to delete.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.pack_of(id).is_some()
     }
 
     async fn put(
@@ -481,19 +835,7 @@ impl Vault {
             self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)
         })
         .await?;
-        let p: Arc<str> = Arc::from(id.as_str());
-        if let Ok(mut i) = self.index.write() {
-            for e in idx.entries {
-                i.entry(e.id).or_insert(Loc {
-                    pack: p.clone(),
-                    offset: e.offset,
-                    len: e.len,
-                });
-            }
-        }
-        if let Ok(mut l) = self.loaded.write() {
-            l.insert(id);
-        }
+        self.add_index(&id, idx);
         Ok(n)
     }
 
@@ -641,11 +983,11 @@ impl Vault {
     }
 
     async fn locate(&self, id: &BlockId) -> Option<Loc> {
-        if let Some(l) = self.index.read().ok().and_then(|i| i.get(id).cloned()) {
+        if let Some(l) = self.best_loc(id) {
             return Some(l);
         }
         let _ = self.refresh_index().await;
-        self.index.read().ok().and_then(|i| i.get(id).cloned())
+        self.best_loc(id)
     }
 
     /// Restores a disk to `out` (a raw image), verifying every block and the Merkle root.

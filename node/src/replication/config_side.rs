@@ -57,6 +57,10 @@ pub struct ConfigState {
     pub granted: Mutex<BTreeSet<NodeId>>,
     /// When retention last ran.
     pub last_retention: Mutex<UnixMillis>,
+    /// When garbage collection last ran.
+    pub last_gc: Mutex<UnixMillis>,
+    /// One garbage collection at a time.
+    pub gc_lock: tokio::sync::Mutex<()>,
 }
 
 impl ConfigState {
@@ -74,6 +78,8 @@ impl ConfigState {
             catalog: Mutex::new(catalog),
             granted: Mutex::new(BTreeSet::new()),
             last_retention: Mutex::new(UnixMillis(0)),
+            last_gc: Mutex::new(UnixMillis(0)),
+            gc_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -391,6 +397,32 @@ pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
     guard(&repl.cfg.catalog).entry(from).or_default().report = Some(r);
 }
 
+/// How often garbage collection runs by itself.
+const GC_EVERY_MS: u64 = 15 * 60_000;
+/// Grace period of the periodic garbage collection (longer than any upload takes).
+pub const GC_GRACE_MS: u64 = 3_600_000;
+
+/// `lifeboat vault gc`: one garbage collection now.
+pub async fn gc(repl: &Repl, grace_ms: u64) -> Result<Value, String> {
+    require_config(repl).await?;
+    let vault = require_vault(repl).await?;
+    let _g = repl.cfg.gc_lock.lock().await;
+    let r = vault
+        .gc(crate::seams::now().0, grace_ms)
+        .await
+        .map_err(|e| format!("garbage collection failed: {e}"))?;
+    tracing::info!(
+        condemned = r.condemned,
+        repacked = r.repacked,
+        deleted_packs = r.deleted_packs,
+        rescued = r.rescued,
+        deleted_chunks = r.deleted_chunks,
+        freed_bytes = r.freed_bytes,
+        "vault garbage collection"
+    );
+    Ok(serde_json::to_value(r).unwrap_or_default())
+}
+
 /// How often retention runs.
 const RETENTION_EVERY_MS: u64 = 30_000;
 
@@ -481,6 +513,23 @@ pub async fn tick(repl: &Repl) {
     };
     if due {
         retention(repl, now).await;
+    }
+    let gc_due = {
+        let mut last = guard(&repl.cfg.last_gc);
+        // The first run waits a full period after start.
+        if last.0 == 0 {
+            *last = now;
+        }
+        let due = now.millis_since(*last) >= GC_EVERY_MS;
+        if due {
+            *last = now;
+        }
+        due
+    };
+    if gc_due {
+        if let Err(e) = gc(repl, GC_GRACE_MS).await {
+            tracing::warn!(cause = %e, "periodic garbage collection failed");
+        }
     }
     let prots = guard(&repl.cfg.protections).clone();
     let mut c = guard(&repl.cfg.catalog);

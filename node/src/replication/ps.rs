@@ -174,6 +174,10 @@ async fn receive_and_commit(
         .await
         .map_err(|e| format!("vault unavailable: {e}"))?
         .ok_or("this process server has no vault yet (create one on the configuration node)")?;
+    // Current garbage-collection state: dedup must not pick blocks GC has condemned.
+    if let Err(e) = vault.refresh_condemned().await {
+        tracing::debug!(cause = %e, "could not refresh condemned packs");
+    }
     // Receive into the spool at once; the processor resolves the base (which needs the vault)
     // and consumes the spool, so a vault outage fills the spool instead of stalling the stream.
     let (seg_tx, seg_rx) = mpsc::channel::<Segment>(repl.ps.spool_segments);
@@ -181,26 +185,26 @@ async fn receive_and_commit(
         let (repl, vault, header) = (repl.clone(), vault.clone(), header.clone());
         tokio::spawn(async move {
             let (base, ids) = resolve_base(&repl, &vault, &header, from).await?;
-            let (ids, stats) =
+            let (ids, stats, packs) =
                 process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
-            Ok::<_, String>((base, ids, stats))
+            Ok::<_, String>((base, ids, stats, packs))
         })
     };
     let received = receive(repl, &header, &mut r, seg_tx).await;
     let processed = processor
         .await
         .map_err(|e| format!("processor failed: {e}"))?;
-    let (base, ids, mut stats) = match (received, processed) {
+    let (base, ids, mut stats, packs) = match (received, processed) {
         (_, Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
-        (Ok(sent), Ok((base, ids, stats))) => {
+        (Ok(sent), Ok((base, ids, stats, packs))) => {
             if stats.changed_blocks != sent {
                 return Err(format!(
                     "stream announced {sent} blocks but carried {}",
                     stats.changed_blocks
                 ));
             }
-            (base, ids, stats)
+            (base, ids, stats, packs)
         }
     };
 
@@ -239,6 +243,18 @@ async fn receive_and_commit(
         disks,
         stats,
     };
+    // Garbage-collection handshake: rescue any pack this point depends on that GC condemned.
+    let raced = retry_forever(repl, "gc rescue", || async {
+        match vault.rescue(&header.session, &packs).await {
+            Ok(()) => Ok(None),
+            Err(crate::vault::VaultError::Exists(m)) => Ok(Some(m)),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    if let Some(m) = raced {
+        return Err(m);
+    }
     retry_forever(repl, "commit point", || vault.commit_point(&rec)).await?;
     repl.ps.points.fetch_add(1, Ordering::Relaxed);
     stats = rec.stats;
@@ -459,12 +475,14 @@ async fn process(
     h: DeltaHeader,
     mut ids: Vec<Vec<BlockId>>,
     mut rx: mpsc::Receiver<Segment>,
-) -> Result<(Vec<Vec<BlockId>>, PointStats), String> {
+) -> Result<(Vec<Vec<BlockId>>, PointStats, HashSet<String>), String> {
     let mut stats = PointStats::default();
+    // Packs the new point depends on through this session (GC rescue before commit).
+    let mut packs: HashSet<String> = HashSet::new();
     let mut pack = PackBuilder::new();
     let mut pending: HashSet<BlockId> = HashSet::new();
     let mut failure: Option<String> = None;
-    let mut inflight: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    let mut inflight: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
             // Keep draining so the receiver never blocks on a dead processor.
@@ -491,7 +509,10 @@ async fn process(
                 continue;
             }
         };
-        for (disk, index, id, blob, raw_len) in sealed {
+        for (disk, index, id, blob, raw_len, in_pack) in sealed {
+            if let Some(p) = in_pack {
+                packs.insert(p);
+            }
             let d = disk as usize;
             if d >= ids.len() || index as usize >= ids[d].len() {
                 failure = Some("spool record out of range".into());
@@ -516,7 +537,7 @@ async fn process(
                 // Upload in the background while the next segment is sealed; at most one
                 // upload in flight bounds memory to two packs.
                 if let Some(prev) = inflight.take() {
-                    prev.await.map_err(|e| e.to_string())??;
+                    packs.insert(prev.await.map_err(|e| e.to_string())??);
                 }
                 let full = std::mem::take(&mut pack);
                 inflight = Some(spawn_upload(repl.clone(), vault.clone(), full));
@@ -530,15 +551,17 @@ async fn process(
         return Err(f);
     }
     if let Some(prev) = inflight.take() {
-        prev.await.map_err(|e| e.to_string())??;
+        packs.insert(prev.await.map_err(|e| e.to_string())??);
     }
     if !pack.is_empty() {
-        spawn_upload(repl.clone(), vault.clone(), pack)
-            .await
-            .map_err(|e| e.to_string())??;
+        packs.insert(
+            spawn_upload(repl.clone(), vault.clone(), pack)
+                .await
+                .map_err(|e| e.to_string())??,
+        );
     }
     let _ = h;
-    Ok((ids, stats))
+    Ok((ids, stats, packs))
 }
 
 /// Uploads a full pack on its own task (retrying through vault outages).
@@ -546,7 +569,7 @@ fn spawn_upload(
     repl: Arc<Repl>,
     vault: Arc<Vault>,
     pack: PackBuilder,
-) -> tokio::task::JoinHandle<Result<(), String>> {
+) -> tokio::task::JoinHandle<Result<String, String>> {
     tokio::spawn(async move {
         let (id, bytes, idx) = pack.finish();
         // Bandwidth policy: wait for the bucket before the bytes go out.
@@ -571,11 +594,12 @@ fn spawn_upload(
         })
         .await?;
         repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+        Ok(id)
     })
 }
 
-type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64);
+/// (disk, block index, id, sealed blob if new, raw length, vault pack it was deduplicated to).
+type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64, Option<String>);
 
 /// Reads a segment and seals its blocks (CPU work, on a blocking thread). A block the vault or
 /// this session already holds comes back without a blob (dedup).
@@ -604,15 +628,21 @@ fn seal_segment(
             .map_err(|e| format!("spool read: {e}"))?;
         let rec: SpoolRecord = vault::from_rmp("spool record", &buf).map_err(|e| e.to_string())?;
         match rec.data {
-            None => out.push((rec.disk, rec.index, BlockId::ZERO, None, 0)),
-            Some(data) if vault::is_zero_block(&data) => {
-                out.push((rec.disk, rec.index, BlockId::ZERO, None, data.len() as u64))
-            }
+            None => out.push((rec.disk, rec.index, BlockId::ZERO, None, 0, None)),
+            Some(data) if vault::is_zero_block(&data) => out.push((
+                rec.disk,
+                rec.index,
+                BlockId::ZERO,
+                None,
+                data.len() as u64,
+                None,
+            )),
             Some(data) => {
                 let id = v.key().block_id(&data);
-                let known = v.contains(&id) || pending.contains(&id) || !seen.insert(id);
+                let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
+                let known = in_vault.is_some() || pending.contains(&id) || !seen.insert(id);
                 let blob = (!known).then(|| v.key().seal_block(&id, &data, ZSTD_LEVEL));
-                out.push((rec.disk, rec.index, id, blob, data.len() as u64));
+                out.push((rec.disk, rec.index, id, blob, data.len() as u64, in_vault));
             }
         }
     }
