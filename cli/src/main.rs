@@ -454,13 +454,20 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&serde_json::json!({ "node": v, "replication": repl }));
             } else {
                 for m in repl["machines"].as_array().cloned().unwrap_or_default() {
+                    let mut state = m["state"].as_str().unwrap_or("?").to_string();
+                    if matches!(state.as_str(), "initial-replication" | "resyncing") {
+                        if let Some(p) = m["progress_percent"].as_f64() {
+                            state = format!("{state} {p:.0}%");
+                        }
+                    }
                     println!(
-                        "{:<16} {:<20} rpo {:<10} latest {:<12} app {:<12} {}{}",
+                        "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
                         m["machine"].as_str().unwrap_or("?"),
-                        m["state"].as_str().unwrap_or("?"),
+                        state,
                         lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0)),
                         when(m["latest_point"]["captured_ms"].as_u64()),
                         when(m["latest_app_consistent"]["captured_ms"].as_u64()),
+                        m["pending_bytes"].as_u64().unwrap_or(0),
                         if m["alert"] == true {
                             "ALERT: RPO above threshold"
                         } else {

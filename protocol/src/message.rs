@@ -340,6 +340,8 @@ pub struct ProtectionReport {
     pub machine: NodeId,
     /// Initial replication not finished yet.
     pub initial: bool,
+    /// A full resync is running (the vault lost the base point, or the disks changed).
+    pub resync: bool,
     /// Progress of the running cycle, per mille.
     pub progress_permille: u16,
     /// Bytes changed and not yet in a committed point.

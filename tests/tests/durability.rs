@@ -396,3 +396,44 @@ fn garbage_collection_frees_unreferenced_blocks_while_replication_runs() {
         );
     }
 }
+
+#[test]
+fn initial_replication_reports_progress_and_pending_bytes() {
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    let work = tempfile::tempdir().unwrap();
+    cfg.ok(&["vault", "create", "v1"]);
+    fast_policy(cfg, "10m");
+    // A slow link to the vault (40 Mbit/s) makes the initial copy of ~21 MiB take seconds.
+    nodes[1].ok(&["throttle", "--bandwidth-limit", "40Mbit"]);
+    let disk = Disk::new(&work.path().join("web"), &big_disk(6));
+    let t0 = now_ms();
+    protect(cfg, "web", &disk, None);
+    let mut seen = serde_json::Value::Null;
+    wait_until(
+        "status to show the initial replication under way",
+        WAIT,
+        || {
+            let m = cfg.json(&["status", "web"])["replication"]["machines"][0].clone();
+            let ok =
+                m["state"] == "initial-replication" && m["pending_bytes"].as_u64().unwrap_or(0) > 0;
+            if ok {
+                seen = m;
+            }
+            ok
+        },
+    );
+    assert!(seen["progress_percent"].as_f64().unwrap() > 0.0, "{seen}");
+    assert!(seen["latest_point"].is_null());
+    point_after(cfg, "web", t0);
+    wait_until("the machine to be protected", WAIT, || {
+        cfg.json(&["status", "web"])["replication"]["machines"][0]["state"] == "protected"
+    });
+}

@@ -574,6 +574,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
         );
         let state = match (&e.report, h) {
             (Some(r), _) if r.last_error.is_some() && e.latest.is_none() => "error",
+            (Some(r), _) if r.resync => "resyncing",
             (_, Health::InitialReplication) => "initial-replication",
             (_, Health::Protected) => "protected",
             (_, Health::Warning) => "warning",
@@ -596,6 +597,8 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             "latest_app_consistent": pt(&e.latest_app),
             "process_server": e.latest.as_ref().map(|s| s.process_server.to_string()),
             "last_error": e.report.as_ref().and_then(|r| r.last_error.clone()),
+            "progress_percent": e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
+            "pending_bytes": e.report.as_ref().map_or(0, |r| r.pending_bytes),
         }));
     }
     Ok(json!({ "machines": machines, "process_server": ps_health(repl) }))

@@ -47,6 +47,23 @@ pub struct MobilityState {
     pub last_sent_blocks: AtomicU64,
     /// Cycles completed since start.
     pub cycles: AtomicU64,
+    /// Progress of the running cycle.
+    pub progress: Arc<Progress>,
+}
+
+/// Progress of the running cycle (shared with the scanner threads).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the disks scanned so far.
+    pub scanned: AtomicU64,
+    /// Bytes of the disks in total.
+    pub total: AtomicU64,
+    /// Changed bytes sent and not yet in a committed point.
+    pub pending: AtomicU64,
+    /// The cycle copies everything (initial replication or full resync).
+    pub full: std::sync::atomic::AtomicBool,
+    /// A cycle is running.
+    pub running: std::sync::atomic::AtomicBool,
 }
 
 /// Persisted progress of a protected machine.
@@ -146,7 +163,24 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
         }
         let now = crate::seams::now();
         if let Some(kind) = sched.poll(now) {
-            match cycle(&repl, &spec, kind).await {
+            // While the cycle runs, tell the configuration node how far it got.
+            let reporter = {
+                let r = repl.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let last = load::<Replica>(&replica_path(&r))
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
+                        report(&r, last.initial_done, last.last_point, None, None).await;
+                    }
+                })
+            };
+            let outcome = cycle(&repl, &spec, kind).await;
+            reporter.abort();
+            repl.mob.progress.running.store(false, Ordering::Relaxed);
+            match outcome {
                 Ok(s) => {
                     sched.handle_done(now, kind);
                     repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
@@ -184,11 +218,24 @@ async fn report(
     err: Option<String>,
     ps: Option<NodeId>,
 ) {
+    let pr = &repl.mob.progress;
+    let running = pr.running.load(Ordering::Relaxed);
+    let full = running && pr.full.load(Ordering::Relaxed);
+    let total = pr.total.load(Ordering::Relaxed).max(1);
     let r = ProtectionReport {
         machine: repl.local,
         initial: !initial_done,
-        progress_permille: if initial_done { 1000 } else { 0 },
-        pending_bytes: 0,
+        resync: full && initial_done,
+        progress_permille: if full {
+            (pr.scanned.load(Ordering::Relaxed).min(total) * 1000 / total) as u16
+        } else {
+            1000
+        },
+        pending_bytes: if running {
+            pr.pending.load(Ordering::Relaxed)
+        } else {
+            0
+        },
         last_point,
         last_error: err,
         process_server: ps,
@@ -385,6 +432,7 @@ fn scan_disk(
     block_size: u32,
     old: Option<Vec<[u8; 32]>>,
     tx: mpsc::Sender<Result<Scan, String>>,
+    progress: Arc<Progress>,
 ) {
     let res = (|| -> Result<(), String> {
         let (mut f, size, direct) = open_disk(&path)?;
@@ -420,6 +468,7 @@ fn scan_disk(
                 ));
             }
             let data = &buf[..want];
+            progress.scanned.fetch_add(want as u64, Ordering::Relaxed);
             let h = *blake3::hash(data).as_bytes();
             let changed = match &old {
                 Some(o) => o.get(i) != Some(&h),
@@ -429,6 +478,7 @@ fn scan_disk(
             hashes.push(h);
             if changed {
                 sent += 1;
+                progress.pending.fetch_add(want as u64, Ordering::Relaxed);
                 let payload = (!vault::is_zero_block(data))
                     .then(|| serde_bytes::ByteBuf::from(data.to_vec()));
                 batch.push(DeltaBlock {
@@ -478,9 +528,11 @@ async fn send_disk(
     path: PathBuf,
     block_size: u32,
     old: Option<Vec<[u8; 32]>>,
+    progress: Arc<Progress>,
 ) -> Result<(Vec<[u8; 32]>, u64), String> {
     let (tx, mut rx) = mpsc::channel(4);
-    let scanner = tokio::task::spawn_blocking(move || scan_disk(path, block_size, old, tx));
+    let scanner =
+        tokio::task::spawn_blocking(move || scan_disk(path, block_size, old, tx, progress));
     let mut result = Err("scanner ended without a result".to_string());
     while let Some(item) = rx.recv().await {
         match item {
@@ -546,6 +598,13 @@ async fn cycle(
         olds.iter_mut().for_each(|o| *o = None);
         None
     };
+    let pr = &repl.mob.progress;
+    pr.scanned.store(0, Ordering::Relaxed);
+    pr.pending.store(0, Ordering::Relaxed);
+    pr.total
+        .store(infos.iter().map(|d| d.size_bytes).sum(), Ordering::Relaxed);
+    pr.full.store(base.is_none(), Ordering::Relaxed);
+    pr.running.store(true, Ordering::Relaxed);
     let mut session = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
     let header = DeltaHeader {
@@ -568,7 +627,15 @@ async fn cycle(
     let mut new_hashes = Vec::new();
     let mut sent = 0;
     for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
-        let (h, n) = send_disk(&mut w, i as u16, p.clone(), spec.block_size, old).await?;
+        let (h, n) = send_disk(
+            &mut w,
+            i as u16,
+            p.clone(),
+            spec.block_size,
+            old,
+            repl.mob.progress.clone(),
+        )
+        .await?;
         new_hashes.push(h);
         sent += n;
     }
