@@ -324,6 +324,32 @@ pub async fn route(
             }
             None
         }
+        Message::Admin { request } => {
+            let repl = repl?;
+            if !roles
+                .send(GetRoles)
+                .await
+                .ok()?
+                .contains(&Role::Configuration)
+            {
+                return err("this node is not a configuration node");
+            }
+            let req: Request = match serde_json::from_str(&request) {
+                Ok(r) => r,
+                Err(e) => return err(format!("malformed admin request: {e}")),
+            };
+            if !forwardable(&req) {
+                return err("this command must be run on the configuration node itself");
+            }
+            tracing::info!(from = %from.key.node_id(), "replication command forwarded by a member");
+            Some(match replication_admin(repl, req).await {
+                Ok(v) => Message::AdminReply {
+                    ok: true,
+                    body: v.to_string(),
+                },
+                Err(e) => Message::AdminReply { ok: false, body: e },
+            })
+        }
         Message::Report(r) => {
             let repl = repl?;
             crate::replication::config_side::report(&repl, from.key.node_id(), r);
@@ -662,7 +688,97 @@ async fn on_quic<T: Send + 'static>(
     ctx.quic.spawn(f).await.map_err(|e| e.to_string())
 }
 
+/// Replication commands any node may run: a node without the configuration role forwards them
+/// to the configuration node over the mesh.
+fn forwardable(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Protect { .. }
+            | Request::Unprotect { .. }
+            | Request::Points { .. }
+            | Request::ReplStatus { .. }
+            | Request::PolicyList
+    )
+}
+
+/// Runs a forwardable replication command on this (configuration) node.
+pub async fn replication_admin(repl: Arc<Repl>, req: Request) -> Result<serde_json::Value, String> {
+    use crate::replication::config_side as c;
+    match req {
+        Request::Protect {
+            machine,
+            disks,
+            policy,
+            process_server,
+            hooks,
+            block_size,
+        } => {
+            c::protect(
+                &repl,
+                &machine,
+                disks,
+                policy,
+                process_server,
+                hooks,
+                block_size,
+            )
+            .await
+        }
+        Request::Unprotect { machine } => c::unprotect(&repl, &machine).await,
+        Request::Points { machine } => c::points(&repl, &machine).await,
+        Request::ReplStatus { machine } => c::status(&repl, machine).await,
+        Request::PolicyList => Ok(serde_json::to_value(c::policies(&repl)).unwrap_or_default()),
+        _ => Err("this command cannot be forwarded".into()),
+    }
+}
+
+async fn forward(ctx: &Ctx, req: Request) -> Result<serde_json::Value, String> {
+    let Some(to) = ctx.repl.authorities().await.into_iter().next() else {
+        return Err("this node is not a configuration node and is not connected to one; run the command on the configuration node or check `lifeboat peers`".into());
+    };
+    let body = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+    let net = ctx.net.clone();
+    let reply = on_quic(ctx, async move {
+        net.request(to, Message::Admin { request: body }).await
+    })
+    .await?
+    .map_err(|e| format!("configuration node {to}: {e}"))?;
+    match reply {
+        Message::AdminReply { ok: true, body } => {
+            serde_json::from_str(&body).map_err(|e| e.to_string())
+        }
+        Message::AdminReply { ok: false, body } => Err(body),
+        Message::Error { message } => Err(message),
+        other => Err(format!(
+            "unexpected reply from the configuration node: {other:?}"
+        )),
+    }
+}
+
 async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
+    if forwardable(&req) {
+        let local_config = ctx
+            .roles
+            .send(GetRoles)
+            .await
+            .map(|r| r.contains(&Role::Configuration))
+            .unwrap_or(false);
+        // Status on a node that protects nothing itself is about the mesh: ask the configuration node.
+        if !local_config {
+            if let Request::ReplStatus { .. } = req {
+                // The mesh's machines from the configuration node, this node's own process-server
+                // health; local view only when the configuration node is out of reach.
+                let local = crate::replication::config_side::ps_health(&ctx.repl);
+                let mut v = match forward(ctx, req).await {
+                    Ok(v) => v,
+                    Err(e) => json!({ "machines": [], "unreachable": e }),
+                };
+                v["process_server"] = local;
+                return Ok(v);
+            }
+            return forward(ctx, req).await;
+        }
+    }
     let gone = |_| "daemon is shutting down".to_string();
     match req {
         Request::Status => {

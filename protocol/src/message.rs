@@ -447,6 +447,19 @@ pub enum Message {
     PointNotice(PointSummary),
     /// Mobility to configuration node: replication state.
     Report(ProtectionReport),
+    /// Any member to the configuration node: run this replication command (JSON of the
+    /// control request) on my behalf.
+    Admin {
+        /// The control request, JSON.
+        request: String,
+    },
+    /// The result of an [`Message::Admin`]: JSON on success, a one-line reason on failure.
+    AdminReply {
+        /// Success.
+        ok: bool,
+        /// JSON or reason.
+        body: String,
+    },
     /// Opaque bulk bytes (throughput probes; later, replication payloads).
     Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A request failed; the text says why.

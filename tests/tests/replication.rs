@@ -180,7 +180,8 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
     let disk2 = Disk::new(&work.path().join("db"), &c0);
     let t3 = now_ms();
     let hook2 = disk2.snapshot_hook();
-    cfg.ok(&[
+    // Protect from another node: the command reaches the configuration node over the mesh.
+    s._mob2.ok(&[
         "protect",
         "db",
         "--disk",
@@ -197,6 +198,12 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
     );
     assert_eq!(q0["stats"]["dedup_blocks"], nonzero);
     assert!(restore(cfg, "db", "latest", &work.path().join("db-restore")) == c0);
+    let from_member = s._mob2.json(&["points", "db"]);
+    assert_eq!(
+        from_member.as_array().map(|a| !a.is_empty()),
+        Some(true),
+        "points from a member: {from_member}"
+    );
 
     // Across the whole vault, stored blocks are exactly the distinct non-zero contents.
     let stored: u64 = ["web", "db"]
