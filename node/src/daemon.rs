@@ -341,6 +341,36 @@ pub async fn route(
             if !forwardable(&req) {
                 return err("this command must be run on the configuration node itself");
             }
+            // A member may only change protection of its own machine from afar, and hooks (shell
+            // commands that will run on the protected machine) only for itself.
+            let members = mesh.send(GetMesh).await.ok()?.members;
+            let from_id = from.key.node_id();
+            let me_only = |machine: &str| {
+                machine == from_id.to_string()
+                    || members
+                        .iter()
+                        .any(|m| m.node_id() == from_id && m.name == machine)
+            };
+            match &req {
+                Request::Protect { machine, hooks, .. } => {
+                    let own = me_only(machine);
+                    let has_hooks =
+                        hooks.freeze.is_some() || hooks.thaw.is_some() || hooks.snapshot.is_some();
+                    if has_hooks && !own {
+                        return Some(Message::AdminReply {
+                            ok: false,
+                            body: "hooks run commands on the protected machine: give them on the configuration node, or on the protected machine itself".into(),
+                        });
+                    }
+                }
+                Request::Unprotect { machine } if !me_only(machine) => {
+                    return Some(Message::AdminReply {
+                        ok: false,
+                        body: "a member may only unprotect itself; run unprotect on the configuration node".into(),
+                    });
+                }
+                _ => {}
+            }
             tracing::info!(from = %from.key.node_id(), "replication command forwarded by a member");
             Some(match replication_admin(repl, req).await {
                 Ok(v) => Message::AdminReply {

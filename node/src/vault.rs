@@ -233,6 +233,12 @@ fn path(key: &str) -> ObjPath {
     ObjPath::from(key)
 }
 
+fn random16() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut n);
+    n
+}
+
 fn nonce() -> [u8; 12] {
     let mut n = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut n);
@@ -433,15 +439,41 @@ impl Vault {
             .await?;
         }
         for p in packs {
-            if self.exists_under(&format!("gc/deleted/{p}")).await? {
+            if self.head_exists(&format!("gc/deleted/{p}")).await?
+                || !self.head_exists(&index_key(p)).await?
+            {
                 // Forget the vanished pack so the retry uploads those blocks afresh.
                 self.refresh_index().await?;
                 return Err(VaultError::Exists(format!(
-                    "pack {p} is being garbage-collected; the session is retried with fresh blocks"
+                    "pack {p} was garbage-collected during the session; the session is retried with fresh blocks"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Ends the leases of a committed session's packs.
+    pub async fn release(&self, packs: &std::collections::HashSet<String>) {
+        for p in packs {
+            let _ = self.delete_key(&format!("gc/inflight/{p}")).await;
+        }
+    }
+
+    /// True if an object exists (names come from validated fields, never raw network text).
+    pub async fn has_object(&self, key: &str) -> Result<bool, VaultError> {
+        self.head_exists(key).await
+    }
+
+    async fn head_exists(&self, key: &str) -> Result<bool, VaultError> {
+        match self.store.head(&path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(VaultError::Store {
+                op: "head",
+                key: key.into(),
+                source: e,
+            }),
+        }
     }
 
     /// Garbage collection, safe while process servers write:
@@ -484,6 +516,12 @@ impl Vault {
         };
         let condemned_at: BTreeMap<String, u64> = self
             .list_meta("gc/condemned")
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename().map(|f| (f.to_string(), age(m))))
+            .collect();
+        let leases: BTreeMap<String, u64> = self
+            .list_meta("gc/inflight")
             .await?
             .iter()
             .filter_map(|m| m.location.filename().map(|f| (f.to_string(), age(m))))
@@ -557,6 +595,10 @@ impl Vault {
             if age(&m) < grace_ms || dead_e.is_empty() {
                 continue;
             }
+            // Leased by a session still running (a lease older than a day is a crashed one).
+            if leases.get(&pack).is_some_and(|a| *a < 86_400_000) {
+                continue;
+            }
             let dead_bytes: u64 = dead_e.iter().map(|e| e.len as u64).sum();
             if !live_e.is_empty() {
                 if dead_bytes * 2 < m.size {
@@ -591,6 +633,11 @@ impl Vault {
                 c.insert(pack.clone());
             }
             rep.condemned += 1;
+        }
+        for (p, a) in &leases {
+            if *a >= 86_400_000 {
+                self.delete_key(&format!("gc/inflight/{p}")).await?;
+            }
         }
         // Tombstones of deleted packs are kept a week (far longer than any upload session).
         for m in self.list_meta("gc/deleted").await? {
@@ -811,7 +858,7 @@ impl Vault {
         if pack.is_empty() {
             return Ok(0);
         }
-        let (id, bytes, idx) = pack.finish();
+        let (id, bytes, idx) = pack.finish(random16());
         self.upload_finished(&id, Bytes::from(bytes), idx).await
     }
 
@@ -841,8 +888,9 @@ impl Vault {
 
     /// Stores a manifest chunk (content-addressed: an existing one is reused).
     pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
-        let id = self.key.chunk_id(ids);
-        let sealed = self.key.seal_chunk(ids, nonce());
+        let salt = random16();
+        let id = self.key.chunk_id(&salt, ids);
+        let sealed = self.key.seal_chunk(&salt, ids, nonce());
         let k = chunk_key(&id);
         with_retries("put chunk", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
@@ -868,9 +916,9 @@ impl Vault {
             self.put(&k, sealed.clone(), PutMode::Create)
         })
         .await?;
-        if !created {
-            return Err(VaultError::Exists(k));
-        }
+        // The key holds a random point id: an existing object is our own earlier attempt whose
+        // answer was lost.
+        let _ = created;
         if let Ok(mut p) = self.points.write() {
             p.insert(k, rec.clone());
         }
@@ -1021,6 +1069,16 @@ impl Vault {
         f.set_len(d.size_bytes).map_err(io)?;
         let bs = d.block_size as u64;
         let mut stats = RestoreStats::default();
+        if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
+            return Err(corrupt(
+                0,
+                format!(
+                    "manifest has {} chunks for {} blocks",
+                    d.chunks.len(),
+                    d.blocks()
+                ),
+            ));
+        }
         for (ci, c) in d.chunks.iter().enumerate() {
             let ids = self
                 .get_chunk(c)

@@ -188,25 +188,40 @@ impl DataKey {
         BlockId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
     }
 
-    fn nonce_for(&self, domain: &[u8], id: &[u8]) -> Nonce {
+    /// Nonce of a sealed block: derived from the id *and* the compressed bytes, so two
+    /// different compressions of one block (another zstd version or level on another process
+    /// server) never share a nonce, while identical inputs seal identically.
+    fn block_nonce(&self, id: &BlockId, compressed: &[u8]) -> [u8; 12] {
         let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
-        h.update(domain);
-        h.update(id);
+        h.update(b"block");
+        h.update(&id.0);
+        h.update(blake3::hash(compressed).as_bytes());
         let mut n = [0u8; 12];
         n.copy_from_slice(&h.finalize().as_bytes()[..12]);
-        Nonce::assume_unique_for_key(n)
+        n
     }
 
-    /// Compresses and seals a block whose id is `id`.
+    /// Compresses and seals a block whose id is `id`: `nonce(12) || AES-256-GCM(zstd(block))`.
     pub fn seal_block(&self, id: &BlockId, data: &[u8], level: i32) -> Vec<u8> {
-        let mut buf = zstd::bulk::compress(data, level).unwrap_or_else(|_| data.to_vec());
+        // zstd cannot fail on in-memory input with a valid level; level 1 is the fallback.
+        let compressed = zstd::bulk::compress(data, level)
+            .or_else(|_| zstd::bulk::compress(data, 1))
+            .unwrap_or_else(|_| unreachable!("zstd compression of an in-memory buffer"));
+        let nonce = self.block_nonce(id, &compressed);
+        let mut out = Vec::with_capacity(12 + compressed.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&compressed);
         let tag = self
             .aead
             .key()
-            .seal_in_place_separate_tag(self.nonce_for(b"block", &id.0), Aad::from(&id.0), &mut buf)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&id.0),
+                &mut out[12..],
+            )
             .unwrap_or_else(|_| unreachable!("in-memory seal"));
-        buf.extend_from_slice(tag.as_ref());
-        buf
+        out.extend_from_slice(tag.as_ref());
+        out
     }
 
     /// Opens a sealed block and checks that it is the block `id` (at most `max_len` bytes).
@@ -216,11 +231,20 @@ impl DataKey {
         sealed: &[u8],
         max_len: usize,
     ) -> Result<Vec<u8>, FormatError> {
-        let mut buf = sealed.to_vec();
+        if sealed.len() < 12 + 16 {
+            return Err(FormatError::Auth);
+        }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&sealed[..12]);
+        let mut buf = sealed[12..].to_vec();
         let plain = self
             .aead
             .key()
-            .open_in_place(self.nonce_for(b"block", &id.0), Aad::from(&id.0), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&id.0),
+                &mut buf,
+            )
             .map_err(|_| FormatError::Auth)?;
         let data = zstd::bulk::decompress(plain, max_len)
             .map_err(|e| FormatError::Decompress(e.to_string()))?;
@@ -273,10 +297,13 @@ impl DataKey {
         Ok(plain.to_vec())
     }
 
-    /// Id of a manifest chunk (over its block ids).
-    pub fn chunk_id(&self, ids: &[BlockId]) -> BlockId {
+    /// Id of a manifest chunk: over a per-upload salt and its block ids. The salt makes every
+    /// chunk upload a new object, so a new point never comes to depend on an old chunk object
+    /// that garbage collection has already judged unreferenced.
+    pub fn chunk_id(&self, salt: &[u8; 16], ids: &[BlockId]) -> BlockId {
         let mut h = blake3::Hasher::new_keyed(&self.id_key);
         h.update(b"chunk");
+        h.update(salt);
         for id in ids {
             h.update(&id.0);
         }
@@ -295,9 +322,10 @@ impl DataKey {
         BlockId(*h.finalize().as_bytes())
     }
 
-    /// Serializes and seals a chunk.
-    pub fn seal_chunk(&self, ids: &[BlockId], nonce: [u8; 12]) -> Vec<u8> {
-        let mut plain = Vec::with_capacity(ids.len() * 32);
+    /// Serializes (`salt || ids`) and seals a chunk.
+    pub fn seal_chunk(&self, salt: &[u8; 16], ids: &[BlockId], nonce: [u8; 12]) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(16 + ids.len() * 32);
+        plain.extend_from_slice(salt);
         for id in ids {
             plain.extend_from_slice(&id.0);
         }
@@ -307,13 +335,18 @@ impl DataKey {
     /// Opens a chunk and checks it against its id.
     pub fn open_chunk(&self, id: &BlockId, sealed: &[u8]) -> Result<Vec<BlockId>, FormatError> {
         let plain = self.open_object("chunk", sealed)?;
-        if plain.len() % 32 != 0 || plain.len() / 32 > CHUNK_ENTRIES {
+        if plain.len() < 16
+            || (plain.len() - 16) % 32 != 0
+            || (plain.len() - 16) / 32 > CHUNK_ENTRIES
+        {
             return Err(FormatError::Malformed {
                 what: "chunk",
                 msg: format!("{} bytes", plain.len()),
             });
         }
-        let ids: Vec<BlockId> = plain
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&plain[..16]);
+        let ids: Vec<BlockId> = plain[16..]
             .chunks_exact(32)
             .map(|c| {
                 let mut a = [0u8; 32];
@@ -321,7 +354,7 @@ impl DataKey {
                 BlockId(a)
             })
             .collect();
-        let got = self.chunk_id(&ids);
+        let got = self.chunk_id(&salt, &ids);
         if got != *id {
             return Err(FormatError::IdMismatch {
                 expected: id.to_hex(),
@@ -398,9 +431,10 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Finishes: returns the pack id (hex, content-derived), pack bytes and index.
-    pub fn finish(self) -> (String, Vec<u8>, PackIndex) {
-        let id = hex(&blake3::hash(&self.buf).as_bytes()[..16]);
+    /// Finishes: returns the pack id (hex of the caller's random `id`: every upload is a new
+    /// object, never one garbage collection has seen), pack bytes and index.
+    pub fn finish(self, id: [u8; 16]) -> (String, Vec<u8>, PackIndex) {
+        let id = hex(&id);
         let idx = PackIndex {
             pack: id.clone(),
             entries: self.entries,
@@ -609,13 +643,37 @@ mod tests {
             DataKey::from_master([8; 32]).open_block(&id, &sealed, 65536),
             Err(FormatError::Auth)
         );
-        sealed[3] ^= 1;
+        sealed[20] ^= 1;
         assert_eq!(k.open_block(&id, &sealed, 65536), Err(FormatError::Auth));
         let other = k.block_id(b"x");
         assert_eq!(
             k.open_block(&other, &k.seal_block(&id, &data, 1), 65536),
             Err(FormatError::Auth)
         );
+    }
+
+    #[test]
+    fn two_compressions_of_one_block_never_share_a_nonce() {
+        let k = key();
+        let data: Vec<u8> = (0..65536u32)
+            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+            .collect();
+        let id = k.block_id(&data);
+        let a = k.seal_block(&id, &data, 1);
+        let b = k.seal_block(&id, &data, 19);
+        assert_ne!(
+            a[12..a.len() - 16],
+            b[12..b.len() - 16],
+            "levels differ in output"
+        );
+        assert_ne!(a[..12], b[..12], "so the nonces must differ");
+        assert_eq!(
+            k.seal_block(&id, &data, 1),
+            a,
+            "identical input seals identically"
+        );
+        assert_eq!(k.open_block(&id, &a, 65536).unwrap(), data);
+        assert_eq!(k.open_block(&id, &b, 65536).unwrap(), data);
     }
 
     #[test]
@@ -634,10 +692,15 @@ mod tests {
     fn chunks_verify_against_their_ids() {
         let k = key();
         let ids: Vec<BlockId> = (0..10u8).map(|i| k.block_id(&[i])).collect();
-        let id = k.chunk_id(&ids);
-        let sealed = k.seal_chunk(&ids, [1; 12]);
+        let id = k.chunk_id(&[3; 16], &ids);
+        let sealed = k.seal_chunk(&[3; 16], &ids, [1; 12]);
         assert_eq!(k.open_chunk(&id, &sealed).unwrap(), ids);
-        let wrong = k.chunk_id(&ids[..9]);
+        assert_ne!(
+            k.chunk_id(&[4; 16], &ids),
+            id,
+            "the salt makes a new chunk id"
+        );
+        let wrong = k.chunk_id(&[3; 16], &ids[..9]);
         assert!(matches!(
             k.open_chunk(&wrong, &sealed),
             Err(FormatError::IdMismatch { .. })
@@ -653,7 +716,7 @@ mod tests {
             let id = k.block_id(b);
             p.add(id, &k.seal_block(&id, b, 1));
         }
-        let (pid, bytes, idx) = p.finish();
+        let (pid, bytes, idx) = p.finish([9; 16]);
         assert_eq!(pid, idx.pack);
         assert_eq!(&bytes[..5], PACK_MAGIC);
         for (e, b) in idx.entries.iter().zip(&blocks) {

@@ -214,8 +214,12 @@ impl Node {
     /// Starts the daemon with extra environment and a wrapper command (e.g. faketime).
     pub fn start_with(&mut self, env: &[(&str, &str)], wrapper: &[&str]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log");
+        use std::os::unix::process::CommandExt;
         let child = self
             .command(env, wrapper)
+            // Own process group: wrappers (faketime, ip netns exec) may not exec, and stopping
+            // the group stops the daemon too.
+            .process_group(0)
             .args(["node", "run", "--state-dir"])
             .arg(&self.dir)
             .env("LIFEBOAT_LOG", "info,lifeboat_node=debug")
@@ -267,7 +271,11 @@ impl Node {
     /// Kills the daemon with SIGKILL (a crash: no cleanup, no shutdown path).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            // SAFETY: plain kill(2) on our own child's process group.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(-(c.id() as i32), libc::SIGKILL);
+            }
             let _ = c.wait();
         }
         // A crashed daemon leaves its control socket behind; the next start must cope.
@@ -276,10 +284,10 @@ impl Node {
     /// Stops the daemon (SIGTERM, then SIGKILL after 10 s) and returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        // SAFETY: plain kill(2) on our own child's pid.
+        // SAFETY: plain kill(2) on our own child's process group.
         #[allow(unsafe_code)]
         unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
+            libc::kill(-(c.id() as i32), libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -288,7 +296,11 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = c.kill();
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-(c.id() as i32), libc::SIGKILL);
+        }
         c.wait().ok()
     }
 }

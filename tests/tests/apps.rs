@@ -49,7 +49,14 @@ impl Drop for Ext4 {
     fn drop(&mut self) {
         let m = self.mnt.to_str().unwrap_or_default().to_string();
         let _ = Command::new("fsfreeze").args(["-u", &m]).status();
-        let _ = Command::new("umount").arg(&m).status();
+        if !Command::new("umount")
+            .arg(&m)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            // Still busy: detach lazily so nothing outlives the test.
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }

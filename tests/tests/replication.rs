@@ -180,6 +180,19 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
     let disk2 = Disk::new(&work.path().join("db"), &c0);
     let t3 = now_ms();
     let hook2 = disk2.snapshot_hook();
+    // Another member may not put commands (hooks) on a machine other than itself.
+    let err = s._ps.fails(&[
+        "protect",
+        "db",
+        "--disk",
+        "/dev/null",
+        "--snapshot-hook",
+        "touch /tmp/pwned",
+    ]);
+    assert!(
+        err.contains("hooks run commands on the protected machine"),
+        "{err}"
+    );
     // Protect from another node: the command reaches the configuration node over the mesh.
     s._mob2.ok(&[
         "protect",

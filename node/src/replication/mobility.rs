@@ -259,20 +259,49 @@ async fn pick_ps(repl: &Repl, preferred: Option<NodeId>) -> Result<NodeId, Strin
         .ok_or_else(|| "no process server is reachable (assign one with `lifeboat role add process-server --node ID`)".into())
 }
 
+/// Longest a hook may run before it is killed and the cycle fails.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
 fn run_hook(what: &str, cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh")
+    use std::io::Read as _;
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("{what} hook: {e}"))?;
-    if !out.status.success() {
+    let deadline = std::time::Instant::now() + HOOK_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("{what} hook: {e}"))? {
+            Some(st) => break st,
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{what} hook `{cmd}` did not finish within {}s and was killed",
+                    HOOK_TIMEOUT.as_secs()
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
         return Err(format!(
-            "{what} hook `{cmd}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{what} hook `{cmd}` failed ({status}): {}",
+            err.trim()
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
 }
 
 /// Thaws on drop, so no error path leaves applications frozen.
@@ -448,6 +477,8 @@ fn scan_disk(
         let mut hashes = Vec::with_capacity(n);
         let mut batch = Vec::new();
         let mut sent = 0u64;
+        // A long scan of an unchanged disk still tells the process server it is alive.
+        let mut last_send = std::time::Instant::now();
         for i in 0..n {
             let want = bs.min((size - (i * bs) as u64) as usize);
             let buf = &mut raw[off..off + bs];
@@ -476,6 +507,15 @@ fn scan_disk(
                 None => !vault::is_zero_block(data),
             };
             hashes.push(h);
+            if !changed && last_send.elapsed() > Duration::from_secs(30) {
+                last_send = std::time::Instant::now();
+                if tx
+                    .blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch))))
+                    .is_err()
+                {
+                    return Err("sender stopped".into());
+                }
+            }
             if changed {
                 sent += 1;
                 progress.pending.fetch_add(want as u64, Ordering::Relaxed);
@@ -485,7 +525,8 @@ fn scan_disk(
                     index: i as u64,
                     data: payload,
                 });
-                if batch.len() >= BATCH_BLOCKS {
+                if batch.len() >= BATCH_BLOCKS || last_send.elapsed() > Duration::from_secs(30) {
+                    last_send = std::time::Instant::now();
                     if tx
                         .blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch))))
                         .is_err()

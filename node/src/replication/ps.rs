@@ -40,6 +40,9 @@ pub const ZSTD_LEVEL: i32 = 1;
 const MAX_DISK_BYTES: u64 = 64 << 40;
 /// Most disks per machine.
 const MAX_DISKS: usize = 64;
+/// Most blocks per session (bounds the manifest kept in memory: 32 bytes per block, 512 MiB
+/// at this bound; 1 TiB of disk at 64 KiB blocks; bigger disks take bigger blocks).
+const MAX_SESSION_BLOCKS: u64 = 1 << 24;
 
 /// Process-server state and counters.
 #[derive(Debug)]
@@ -101,11 +104,18 @@ struct SpoolRecord {
     data: Option<serde_bytes::ByteBuf>,
 }
 
-/// A closed segment handed to the processor (holds one unit of spool budget).
+/// A closed segment handed to the processor (holds one unit of spool budget). Its file goes
+/// with it, whatever happens to the session.
 struct Segment {
     path: PathBuf,
     bytes: u64,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn fail(reason: impl Into<String>) -> Message {
@@ -123,6 +133,16 @@ fn validate(h: &DeltaHeader, from: NodeId) -> Result<(), String> {
     }
     if vault::from_hex::<16>(&h.session).is_none() {
         return Err("invalid session id".into());
+    }
+    let total: u64 = h
+        .disks
+        .iter()
+        .map(|d| d.size_bytes.div_ceil(d.block_size.max(1) as u64))
+        .sum();
+    if total > MAX_SESSION_BLOCKS {
+        return Err(format!(
+            "{total} blocks exceed the {MAX_SESSION_BLOCKS} a session may carry; protect with a larger --block-size"
+        ));
     }
     for d in &h.disks {
         if !super::valid_disk_name(&d.name) {
@@ -185,39 +205,52 @@ async fn receive_and_commit(
         let (repl, vault, header) = (repl.clone(), vault.clone(), header.clone());
         tokio::spawn(async move {
             let (base, ids) = resolve_base(&repl, &vault, &header, from).await?;
-            let (ids, stats, packs) =
-                process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
-            Ok::<_, String>((base, ids, stats, packs))
+            let out = process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
+            Ok::<_, String>((base, out))
         })
     };
     let received = receive(repl, &header, &mut r, seg_tx).await;
     let processed = processor
         .await
         .map_err(|e| format!("processor failed: {e}"))?;
-    let (base, ids, mut stats, packs) = match (received, processed) {
+    let (base, out) = match (received, processed) {
         (_, Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
-        (Ok(sent), Ok((base, ids, stats, packs))) => {
-            if stats.changed_blocks != sent {
+        (Ok(sent), Ok((base, out))) => {
+            if out.stats.changed_blocks != sent {
                 return Err(format!(
                     "stream announced {sent} blocks but carried {}",
-                    stats.changed_blocks
+                    out.stats.changed_blocks
                 ));
             }
-            (base, ids, stats, packs)
+            (base, out)
         }
     };
+    let Processed {
+        ids,
+        mut stats,
+        packs,
+        own,
+        touched,
+    } = out;
 
     // Manifest chunks: unchanged chunks are the base's, shared.
     let mut disks = Vec::new();
     for (i, d) in header.disks.iter().enumerate() {
         let mut chunks = Vec::new();
+        // The base's chunk is shared when no block of it changed (and the geometry is the same).
+        let same_geometry = base[i]
+            .as_ref()
+            .is_some_and(|b| b.size_bytes == d.size_bytes && b.block_size == d.block_size);
         for (k, c) in ids[i].chunks(CHUNK_ENTRIES).enumerate() {
-            let cid = vault.key().chunk_id(c);
-            let reuse = base[i].as_ref().and_then(|b| b.chunks.get(k)) == Some(&cid);
-            if !reuse {
-                retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?;
-            }
+            let shared = base[i]
+                .as_ref()
+                .and_then(|b| b.chunks.get(k))
+                .filter(|_| same_geometry && !touched[i].contains(&k));
+            let cid = match shared {
+                Some(b) => *b,
+                None => retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?,
+            };
             chunks.push(cid);
         }
         let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
@@ -256,6 +289,7 @@ async fn receive_and_commit(
         return Err(m);
     }
     retry_forever(repl, "commit point", || vault.commit_point(&rec)).await?;
+    vault.release(&own).await;
     repl.ps.points.fetch_add(1, Ordering::Relaxed);
     stats = rec.stats;
     tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
@@ -343,12 +377,30 @@ where
     }
 }
 
-/// Reads the stream into spool segments. Returns the announced block count.
+/// Reads the stream into spool segments. Returns the announced block count. On failure the
+/// segment being written is removed (closed ones go with their `Segment`).
 async fn receive(
     repl: &Arc<Repl>,
     h: &DeltaHeader,
     r: &mut FrameReader,
     tx: mpsc::Sender<Segment>,
+) -> Result<u64, String> {
+    let mut current: Option<PathBuf> = None;
+    let res = receive_inner(repl, h, r, tx, &mut current).await;
+    if res.is_err() {
+        if let Some(p) = current {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    res
+}
+
+async fn receive_inner(
+    repl: &Arc<Repl>,
+    h: &DeltaHeader,
+    r: &mut FrameReader,
+    tx: mpsc::Sender<Segment>,
+    current: &mut Option<PathBuf>,
 ) -> Result<u64, String> {
     let mut seg: Option<(
         BufWriter<std::fs::File>,
@@ -401,6 +453,7 @@ async fn receive(
                         n += 1;
                         let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
                         let f = std::fs::File::create(&path).map_err(|e| format!("spool: {e}"))?;
+                        *current = Some(path.clone());
                         seg = Some((BufWriter::with_capacity(1 << 20, f), path, 0, permit));
                     }
                     if let Some((wtr, _, bytes, _)) = seg.as_mut() {
@@ -475,12 +528,15 @@ async fn process(
     h: DeltaHeader,
     mut ids: Vec<Vec<BlockId>>,
     mut rx: mpsc::Receiver<Segment>,
-) -> Result<(Vec<Vec<BlockId>>, PointStats, HashSet<String>), String> {
+) -> Result<Processed, String> {
     let mut stats = PointStats::default();
+    let mut own: HashSet<String> = HashSet::new();
+    let mut touched: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); ids.len()];
     // Packs the new point depends on through this session (GC rescue before commit).
     let mut packs: HashSet<String> = HashSet::new();
     let mut pack = PackBuilder::new();
-    let mut pending: HashSet<BlockId> = HashSet::new();
+    // Blocks this session already packed (shared read-only with the sealing thread).
+    let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
     let mut failure: Option<String> = None;
     let mut inflight: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
     while let Some(seg) = rx.recv().await {
@@ -492,8 +548,8 @@ async fn process(
         let v = vault.clone();
         let path = seg.path.clone();
         let sealed = {
-            let pending_snapshot = pending.clone();
-            tokio::task::spawn_blocking(move || seal_segment(&v, &path, &pending_snapshot))
+            let pending = pending.clone();
+            tokio::task::spawn_blocking(move || seal_segment(&v, &path, &pending))
                 .await
                 .map_err(|e| e.to_string())?
         };
@@ -519,6 +575,7 @@ async fn process(
                 break;
             }
             ids[d][index as usize] = id;
+            touched[d].insert(index as usize / CHUNK_ENTRIES);
             stats.changed_blocks += 1;
             stats.received_bytes += raw_len;
             if id.is_zero() {
@@ -526,7 +583,7 @@ async fn process(
                 continue;
             }
             match blob {
-                Some(b) if pending.insert(id) => {
+                Some(b) if pending.write().map(|mut p| p.insert(id)).unwrap_or(false) => {
                     stats.new_blocks += 1;
                     stats.stored_bytes += b.len() as u64;
                     pack.add(id, &b);
@@ -537,7 +594,9 @@ async fn process(
                 // Upload in the background while the next segment is sealed; at most one
                 // upload in flight bounds memory to two packs.
                 if let Some(prev) = inflight.take() {
-                    packs.insert(prev.await.map_err(|e| e.to_string())??);
+                    let p = prev.await.map_err(|e| e.to_string())??;
+                    own.insert(p.clone());
+                    packs.insert(p);
                 }
                 let full = std::mem::take(&mut pack);
                 inflight = Some(spawn_upload(repl.clone(), vault.clone(), full));
@@ -551,17 +610,38 @@ async fn process(
         return Err(f);
     }
     if let Some(prev) = inflight.take() {
-        packs.insert(prev.await.map_err(|e| e.to_string())??);
+        own.insert(prev.await.map_err(|e| e.to_string())??);
     }
     if !pack.is_empty() {
-        packs.insert(
+        own.insert(
             spawn_upload(repl.clone(), vault.clone(), pack)
                 .await
                 .map_err(|e| e.to_string())??,
         );
     }
+    packs.extend(own.iter().cloned());
     let _ = h;
-    Ok((ids, stats, packs))
+    Ok(Processed {
+        ids,
+        stats,
+        packs,
+        own,
+        touched,
+    })
+}
+
+/// What the processor hands back for the commit.
+struct Processed {
+    /// Block ids per disk.
+    ids: Vec<Vec<BlockId>>,
+    /// Cost.
+    stats: PointStats,
+    /// Packs the point depends on through this session (uploaded or deduplicated).
+    packs: HashSet<String>,
+    /// Packs this session uploaded (their leases end at commit).
+    own: HashSet<String>,
+    /// Manifest chunks (per disk) with a changed block.
+    touched: Vec<std::collections::BTreeSet<usize>>,
 }
 
 /// Uploads a full pack on its own task (retrying through vault outages).
@@ -571,7 +651,9 @@ fn spawn_upload(
     pack: PackBuilder,
 ) -> tokio::task::JoinHandle<Result<String, String>> {
     tokio::spawn(async move {
-        let (id, bytes, idx) = pack.finish();
+        let mut pid = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut pid);
+        let (id, bytes, idx) = pack.finish(pid);
         // Bandwidth policy: wait for the bucket before the bytes go out.
         let rate = repl
             .ps
@@ -606,7 +688,7 @@ type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64, Option<String>);
 fn seal_segment(
     v: &Vault,
     path: &std::path::Path,
-    pending: &HashSet<BlockId>,
+    pending: &std::sync::RwLock<HashSet<BlockId>>,
 ) -> Result<Vec<Sealed>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("spool read: {e}"))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
@@ -640,7 +722,9 @@ fn seal_segment(
             Some(data) => {
                 let id = v.key().block_id(&data);
                 let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
-                let known = in_vault.is_some() || pending.contains(&id) || !seen.insert(id);
+                let known = in_vault.is_some()
+                    || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
+                    || !seen.insert(id);
                 let blob = (!known).then(|| v.key().seal_block(&id, &data, ZSTD_LEVEL));
                 out.push((rec.disk, rec.index, id, blob, data.len() as u64, in_vault));
             }
