@@ -70,9 +70,14 @@ struct Workload {
 
 impl Workload {
     fn start(mnt: &Path) -> Workload {
+        use std::os::unix::process::CommandExt;
         let fio = Command::new("fio")
+            // --thread: jobs are threads of one process, and its own process group is killed
+            // whole, so no orphan keeps the mount busy.
+            .process_group(0)
             .args([
                 "--name=churn",
+                "--thread",
                 "--rw=randwrite",
                 "--bs=4k",
                 "--size=8m",
@@ -118,7 +123,11 @@ impl Workload {
 
     fn stop(&mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.fio.kill();
+        // SAFETY: plain kill(2) on our own child's process group.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-(self.fio.id() as i32), libc::SIGKILL);
+        }
         let _ = self.fio.wait();
         self.sqlite
             .take()
