@@ -37,6 +37,8 @@ forget_after_secs = 600
 # Process server: most bytes of replication data spooled on local disk (under the state
 # directory) before mobility nodes are made to wait. Default 1 GiB.
 spool_max_bytes = 1073741824
+# Of that, bytes held in memory while uploads keep up (spilled to disk beyond). Default 64 MiB.
+spool_memory_bytes = 67108864
 
 [log]
 # Log format on stderr: "pretty" for people, "json" for collectors.
@@ -66,12 +68,15 @@ pub struct Config {
 pub struct ReplicationConfig {
     /// Spool bound of a process server, bytes. Default 1 GiB.
     pub spool_max_bytes: u64,
+    /// Part of the spool kept in memory, bytes. Default 64 MiB.
+    pub spool_memory_bytes: u64,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
         ReplicationConfig {
             spool_max_bytes: 1 << 30,
+            spool_memory_bytes: 64 << 20,
         }
     }
 }

@@ -557,6 +557,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             mesh.clone(),
             peers.clone(),
             cfg.replication.spool_max_bytes,
+            cfg.replication.spool_memory_bytes,
         ) {
             Ok(r) => r,
             Err(e) => return Err(DaemonError::Start(e)),

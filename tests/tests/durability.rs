@@ -74,6 +74,10 @@ fn a_killed_process_server_loses_nothing_and_its_machines_move_to_another() {
     let disk = Disk::new(&work.path().join("web"), &c0);
     let t0 = now_ms();
     protect(cfg, "web", &disk, Some("ps1"));
+    // A slow link from ps1 to the vault, so that the kill below lands during an upload.
+    nodes[1].ok(&["throttle", "--bandwidth-limit", "40Mbit"]);
+    // A slow link from ps1 to the vault, so that the kill below lands during an upload.
+    nodes[1].ok(&["throttle", "--bandwidth-limit", "40Mbit"]);
     let p0 = point_after(cfg, "web", t0);
     let status = cfg.json(&["status", "web"]);
     let ps1_id = nodes[1].id();
@@ -89,11 +93,11 @@ fn a_killed_process_server_loses_nothing_and_its_machines_move_to_another() {
     }
     disk.write(&c1);
     let t1 = now_ms();
-    let ps1_dir = nodes[1].dir.clone();
-    wait_until("ps1 to start spooling the big delta", WAIT, || {
-        std::fs::read_dir(ps1_dir.join("spool"))
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
+    wait_until("ps1 to hold the big delta in its spool", WAIT, || {
+        nodes[1].json(&["status"])["replication"]["process_server"]["spooled_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
     });
     nodes[1].kill9();
 
@@ -186,7 +190,7 @@ fn a_killed_mobility_node_resumes_without_a_full_resync() {
 fn a_vault_outage_is_absorbed_alerted_and_caught_up() {
     let mut az = Azurite::start();
     az.create_container("vault");
-    let nodes = mesh_of(
+    let mut nodes = mesh_of(
         &[
             ("config", ""),
             ("ps", "process-server"),
@@ -194,6 +198,14 @@ fn a_vault_outage_is_absorbed_alerted_and_caught_up() {
         ],
         &az.env(),
     );
+    // This process server keeps no spool in memory: the outage must go to its spool directory.
+    nodes[1].stop();
+    let cfg_path = nodes[1].dir.join("lifeboat.toml");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("spool_memory_bytes = 67108864", "spool_memory_bytes = 0");
+    std::fs::write(&cfg_path, text).unwrap();
+    nodes[1].start_env(&az.env());
     let cfg = &nodes[0];
     let work = tempfile::tempdir().unwrap();
     cfg.ok(&["vault", "create", "v1", "--store", "az://vault"]);
@@ -212,14 +224,17 @@ fn a_vault_outage_is_absorbed_alerted_and_caught_up() {
     disk.write(&c1);
     let t1 = now_ms();
     // The process server holds the delta in its spool while the vault is away...
-    let ps_dir = nodes[1].dir.clone();
     wait_until(
-        "the process server to spool during the outage",
+        "the process server to spool to disk during the outage",
         WAIT,
         || {
-            std::fs::read_dir(ps_dir.join("spool"))
-                .map(|d| d.count() > 0)
-                .unwrap_or(false)
+            nodes[1].json(&["status"])["replication"]["process_server"]["spooled_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+                && std::fs::read_dir(nodes[1].dir.join("spool"))
+                    .map(|d| d.count() > 0)
+                    .unwrap_or(false)
         },
     );
     // ...and the configuration node raises the RPO alert.

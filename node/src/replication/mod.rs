@@ -91,10 +91,11 @@ impl Repl {
         mesh: Addr<MeshActor>,
         peers: Addr<PeersActor>,
         spool_max_bytes: u64,
+        spool_memory_bytes: u64,
     ) -> Result<Arc<Repl>, String> {
         let vault_cfg: Option<VaultConfig> = load(&dir.root.join("vault.json"))?;
         let cfg = config_side::ConfigState::load(&dir)?;
-        let ps = ps::PsState::new(&dir, spool_max_bytes)?;
+        let ps = ps::PsState::new(&dir, spool_max_bytes, spool_memory_bytes)?;
         let r = Arc::new(Repl {
             dir,
             net,

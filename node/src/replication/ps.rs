@@ -23,7 +23,7 @@ use lifeboat_protocol::{Message, NodeId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct PsState {
     pub spool_dir: PathBuf,
     /// Spool budget in segments.
     budget: Arc<Semaphore>,
+    /// Segments that may wait in memory instead of the spool directory.
+    mem_budget: Arc<Semaphore>,
     /// Segments allowed in total.
     pub spool_segments: usize,
     /// Bytes currently spooled.
@@ -71,7 +73,11 @@ pub struct PsState {
 
 impl PsState {
     /// Creates the spool (removing segments of sessions that died with a previous process).
-    pub fn new(dir: &lifeboat_config::StateDir, max_bytes: u64) -> Result<Self, String> {
+    pub fn new(
+        dir: &lifeboat_config::StateDir,
+        max_bytes: u64,
+        memory_bytes: u64,
+    ) -> Result<Self, String> {
         let spool_dir = dir.root.join("spool");
         let _ = std::fs::remove_dir_all(&spool_dir);
         std::fs::create_dir_all(&spool_dir).map_err(|e| format!("{}: {e}", spool_dir.display()))?;
@@ -79,6 +85,7 @@ impl PsState {
         Ok(PsState {
             spool_dir,
             budget: Arc::new(Semaphore::new(segs)),
+            mem_budget: Arc::new(Semaphore::new((memory_bytes / SEGMENT_BYTES) as usize)),
             spool_segments: segs,
             spooled_bytes: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
@@ -107,14 +114,29 @@ struct SpoolRecord {
 /// A closed segment handed to the processor (holds one unit of spool budget). Its file goes
 /// with it, whatever happens to the session.
 struct Segment {
-    path: PathBuf,
+    /// Where its records are.
+    data: SegmentData,
+    /// Its size.
     bytes: u64,
+    /// Spool budget.
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Memory budget, for segments kept in memory.
+    _mem: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A segment's records: in memory while the processor keeps up, on disk when it falls behind.
+enum SegmentData {
+    /// Records in memory.
+    Mem(Vec<u8>),
+    /// Records in a spool file.
+    File(PathBuf),
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let SegmentData::File(p) = &self.data {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -402,12 +424,7 @@ async fn receive_inner(
     tx: mpsc::Sender<Segment>,
     current: &mut Option<PathBuf>,
 ) -> Result<u64, String> {
-    let mut seg: Option<(
-        BufWriter<std::fs::File>,
-        PathBuf,
-        u64,
-        tokio::sync::OwnedSemaphorePermit,
-    )> = None;
+    let mut seg: Option<(Vec<u8>, u64, tokio::sync::OwnedSemaphorePermit)> = None;
     let mut n = 0u32;
     loop {
         let env = tokio::time::timeout(Duration::from_secs(300), r.next())
@@ -451,32 +468,31 @@ async fn receive_inner(
                             .await
                             .map_err(|e| e.to_string())?;
                         n += 1;
-                        let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
-                        let f = std::fs::File::create(&path).map_err(|e| format!("spool: {e}"))?;
-                        *current = Some(path.clone());
-                        seg = Some((BufWriter::with_capacity(1 << 20, f), path, 0, permit));
+                        seg = Some((
+                            Vec::with_capacity(SEGMENT_BYTES as usize + (1 << 20)),
+                            n as u64,
+                            permit,
+                        ));
                     }
-                    if let Some((wtr, _, bytes, _)) = seg.as_mut() {
+                    if let Some((buf, _, _)) = seg.as_mut() {
                         let rec = vault::to_rmp(&SpoolRecord {
                             disk,
                             index: b.index,
                             data: b.data,
                         });
-                        wtr.write_all(&(rec.len() as u32).to_be_bytes())
-                            .and_then(|_| wtr.write_all(&rec))
-                            .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
-                        *bytes += 4 + rec.len() as u64;
-                        repl.ps
-                            .spooled_bytes
-                            .fetch_add(4 + rec.len() as u64, Ordering::Relaxed);
+                        buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+                        buf.extend_from_slice(&rec);
                     }
-                    if seg.as_ref().is_some_and(|s| s.2 >= SEGMENT_BYTES) {
-                        close_segment(repl, seg.take(), &tx).await?;
+                    if seg
+                        .as_ref()
+                        .is_some_and(|s| s.0.len() as u64 >= SEGMENT_BYTES)
+                    {
+                        close_segment(repl, h, seg.take(), &tx, current).await?;
                     }
                 }
             }
             Message::DeltaEnd { sent_blocks } => {
-                close_segment(repl, seg.take(), &tx).await?;
+                close_segment(repl, h, seg.take(), &tx, current).await?;
                 return Ok(sent_blocks);
             }
             other => {
@@ -490,22 +506,31 @@ async fn receive_inner(
 
 async fn close_segment(
     repl: &Repl,
-    seg: Option<(
-        BufWriter<std::fs::File>,
-        PathBuf,
-        u64,
-        tokio::sync::OwnedSemaphorePermit,
-    )>,
+    h: &DeltaHeader,
+    seg: Option<(Vec<u8>, u64, tokio::sync::OwnedSemaphorePermit)>,
     tx: &mpsc::Sender<Segment>,
+    current: &mut Option<PathBuf>,
 ) -> Result<(), String> {
-    let Some((w, path, bytes, permit)) = seg else {
+    let Some((buf, n, permit)) = seg else {
         return Ok(());
     };
-    let f = w
-        .into_inner()
-        .map_err(|e| format!("spool flush failed: {e}"))?;
-    f.sync_data()
-        .map_err(|e| format!("spool sync failed: {e}"))?;
+    let bytes = buf.len() as u64;
+    repl.ps.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    // Kept in memory while the processor keeps up (a few segments), else spilled to the spool
+    // directory. No fsync: a segment matters only to the live session that wrote it (segments of
+    // a crashed process are discarded at start and the mobility node re-sends), so forcing it to
+    // the platter would cost throughput and buy no durability.
+    let (data, mem) = match repl.ps.mem_budget.clone().try_acquire_owned() {
+        Ok(m) => (SegmentData::Mem(buf), Some(m)),
+        Err(_) => {
+            let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
+            *current = Some(path.clone());
+            std::fs::write(&path, &buf)
+                .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
+            *current = None;
+            (SegmentData::File(path), None)
+        }
+    };
     let _ = repl.ps.backlog_since.compare_exchange(
         0,
         crate::seams::now().0,
@@ -513,9 +538,10 @@ async fn close_segment(
         Ordering::Relaxed,
     );
     tx.send(Segment {
-        path,
+        data,
         bytes,
         _permit: permit,
+        _mem: mem,
     })
     .await
     .map_err(|_| "processor stopped".to_string())
@@ -542,20 +568,22 @@ async fn process(
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
             // Keep draining so the receiver never blocks on a dead processor.
-            let _ = std::fs::remove_file(&seg.path);
             continue;
         }
         let v = vault.clone();
-        let path = seg.path.clone();
+        let bytes = seg.bytes;
         let sealed = {
             let pending = pending.clone();
-            tokio::task::spawn_blocking(move || seal_segment(&v, &path, &pending))
-                .await
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || {
+                let r = seal_segment(&v, &seg.data, &pending);
+                drop(seg);
+                r
+            })
+            .await
+            .map_err(|e| e.to_string())?
         };
-        let _ = std::fs::remove_file(&seg.path);
         repl.ps.spooled_bytes.fetch_sub(
-            seg.bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)),
+            bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
         let sealed = match sealed {
@@ -687,11 +715,17 @@ type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64, Option<String>);
 /// this session already holds comes back without a blob (dedup).
 fn seal_segment(
     v: &Vault,
-    path: &std::path::Path,
+    data: &SegmentData,
     pending: &std::sync::RwLock<HashSet<BlockId>>,
 ) -> Result<Vec<Sealed>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("spool read: {e}"))?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
+    let file;
+    let mut r: &[u8] = match data {
+        SegmentData::Mem(b) => b,
+        SegmentData::File(p) => {
+            file = std::fs::read(p).map_err(|e| format!("spool read: {e}"))?;
+            &file
+        }
+    };
     let mut out = Vec::new();
     let mut len = [0u8; 4];
     let mut seen: HashSet<BlockId> = HashSet::new();
