@@ -144,17 +144,21 @@ impl FrameSealer {
         Ok(())
     }
 
-    /// Seals an already-encoded body and appends the records to `out`.
+    /// Seals an already-encoded body and appends the records to `out`. The records cut the
+    /// plaintext `size || body` every [`MAX_RECORD_PLAINTEXT`] bytes; only the first record is
+    /// assembled in a small buffer, the rest are sealed straight from `body`.
     pub fn seal_body(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
         let size = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
             size: body.len(),
             max: MAX_FRAME_BYTES,
         })?;
-        let mut plain = Vec::with_capacity(4 + body.len());
-        plain.extend_from_slice(&size.to_be_bytes());
-        plain.extend_from_slice(body);
-        out.reserve(plain.len() + (plain.len() / MAX_RECORD_PLAINTEXT + 1) * (2 + TAG_LEN));
-        for chunk in plain.chunks(MAX_RECORD_PLAINTEXT) {
+        out.reserve(4 + body.len() + ((4 + body.len()) / MAX_RECORD_PLAINTEXT + 1) * (2 + TAG_LEN));
+        let first = body.len().min(MAX_RECORD_PLAINTEXT - 4);
+        let mut head = Vec::with_capacity(4 + first);
+        head.extend_from_slice(&size.to_be_bytes());
+        head.extend_from_slice(&body[..first]);
+        self.seal_record(&head, out)?;
+        for chunk in body[first..].chunks(MAX_RECORD_PLAINTEXT) {
             self.seal_record(chunk, out)?;
         }
         Ok(())
@@ -198,8 +202,6 @@ pub struct FrameOpener {
     version: u16,
     /// Frame bound (normally [`MAX_FRAME_BYTES`]).
     max_frame: usize,
-    /// Scratch buffer for one record's plaintext.
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for FrameOpener {
@@ -224,7 +226,6 @@ impl FrameOpener {
             frame: Vec::new(),
             version,
             max_frame: MAX_FRAME_BYTES,
-            scratch: vec![0u8; MAX_RECORD],
         })
     }
 
@@ -254,15 +255,18 @@ impl FrameOpener {
     }
 
     /// Returns the next complete envelope, `Ok(None)` if more bytes are needed.
+    ///
+    /// Records are decrypted straight into the frame buffer and the envelope is decoded from
+    /// it in place: one copy of the payload between the network and the message.
     pub fn poll_frame(&mut self) -> Result<Option<Envelope>, FrameError> {
         let mut consumed = 0;
-        let result = loop {
-            if let Some(body) = self.take_body()? {
-                break Ok(Some(body));
+        let result: Result<bool, FrameError> = loop {
+            if self.complete_size().is_some() {
+                break Ok(true);
             }
             let rest = &self.inbuf[consumed..];
             if rest.len() < 2 {
-                break Ok(None);
+                break Ok(false);
             }
             let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
             if len == 0 {
@@ -272,19 +276,25 @@ impl FrameOpener {
                 break Err(FrameError::Auth { seq: self.seq });
             }
             if rest.len() < 2 + len {
-                break Ok(None);
+                break Ok(false);
             }
-            let n = self
-                .cipher
-                .read_message(
-                    nonce(self.stream, self.seq),
-                    &rest[2..2 + len],
-                    &mut self.scratch,
-                )
-                .map_err(|_| FrameError::Auth { seq: self.seq })?;
+            let old = self.frame.len();
+            self.frame.resize(old + len, 0);
+            let opened = self.cipher.read_message(
+                nonce(self.stream, self.seq),
+                &self.inbuf[consumed + 2..consumed + 2 + len],
+                &mut self.frame[old..],
+            );
+            let n = match opened {
+                Ok(n) => n,
+                Err(_) => {
+                    self.frame.truncate(old);
+                    break Err(FrameError::Auth { seq: self.seq });
+                }
+            };
+            self.frame.truncate(old + n);
             self.seq = self.seq.checked_add(1).ok_or(FrameError::NonceExhausted)?;
             consumed += 2 + len;
-            self.frame.extend_from_slice(&self.scratch[..n]);
             if self.frame.len() >= 4 {
                 let size = u32::from_be_bytes([
                     self.frame[0],
@@ -306,34 +316,30 @@ impl FrameOpener {
             }
         };
         self.inbuf.drain(..consumed);
-        match result {
-            Ok(Some(body)) => {
-                let env = decode_body(&body)?;
-                if env.version != self.version {
-                    return Err(FrameError::Version {
-                        got: env.version,
-                        expected: self.version,
-                    });
-                }
-                Ok(Some(env))
-            }
-            other => other.map(|_| None),
+        if !result? {
+            return Ok(None);
         }
+        let size = self.complete_size().unwrap_or(0);
+        let env = decode_body(&self.frame[4..4 + size]);
+        self.frame.clear();
+        let env = env?;
+        if env.version != self.version {
+            return Err(FrameError::Version {
+                got: env.version,
+                expected: self.version,
+            });
+        }
+        Ok(Some(env))
     }
 
-    /// If a whole frame is assembled, removes and returns its body.
-    fn take_body(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+    /// The body size of the frame in the buffer, if it is complete.
+    fn complete_size(&self) -> Option<usize> {
         if self.frame.len() < 4 {
-            return Ok(None);
+            return None;
         }
         let size = u32::from_be_bytes([self.frame[0], self.frame[1], self.frame[2], self.frame[3]])
             as usize;
-        if self.frame.len() < 4 + size {
-            return Ok(None);
-        }
-        let body = self.frame[4..4 + size].to_vec();
-        self.frame.clear();
-        Ok(Some(body))
+        (self.frame.len() >= 4 + size).then_some(size)
     }
 }
 
