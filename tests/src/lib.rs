@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Harness for whole-process tests: real `lifeboat node run` daemons in temporary state
 //! directories (optionally inside Linux network namespaces), driven through the real CLI.
 //!
