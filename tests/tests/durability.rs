@@ -93,8 +93,8 @@ fn a_killed_process_server_loses_nothing_and_its_machines_move_to_another() {
     }
     disk.write(&c1);
     let t1 = now_ms();
-    wait_until("ps1 to hold the big delta in its spool", WAIT, || {
-        nodes[1].json(&["status"])["replication"]["process_server"]["spooled_bytes"]
+    wait_until("ps1 to be uploading the big delta", WAIT, || {
+        nodes[1].json(&["status"])["replication"]["process_server"]["uploading_bytes"]
             .as_u64()
             .unwrap_or(0)
             > 0

@@ -614,6 +614,7 @@ pub fn ps_health(repl: &Repl) -> Value {
         "spooled_bytes": repl.ps.spooled_bytes.load(Relaxed),
         "backlog_age_ms": if since == 0 { 0 } else { crate::seams::now().0.saturating_sub(since) },
         "uploaded_bytes": repl.ps.uploaded_bytes.load(Relaxed),
+        "uploading_bytes": repl.ps.uploading_bytes.load(Relaxed),
         "points_committed": repl.ps.points.load(Relaxed),
         "upload_failures": repl.ps.upload_failures.load(Relaxed),
         "throttle": repl.ps.throttle.lock().ok().and_then(|t| t.clone()),

@@ -65,6 +65,8 @@ pub struct PsState {
     pub backlog_since: AtomicU64,
     /// Upload failures since start (vault outages).
     pub upload_failures: AtomicU64,
+    /// Bytes of packs being uploaded right now.
+    pub uploading_bytes: AtomicU64,
     /// Upload bandwidth policy (persisted in `throttle.json`).
     pub throttle: std::sync::Mutex<Option<lifeboat_actors::replication::Throttle>>,
     /// Token bucket enforcing it.
@@ -92,6 +94,7 @@ impl PsState {
             points: AtomicU64::new(0),
             backlog_since: AtomicU64::new(0),
             upload_failures: AtomicU64::new(0),
+            uploading_bytes: AtomicU64::new(0),
             throttle: std::sync::Mutex::new(super::load(&dir.root.join("throttle.json"))?),
             bucket: tokio::sync::Mutex::new(Default::default()),
         })
@@ -682,6 +685,8 @@ fn spawn_upload(
         let mut pid = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut pid);
         let (id, bytes, idx) = pack.finish(pid);
+        let size = bytes.len() as u64;
+        repl.ps.uploading_bytes.fetch_add(size, Ordering::Relaxed);
         // Bandwidth policy: wait for the bucket before the bytes go out.
         let rate = repl
             .ps
@@ -703,6 +708,7 @@ fn spawn_upload(
             vault.upload_finished(&id, bytes.clone(), idx.clone())
         })
         .await?;
+        repl.ps.uploading_bytes.fetch_sub(size, Ordering::Relaxed);
         repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
         Ok(id)
     })
