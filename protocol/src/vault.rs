@@ -130,6 +130,23 @@ pub fn is_zero_block(data: &[u8]) -> bool {
     strides.remainder().iter().all(|b| *b == 0)
 }
 
+/// True if a block looks like random data (already compressed or encrypted), judged from the
+/// byte histogram of a 4 KiB sample: nearly every byte value present and none frequent. Such
+/// blocks are stored without compression; a wrong guess costs space, never correctness.
+pub fn looks_incompressible(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(4096)];
+    if sample.len() < 1024 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for b in sample {
+        counts[*b as usize] += 1;
+    }
+    let distinct = counts.iter().filter(|c| **c > 0).count();
+    let max = counts.iter().copied().max().unwrap_or(0) as usize;
+    distinct >= 240 && max * 256 <= sample.len() * 3
+}
+
 /// A vault's data key and the keys derived from it.
 #[derive(Clone)]
 pub struct DataKey {
@@ -201,16 +218,31 @@ impl DataKey {
         n
     }
 
-    /// Compresses and seals a block whose id is `id`: `nonce(12) || AES-256-GCM(zstd(block))`.
+    /// Compresses and seals a block whose id is `id`:
+    /// `nonce(12) || AES-256-GCM(mode(1) || payload)`, mode 1 = zstd, 0 = stored as is (data
+    /// that looks random, e.g. already compressed or encrypted, skips the compressor).
     pub fn seal_block(&self, id: &BlockId, data: &[u8], level: i32) -> Vec<u8> {
-        // zstd cannot fail on in-memory input with a valid level; level 1 is the fallback.
-        let compressed = zstd::bulk::compress(data, level)
-            .or_else(|_| zstd::bulk::compress(data, 1))
-            .unwrap_or_else(|_| unreachable!("zstd compression of an in-memory buffer"));
-        let nonce = self.block_nonce(id, &compressed);
-        let mut out = Vec::with_capacity(12 + compressed.len() + 16);
+        let mut plain = Vec::with_capacity(1 + data.len());
+        if looks_incompressible(data) {
+            plain.push(0);
+            plain.extend_from_slice(data);
+        } else {
+            // zstd cannot fail on in-memory input with a valid level; level 1 is the fallback.
+            let compressed = zstd::bulk::compress(data, level)
+                .or_else(|_| zstd::bulk::compress(data, 1))
+                .unwrap_or_else(|_| unreachable!("zstd compression of an in-memory buffer"));
+            if compressed.len() < data.len() {
+                plain.push(1);
+                plain.extend_from_slice(&compressed);
+            } else {
+                plain.push(0);
+                plain.extend_from_slice(data);
+            }
+        }
+        let nonce = self.block_nonce(id, &plain);
+        let mut out = Vec::with_capacity(12 + plain.len() + 16);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&compressed);
+        out.extend_from_slice(&plain);
         let tag = self
             .aead
             .key()
@@ -246,8 +278,17 @@ impl DataKey {
                 &mut buf,
             )
             .map_err(|_| FormatError::Auth)?;
-        let data = zstd::bulk::decompress(plain, max_len)
-            .map_err(|e| FormatError::Decompress(e.to_string()))?;
+        let data = match plain.split_first() {
+            Some((0, raw)) if raw.len() <= max_len => raw.to_vec(),
+            Some((1, z)) => zstd::bulk::decompress(z, max_len)
+                .map_err(|e| FormatError::Decompress(e.to_string()))?,
+            _ => {
+                return Err(FormatError::Malformed {
+                    what: "block",
+                    msg: "unknown mode or oversized block".into(),
+                })
+            }
+        };
         let got = self.block_id(&data);
         if got != *id {
             return Err(FormatError::IdMismatch {
@@ -655,9 +696,11 @@ mod tests {
     #[test]
     fn two_compressions_of_one_block_never_share_a_nonce() {
         let k = key();
-        let data: Vec<u8> = (0..65536u32)
-            .map(|i| (i % 251) as u8 ^ (i / 4096) as u8)
+        let data: Vec<u8> = (0..6000u32)
+            .flat_map(|i| format!("{i} lifeboat {} ", i * 7 % 13).into_bytes())
+            .take(65536)
             .collect();
+        assert!(!looks_incompressible(&data));
         let id = k.block_id(&data);
         let a = k.seal_block(&id, &data, 1);
         let b = k.seal_block(&id, &data, 19);
@@ -674,6 +717,36 @@ mod tests {
         );
         assert_eq!(k.open_block(&id, &a, 65536).unwrap(), data);
         assert_eq!(k.open_block(&id, &b, 65536).unwrap(), data);
+    }
+
+    #[test]
+    fn random_blocks_skip_the_compressor_and_text_does_not() {
+        let mut x = 88172645463325252u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(looks_incompressible(&random));
+        let text: Vec<u8> = b"lifeboat replica vault point "
+            .iter()
+            .copied()
+            .cycle()
+            .take(65536)
+            .collect();
+        assert!(!looks_incompressible(&text));
+        assert!(!looks_incompressible(&[0u8; 65536]));
+        let k = key();
+        for d in [&random, &text] {
+            let id = k.block_id(d);
+            assert_eq!(
+                &k.open_block(&id, &k.seal_block(&id, d, 1), 65536).unwrap(),
+                d
+            );
+        }
     }
 
     #[test]
