@@ -363,6 +363,21 @@ async fn read_record(
     }
 }
 
+/// Closes a connection whose handshake failed, telling the peer why (refused or failed).
+fn close_on_failure(
+    conn: &quinn::Connection,
+    r: Result<SecureConn, TransportError>,
+) -> Result<SecureConn, TransportError> {
+    if let Err(e) = &r {
+        let code = match e {
+            TransportError::Refused(_) => close::REFUSED,
+            _ => close::HANDSHAKE,
+        };
+        conn.close(code, e.to_string().as_bytes());
+    }
+    r
+}
+
 /// Dials `addr` and runs the handshake as initiator with `psk`.
 pub async fn connect(
     ep: &quinn::Endpoint,
@@ -381,15 +396,10 @@ pub async fn connect(
                 msg: e.to_string(),
             })?
             .await?;
-        let r = initiate(conn.clone(), local, psk, expect, admission, seed).await;
-        if let Err(e) = &r {
-            let code = match e {
-                TransportError::Refused(_) => close::REFUSED,
-                _ => close::HANDSHAKE,
-            };
-            conn.close(code, e.to_string().as_bytes());
-        }
-        r
+        close_on_failure(
+            &conn,
+            initiate(conn.clone(), local, psk, expect, admission, seed).await,
+        )
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await
@@ -504,15 +514,7 @@ pub async fn accept(
 ) -> Result<SecureConn, TransportError> {
     let fut = async {
         let conn = incoming.await?;
-        let r = respond(conn.clone(), local, admission, seed).await;
-        if let Err(e) = &r {
-            let code = match e {
-                TransportError::Refused(_) => close::REFUSED,
-                _ => close::HANDSHAKE,
-            };
-            conn.close(code, e.to_string().as_bytes());
-        }
-        r
+        close_on_failure(&conn, respond(conn.clone(), local, admission, seed).await)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
         .await

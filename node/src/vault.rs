@@ -127,39 +127,48 @@ pub fn store_from_url(
         })?;
         return Ok(Arc::new(fs));
     }
-    if let Some(container) = url
+    let built = if let Some(container) = url
         .strip_prefix("az://")
         .or_else(|| url.strip_prefix("azure://"))
     {
-        let mut b =
+        let b =
             object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
-        for (k, v) in options {
-            if let Ok(key) = k.parse::<object_store::azure::AzureConfigKey>() {
-                b = b.with_config(key, v);
-            }
+        let b = configured(
+            b,
+            options,
+            |b, k: object_store::azure::AzureConfigKey, v| b.with_config(k, v),
+        );
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    } else if let Some(bucket) = url.strip_prefix("s3://") {
+        let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let b = configured(
+            b,
+            options,
+            |b, k: object_store::aws::AmazonS3ConfigKey, v| b.with_config(k, v),
+        );
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    } else {
+        return Err(VaultError::Url(url.into()));
+    };
+    built.map_err(|e| VaultError::Store {
+        op: "open",
+        key: url.into(),
+        source: e,
+    })
+}
+
+/// Applies the options whose keys the store's builder knows (others belong to other stores).
+fn configured<B, K: std::str::FromStr>(
+    mut b: B,
+    options: &BTreeMap<String, String>,
+    set: impl Fn(B, K, &String) -> B,
+) -> B {
+    for (k, v) in options {
+        if let Ok(key) = k.parse::<K>() {
+            b = set(b, key, v);
         }
-        let s = b.build().map_err(|e| VaultError::Store {
-            op: "open",
-            key: url.into(),
-            source: e,
-        })?;
-        return Ok(Arc::new(s));
     }
-    if let Some(bucket) = url.strip_prefix("s3://") {
-        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        for (k, v) in options {
-            if let Ok(key) = k.parse::<object_store::aws::AmazonS3ConfigKey>() {
-                b = b.with_config(key, v);
-            }
-        }
-        let s = b.build().map_err(|e| VaultError::Store {
-            op: "open",
-            key: url.into(),
-            source: e,
-        })?;
-        return Ok(Arc::new(s));
-    }
-    Err(VaultError::Url(url.into()))
+    b
 }
 
 /// Where a block lives.
