@@ -682,6 +682,11 @@ async fn cycle(
     }
     frozen.thaw();
     drop(views);
+    tracing::debug!(
+        sent,
+        elapsed_ms = crate::seams::now().millis_since(captured),
+        "delta sent"
+    );
     w.send(Message::DeltaEnd { sent_blocks: sent })
         .await
         .map_err(|e| e.to_string())?;

@@ -129,8 +129,8 @@ struct Segment {
 
 /// A segment's records: in memory while the processor keeps up, on disk when it falls behind.
 enum SegmentData {
-    /// Records in memory.
-    Mem(Vec<u8>),
+    /// Records in memory, as received (no serialization on the fast path).
+    Mem(Vec<SpoolRecord>),
     /// Records in a spool file.
     File(PathBuf),
 }
@@ -234,7 +234,9 @@ async fn receive_and_commit(
             Ok::<_, String>((base, out))
         })
     };
+    let t0 = std::time::Instant::now();
     let received = receive(repl, &header, &mut r, seg_tx).await;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stream received");
     let processed = processor
         .await
         .map_err(|e| format!("processor failed: {e}"))?;
@@ -259,6 +261,7 @@ async fn receive_and_commit(
         touched,
     } = out;
 
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "segments processed");
     // Manifest chunks: unchanged chunks are the base's, shared.
     let mut disks = Vec::new();
     for (i, d) in header.disks.iter().enumerate() {
@@ -427,7 +430,12 @@ async fn receive_inner(
     tx: mpsc::Sender<Segment>,
     current: &mut Option<PathBuf>,
 ) -> Result<u64, String> {
-    let mut seg: Option<(Vec<u8>, u64, tokio::sync::OwnedSemaphorePermit)> = None;
+    let mut seg: Option<(
+        Vec<SpoolRecord>,
+        u64,
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+    )> = None;
     let mut n = 0u32;
     loop {
         let env = tokio::time::timeout(Duration::from_secs(300), r.next())
@@ -471,25 +479,17 @@ async fn receive_inner(
                             .await
                             .map_err(|e| e.to_string())?;
                         n += 1;
-                        seg = Some((
-                            Vec::with_capacity(SEGMENT_BYTES as usize + (1 << 20)),
-                            n as u64,
-                            permit,
-                        ));
+                        seg = Some((Vec::new(), 0, n as u64, permit));
                     }
-                    if let Some((buf, _, _)) = seg.as_mut() {
-                        let rec = vault::to_rmp(&SpoolRecord {
+                    if let Some((recs, bytes, _, _)) = seg.as_mut() {
+                        *bytes += 16 + b.data.as_ref().map_or(0, |d| d.len() as u64);
+                        recs.push(SpoolRecord {
                             disk,
                             index: b.index,
                             data: b.data,
                         });
-                        buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-                        buf.extend_from_slice(&rec);
                     }
-                    if seg
-                        .as_ref()
-                        .is_some_and(|s| s.0.len() as u64 >= SEGMENT_BYTES)
-                    {
+                    if seg.as_ref().is_some_and(|s| s.1 >= SEGMENT_BYTES) {
                         close_segment(repl, h, seg.take(), &tx, current).await?;
                     }
                 }
@@ -510,24 +510,34 @@ async fn receive_inner(
 async fn close_segment(
     repl: &Repl,
     h: &DeltaHeader,
-    seg: Option<(Vec<u8>, u64, tokio::sync::OwnedSemaphorePermit)>,
+    seg: Option<(
+        Vec<SpoolRecord>,
+        u64,
+        u64,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
     tx: &mpsc::Sender<Segment>,
     current: &mut Option<PathBuf>,
 ) -> Result<(), String> {
-    let Some((buf, n, permit)) = seg else {
+    let Some((recs, bytes, n, permit)) = seg else {
         return Ok(());
     };
-    let bytes = buf.len() as u64;
     repl.ps.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
     // Kept in memory while the processor keeps up (a few segments), else spilled to the spool
     // directory. No fsync: a segment matters only to the live session that wrote it (segments of
     // a crashed process are discarded at start and the mobility node re-sends), so forcing it to
     // the platter would cost throughput and buy no durability.
     let (data, mem) = match repl.ps.mem_budget.clone().try_acquire_owned() {
-        Ok(m) => (SegmentData::Mem(buf), Some(m)),
+        Ok(m) => (SegmentData::Mem(recs), Some(m)),
         Err(_) => {
             let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
             *current = Some(path.clone());
+            let mut buf = Vec::with_capacity(bytes as usize);
+            for r in &recs {
+                let rec = vault::to_rmp(r);
+                buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&rec);
+            }
             std::fs::write(&path, &buf)
                 .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
             *current = None;
@@ -724,49 +734,47 @@ fn seal_segment(
     data: &SegmentData,
     pending: &std::sync::RwLock<HashSet<BlockId>>,
 ) -> Result<Vec<Sealed>, String> {
-    let file;
-    let mut r: &[u8] = match data {
-        SegmentData::Mem(b) => b,
-        SegmentData::File(p) => {
-            file = std::fs::read(p).map_err(|e| format!("spool read: {e}"))?;
-            &file
+    let mut out = Vec::new();
+    let mut seen: HashSet<BlockId> = HashSet::new();
+    let mut one = |disk: u16, index: u64, data: Option<&[u8]>| match data {
+        None => out.push((disk, index, BlockId::ZERO, None, 0, None)),
+        Some(data) if vault::is_zero_block(data) => {
+            out.push((disk, index, BlockId::ZERO, None, data.len() as u64, None))
+        }
+        Some(data) => {
+            let id = v.key().block_id(data);
+            let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
+            let known = in_vault.is_some()
+                || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
+                || !seen.insert(id);
+            let blob = (!known).then(|| v.key().seal_block(&id, data, ZSTD_LEVEL));
+            out.push((disk, index, id, blob, data.len() as u64, in_vault));
         }
     };
-    let mut out = Vec::new();
-    let mut len = [0u8; 4];
-    let mut seen: HashSet<BlockId> = HashSet::new();
-    loop {
-        match r.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(format!("spool read: {e}")),
+    match data {
+        SegmentData::Mem(recs) => {
+            for r in recs {
+                one(r.disk, r.index, r.data.as_deref().map(|d| &d[..]));
+            }
         }
-        let n = u32::from_be_bytes(len) as usize;
-        if n > 2 * MAX_BLOCK_SIZE as usize {
-            return Err("spool record too large".into());
-        }
-        let mut buf = vec![0u8; n];
-        r.read_exact(&mut buf)
-            .map_err(|e| format!("spool read: {e}"))?;
-        let rec: SpoolRecord = vault::from_rmp("spool record", &buf).map_err(|e| e.to_string())?;
-        match rec.data {
-            None => out.push((rec.disk, rec.index, BlockId::ZERO, None, 0, None)),
-            Some(data) if vault::is_zero_block(&data) => out.push((
-                rec.disk,
-                rec.index,
-                BlockId::ZERO,
-                None,
-                data.len() as u64,
-                None,
-            )),
-            Some(data) => {
-                let id = v.key().block_id(&data);
-                let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
-                let known = in_vault.is_some()
-                    || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
-                    || !seen.insert(id);
-                let blob = (!known).then(|| v.key().seal_block(&id, &data, ZSTD_LEVEL));
-                out.push((rec.disk, rec.index, id, blob, data.len() as u64, in_vault));
+        SegmentData::File(p) => {
+            let file = std::fs::read(p).map_err(|e| format!("spool read: {e}"))?;
+            let mut r: &[u8] = &file;
+            let mut len = [0u8; 4];
+            loop {
+                match r.read_exact(&mut len) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(format!("spool read: {e}")),
+                }
+                let n = u32::from_be_bytes(len) as usize;
+                if n > 2 * MAX_BLOCK_SIZE as usize || n > r.len() {
+                    return Err("spool record damaged".into());
+                }
+                let rec: SpoolRecord =
+                    vault::from_rmp("spool record", &r[..n]).map_err(|e| e.to_string())?;
+                r = &r[n..];
+                one(rec.disk, rec.index, rec.data.as_deref().map(|d| &d[..]));
             }
         }
     }
