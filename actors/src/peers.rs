@@ -194,12 +194,31 @@ impl PeerTable {
         }
     }
 
-    fn entry(&mut self, now: UnixMillis, id: NodeId) -> Option<&mut PeerEntry> {
+    /// The entry of `id`, created if needed. mDNS is unauthenticated, so entries known only
+    /// from it are capped at half the table and are evicted (oldest first) to make room for
+    /// peers learned from the membership list or an authenticated connection.
+    fn entry(&mut self, now: UnixMillis, id: NodeId, trusted: bool) -> Option<&mut PeerEntry> {
         if id == self.local {
             return None;
         }
-        if !self.peers.contains_key(&id) && self.peers.len() >= MAX_PEERS {
-            return None;
+        if !self.peers.contains_key(&id) {
+            let mdns_only = |e: &PeerEntry| !e.member && !e.connected && e.last_contact.is_none();
+            let untrusted = self.peers.values().filter(|e| mdns_only(e)).count();
+            if !trusted && untrusted >= MAX_PEERS / 2 {
+                return None;
+            }
+            if self.peers.len() >= MAX_PEERS {
+                if !trusted {
+                    return None;
+                }
+                let victim = self
+                    .peers
+                    .values()
+                    .filter(|e| mdns_only(e))
+                    .min_by_key(|e| e.last_seen)
+                    .map(|e| e.node_id)?;
+                self.peers.remove(&victim);
+            }
         }
         Some(self.peers.entry(id).or_insert_with(|| PeerEntry {
             node_id: id,
@@ -234,7 +253,7 @@ impl PeerTable {
         roles: &[Role],
         addrs: &[SocketAddr],
     ) {
-        if let Some(e) = self.entry(now, id) {
+        if let Some(e) = self.entry(now, id, false) {
             e.sources.insert(Source::Mdns);
             e.last_seen = now;
             if e.last_contact.is_none() || !e.connected {
@@ -252,13 +271,15 @@ impl PeerTable {
             e.member = ids.contains(&e.node_id);
         }
         for m in members {
-            if let Some(e) = self.entry(now, m.node_id()) {
+            if let Some(e) = self.entry(now, m.node_id(), true) {
                 e.member = true;
                 e.sources.insert(Source::Membership);
                 if e.name.is_empty() {
                     e.name = m.name.clone();
                 }
-                Self::add_addrs(e, m.addrs.iter().copied());
+                // Addresses from the (authenticated) membership list always get in, whatever
+                // unauthenticated discovery filled the slots with.
+                e.addrs.extend(m.addrs.iter().copied().take(MAX_ADDRS));
             }
         }
     }
@@ -286,7 +307,7 @@ impl PeerTable {
             SocketAddr::new(addr.ip(), listen_port)
         };
         let is_static = self.cfg.static_peers.contains(&reach);
-        let Some(e) = self.entry(now, id) else {
+        let Some(e) = self.entry(now, id, true) else {
             return;
         };
         e.connected = true;
@@ -339,7 +360,7 @@ impl PeerTable {
 
     /// A heartbeat arrived from `id`.
     pub fn handle_heartbeat(&mut self, now: UnixMillis, id: NodeId, name: &str, roles: &[Role]) {
-        if let Some(e) = self.entry(now, id) {
+        if let Some(e) = self.entry(now, id, true) {
             // Contact, not connection state: only connect/disconnect events change `connected`.
             e.last_contact = Some(now);
             e.last_seen = now;
@@ -460,6 +481,30 @@ mod tests {
 
     fn addr(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn discovery_spam_cannot_crowd_out_members() {
+        let mut t = PeerTable::new(id(1), PeerTableConfig::default(), 1);
+        for i in 0..(MAX_PEERS as u32 + 10) {
+            let mut b = [0u8; 10];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            t.handle_discovered(UnixMillis(i as u64), NodeId(b), "spam", &[], &[addr(1)]);
+        }
+        assert_eq!(
+            t.entries().count(),
+            MAX_PEERS / 2,
+            "mDNS-only entries are capped"
+        );
+        let m = Member {
+            public_key: StaticKeypair::generate([9; 32]).public,
+            name: "real".into(),
+            addrs: vec![addr(9)],
+            joined: UnixMillis(0),
+        };
+        t.handle_members(UnixMillis(1), &[m.clone()]);
+        let e = t.get(&m.node_id()).expect("the member gets in");
+        assert!(e.addrs.contains(&addr(9)));
     }
 
     #[test]

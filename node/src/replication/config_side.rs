@@ -527,8 +527,13 @@ pub async fn tick(repl: &Repl) {
         due
     };
     if gc_due {
-        if let Err(e) = gc(repl, GC_GRACE_MS).await {
-            tracing::warn!(cause = %e, "periodic garbage collection failed");
+        // On its own task: a long collection must not hold up grants, retention or alerts.
+        if let Some(me) = repl.me.lock().ok().and_then(|m| m.upgrade()) {
+            tokio::spawn(async move {
+                if let Err(e) = gc(&me, GC_GRACE_MS).await {
+                    tracing::warn!(cause = %e, "periodic garbage collection failed");
+                }
+            });
         }
     }
     let prots = guard(&repl.cfg.protections).clone();
