@@ -46,6 +46,9 @@ with open(path, "wb") as f:
             f.write((line * (65536 // len(line) + 1))[:65536])
 PY
 
+# The peers start from the same pre-change image.
+cp --sparse=never "$W/disk.img" "$W/before.img"
+
 start_node() { # name [peer]
   "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
   sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
@@ -106,24 +109,6 @@ cmp -s "$W/restored/disk.img" "$W/after.img" || { echo "bench: restored image di
 
 # Peers, on the same data.
 kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
-python3 - "$W/disk.img" "$W/before.img" "$MIB" <<'PY'
-# Rebuild the pre-change image for the peers (same generator and seed).
-import os, sys, random
-src, path, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
-# Cheaper: undo is impossible (random writes); regenerate from the seeds instead.
-rnd = random.Random(42)
-words = [b"lifeboat", b"replica", b"vault", b"point", b"block", b"delta", b"mesh", b"noise"]
-with open(path, "wb") as f:
-    for i in range(mib * 16):
-        r = rnd.random()
-        if r < 0.4:
-            f.write(os.urandom(65536))
-        elif r < 0.8:
-            f.write(bytes(65536))
-        else:
-            line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
-            f.write((line * (65536 // len(line) + 1))[:65536])
-PY
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY="$W/restic"
 restic init -q >/dev/null
 cp --sparse=never "$W/before.img" "$W/img"

@@ -922,51 +922,10 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             })
             .await?
         }
-        Request::PolicyList => Ok(
-            serde_json::to_value(crate::replication::config_side::policies(&ctx.repl))
-                .unwrap_or_default(),
-        ),
         Request::PolicyDelete { name } => {
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
                 crate::replication::config_side::policy_delete(&repl, &name).await
-            })
-            .await?
-        }
-        Request::Protect {
-            machine,
-            disks,
-            policy,
-            process_server,
-            hooks,
-            block_size,
-        } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::protect(
-                    &repl,
-                    &machine,
-                    disks,
-                    policy,
-                    process_server,
-                    hooks,
-                    block_size,
-                )
-                .await
-            })
-            .await?
-        }
-        Request::Unprotect { machine } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::unprotect(&repl, &machine).await
-            })
-            .await?
-        }
-        Request::Points { machine } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::points(&repl, &machine).await
             })
             .await?
         }
@@ -983,13 +942,12 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             hours,
             clear,
         } => crate::replication::config_side::throttle(&ctx.repl, work, off, hours, clear),
-        Request::ReplStatus { machine } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::status(&repl, machine).await
-            })
-            .await?
-        }
+        // The commands a member may also forward here: one implementation for both paths.
+        r @ (Request::Protect { .. }
+        | Request::Unprotect { .. }
+        | Request::Points { .. }
+        | Request::ReplStatus { .. }
+        | Request::PolicyList) => on_quic(ctx, replication_admin(ctx.repl.clone(), r)).await?,
         Request::Shutdown => {
             let _ = ctx.stop.try_send(());
             Ok(json!({ "stopping": true }))

@@ -188,14 +188,17 @@ impl Net {
         connect_mesh(self.inner.clone(), addr, expect).await
     }
 
-    /// Sends a request to a connected peer and waits for the reply.
-    pub async fn request(&self, to: NodeId, msg: Message) -> Result<Message, TransportError> {
-        let conn = self
-            .inner
+    fn conn(&self, to: NodeId) -> Result<Arc<SecureConn>, TransportError> {
+        self.inner
             .conns
             .get(&to)
             .map(|s| s.conn.clone())
-            .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))?;
+            .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))
+    }
+
+    /// Sends a request to a connected peer and waits for the reply.
+    pub async fn request(&self, to: NodeId, msg: Message) -> Result<Message, TransportError> {
+        let conn = self.conn(to)?;
         conn.request(msg, REQUEST_TIMEOUT).await
     }
 
@@ -204,12 +207,7 @@ impl Net {
         &self,
         to: NodeId,
     ) -> Result<(transport::FrameWriter, transport::FrameReader), TransportError> {
-        let conn = self
-            .inner
-            .conns
-            .get(&to)
-            .map(|s| s.conn.clone())
-            .ok_or_else(|| TransportError::Protocol(format!("no connection to {to}")))?;
+        let conn = self.conn(to)?;
         conn.open_bi().await
     }
 

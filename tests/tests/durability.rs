@@ -23,6 +23,22 @@ fn fast_policy(cfg: &Node, rpo: &str) {
     ]);
 }
 
+/// A configuration node with a local vault and the `fast` policy, a process server, and a
+/// mobility node `web`.
+fn web_site() -> (Vec<Node>, tempfile::TempDir) {
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    nodes[0].ok(&["vault", "create", "v1"]);
+    fast_policy(&nodes[0], "10m");
+    (nodes, tempfile::tempdir().unwrap())
+}
+
 /// A 32 MiB disk: big enough that a rewrite of half of it takes a while to upload.
 fn big_disk(seed: u64) -> Vec<u8> {
     (0..512u64)
@@ -136,17 +152,7 @@ fn a_killed_process_server_loses_nothing_and_its_machines_move_to_another() {
 
 #[test]
 fn a_killed_mobility_node_resumes_without_a_full_resync() {
-    let mut nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
-    let work = tempfile::tempdir().unwrap();
-    nodes[0].ok(&["vault", "create", "v1"]);
-    fast_policy(&nodes[0], "10m");
+    let (mut nodes, work) = web_site();
     let c0 = big_disk(2);
     let disk = Disk::new(&work.path().join("web"), &c0);
     let t0 = now_ms();
@@ -264,17 +270,7 @@ fn a_vault_outage_is_absorbed_alerted_and_caught_up() {
 
 #[test]
 fn retention_thins_old_points_and_the_newest_still_restores() {
-    let mut nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
-    let work = tempfile::tempdir().unwrap();
-    nodes[0].ok(&["vault", "create", "v1"]);
-    fast_policy(&nodes[0], "10m");
+    let (mut nodes, work) = web_site();
     let c0 = big_disk(4);
     let disk = Disk::new(&work.path().join("web"), &c0);
     let t0 = now_ms();
@@ -327,17 +323,7 @@ fn dir_bytes(d: &std::path::Path) -> u64 {
 
 #[test]
 fn garbage_collection_frees_unreferenced_blocks_while_replication_runs() {
-    let mut nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
-    let work = tempfile::tempdir().unwrap();
-    nodes[0].ok(&["vault", "create", "v1"]);
-    fast_policy(&nodes[0], "10m");
+    let (mut nodes, work) = web_site();
     let mut content = big_disk(5);
     let disk = std::sync::Arc::new(Disk::new(&work.path().join("web"), &content));
     let t0 = now_ms();
@@ -415,18 +401,8 @@ fn garbage_collection_frees_unreferenced_blocks_while_replication_runs() {
 
 #[test]
 fn initial_replication_reports_progress_and_pending_bytes() {
-    let nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
+    let (nodes, work) = web_site();
     let cfg = &nodes[0];
-    let work = tempfile::tempdir().unwrap();
-    cfg.ok(&["vault", "create", "v1"]);
-    fast_policy(cfg, "10m");
     // A slow link to the vault (40 Mbit/s) makes the initial copy of ~21 MiB take seconds.
     nodes[1].ok(&["throttle", "--bandwidth-limit", "40Mbit"]);
     let disk = Disk::new(&work.path().join("web"), &big_disk(6));
