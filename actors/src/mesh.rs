@@ -38,6 +38,9 @@ pub enum MeshError {
     /// Only the mesh's configuration node may do this.
     #[error("only a configuration node that administers the mesh can do this")]
     NotAuthority,
+    /// The change could not be saved; nothing was changed.
+    #[error("could not save the mesh state ({0}); nothing was changed, fix the state directory and retry")]
+    Persist(String),
 }
 
 /// Mesh state of one node.

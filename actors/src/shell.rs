@@ -326,7 +326,7 @@ impl Handler<CreateMesh> for MeshActor {
         let now = self.clock.now();
         let seed = self.rng.seed32();
         let id = self.mesh.create(now, seed, &msg.name, msg.addrs)?.mesh_id;
-        self.commit(before).map_err(|_| MeshError::NoMesh)?;
+        self.commit(before).map_err(MeshError::Persist)?;
         Ok(id)
     }
 }
@@ -338,7 +338,7 @@ impl Handler<IssueKey> for MeshActor {
         let now = self.clock.now();
         let seed = self.rng.seed32();
         let key = self.mesh.issue_key(now, msg.validity_ms, seed, msg.addrs)?;
-        self.commit(before).map_err(|_| MeshError::NoMesh)?;
+        self.commit(before).map_err(MeshError::Persist)?;
         Ok(key)
     }
 }
@@ -370,7 +370,7 @@ impl Handler<Register> for MeshActor {
                 .handle_register(now, &m.key_id, m.joiner, &m.name, m.addrs, m.joiner_now)?;
         if self.commit(before).is_err() {
             // Nothing was persisted, so nothing is granted.
-            return Err(RegisterRefusal::UnknownKey);
+            return Err(RegisterRefusal::Unavailable);
         }
         tracing::info!(node = %m.joiner.node_id(), name = %m.name, "node registered");
         Ok(grant)
@@ -382,7 +382,7 @@ impl Handler<Join> for MeshActor {
     fn handle(&mut self, m: Join, _: &mut Context<Self>) -> Self::Result {
         let before = self.mesh.clone();
         self.mesh.join(m.grant, m.authority)?;
-        self.commit(before).map_err(|_| MeshError::NoMesh)
+        self.commit(before).map_err(MeshError::Persist)
     }
 }
 

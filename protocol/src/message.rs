@@ -129,6 +129,8 @@ pub enum RegisterRefusal {
     AlreadyUsed,
     /// The key is not one this configuration node issued (or the mesh was recreated).
     UnknownKey,
+    /// The configuration node could not record the registration (its disk); nothing changed.
+    Unavailable,
     /// The two clocks differ by more than the allowed skew.
     ClockSkew {
         /// Joining node's clock minus the configuration node's clock, in milliseconds.
@@ -152,6 +154,9 @@ impl fmt::Display for RegisterRefusal {
             ),
             RegisterRefusal::UnknownKey => f.write_str(
                 "registration key is unknown to the configuration node (was the mesh recreated?); issue a new one with `lifeboat key issue`",
+            ),
+            RegisterRefusal::Unavailable => f.write_str(
+                "the configuration node could not record the registration (see its log); the key is still valid, retry later",
             ),
             RegisterRefusal::ClockSkew { skew_ms, max_ms } => write!(
                 f,
