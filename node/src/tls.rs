@@ -120,6 +120,10 @@ pub struct Tuning {
     pub max_bidi: u32,
     /// Concurrent unidirectional streams a peer may open.
     pub max_uni: u32,
+    /// Largest UDP payload path MTU discovery searches for. Paths that carry it (jumbo-frame
+    /// LANs, loopback, virtual switches) move several times fewer packets per byte; standard
+    /// 1500-byte paths lose the probes and settle near 1452, quinn's default bound.
+    pub max_udp_payload: u16,
 }
 
 impl Default for Tuning {
@@ -131,6 +135,7 @@ impl Default for Tuning {
             conn_window: 32 << 20,
             max_bidi: 16,
             max_uni: 4,
+            max_udp_payload: 16384,
         }
     }
 }
@@ -144,6 +149,9 @@ fn transport_config(t: &Tuning) -> Arc<quinn::TransportConfig> {
         .send_window(t.conn_window as u64)
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_bidi))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(t.max_uni));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(t.max_udp_payload);
+    c.mtu_discovery_config(Some(mtu));
     Arc::new(c)
 }
 

@@ -166,10 +166,8 @@ impl std::fmt::Debug for SecureConn {
 pub struct FrameWriter {
     /// The stream.
     send: quinn::SendStream,
-    /// Sealer for its direction.
-    sealer: FrameSealer,
-    /// Reused output buffer.
-    buf: Vec<u8>,
+    /// Sealer for its direction (`None` while lent out, see [`FrameWriter::lend_sealer`]).
+    sealer: Option<FrameSealer>,
 }
 
 impl FrameWriter {
@@ -180,10 +178,35 @@ impl FrameWriter {
 
     /// Seals and writes one envelope.
     pub async fn send_envelope(&mut self, env: &Envelope) -> Result<(), TransportError> {
-        self.buf.clear();
-        self.sealer.seal(env, &mut self.buf)?;
+        let mut out = Vec::new();
+        self.sealer_mut()?.seal(env, &mut out)?;
+        self.write_sealed(out).await
+    }
+
+    fn sealer_mut(&mut self) -> Result<&mut FrameSealer, TransportError> {
+        self.sealer
+            .as_mut()
+            .ok_or_else(|| TransportError::Stream("the stream's sealer is lent out".into()))
+    }
+
+    /// Lends the sealer out, so a producer thread can seal frames itself (in order) and hand
+    /// them to [`FrameWriter::write_sealed`]; give it back with [`FrameWriter::return_sealer`].
+    /// Until then [`FrameWriter::send`] fails.
+    pub fn lend_sealer(&mut self) -> Result<FrameSealer, TransportError> {
+        self.sealer
+            .take()
+            .ok_or_else(|| TransportError::Stream("the stream's sealer is lent out".into()))
+    }
+
+    /// Gives a lent sealer back.
+    pub fn return_sealer(&mut self, sealer: FrameSealer) {
+        self.sealer = Some(sealer);
+    }
+
+    /// Writes records sealed by this stream's sealer (handed over without a copy).
+    pub async fn write_sealed(&mut self, sealed: Vec<u8>) -> Result<(), TransportError> {
         self.send
-            .write_all(&self.buf)
+            .write_chunk(bytes::Bytes::from(sealed))
             .await
             .map_err(|e| TransportError::Stream(e.to_string()))
     }
@@ -199,14 +222,14 @@ impl FrameWriter {
     /// Seals `env` into bytes without sending (tests tamper with them).
     pub fn seal_to_vec(&mut self, env: &Envelope) -> Result<Vec<u8>, TransportError> {
         let mut out = Vec::new();
-        self.sealer.seal(env, &mut out)?;
+        self.sealer_mut()?.seal(env, &mut out)?;
         Ok(out)
     }
 
     /// Seals raw frame plaintext without sending (tests forge hostile frames).
     pub fn seal_plaintext_to_vec(&mut self, plain: &[u8]) -> Result<Vec<u8>, TransportError> {
         let mut out = Vec::new();
-        self.sealer.seal_plaintext(plain, &mut out)?;
+        self.sealer_mut()?.seal_plaintext(plain, &mut out)?;
         Ok(out)
     }
 
@@ -238,13 +261,15 @@ impl FrameReader {
                 self.opener.finish()?;
                 return Ok(None);
             }
+            // Many received packets per call: each call takes the connection's lock once.
+            let mut chunks: [bytes::Bytes; 64] = std::array::from_fn(|_| bytes::Bytes::new());
             match self
                 .recv
-                .read_chunk(64 * 1024, true)
+                .read_chunks(&mut chunks)
                 .await
                 .map_err(|e| TransportError::Stream(e.to_string()))?
             {
-                Some(chunk) => self.opener.push(&chunk.bytes),
+                Some(n) => chunks[..n].iter().for_each(|c| self.opener.push(c)),
                 None => self.done = true,
             }
         }
@@ -264,8 +289,7 @@ impl SecureConn {
         let idx = u64::from(send.id());
         Ok(FrameWriter {
             send,
-            sealer: FrameSealer::new(self.keys.clone(), idx)?,
-            buf: Vec::new(),
+            sealer: Some(FrameSealer::new(self.keys.clone(), idx)?),
         })
     }
 

@@ -315,6 +315,12 @@ pub struct DeltaBlock {
     /// Content; `None` for an all-zero block.
     #[cfg_attr(test, proptest(strategy = "arb_block_data()"))]
     pub data: Option<serde_bytes::ByteBuf>,
+    /// `data` is a zstd frame of the block (the mobility node compresses blocks that do not
+    /// look random, so they cross the network once, small). The process server decompresses
+    /// it, bounded by the block size, to compute the block's id: the id is always of the
+    /// plaintext.
+    #[serde(default)]
+    pub zstd: bool,
 }
 
 /// A committed point, as reported to the mobility and configuration nodes.

@@ -147,6 +147,60 @@ pub fn looks_incompressible(data: &[u8]) -> bool {
     distinct >= 240 && max * 256 <= sample.len() * 3
 }
 
+/// Block encoding mode: stored as is.
+pub const MODE_RAW: u8 = 0;
+/// Block encoding mode: zstd frame.
+pub const MODE_ZSTD: u8 = 1;
+
+thread_local! {
+    /// One zstd context per thread and level: creating a context per block costs more than
+    /// compressing a 64 KiB block of text.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Encodes a block for storage or the wire: `(MODE_ZSTD, zstd(data))` at `level`, or
+/// `(MODE_RAW, data)` for blocks whose byte histogram looks random (already compressed or
+/// encrypted data skips the compressor) and blocks zstd cannot shrink.
+pub fn encode_block(data: &[u8], level: i32) -> (u8, std::borrow::Cow<'_, [u8]>) {
+    use std::borrow::Cow;
+    if looks_incompressible(data) {
+        return (MODE_RAW, Cow::Borrowed(data));
+    }
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
+        }
+        c.as_mut().and_then(|(_, z)| z.compress(data).ok())
+    });
+    match compressed {
+        Some(z) if z.len() < data.len() => (MODE_ZSTD, Cow::Owned(z)),
+        _ => (MODE_RAW, Cow::Borrowed(data)),
+    }
+}
+
+/// Decompresses a zstd-encoded block of at most `max_len` bytes.
+pub fn decompress_block(z: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| FormatError::Decompress(e.to_string()))?,
+            );
+        }
+        match d.as_mut() {
+            Some(d) => d
+                .decompress(z, max_len)
+                .map_err(|e| FormatError::Decompress(e.to_string())),
+            None => Err(FormatError::Decompress("no zstd context".into())),
+        }
+    })
+}
+
 /// A vault's data key and the keys derived from it.
 #[derive(Clone)]
 pub struct DataKey {
@@ -154,8 +208,6 @@ pub struct DataKey {
     master: [u8; 32],
     /// Keys block and chunk ids.
     id_key: [u8; 32],
-    /// Keys nonce derivation.
-    nonce_key: [u8; 32],
     /// AEAD key.
     aead: LessSafeKeyHolder,
 }
@@ -185,7 +237,6 @@ impl DataKey {
         DataKey {
             master,
             id_key: blake3::derive_key("lifeboat vault block id v1", &master),
-            nonce_key: blake3::derive_key("lifeboat vault nonce v1", &master),
             aead: LessSafeKeyHolder(blake3::derive_key("lifeboat vault aead v1", &master)),
         }
     }
@@ -205,44 +256,22 @@ impl DataKey {
         BlockId(*blake3::keyed_hash(&self.id_key, data).as_bytes())
     }
 
-    /// Nonce of a sealed block: derived from the id *and* the compressed bytes, so two
-    /// different compressions of one block (another zstd version or level on another process
-    /// server) never share a nonce, while identical inputs seal identically.
-    fn block_nonce(&self, id: &BlockId, compressed: &[u8]) -> [u8; 12] {
-        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
-        h.update(b"block");
-        h.update(&id.0);
-        h.update(blake3::hash(compressed).as_bytes());
-        let mut n = [0u8; 12];
-        n.copy_from_slice(&h.finalize().as_bytes()[..12]);
-        n
+    /// Compresses and seals a block whose id is `id` (see [`encode_block`] and
+    /// [`DataKey::seal_encoded`]).
+    pub fn seal_block(&self, id: &BlockId, data: &[u8], level: i32, nonce: [u8; 12]) -> Vec<u8> {
+        let (mode, payload) = encode_block(data, level);
+        self.seal_encoded(id, mode, &payload, nonce)
     }
 
-    /// Compresses and seals a block whose id is `id`:
-    /// `nonce(12) || AES-256-GCM(mode(1) || payload)`, mode 1 = zstd, 0 = stored as is (data
-    /// that looks random, e.g. already compressed or encrypted, skips the compressor).
-    pub fn seal_block(&self, id: &BlockId, data: &[u8], level: i32) -> Vec<u8> {
-        let mut plain = Vec::with_capacity(1 + data.len());
-        if looks_incompressible(data) {
-            plain.push(0);
-            plain.extend_from_slice(data);
-        } else {
-            // zstd cannot fail on in-memory input with a valid level; level 1 is the fallback.
-            let compressed = zstd::bulk::compress(data, level)
-                .or_else(|_| zstd::bulk::compress(data, 1))
-                .unwrap_or_else(|_| unreachable!("zstd compression of an in-memory buffer"));
-            if compressed.len() < data.len() {
-                plain.push(1);
-                plain.extend_from_slice(&compressed);
-            } else {
-                plain.push(0);
-                plain.extend_from_slice(data);
-            }
-        }
-        let nonce = self.block_nonce(id, &plain);
-        let mut out = Vec::with_capacity(12 + plain.len() + 16);
+    /// Seals an encoded block: `nonce(12) || AES-256-GCM(mode(1) || payload)` with the block id
+    /// as associated data. `nonce` must be fresh random bytes from a CSPRNG: a 96-bit random
+    /// nonce has the same collision bound as any other 96-bit nonce (including one derived
+    /// from the content) and costs no pass over the data.
+    pub fn seal_encoded(&self, id: &BlockId, mode: u8, payload: &[u8], nonce: [u8; 12]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + 1 + payload.len() + 16);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&plain);
+        out.push(mode);
+        out.extend_from_slice(payload);
         let tag = self
             .aead
             .key()
@@ -280,8 +309,7 @@ impl DataKey {
             .map_err(|_| FormatError::Auth)?;
         let data = match plain.split_first() {
             Some((0, raw)) if raw.len() <= max_len => raw.to_vec(),
-            Some((1, z)) => zstd::bulk::decompress(z, max_len)
-                .map_err(|e| FormatError::Decompress(e.to_string()))?,
+            Some((1, z)) => decompress_block(z, max_len)?,
             _ => {
                 return Err(FormatError::Malformed {
                     what: "block",
@@ -660,7 +688,7 @@ mod tests {
         fn blocks_round_trip_through_seal_and_open(data in proptest::collection::vec(any::<u8>(), 0..70_000)) {
             let k = key();
             let id = k.block_id(&data);
-            let sealed = k.seal_block(&id, &data, 1);
+            let sealed = k.seal_block(&id, &data, 1, [7; 12]);
             prop_assert_eq!(k.open_block(&id, &sealed, data.len().max(1)).unwrap(), data);
         }
 
@@ -678,7 +706,7 @@ mod tests {
         let k = key();
         let data = vec![42u8; 65536];
         let id = k.block_id(&data);
-        let mut sealed = k.seal_block(&id, &data, 1);
+        let mut sealed = k.seal_block(&id, &data, 1, [7; 12]);
         assert_eq!(k.open_block(&id, &sealed, 65536).unwrap(), data);
         assert_eq!(
             DataKey::from_master([8; 32]).open_block(&id, &sealed, 65536),
@@ -688,13 +716,13 @@ mod tests {
         assert_eq!(k.open_block(&id, &sealed, 65536), Err(FormatError::Auth));
         let other = k.block_id(b"x");
         assert_eq!(
-            k.open_block(&other, &k.seal_block(&id, &data, 1), 65536),
+            k.open_block(&other, &k.seal_block(&id, &data, 1, [7; 12]), 65536),
             Err(FormatError::Auth)
         );
     }
 
     #[test]
-    fn two_compressions_of_one_block_never_share_a_nonce() {
+    fn a_block_sealed_twice_uses_each_callers_nonce_and_both_open() {
         let k = key();
         let data: Vec<u8> = (0..6000u32)
             .flat_map(|i| format!("{i} lifeboat {} ", i * 7 % 13).into_bytes())
@@ -702,21 +730,21 @@ mod tests {
             .collect();
         assert!(!looks_incompressible(&data));
         let id = k.block_id(&data);
-        let a = k.seal_block(&id, &data, 1);
-        let b = k.seal_block(&id, &data, 19);
-        assert_ne!(
-            a[12..a.len() - 16],
-            b[12..b.len() - 16],
-            "levels differ in output"
-        );
-        assert_ne!(a[..12], b[..12], "so the nonces must differ");
-        assert_eq!(
-            k.seal_block(&id, &data, 1),
-            a,
-            "identical input seals identically"
-        );
+        let a = k.seal_block(&id, &data, 1, [1; 12]);
+        let b = k.seal_block(&id, &data, 19, [2; 12]);
+        assert_eq!(a[..12], [1; 12]);
+        assert_eq!(b[..12], [2; 12]);
+        assert_ne!(a[12..], b[12..]);
         assert_eq!(k.open_block(&id, &a, 65536).unwrap(), data);
         assert_eq!(k.open_block(&id, &b, 65536).unwrap(), data);
+        // A payload compressed elsewhere (the mobility node) seals and opens the same way.
+        let (mode, z) = encode_block(&data, 1);
+        assert_eq!(mode, MODE_ZSTD);
+        assert!(z.len() < data.len() / 4);
+        let c = k.seal_encoded(&id, mode, &z, [3; 12]);
+        assert_eq!(k.open_block(&id, &c, 65536).unwrap(), data);
+        assert_eq!(decompress_block(&z, 65536).unwrap(), data);
+        assert!(decompress_block(&z, 1000).is_err(), "bounded output");
     }
 
     #[test]
@@ -743,7 +771,8 @@ mod tests {
         for d in [&random, &text] {
             let id = k.block_id(d);
             assert_eq!(
-                &k.open_block(&id, &k.seal_block(&id, d, 1), 65536).unwrap(),
+                &k.open_block(&id, &k.seal_block(&id, d, 1, [7; 12]), 65536)
+                    .unwrap(),
                 d
             );
         }
@@ -758,7 +787,7 @@ mod tests {
         );
         assert_ne!(key().block_id(&data).0, *blake3::hash(&data).as_bytes());
         let k = key();
-        assert!(k.seal_block(&k.block_id(&data), &data, 1).len() < 1000);
+        assert!(k.seal_block(&k.block_id(&data), &data, 1, [7; 12]).len() < 1000);
     }
 
     #[test]
@@ -787,7 +816,7 @@ mod tests {
         let blocks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 * (i as usize + 1)]).collect();
         for b in &blocks {
             let id = k.block_id(b);
-            p.add(id, &k.seal_block(&id, b, 1));
+            p.add(id, &k.seal_block(&id, b, 1, [7; 12]));
         }
         let (pid, bytes, idx) = p.finish([9; 16]);
         assert_eq!(pid, idx.pack);

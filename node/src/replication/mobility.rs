@@ -16,13 +16,13 @@
 use super::{load, save, Repl};
 use crate::transport::FrameWriter;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
+use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
     DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec,
 };
 use lifeboat_protocol::vault::{self, Consistency};
-use lifeboat_protocol::{Message, NodeId, Role};
+use lifeboat_protocol::{Envelope, Message, NodeId, Role};
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,8 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Blocks per `DeltaBlocks` frame (1 MiB at 64 KiB blocks).
-const BATCH_BLOCKS: usize = 16;
+/// A `DeltaBlocks` frame closes at this many payload bytes...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many blocks (zero markers and well-compressed blocks are small).
+const BATCH_BLOCKS: usize = 1024;
+/// zstd level for blocks compressed at the source: the fastest, so the protected machine
+/// spends little CPU and the network and the process server carry the block once, small.
+const WIRE_ZSTD_LEVEL: i32 = 1;
 /// How long a cycle waits for the process server's commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -423,88 +428,254 @@ fn take_views(
     Ok((Views { paths, temp: None }, c, frozen))
 }
 
+/// Opens a disk for a scan; returns the file, its size and whether it reads with `O_DIRECT`.
+///
+/// Block devices and image files are both read with `O_DIRECT` where the filesystem allows it
+/// (tmpfs does not): a block device's cache can be stale against what a filesystem on it just
+/// flushed, the kernel writes dirty cached pages back before a direct read of a file (so the
+/// view is the same), a direct read is DMA'd into our buffer instead of copied out of the page
+/// cache (on the benchmark VM that copy cost more CPU than hashing), and a scan of the whole
+/// disk every cycle does not evict the applications' working set.
 fn open_disk(path: &Path) -> Result<(std::fs::File, u64, bool), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let block_dev = meta.file_type().is_block_device();
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    if block_dev {
-        // Bypass the page cache: the device's cache can be stale against what a filesystem
-        // on it just flushed.
-        o.custom_flags(libc::O_DIRECT);
-    }
-    let mut f = o
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let open = |direct: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(path)
+    };
+    let (mut f, direct) = match open(true) {
+        Ok(f) => (f, true),
+        Err(e) if !block_dev && e.raw_os_error() == Some(libc::EINVAL) => (
+            open(false).map_err(|e| format!("{}: {e}", path.display()))?,
+            false,
+        ),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    use std::io::Seek;
     let size = if block_dev {
-        use std::io::Seek;
         f.seek(std::io::SeekFrom::End(0))
             .map_err(|e| e.to_string())?
     } else {
         meta.len()
     };
-    use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(0))
         .map_err(|e| e.to_string())?;
-    Ok((f, size, block_dev))
+    Ok((f, size, direct))
+}
+
+/// Bytes per read of a scan (a multiple of every allowed block size up to 4 MiB).
+const READ_BYTES: usize = 4 << 20;
+/// Reader threads: each has one read in flight, so the device sees this queue depth.
+const READ_LANES: usize = 3;
+/// Buffers per reader thread (how far it may run ahead of the hasher).
+const READ_BUFFERS: usize = 2;
+
+/// A buffer aligned for `O_DIRECT`.
+struct Aligned {
+    raw: Vec<u8>,
+    off: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let raw = vec![0u8; len + 4096];
+        let off = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
+        Aligned { raw, off }
+    }
+    fn buf(&mut self, len: usize) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + len]
+    }
+    fn data(&self, len: usize) -> &[u8] {
+        &self.raw[self.off..self.off + len]
+    }
+}
+
+/// One read of a scan: `len` bytes of the disk from byte `at`.
+struct Span {
+    at: u64,
+    len: usize,
+    buf: Aligned,
+}
+
+/// Reads a disk front to back with [`READ_LANES`] threads (span `k` is read by lane
+/// `k % READ_LANES` with positional reads, so the device has several reads in flight while the
+/// scanner hashes) and hands the spans out in order.
+struct ReadAhead {
+    full: Vec<std::sync::mpsc::Receiver<Result<Span, String>>>,
+    free: Vec<std::sync::mpsc::SyncSender<Aligned>>,
+    next: usize,
+}
+
+impl ReadAhead {
+    fn start(path: PathBuf, f: std::fs::File, size: u64, direct: bool) -> ReadAhead {
+        let f = Arc::new(f);
+        let mut full = Vec::new();
+        let mut free = Vec::new();
+        for lane in 0..READ_LANES {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel(READ_BUFFERS);
+            let (free_tx, free_rx) = std::sync::mpsc::sync_channel(READ_BUFFERS);
+            for _ in 0..READ_BUFFERS {
+                let _ = free_tx.send(Aligned::new(READ_BYTES));
+            }
+            let (f, path) = (f.clone(), path.clone());
+            std::thread::spawn(move || read_lane(lane, &path, f, size, direct, full_tx, free_rx));
+            full.push(full_rx);
+            free.push(free_tx);
+        }
+        ReadAhead {
+            full,
+            free,
+            next: 0,
+        }
+    }
+
+    /// The next span in disk order.
+    fn next(&mut self) -> Result<Span, String> {
+        let lane = self.next % READ_LANES;
+        self.next += 1;
+        self.full[lane]
+            .recv()
+            .map_err(|_| "disk reader stopped".to_string())?
+    }
+
+    /// Returns the buffer of `span` for reuse.
+    fn recycle(&self, at: u64, buf: Aligned) {
+        let lane = (at / READ_BYTES as u64) as usize % READ_LANES;
+        let _ = self.free[lane].send(buf);
+    }
+}
+
+/// One reader thread: reads spans `lane`, `lane + READ_LANES`, ... until the disk ends or the
+/// scanner goes away.
+fn read_lane(
+    lane: usize,
+    path: &Path,
+    f: Arc<std::fs::File>,
+    size: u64,
+    mut direct: bool,
+    full: std::sync::mpsc::SyncSender<Result<Span, String>>,
+    free: std::sync::mpsc::Receiver<Aligned>,
+) {
+    use std::os::unix::fs::FileExt;
+    // Set if O_DIRECT reads are refused (some filesystems accept the flag at open only).
+    let mut buffered: Option<std::fs::File> = None;
+    let mut k = lane as u64;
+    loop {
+        let at = k * READ_BYTES as u64;
+        if at >= size {
+            return;
+        }
+        let Ok(mut buf) = free.recv() else { return };
+        let span = (size - at).min(READ_BYTES as u64) as usize;
+        let mut got = 0;
+        let res = loop {
+            if got >= span {
+                break Ok(());
+            }
+            // A direct read must ask for whole aligned sectors, even for the tail.
+            let ask = if direct {
+                span.next_multiple_of(4096)
+            } else {
+                span
+            };
+            let file = buffered.as_ref().unwrap_or(&f);
+            match file.read_at(&mut buf.buf(ask)[got..], at + got as u64) {
+                Ok(0) => {
+                    break Err(format!(
+                        "{}: short read at byte {} (disk shrank?)",
+                        path.display(),
+                        at + got as u64
+                    ))
+                }
+                Ok(r) => got += r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if direct && got == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    match std::fs::File::open(path) {
+                        Ok(g) => {
+                            buffered = Some(g);
+                            direct = false;
+                        }
+                        Err(e) => break Err(format!("{}: {e}", path.display())),
+                    }
+                }
+                Err(e) => break Err(format!("{}: byte {}: {e}", path.display(), at + got as u64)),
+            }
+        };
+        let stop = res.is_err();
+        if full
+            .send(res.map(|()| Span { at, len: span, buf }))
+            .is_err()
+            || stop
+        {
+            return;
+        }
+        k += READ_LANES as u64;
+    }
 }
 
 /// What the scanner hands to the sender.
 enum Scan {
-    Batch(Vec<DeltaBlock>),
-    Done { hashes: Vec<[u8; 32]>, sent: u64 },
+    /// A sealed `DeltaBlocks` frame.
+    Frame(Vec<u8>),
+    /// The disk is done; the sealer goes back to the stream.
+    Done {
+        hashes: Vec<[u8; 32]>,
+        sent: u64,
+        sealer: FrameSealer,
+    },
 }
 
-/// Reads and hashes a disk on a blocking thread; changed blocks go out through `tx`.
+/// Encodes and seals a batch on the scanner's thread (the sender then only hands bytes to QUIC).
+fn seal_batch(
+    sealer: &mut FrameSealer,
+    disk: u16,
+    blocks: Vec<DeltaBlock>,
+) -> Result<Scan, String> {
+    let mut out = Vec::new();
+    sealer
+        .seal(
+            &Envelope::new(Message::DeltaBlocks { disk, blocks }),
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(Scan::Frame(out))
+}
+
+/// Reads and hashes a disk on a blocking thread; changed blocks go out through `tx`, sealed
+/// as frames of disk number `disk`.
 fn scan_disk(
     path: PathBuf,
+    disk: u16,
     block_size: u32,
     old: Option<Vec<[u8; 32]>>,
+    mut sealer: FrameSealer,
     tx: mpsc::Sender<Result<Scan, String>>,
     progress: Arc<Progress>,
 ) {
     let res = (|| -> Result<(), String> {
-        let (mut f, size, direct) = open_disk(&path)?;
+        let (f, size, direct) = open_disk(&path)?;
         let bs = block_size as usize;
         let n = size.div_ceil(block_size as u64) as usize;
-        // Read runs of blocks (1 MiB at the default size) per system call. O_DIRECT needs an
-        // aligned buffer: over-allocate and slice at a 4096-byte boundary.
-        let run = (1usize << 20).div_ceil(bs).max(1);
-        let mut raw = vec![0u8; bs * run + 4096];
-        let off = if direct {
-            (4096 - (raw.as_ptr() as usize % 4096)) % 4096
-        } else {
-            0
-        };
+        let mut spans = ReadAhead::start(path.clone(), f, size, direct);
         let mut hashes = Vec::with_capacity(n);
         let zero_hash = *blake3::hash(&vec![0u8; bs]).as_bytes();
         let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
         let mut sent = 0u64;
         // A long scan of an unchanged disk still tells the process server it is alive.
         let mut last_send = std::time::Instant::now();
-        let mut first = 0usize;
-        while first < n {
-            let k = run.min(n - first);
-            let span = ((size - (first * bs) as u64) as usize).min(bs * k);
-            let buf = &mut raw[off..off + bs * k];
-            let mut got = 0;
-            while got < span {
-                let r = f
-                    .read(&mut buf[got..if direct { bs * k } else { span }])
-                    .map_err(|e| format!("{}: block {first}: {e}", path.display()))?;
-                if r == 0 {
-                    break;
-                }
-                got += r;
-            }
-            if got < span {
-                return Err(format!(
-                    "{}: short read at block {first} (disk shrank?)",
-                    path.display()
-                ));
-            }
-            let buf = &raw[off..off + span];
-            for (j, data) in buf.chunks(bs).enumerate() {
+        let (mut wait_read, mut wait_send) = (Duration::ZERO, Duration::ZERO);
+        let began = std::time::Instant::now();
+        while hashes.len() < n {
+            let t0 = std::time::Instant::now();
+            let Span { at, len: span, buf } = spans.next()?;
+            wait_read += t0.elapsed();
+            let first = (at / bs as u64) as usize;
+            for (j, data) in buf.data(span).chunks(bs).enumerate() {
                 let i = first + j;
                 let want = data.len();
                 progress.scanned.fetch_add(want as u64, Ordering::Relaxed);
@@ -523,8 +694,9 @@ fn scan_disk(
                 hashes.push(h);
                 if !changed && last_send.elapsed() > Duration::from_secs(30) {
                     last_send = std::time::Instant::now();
+                    batch_bytes = 0;
                     if tx
-                        .blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch))))
+                        .blocking_send(seal_batch(&mut sealer, disk, std::mem::take(&mut batch)))
                         .is_err()
                     {
                         return Err("sender stopped".into());
@@ -533,29 +705,63 @@ fn scan_disk(
                 if changed {
                     sent += 1;
                     progress.pending.fetch_add(want as u64, Ordering::Relaxed);
-                    let payload = (!zero).then(|| serde_bytes::ByteBuf::from(data.to_vec()));
+                    let (payload, zstd) = if zero {
+                        (None, false)
+                    } else {
+                        let (mode, p) = vault::encode_block(data, WIRE_ZSTD_LEVEL);
+                        batch_bytes += p.len();
+                        (
+                            Some(serde_bytes::ByteBuf::from(p.into_owned())),
+                            mode == vault::MODE_ZSTD,
+                        )
+                    };
                     batch.push(DeltaBlock {
                         index: i as u64,
                         data: payload,
+                        zstd,
                     });
-                    if batch.len() >= BATCH_BLOCKS || last_send.elapsed() > Duration::from_secs(30)
+                    if batch.len() >= BATCH_BLOCKS
+                        || batch_bytes >= BATCH_BYTES
+                        || last_send.elapsed() > Duration::from_secs(30)
                     {
+                        batch_bytes = 0;
                         last_send = std::time::Instant::now();
                         if tx
-                            .blocking_send(Ok(Scan::Batch(std::mem::take(&mut batch))))
+                            .blocking_send(seal_batch(
+                                &mut sealer,
+                                disk,
+                                std::mem::take(&mut batch),
+                            ))
                             .is_err()
                         {
                             return Err("sender stopped".into());
                         }
+                        wait_send += last_send.elapsed();
                     }
                 }
             }
-            first += k;
+            spans.recycle(at, buf);
         }
-        if !batch.is_empty() && tx.blocking_send(Ok(Scan::Batch(batch))).is_err() {
+        if !batch.is_empty()
+            && tx
+                .blocking_send(seal_batch(&mut sealer, disk, batch))
+                .is_err()
+        {
             return Err("sender stopped".into());
         }
-        let _ = tx.blocking_send(Ok(Scan::Done { hashes, sent }));
+        tracing::debug!(
+            disk = %path.display(),
+            ms = began.elapsed().as_millis() as u64,
+            read_wait_ms = wait_read.as_millis() as u64,
+            send_wait_ms = wait_send.as_millis() as u64,
+            direct,
+            "disk scanned"
+        );
+        let _ = tx.blocking_send(Ok(Scan::Done {
+            hashes,
+            sent,
+            sealer,
+        }));
         Ok(())
     })();
     if let Err(e) = res {
@@ -588,18 +794,25 @@ async fn send_disk(
     progress: Arc<Progress>,
 ) -> Result<(Vec<[u8; 32]>, u64), String> {
     let (tx, mut rx) = mpsc::channel(4);
-    let scanner =
-        tokio::task::spawn_blocking(move || scan_disk(path, block_size, old, tx, progress));
+    let sealer = w.lend_sealer().map_err(|e| e.to_string())?;
+    let scanner = tokio::task::spawn_blocking(move || {
+        scan_disk(path, disk, block_size, old, sealer, tx, progress)
+    });
     let mut result = Err("scanner ended without a result".to_string());
     while let Some(item) = rx.recv().await {
         match item {
-            Ok(Scan::Batch(blocks)) => {
-                if let Err(e) = w.send(Message::DeltaBlocks { disk, blocks }).await {
+            Ok(Scan::Frame(sealed)) => {
+                if let Err(e) = w.write_sealed(sealed).await {
                     result = Err(format!("sending to the process server: {e}"));
                     break;
                 }
             }
-            Ok(Scan::Done { hashes, sent }) => {
+            Ok(Scan::Done {
+                hashes,
+                sent,
+                sealer,
+            }) => {
+                w.return_sealer(sealer);
                 result = Ok((hashes, sent));
             }
             Err(e) => {

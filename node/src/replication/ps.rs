@@ -112,6 +112,9 @@ struct SpoolRecord {
     disk: u16,
     index: u64,
     data: Option<serde_bytes::ByteBuf>,
+    /// `data` is zstd-compressed (as the mobility node sent it).
+    #[serde(default)]
+    zstd: bool,
 }
 
 /// A closed segment handed to the processor (holds one unit of spool budget). Its file goes
@@ -460,7 +463,11 @@ async fn receive_inner(
                     if let Some(data) = &b.data {
                         let expect =
                             (d.block_size as u64).min(d.size_bytes - b.index * d.block_size as u64);
-                        if data.len() as u64 != expect {
+                        // A compressed block must be smaller than the block (its decompressed
+                        // length is checked when it is sealed).
+                        if (b.zstd && data.len() as u64 >= expect)
+                            || (!b.zstd && data.len() as u64 != expect)
+                        {
                             return Err(format!(
                                 "block {} of {} has {} bytes, expected {expect}",
                                 b.index,
@@ -487,6 +494,7 @@ async fn receive_inner(
                             disk,
                             index: b.index,
                             data: b.data,
+                            zstd: b.zstd,
                         });
                     }
                     if seg.as_ref().is_some_and(|s| s.1 >= SEGMENT_BYTES) {
@@ -584,11 +592,16 @@ async fn process(
             continue;
         }
         let v = vault.clone();
+        let geometry: Vec<(u64, u32)> = h
+            .disks
+            .iter()
+            .map(|d| (d.size_bytes, d.block_size))
+            .collect();
         let bytes = seg.bytes;
         let sealed = {
             let pending = pending.clone();
             tokio::task::spawn_blocking(move || {
-                let r = seal_segment(&v, &seg.data, &pending);
+                let r = seal_segment(&v, &geometry, &seg.data, &pending);
                 drop(seg);
                 r
             })
@@ -728,33 +741,66 @@ fn spawn_upload(
 type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64, Option<String>);
 
 /// Reads a segment and seals its blocks (CPU work, on a blocking thread). A block the vault or
-/// this session already holds comes back without a blob (dedup).
+/// this session already holds comes back without a blob (dedup). A block the mobility node
+/// compressed is decompressed (bounded by its length on the disk `geometry` of (size, block
+/// size)) for its id and zero check, and sealed as it came: it is compressed once, at the source.
 fn seal_segment(
     v: &Vault,
+    geometry: &[(u64, u32)],
     data: &SegmentData,
     pending: &std::sync::RwLock<HashSet<BlockId>>,
 ) -> Result<Vec<Sealed>, String> {
     let mut out = Vec::new();
     let mut seen: HashSet<BlockId> = HashSet::new();
-    let mut one = |disk: u16, index: u64, data: Option<&[u8]>| match data {
-        None => out.push((disk, index, BlockId::ZERO, None, 0, None)),
-        Some(data) if vault::is_zero_block(data) => {
-            out.push((disk, index, BlockId::ZERO, None, data.len() as u64, None))
+    let mut rng = rand::thread_rng();
+    let mut one = |disk: u16, index: u64, data: Option<&[u8]>, zstd: bool| -> Result<(), String> {
+        let Some(wire) = data else {
+            out.push((disk, index, BlockId::ZERO, None, 0, None));
+            return Ok(());
+        };
+        let plain;
+        let data = if zstd {
+            let &(size, bs) = geometry
+                .get(disk as usize)
+                .ok_or("spool record for an unknown disk")?;
+            let expect = (bs as u64).min(size.saturating_sub(index * bs as u64)) as usize;
+            plain = vault::decompress_block(wire, expect)
+                .map_err(|e| format!("block {index} of disk {disk}: {e}"))?;
+            if plain.len() != expect {
+                return Err(format!(
+                    "block {index} of disk {disk} decompressed to {} bytes, expected {expect}",
+                    plain.len()
+                ));
+            }
+            &plain[..]
+        } else {
+            wire
+        };
+        if vault::is_zero_block(data) {
+            out.push((disk, index, BlockId::ZERO, None, data.len() as u64, None));
+            return Ok(());
         }
-        Some(data) => {
-            let id = v.key().block_id(data);
-            let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
-            let known = in_vault.is_some()
-                || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
-                || !seen.insert(id);
-            let blob = (!known).then(|| v.key().seal_block(&id, data, ZSTD_LEVEL));
-            out.push((disk, index, id, blob, data.len() as u64, in_vault));
-        }
+        let id = v.key().block_id(data);
+        let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
+        let known = in_vault.is_some()
+            || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
+            || !seen.insert(id);
+        let blob = (!known).then(|| {
+            let mut nonce = [0u8; 12];
+            rng.fill_bytes(&mut nonce);
+            if zstd {
+                v.key().seal_encoded(&id, vault::MODE_ZSTD, wire, nonce)
+            } else {
+                v.key().seal_block(&id, data, ZSTD_LEVEL, nonce)
+            }
+        });
+        out.push((disk, index, id, blob, data.len() as u64, in_vault));
+        Ok(())
     };
     match data {
         SegmentData::Mem(recs) => {
             for r in recs {
-                one(r.disk, r.index, r.data.as_deref().map(|d| &d[..]));
+                one(r.disk, r.index, r.data.as_deref().map(|d| &d[..]), r.zstd)?;
             }
         }
         SegmentData::File(p) => {
@@ -774,9 +820,90 @@ fn seal_segment(
                 let rec: SpoolRecord =
                     vault::from_rmp("spool record", &r[..n]).map_err(|e| e.to_string())?;
                 r = &r[n..];
-                one(rec.disk, rec.index, rec.data.as_deref().map(|d| &d[..]));
+                one(
+                    rec.disk,
+                    rec.index,
+                    rec.data.as_deref().map(|d| &d[..]),
+                    rec.zstd,
+                )?;
             }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_protocol::vault::DataKey;
+    use lifeboat_protocol::UnixMillis;
+
+    fn text(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .flat_map(|i| format!("{i} lifeboat vault ").into_bytes())
+            .take(len)
+            .collect()
+    }
+
+    fn rec(index: u64, data: &[u8], zstd: bool) -> SpoolRecord {
+        SpoolRecord {
+            disk: 0,
+            index,
+            data: Some(serde_bytes::ByteBuf::from(data.to_vec())),
+            zstd,
+        }
+    }
+
+    #[tokio::test]
+    async fn blocks_compressed_at_the_source_are_verified_and_stored_once() {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let key = DataKey::from_master([3; 32]);
+        Vault::create(store.clone(), "t", &key, UnixMillis(0))
+            .await
+            .unwrap();
+        let v = Vault::open(store, key.clone()).await.unwrap();
+        let block = text(65536);
+        let (mode, z) = vault::encode_block(&block, 1);
+        assert_eq!(mode, vault::MODE_ZSTD);
+        let geometry = [(3 * 65536u64, 65536u32)];
+        let pending = std::sync::RwLock::default();
+        // The same block compressed and raw: one id, stored once, opens to the plaintext.
+        let recs = SegmentData::Mem(vec![rec(0, &z, true), rec(1, &block, false)]);
+        let out = seal_segment(&v, &geometry, &recs, &pending).unwrap();
+        assert_eq!(out[0].2, key.block_id(&block));
+        assert_eq!(out[1].2, out[0].2);
+        assert_eq!(out[0].4, 65536, "raw length is counted, not wire length");
+        let blob = out[0].3.as_ref().expect("new block sealed");
+        assert!(out[1].3.is_none(), "second copy deduplicated");
+        assert!(blob.len() < block.len() / 4, "stored compressed, as sent");
+        assert_eq!(key.open_block(&out[0].2, blob, 65536).unwrap(), block);
+
+        // A frame that inflates to the wrong length, or past the block, is refused.
+        let (_, short) = vault::encode_block(&block[..60000], 1);
+        let e = seal_segment(
+            &v,
+            &geometry,
+            &SegmentData::Mem(vec![rec(2, &short, true)]),
+            &pending,
+        )
+        .unwrap_err();
+        assert!(e.contains("decompressed to 60000 bytes"), "{e}");
+        let big = text(1 << 20);
+        let (_, bomb) = vault::encode_block(&big, 1);
+        assert!(seal_segment(
+            &v,
+            &geometry,
+            &SegmentData::Mem(vec![rec(2, &bomb, true)]),
+            &pending
+        )
+        .is_err());
+        assert!(seal_segment(
+            &v,
+            &geometry,
+            &SegmentData::Mem(vec![rec(2, b"junk", true)]),
+            &pending
+        )
+        .is_err());
+    }
 }
