@@ -105,6 +105,55 @@ impl VaultConfig {
     }
 }
 
+/// The directory of a local (`file://`) vault, whose writes need an explicit durability
+/// barrier; `None` for cloud stores, whose acknowledged puts are already durable.
+pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://")
+        .filter(|p| p.starts_with('/'))
+        .map(std::path::PathBuf::from)
+}
+
+/// Makes `files` under a local vault directory `root` durable: each file's data, then every
+/// directory from its parent up to `root` (new files and the fan-out directories created for
+/// them). A file that is gone (deleted by garbage collection) needs nothing. Blocking.
+pub fn sync_paths(root: &Path, files: &[std::path::PathBuf]) -> std::io::Result<()> {
+    let sync_file = |f: &std::path::PathBuf| match std::fs::File::open(f) {
+        Ok(h) => h.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    // A few threads, so the filesystem can fold the syncs into shared journal commits.
+    let lanes = files.len().div_ceil(4).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = files
+            .chunks(lanes)
+            .map(|part| s.spawn(move || part.iter().try_for_each(sync_file)))
+            .collect();
+        parts.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
+        })
+    })?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut d = f.parent();
+        while let Some(dir) = d.filter(|d| d.starts_with(root)) {
+            if !dirs.insert(dir.to_path_buf()) {
+                break;
+            }
+            d = dir.parent();
+        }
+    }
+    for d in dirs {
+        match std::fs::File::open(&d) {
+            Ok(h) => h.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Builds an object store from a vault URL and options.
 pub fn store_from_url(
     url: &str,
@@ -118,6 +167,9 @@ pub fn store_from_url(
             path: path.into(),
             source: e,
         })?;
+        // Puts go to the page cache; durability is a barrier at each point commit (see
+        // `Vault::barrier`), not a sync per object: one filesystem sync per point costs far
+        // less than one per pack, chunk and index, and gives the same guarantee to a commit.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
             VaultError::Store {
                 op: "open",
@@ -230,6 +282,14 @@ pub struct Vault {
     points: RwLock<BTreeMap<String, PointRecord>>,
     /// Packs condemned by garbage collection (dedup ignores their blocks).
     condemned: RwLock<std::collections::HashSet<String>>,
+    /// Directory of a local vault: puts there land in the page cache and [`Vault::barrier`]
+    /// makes them durable.
+    local_root: Option<std::path::PathBuf>,
+    /// Local files written since the last barrier.
+    unsynced: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    /// Serializes barriers: one that finds its files already taken by a running barrier waits
+    /// for that barrier to finish before it returns.
+    barrier_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -357,10 +417,56 @@ impl Vault {
             loaded: RwLock::new(Default::default()),
             points: RwLock::new(BTreeMap::new()),
             condemned: RwLock::new(Default::default()),
+            local_root: None,
+            unsynced: Default::default(),
+            barrier_lock: Default::default(),
         };
         v.refresh_condemned().await?;
         v.refresh_index().await?;
         Ok(v)
+    }
+
+    /// Marks the vault as local at `root` (see [`local_root`]): commits then sync it.
+    pub fn durable_at(mut self, root: Option<std::path::PathBuf>) -> Vault {
+        self.local_root = root;
+        self
+    }
+
+    /// Durability barrier: every object put so far survives a crash of the vault host once this
+    /// returns. A no-op for cloud stores (a put is acknowledged once durable); for a local vault
+    /// the files written since the last barrier and their directories are synced (only those:
+    /// unrelated dirty data on the same filesystem is not waited for).
+    pub async fn barrier(&self) -> Result<(), VaultError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let _one = self.barrier_lock.lock().await;
+        let files = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        if files.is_empty() {
+            return Ok(());
+        }
+        let (r, f) = (root.clone(), files.clone());
+        let started = std::time::Instant::now();
+        let done = tokio::task::spawn_blocking(move || sync_paths(&r, &f))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        tracing::debug!(
+            files = files.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "vault barrier"
+        );
+        if let Err(source) = done {
+            // Still unsynced: the next barrier tries them again.
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(files);
+            return Err(VaultError::Io {
+                path: root.display().to_string(),
+                source,
+            });
+        }
+        Ok(())
     }
 
     /// The header.
@@ -498,6 +604,9 @@ impl Vault {
     /// 4. chunks older than `grace_ms` that no point references are deleted.
     pub async fn gc(&self, now_ms: u64, grace_ms: u64) -> Result<GcReport, VaultError> {
         let mut rep = GcReport::default();
+        // Packs written by an earlier pass (repacks) are durable before any pack they replace
+        // can be deleted below.
+        self.barrier().await?;
         self.refresh_condemned().await?;
         self.refresh_index().await?;
         // 1. Mark.
@@ -847,19 +956,30 @@ impl Vault {
             mode,
             ..Default::default()
         };
-        match self
+        let stored = match self
             .store
             .put_opts(&path(key), PutPayload::from(body), opts)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(VaultError::Store {
-                op: "put",
-                key: key.into(),
-                source: e,
-            }),
+            Ok(_) => true,
+            Err(object_store::Error::AlreadyExists { .. }) => false,
+            Err(e) => {
+                return Err(VaultError::Store {
+                    op: "put",
+                    key: key.into(),
+                    source: e,
+                })
+            }
+        };
+        // The next barrier syncs it. An object that already existed (create-if-absent) is
+        // synced too: it may be another writer's, not yet durable, and about to be named.
+        if let Some(root) = &self.local_root {
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(root.join(key));
         }
+        Ok(stored)
     }
 
     /// Uploads a finished pack, then its index, then makes its blocks visible. Returns bytes.
@@ -918,7 +1038,11 @@ impl Vault {
     }
 
     /// Commits a point (create-if-absent). Everything it references must already be stored.
+    /// Durable on return: a barrier before the put makes what the point references durable
+    /// first (a crash can never leave a point naming lost objects), one after makes the point
+    /// itself durable before anyone is told it is committed.
     pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
+        self.barrier().await?;
         let k = rec.object_key();
         let sealed = Bytes::from(self.key.seal_object("point", nonce(), &to_rmp(rec)));
         let created = with_retries("commit point", 8, || {
@@ -928,6 +1052,7 @@ impl Vault {
         // The key holds a random point id: an existing object is our own earlier attempt whose
         // answer was lost.
         let _ = created;
+        self.barrier().await?;
         if let Ok(mut p) = self.points.write() {
             p.insert(k, rec.clone());
         }

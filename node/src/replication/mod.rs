@@ -14,7 +14,7 @@ pub mod mobility;
 pub mod ps;
 
 use crate::net::Net;
-use crate::vault::{store_from_url, Vault, VaultConfig, VaultError};
+use crate::vault::{local_root, store_from_url, Vault, VaultConfig, VaultError};
 use actix::Addr;
 use lifeboat_actors::shell::{GetMesh, GetRoles, ListPeers, MeshActor, PeersActor, RolesActor};
 use lifeboat_config::state::write_file_atomic;
@@ -134,7 +134,11 @@ impl Repl {
             .key()
             .ok_or_else(|| VaultError::WrongKey(cfg.name.clone()))?;
         let store = store_from_url(&cfg.url, &cfg.options)?;
-        let v = Arc::new(Vault::open(store, key).await?);
+        let v = Arc::new(
+            Vault::open(store, key)
+                .await?
+                .durable_at(local_root(&cfg.url)),
+        );
         tracing::info!(vault = %cfg.name, url = %cfg.url, blocks = v.indexed_blocks(), "vault open");
         if let Ok(mut g) = self.vault.write() {
             *g = Some(v.clone());

@@ -36,6 +36,8 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const PACK_BYTES: usize = 8 << 20;
 /// zstd level for blocks (fast; the CPU budget goes to hashing and sealing).
 pub const ZSTD_LEVEL: i32 = 1;
+/// Pack uploads a session keeps in flight.
+const UPLOADS_IN_FLIGHT: usize = 4;
 /// Largest disk accepted (64 TiB).
 const MAX_DISK_BYTES: u64 = 64 << 40;
 /// Most disks per machine.
@@ -265,6 +267,12 @@ async fn receive_and_commit(
     } = out;
 
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "segments processed");
+    // Make the packs durable while the manifest is written (the commit's barrier then only
+    // waits for what is left: the chunks). A failure here is retried by that barrier.
+    let packs_synced = {
+        let v = vault.clone();
+        tokio::spawn(async move { v.barrier().await })
+    };
     // Manifest chunks: unchanged chunks are the base's, shared.
     let mut disks = Vec::new();
     for (i, d) in header.disks.iter().enumerate() {
@@ -307,6 +315,7 @@ async fn receive_and_commit(
         disks,
         stats,
     };
+    let _ = packs_synced.await;
     // Garbage-collection handshake: rescue any pack this point depends on that GC condemned.
     let raced = retry_forever(repl, "gc rescue", || async {
         match vault.rescue(&header.session, &packs).await {
@@ -585,7 +594,8 @@ async fn process(
     // Blocks this session already packed (shared read-only with the sealing thread).
     let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
     let mut failure: Option<String> = None;
-    let mut inflight: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
+    let mut inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<String, String>>> =
+        Default::default();
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
             // Keep draining so the receiver never blocks on a dead processor.
@@ -645,15 +655,18 @@ async fn process(
                 _ => stats.dedup_blocks += 1,
             }
             if pack.len() >= PACK_BYTES {
-                // Upload in the background while the next segment is sealed; at most one
-                // upload in flight bounds memory to two packs.
-                if let Some(prev) = inflight.take() {
-                    let p = prev.await.map_err(|e| e.to_string())??;
-                    own.insert(p.clone());
-                    packs.insert(p);
+                // Upload in the background while the next segment is sealed. A few uploads in
+                // flight hide each one's latency (a durable local write waits for the disk,
+                // a cloud put for a round trip); the bound keeps memory to a few packs.
+                if inflight.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(prev) = inflight.pop_front() {
+                        let p = prev.await.map_err(|e| e.to_string())??;
+                        own.insert(p.clone());
+                        packs.insert(p);
+                    }
                 }
                 let full = std::mem::take(&mut pack);
-                inflight = Some(spawn_upload(repl.clone(), vault.clone(), full));
+                inflight.push_back(spawn_upload(repl.clone(), vault.clone(), full));
             }
         }
         if rx.is_empty() {
@@ -663,7 +676,7 @@ async fn process(
     if let Some(f) = failure {
         return Err(f);
     }
-    if let Some(prev) = inflight.take() {
+    for prev in inflight {
         own.insert(prev.await.map_err(|e| e.to_string())??);
     }
     if !pack.is_empty() {
