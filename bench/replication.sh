@@ -8,11 +8,34 @@
 #   restore of the 2 GiB image                   vs  cp
 #   process-server peak RSS (VmHWM)
 #
-# Usage: bench/replication.sh [SIZE_MIB]   (default 2048; needs restic, rsync, zstd, python3)
-# Prints figures and ratios; exits non-zero only if a step fails.
+# Usage: [ROUNDS=N] bench/replication.sh [SIZE_MIB]   (default 2048; needs restic, rsync, zstd,
+# python3). Prints figures and ratios; with ROUNDS=N it runs N rounds and ends with the median,
+# lowest and highest of each ratio (a shared VM's throughput varies by +-20% between runs).
+# Exits non-zero only if a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-2048}
+if [ "${ROUNDS:-1}" -gt 1 ]; then
+  all=$(mktemp)
+  for _ in $(seq "$ROUNDS"); do ROUNDS=1 "$0" "$MIB" | tee -a "$all"; done
+  python3 - "$all" <<'PY'
+import re, statistics, sys
+text = open(sys.argv[1]).read()
+rows = [("seed lifeboat MiB/s", r"seed\s+lifeboat\s+([\d.]+) MiB/s"),
+        ("seed restic MiB/s", r"seed\s.*restic\s+([\d.]+) MiB/s"),
+        ("seed lifeboat/restic (target >= 2)", r"lifeboat/restic\s+([\d.]+)x"),
+        ("delta restic/lifeboat (target >= 1.5)", r"restic/lifeboat\s+([\d.]+)x"),
+        ("restore lifeboat/cp (target >= 0.7)", r"lifeboat/cp\s+([\d.]+)x"),
+        ("process-server peak RSS MiB", r"peak RSS ([\d.]+)")]
+print(f"\nsummary of {text.count('replication bench:')} rounds: median (lowest .. highest)")
+for name, rx in rows:
+    v = [float(x) for x in re.findall(rx, text)]
+    if v:
+        print(f"  {name:40s} {statistics.median(v):8.2f} ({min(v):.2f} .. {max(v):.2f})")
+PY
+  rm -f "$all"
+  exit 0
+fi
 for t in restic rsync zstd python3; do
   command -v "$t" >/dev/null || { echo "bench: $t is missing (apt-get install restic rsync zstd)" >&2; exit 1; }
 done
