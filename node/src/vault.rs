@@ -168,8 +168,9 @@ pub fn store_from_url(
             source: e,
         })?;
         // Puts go to the page cache; durability is a barrier at each point commit (see
-        // `Vault::barrier`), not a sync per object: one filesystem sync per point costs far
-        // less than one per pack, chunk and index, and gives the same guarantee to a commit.
+        // `Vault::barrier`), not a sync per put: syncing a session's files together, once,
+        // costs far less than waiting for each pack, chunk and index, and gives a commit the
+        // same guarantee.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
             VaultError::Store {
                 op: "open",
