@@ -19,7 +19,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -115,19 +115,31 @@ pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
 
 /// Makes `files` under a local vault directory `root` durable: each file's data, then every
 /// directory from its parent up to `root` (new files and the fan-out directories created for
-/// them). A file that is gone (deleted by garbage collection) needs nothing. Blocking.
-pub fn sync_paths(root: &Path, files: &[std::path::PathBuf]) -> std::io::Result<()> {
-    let sync_file = |f: &std::path::PathBuf| match std::fs::File::open(f) {
-        Ok(h) => h.sync_data(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+/// them). A file that is gone (deleted by garbage collection) needs nothing. An error names the
+/// file or directory that could not be synced.
+pub async fn sync_paths(root: PathBuf, files: Vec<PathBuf>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || sync_paths_blocking(&root, &files))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
+fn sync_paths_blocking(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    let named = |p: &Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    };
+    let sync = |p: &Path, all: bool| {
+        let r = std::fs::File::open(p).and_then(|h| if all { h.sync_all() } else { h.sync_data() });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| named(p, e)),
+        }
     };
     // A few threads, so the filesystem can fold the syncs into shared journal commits.
-    let lanes = files.len().div_ceil(4).max(1);
+    let per_thread = files.len().div_ceil(4).max(1);
     std::thread::scope(|s| {
         let parts: Vec<_> = files
-            .chunks(lanes)
-            .map(|part| s.spawn(move || part.iter().try_for_each(sync_file)))
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || part.iter().try_for_each(|f| sync(f, false))))
             .collect();
         parts.into_iter().try_for_each(|h| {
             h.join()
@@ -138,20 +150,13 @@ pub fn sync_paths(root: &Path, files: &[std::path::PathBuf]) -> std::io::Result<
     for f in files {
         let mut d = f.parent();
         while let Some(dir) = d.filter(|d| d.starts_with(root)) {
-            if !dirs.insert(dir.to_path_buf()) {
+            if !dirs.insert(dir) {
                 break;
             }
             d = dir.parent();
         }
     }
-    for d in dirs {
-        match std::fs::File::open(&d) {
-            Ok(h) => h.sync_all()?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    dirs.into_iter().try_for_each(|d| sync(d, true))
 }
 
 /// Builds an object store from a vault URL and options.
@@ -446,11 +451,8 @@ impl Vault {
         if files.is_empty() {
             return Ok(());
         }
-        let (r, f) = (root.clone(), files.clone());
         let started = std::time::Instant::now();
-        let done = tokio::task::spawn_blocking(move || sync_paths(&r, &f))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let done = sync_paths(root.clone(), files.clone()).await;
         tracing::debug!(
             files = files.len(),
             ms = started.elapsed().as_millis() as u64,
@@ -463,7 +465,10 @@ impl Vault {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(files);
             return Err(VaultError::Io {
-                path: root.display().to_string(),
+                path: format!(
+                    "cannot make vault writes durable (sync of {})",
+                    root.display()
+                ),
                 source,
             });
         }

@@ -139,9 +139,8 @@ pub async fn vault_create(
         .map_err(|e| e.to_string())?;
     if let Some(root) = crate::vault::local_root(&url) {
         let header_file = root.join("vault.json");
-        tokio::task::spawn_blocking(move || crate::vault::sync_paths(&root, &[header_file]))
+        crate::vault::sync_paths(root, vec![header_file])
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot make the new vault durable: {e}"))?;
     }
     repl.set_vault_config(VaultConfig {
