@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod direct_io;
 pub mod discovery;
 pub mod format;
 pub mod init;

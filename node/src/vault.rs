@@ -272,6 +272,11 @@ pub struct RestoreStats {
     pub fetched_bytes: u64,
 }
 
+/// Local objects at least this big (packs) are written with `O_DIRECT` (see
+/// [`crate::direct_io::write_direct`]): straight to the device, so the commit barrier only has
+/// metadata left to sync, and no page cache is filled with data nobody reads back soon.
+const DIRECT_PUT_MIN: usize = 1 << 20;
+
 /// An open vault.
 pub struct Vault {
     /// The object store.
@@ -958,6 +963,28 @@ impl Vault {
         mode: PutMode,
     ) -> Result<bool, VaultError> {
         let body: Bytes = body.into();
+        if let (Some(root), PutMode::Overwrite, true) =
+            (&self.local_root, &mode, body.len() >= DIRECT_PUT_MIN)
+        {
+            let dest = root.join(key);
+            let (file, data) = (dest.clone(), body.clone());
+            let direct = tokio::task::spawn_blocking(move || {
+                crate::direct_io::write_direct(&file, &[&data])
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| VaultError::Io {
+                path: dest.display().to_string(),
+                source,
+            })?;
+            if direct {
+                self.unsynced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(dest);
+                return Ok(true);
+            }
+        }
         let opts = PutOptions {
             mode,
             ..Default::default()

@@ -15,6 +15,7 @@
 
 use super::{load, save, Repl};
 use crate::transport::FrameWriter;
+use crate::direct_io::Aligned;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
@@ -475,26 +476,6 @@ const READ_LANES: usize = 3;
 /// Buffers per reader thread (how far it may run ahead of the hasher).
 const READ_BUFFERS: usize = 2;
 
-/// A buffer aligned for `O_DIRECT`.
-struct Aligned {
-    raw: Vec<u8>,
-    off: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let raw = vec![0u8; len + 4096];
-        let off = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
-        Aligned { raw, off }
-    }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + len]
-    }
-    fn data(&self, len: usize) -> &[u8] {
-        &self.raw[self.off..self.off + len]
-    }
-}
-
 /// One read of a scan: `len` bytes of the disk from byte `at`.
 struct Span {
     at: u64,
@@ -595,49 +576,68 @@ fn read_lane(
         }
         let Ok(mut buf) = free.recv() else { return };
         let span = (size - at).min(READ_BYTES as u64) as usize;
-        let mut got = 0;
-        if let Some(c) = cached {
-            match read_cached(c, &mut buf.buf(span)[..], at) {
-                // Whole pages only, so that a direct read can go on from there.
-                Ok(n) => got = if n == span { n } else { n & !4095 },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                // RWF_NOWAIT unsupported here: read direct from now on.
-                Err(_) => cached = None,
+        // Which chunks to copy from the page cache (asked without starting any I/O).
+        let plan = cached.and_then(|c| Some((c, cached_chunks(c, at, span)?)));
+        let in_cache = |pos: usize| plan.as_ref().is_some_and(|(_, m)| m[pos / CACHE_CHUNK]);
+        let mut pos = 0;
+        let mut res = Ok(());
+        while pos < span && res.is_ok() {
+            // A run of chunks that are all cached, or all not.
+            let here = in_cache(pos);
+            let mut end = (pos + CACHE_CHUNK).min(span);
+            while end < span && in_cache(end) == here {
+                end = (end + CACHE_CHUNK).min(span);
             }
-        }
-        let res = loop {
-            if got >= span {
-                break Ok(());
-            }
-            // A direct read must ask for whole aligned sectors, even for the tail.
-            let ask = if direct {
-                span.next_multiple_of(4096)
-            } else {
-                span
-            };
-            let file = buffered.as_ref().unwrap_or(&disk.file);
-            match file.read_at(&mut buf.buf(ask)[got..], at + got as u64) {
-                Ok(0) => {
-                    break Err(format!(
-                        "{}: short read at byte {} (disk shrank?)",
-                        path.display(),
-                        at + got as u64
-                    ))
+            let mut got = pos;
+            if let (true, Some((c, _))) = (here, &plan) {
+                match read_cached(c, &mut buf.buf(span)[pos..end], at + pos as u64) {
+                    // Whole pages only, so that a direct read can go on from there.
+                    Ok(n) => got = if pos + n == end { end } else { (pos + n) & !4095 },
+                    // Evicted since it was asked: read direct.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // RWF_NOWAIT unsupported here: read direct from now on.
+                    Err(_) => cached = None,
                 }
-                Ok(r) => got += r,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if direct && got == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
-                    match std::fs::File::open(path) {
-                        Ok(g) => {
-                            buffered = Some(g);
-                            direct = false;
+            }
+            while got < end {
+                // A direct read must ask for whole aligned sectors, even for the tail.
+                let stop = if direct && end == span {
+                    span.next_multiple_of(4096)
+                } else {
+                    end
+                };
+                let file = buffered.as_ref().unwrap_or(&disk.file);
+                match file.read_at(&mut buf.buf(stop)[got..], at + got as u64) {
+                    Ok(0) => {
+                        res = Err(format!(
+                            "{}: short read at byte {} (disk shrank?)",
+                            path.display(),
+                            at + got as u64
+                        ));
+                        break;
+                    }
+                    Ok(r) => got += r,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                        match std::fs::File::open(path) {
+                            Ok(g) => {
+                                buffered = Some(g);
+                                direct = false;
+                            }
+                            Err(e) => {
+                                res = Err(format!("{}: {e}", path.display()));
+                                break;
+                            }
                         }
-                        Err(e) => break Err(format!("{}: {e}", path.display())),
+                    }
+                    Err(e) => {
+                        res = Err(format!("{}: byte {}: {e}", path.display(), at + got as u64));
+                        break;
                     }
                 }
-                Err(e) => break Err(format!("{}: byte {}: {e}", path.display(), at + got as u64)),
             }
-        };
+            pos = end;
+        }
         let stop = res.is_err();
         if full
             .send(res.map(|()| Span { at, len: span, buf }))
@@ -648,6 +648,47 @@ fn read_lane(
         }
         k += READ_LANES as u64;
     }
+}
+
+/// Granularity of cache-first reads: a chunk is copied from the page cache only if all of it
+/// is cached (the rest is read direct, which stays coherent with the cache).
+const CACHE_CHUNK: usize = 64 << 10;
+
+/// For each [`CACHE_CHUNK`] of the `len` bytes of `f` at `at` (page-aligned), whether the page
+/// cache holds all of it; `None` if that cannot be asked. Asked with `mincore` on a mapping that
+/// is never touched: unlike a probing read (even `RWF_NOWAIT`), asking starts no readahead,
+/// which would read the disk twice, once into the cache and once direct.
+fn cached_chunks(f: &std::fs::File, at: u64, len: usize) -> Option<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    const PAGE: usize = 4096;
+    let map_len = len.next_multiple_of(PAGE);
+    let off = libc::off_t::try_from(at).ok()?;
+    let mut pages = vec![0u8; map_len / PAGE];
+    // SAFETY: a fresh read-only shared mapping that is never dereferenced: it is only asked
+    // about with `mincore` (into `pages`, one byte per page as required) and unmapped.
+    #[allow(unsafe_code)]
+    let asked = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            off,
+        );
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        let r = libc::mincore(p, map_len, pages.as_mut_ptr());
+        libc::munmap(p, map_len);
+        r == 0
+    };
+    asked.then(|| {
+        pages
+            .chunks(CACHE_CHUNK / PAGE)
+            .map(|c| c.iter().all(|b| b & 1 == 1))
+            .collect()
+    })
 }
 
 /// Reads from `f` at `at` only what its page cache holds (`preadv2` with `RWF_NOWAIT`): the
@@ -1066,16 +1107,22 @@ mod tests {
             }
         }
         // The second span really is split: its head comes from the cache, the rest is not there.
-        let mut head = vec![0u8; READ_BYTES];
-        let n = read_cached(&f, &mut head, READ_BYTES as u64).unwrap();
+        let second = cached_chunks(&f, READ_BYTES as u64, READ_BYTES).unwrap();
         assert!(
-            n > 0 && n < READ_BYTES,
-            "expected a partly cached span, got {n} bytes"
+            second.iter().any(|&c| c) && second.iter().any(|&c| !c),
+            "expected a partly cached span, got {second:?}"
         );
         let got = read_all(&path);
         assert!(
             got == data,
             "the scan read different bytes than the file holds"
+        );
+        // Reading the evicted part direct brought none of it into the cache (a probing read
+        // would have started readahead there, reading the disk twice).
+        let third = cached_chunks(&f, 2 * READ_BYTES as u64, READ_BYTES).unwrap();
+        assert!(
+            third.iter().all(|&c| !c),
+            "the scan filled the page cache: {third:?}"
         );
         // A dirty (unsynced) change is seen too, whichever path serves it.
         let g = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
