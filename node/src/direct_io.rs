@@ -90,7 +90,9 @@ pub fn write_direct(dest: &Path, parts: &[&[u8]]) -> std::io::Result<bool> {
         .unwrap_or_else(|p| p.into_inner())
         .pop()
         .filter(|s| s.capacity() >= padded)
-        .unwrap_or_else(|| Aligned::new(padded));
+        // Sizes rounded up to 2 MiB, so buffers fit the next pack (a pack is 8 MiB plus at most a
+        // block) and are reused rather than reallocated.
+        .unwrap_or_else(|| Aligned::new(padded.next_multiple_of(2 << 20)));
     let buf = stage.buf(padded);
     let mut at = 0;
     for p in parts {

@@ -70,7 +70,14 @@ pub enum FrameError {
 
 /// Encodes an envelope to a frame body.
 pub fn encode_body(env: &Envelope) -> Result<Vec<u8>, FrameError> {
-    let body = rmp_serde::to_vec(env).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    encode_body_sized(env, 0)
+}
+
+/// [`encode_body`] into a buffer with room for `hint` bytes (a sender that knows roughly how
+/// big its frame is saves the copies of growing the buffer by doubling).
+pub fn encode_body_sized(env: &Envelope, hint: usize) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::with_capacity(hint.min(MAX_FRAME_BYTES));
+    rmp_serde::encode::write(&mut body, env).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge {
             size: body.len(),
@@ -130,7 +137,17 @@ impl FrameSealer {
 
     /// Seals `env` and appends the records to `out`.
     pub fn seal(&mut self, env: &Envelope, out: &mut Vec<u8>) -> Result<(), FrameError> {
-        let body = encode_body(env)?;
+        self.seal_sized(env, 0, out)
+    }
+
+    /// [`FrameSealer::seal`] of a frame expected to take about `hint` bytes encoded.
+    pub fn seal_sized(
+        &mut self,
+        env: &Envelope,
+        hint: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FrameError> {
+        let body = encode_body_sized(env, hint)?;
         self.seal_body(&body, out)
     }
 

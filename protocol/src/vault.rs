@@ -480,6 +480,17 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack with room for `bytes` without reallocating (a process server fills its
+    /// packs to a known size: growing by doubling would copy each one several times).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(PACK_MAGIC.len()));
+        buf.extend_from_slice(PACK_MAGIC);
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
     /// Appends a sealed block.
     pub fn add(&mut self, id: BlockId, sealed: &[u8]) {
         self.entries.push(IndexEntry {

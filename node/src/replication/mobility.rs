@@ -731,10 +731,17 @@ fn seal_batch(
     disk: u16,
     blocks: Vec<DeltaBlock>,
 ) -> Result<Scan, String> {
+    // The payloads plus a few bytes of framing per block and for the envelope.
+    let hint = blocks
+        .iter()
+        .map(|b| b.data.as_ref().map_or(0, |d| d.len()) + 16)
+        .sum::<usize>()
+        + 256;
     let mut out = Vec::new();
     sealer
-        .seal(
+        .seal_sized(
             &Envelope::new(Message::DeltaBlocks { disk, blocks }),
+            hint,
             &mut out,
         )
         .map_err(|e| e.to_string())?;

@@ -36,6 +36,9 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const PACK_BYTES: usize = 8 << 20;
 /// zstd level for blocks (fast; the CPU budget goes to hashing and sealing).
 pub const ZSTD_LEVEL: i32 = 1;
+/// Room reserved for a pack: it closes at the first block that takes it past [`PACK_BYTES`]
+/// (blocks of up to 2 MiB fit without a reallocation).
+const PACK_ROOM: usize = PACK_BYTES + (2 << 20);
 /// Pack uploads a session keeps in flight.
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// Largest disk accepted (64 TiB).
@@ -590,7 +593,7 @@ async fn process(
     let mut touched: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); ids.len()];
     // Packs the new point depends on through this session (GC rescue before commit).
     let mut packs: HashSet<String> = HashSet::new();
-    let mut pack = PackBuilder::new();
+    let mut pack = PackBuilder::with_capacity(PACK_ROOM);
     // Blocks this session already packed (shared read-only with the sealing thread).
     let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
     let mut failure: Option<String> = None;
@@ -665,7 +668,7 @@ async fn process(
                         packs.insert(p);
                     }
                 }
-                let full = std::mem::take(&mut pack);
+                let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_ROOM));
                 inflight.push_back(spawn_upload(repl.clone(), vault.clone(), full));
             }
         }
