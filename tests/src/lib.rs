@@ -632,3 +632,84 @@ pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
     }
     all
 }
+
+/// moto's S3 server (an S3 API emulator, conditional puts included), started on a free port;
+/// killed on drop. Its objects live in memory: a restart loses them.
+#[derive(Debug)]
+pub struct S3Emulator {
+    /// Port.
+    pub port: u16,
+    /// The process.
+    child: Child,
+}
+
+impl S3Emulator {
+    /// Starts moto's server (installed by `scripts/test` into `tools/s3-venv`).
+    pub fn start() -> S3Emulator {
+        let bin = tools_dir().join("s3-venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/test (it pip-installs moto)",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let s3 = S3Emulator { port, child };
+        wait_until("the S3 emulator to listen", WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s3
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment a daemon needs to use this emulator (object_store's `AWS_*` variables).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "lifeboat".into()),
+            ("AWS_SECRET_ACCESS_KEY", "lifeboat".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Creates a bucket (the emulator accepts an unsigned `PUT /bucket`).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        c.set_read_timeout(Some(WAIT)).expect("timeout");
+        write!(
+            c,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "create bucket {name}: {}",
+            reply.lines().next().unwrap_or("no reply")
+        );
+    }
+}
+
+impl Drop for S3Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

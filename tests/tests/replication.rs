@@ -1,8 +1,8 @@
 //! Replication end to end with real daemons: every recovery point restores bit-exact to a copy
 //! of the source taken at its capture; deltas move only changed blocks; zero blocks are never
 //! stored; identical blocks of two machines are stored once; a corrupted pack fails restore
-//! loudly. The same suite runs against the local-directory vault and against Azure Blob on
-//! Azurite.
+//! loudly. The same suite runs against the local-directory vault, against Azure Blob on
+//! Azurite and against S3 on moto's S3 server.
 
 use lifeboat_tests::disks::*;
 use lifeboat_tests::*;
@@ -285,4 +285,11 @@ fn azure_vault_on_azurite_points_restore_bit_exact_and_deltas_move_only_changes(
     az.create_container("vault");
     suite(Some("az://vault".into()), az.env(), false);
     let _ = Duration::from_secs(0);
+}
+
+#[test]
+fn s3_vault_on_moto_points_restore_bit_exact_and_deltas_move_only_changes() {
+    let s3 = S3Emulator::start();
+    s3.create_bucket("vault");
+    suite(Some("s3://vault".into()), s3.env(), false);
 }
