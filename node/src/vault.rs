@@ -18,7 +18,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -1227,13 +1226,20 @@ impl Vault {
             path: out.display().to_string(),
             source: e,
         };
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(out)
-            .map_err(io)?;
-        f.set_len(d.size_bytes).map_err(io)?;
+        let mut w = crate::direct_io::BlockWriter::create(out, d.size_bytes).map_err(io)?;
+        // Blocks are written on their own thread while the next ones are fetched and verified.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(64);
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            while let Some((at, data)) = rx.blocking_recv() {
+                w.write(at, &data)?;
+            }
+            w.finish()
+        });
+        let written = |writer: std::thread::JoinHandle<std::io::Result<()>>| {
+            writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("restore writer panicked")))
+        };
         let bs = d.block_size as u64;
         let mut stats = RestoreStats::default();
         if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
@@ -1306,13 +1312,19 @@ impl Vault {
                             format!("block has {} bytes, expected {expect}", data.len()),
                         ));
                     }
-                    f.write_all_at(&data, block * bs).map_err(io)?;
+                    if tx.send((block * bs, data)).await.is_err() {
+                        // The writer stopped: its error says why.
+                        drop(tx);
+                        written(writer).map_err(io)?;
+                        return Err(io(std::io::Error::other("restore writer stopped")));
+                    }
                     stats.blocks += 1;
                 }
                 i = j;
             }
         }
-        f.sync_all().map_err(io)?;
+        drop(tx);
+        written(writer).map_err(io)?;
         Ok(stats)
     }
 }
