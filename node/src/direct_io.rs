@@ -81,18 +81,22 @@ pub fn write_direct(dest: &Path, parts: &[&[u8]]) -> std::io::Result<bool> {
                 std::fs::create_dir_all(parent)?;
                 continue;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // The kernel creates the file before it refuses the flag.
+                let _ = std::fs::remove_file(&staged);
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
     };
-    let mut stage = POOL
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
-        .filter(|s| s.capacity() >= padded)
-        // Sizes rounded up to 2 MiB, so buffers fit the next pack (a pack is 8 MiB plus at most a
-        // block) and are reused rather than reallocated.
-        .unwrap_or_else(|| Aligned::new(padded.next_multiple_of(2 << 20)));
+    let pooled = {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        let fits = pool.iter().position(|s| s.capacity() >= padded);
+        fits.map(|i| pool.swap_remove(i))
+    };
+    // Sizes rounded up to 2 MiB, so buffers fit the next pack (a pack is 8 MiB plus at most a
+    // block) and are reused rather than reallocated.
+    let mut stage = pooled.unwrap_or_else(|| Aligned::new(padded.next_multiple_of(2 << 20)));
     let buf = stage.buf(padded);
     let mut at = 0;
     for p in parts {

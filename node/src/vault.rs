@@ -1226,22 +1226,7 @@ impl Vault {
             path: out.display().to_string(),
             source: e,
         };
-        let mut w = crate::direct_io::BlockWriter::create(out, d.size_bytes).map_err(io)?;
-        // Blocks are written on their own thread while the next ones are fetched and verified.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(64);
-        let writer = std::thread::spawn(move || -> std::io::Result<()> {
-            while let Some((at, data)) = rx.blocking_recv() {
-                w.write(at, &data)?;
-            }
-            w.finish()
-        });
-        let written = |writer: std::thread::JoinHandle<std::io::Result<()>>| {
-            writer
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("restore writer panicked")))
-        };
         let bs = d.block_size as u64;
-        let mut stats = RestoreStats::default();
         if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
             return Err(corrupt(
                 0,
@@ -1252,6 +1237,64 @@ impl Vault {
                 ),
             ));
         }
+        let mut w = crate::direct_io::BlockWriter::create(out, d.size_bytes).map_err(io)?;
+        // Blocks are written on their own thread while the next ones are fetched and verified
+        // (at most about 32 MiB of them queued). A failed restore stops the writer before it
+        // writes anything more, and is only reported once the writer is gone, so a restore that
+        // follows to the same file never meets a stale writer.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(((32 << 20) / bs as usize).max(2));
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = abort.clone();
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+            while let Some((at, data)) = rx.blocking_recv() {
+                if stopped() {
+                    return Ok(());
+                }
+                w.write(at, &data)?;
+            }
+            if stopped() {
+                return Ok(());
+            }
+            w.finish()
+        });
+        let mut stats = RestoreStats::default();
+        let fetched = self.restore_blocks(d, &tx, &mut stats).await;
+        if fetched.is_err() {
+            abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(tx);
+        let wrote = tokio::task::spawn_blocking(move || {
+            writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("restore writer panicked")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match (fetched, wrote) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(io(e)),
+            // The writer only stops early on an error; be sure anyway.
+            (Ok(false), Ok(())) => Err(io(std::io::Error::other("restore writer stopped"))),
+            (Ok(true), Ok(())) => Ok(stats),
+        }
+    }
+
+    /// Fetches, verifies and hands to `tx` (block offset, plaintext) every non-zero block of
+    /// `d`. Returns false if the writer went away first (its own result says why).
+    async fn restore_blocks(
+        &self,
+        d: &DiskRecord,
+        tx: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+        stats: &mut RestoreStats,
+    ) -> Result<bool, VaultError> {
+        let corrupt = |block: u64, detail: String| VaultError::Corrupt {
+            disk: d.name.clone(),
+            block,
+            detail,
+        };
+        let bs = d.block_size as u64;
         for (ci, c) in d.chunks.iter().enumerate() {
             let ids = self
                 .get_chunk(c)
@@ -1313,19 +1356,14 @@ impl Vault {
                         ));
                     }
                     if tx.send((block * bs, data)).await.is_err() {
-                        // The writer stopped: its error says why.
-                        drop(tx);
-                        written(writer).map_err(io)?;
-                        return Err(io(std::io::Error::other("restore writer stopped")));
+                        return Ok(false);
                     }
                     stats.blocks += 1;
                 }
                 i = j;
             }
         }
-        drop(tx);
-        written(writer).map_err(io)?;
-        Ok(stats)
+        Ok(true)
     }
 }
 

@@ -660,10 +660,15 @@ const CACHE_CHUNK: usize = 64 << 10;
 /// which would read the disk twice, once into the cache and once direct.
 fn cached_chunks(f: &std::fs::File, at: u64, len: usize) -> Option<Vec<bool>> {
     use std::os::fd::AsRawFd;
-    const PAGE: usize = 4096;
-    let map_len = len.next_multiple_of(PAGE);
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    if page == 0 || CACHE_CHUNK % page != 0 || at % page as u64 != 0 {
+        return None;
+    }
+    let map_len = len.next_multiple_of(page);
     let off = libc::off_t::try_from(at).ok()?;
-    let mut pages = vec![0u8; map_len / PAGE];
+    let mut pages = vec![0u8; map_len / page];
     // SAFETY: a fresh read-only shared mapping that is never dereferenced: it is only asked
     // about with `mincore` (into `pages`, one byte per page as required) and unmapped.
     #[allow(unsafe_code)]
@@ -685,7 +690,7 @@ fn cached_chunks(f: &std::fs::File, at: u64, len: usize) -> Option<Vec<bool>> {
     };
     asked.then(|| {
         pages
-            .chunks(CACHE_CHUNK / PAGE)
+            .chunks(CACHE_CHUNK / page)
             .map(|c| c.iter().all(|b| b & 1 == 1))
             .collect()
     })
