@@ -158,6 +158,45 @@ fn sync_paths_blocking(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
     dirs.into_iter().try_for_each(|d| sync(d, true))
 }
 
+/// Deletes the staging files (`NAME#<digits>`, see [`crate::direct_io::write_direct`]) under a
+/// local vault `root` last modified at least `grace_ms` before `now_ms`: writes that a killed
+/// process never renamed into place. A live write is far younger than any grace period (and if
+/// one were removed anyway its rename would fail and the put would be retried). Returns files
+/// and bytes deleted; what cannot be read or deleted is left for the next pass.
+fn sweep_staging(root: &Path, now_ms: u64, grace_ms: u64) -> (u64, u64) {
+    let staging = |name: &str| {
+        name.rsplit_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let (mut files, mut bytes) = (0, 0);
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                dirs.push(e.path());
+                continue;
+            }
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+            if staging(&e.file_name().to_string_lossy())
+                && now_ms.saturating_sub(modified) >= grace_ms
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
 /// Builds an object store from a vault URL and options.
 pub fn store_from_url(
     url: &str,
@@ -256,6 +295,8 @@ pub struct GcReport {
     pub rescued: u64,
     /// Chunks deleted.
     pub deleted_chunks: u64,
+    /// Abandoned staging files deleted (local vaults).
+    pub deleted_staging: u64,
     /// Bytes of packs deleted.
     pub freed_bytes: u64,
 }
@@ -783,6 +824,16 @@ impl Vault {
                 self.delete_key(m.location.as_ref()).await?;
                 rep.deleted_chunks += 1;
             }
+        }
+        // 5. Staging files of writes a killed process never renamed into place (a local vault
+        // only; listings skip them, so nothing else would remove them).
+        if let Some(root) = self.local_root.clone() {
+            let (files, bytes) =
+                tokio::task::spawn_blocking(move || sweep_staging(&root, now_ms, grace_ms))
+                    .await
+                    .unwrap_or_default();
+            rep.deleted_staging = files;
+            rep.freed_bytes += bytes;
         }
         self.refresh_condemned().await?;
         self.refresh_index().await?;
@@ -1370,6 +1421,61 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn gc_removes_abandoned_staging_files_of_a_local_vault_and_nothing_else() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let root = dir.path().join("vault");
+        let url = format!("file://{}", root.display());
+        let store = store_from_url(&url, &BTreeMap::new()).unwrap();
+        let key = DataKey::from_master([9; 32]);
+        Vault::create(store.clone(), "t", &key, UnixMillis(1))
+            .await
+            .unwrap();
+        let v = Vault::open(store, key)
+            .await
+            .unwrap()
+            .durable_at(local_root(&url));
+        let mut pack = PackBuilder::new();
+        pack.add(BlockId([1; 32]), &[5u8; 2 << 20]);
+        v.upload_pack(pack).await.unwrap();
+        let packs = root.join("packs/ab");
+        std::fs::create_dir_all(&packs).unwrap();
+        let hour = Duration::from_secs(3600);
+        let now = std::time::SystemTime::now();
+        let file = |name: &str, age: Duration| {
+            let p = packs.join(name);
+            std::fs::write(&p, [0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(now - age).unwrap();
+            p
+        };
+        let abandoned = file("x.pack#4242", 2 * hour);
+        let live = file("y.pack#4243", Duration::ZERO);
+        let named = file("z#not-staging", 2 * hour);
+        let before: Vec<_> = walk_files(&root);
+        let now_ms = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let rep = v.gc(now_ms, hour.as_millis() as u64).await.unwrap();
+        assert_eq!(rep.deleted_staging, 1);
+        assert!(!abandoned.exists() && live.exists() && named.exists());
+        let mut after = walk_files(&root);
+        after.push(abandoned);
+        after.sort();
+        assert_eq!(after, before, "gc removed something other than the staging file");
+    }
+
+    fn walk_files(d: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk_files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        out
+    }
 
     #[tokio::test]
     async fn a_local_vault_syncs_what_it_wrote_at_each_barrier() {
