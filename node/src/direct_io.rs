@@ -276,7 +276,9 @@ mod tests {
         let size = (blocks * bs - 1000) as u64;
         let content = |i: usize| -> Vec<u8> {
             let len = (size as usize - i * bs).min(bs);
-            (0..len).map(|j| (i * 131 + j * 7 + j / 4099) as u8).collect()
+            (0..len)
+                .map(|j| (i * 131 + j * 7 + j / 4099) as u8)
+                .collect()
         };
         let mut order: Vec<usize> = (0..blocks).filter(|i| i % 5 != 3).collect();
         // Mostly in order (coalesced runs), with a stretch written backwards.
@@ -299,6 +301,9 @@ mod tests {
         want[3 * bs + 17..3 * bs + 17 + odd.len()].copy_from_slice(odd);
         let got = std::fs::read(&path).unwrap();
         assert_eq!(got.len(), want.len());
-        assert!(got == want, "the restored file differs from what was written");
+        assert!(
+            got == want,
+            "the restored file differs from what was written"
+        );
     }
 }

@@ -1454,14 +1454,20 @@ mod tests {
         let live = file("y.pack#4243", Duration::ZERO);
         let named = file("z#not-staging", 2 * hour);
         let before: Vec<_> = walk_files(&root);
-        let now_ms = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let rep = v.gc(now_ms, hour.as_millis() as u64).await.unwrap();
         assert_eq!(rep.deleted_staging, 1);
         assert!(!abandoned.exists() && live.exists() && named.exists());
         let mut after = walk_files(&root);
         after.push(abandoned);
         after.sort();
-        assert_eq!(after, before, "gc removed something other than the staging file");
+        assert_eq!(
+            after, before,
+            "gc removed something other than the staging file"
+        );
     }
 
     fn walk_files(d: &Path) -> Vec<PathBuf> {

@@ -14,8 +14,8 @@
 //! otherwise not consistent (a live disk read over time).
 
 use super::{load, save, Repl};
-use crate::transport::FrameWriter;
 use crate::direct_io::Aligned;
+use crate::transport::FrameWriter;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
@@ -592,7 +592,13 @@ fn read_lane(
             if let (true, Some((c, _))) = (here, &plan) {
                 match read_cached(c, &mut buf.buf(span)[pos..end], at + pos as u64) {
                     // Whole pages only, so that a direct read can go on from there.
-                    Ok(n) => got = if pos + n == end { end } else { (pos + n) & !4095 },
+                    Ok(n) => {
+                        got = if pos + n == end {
+                            end
+                        } else {
+                            (pos + n) & !4095
+                        }
+                    }
                     // Evicted since it was asked: read direct.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     // RWF_NOWAIT unsupported here: read direct from now on.
