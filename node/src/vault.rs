@@ -1422,13 +1422,12 @@ impl Vault {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn gc_removes_abandoned_staging_files_of_a_local_vault_and_nothing_else() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let root = dir.path().join("vault");
+    /// A new local vault under `dir` (syncing at barriers) and its root directory.
+    async fn local_vault(dir: &Path) -> (Vault, PathBuf) {
+        let root = dir.join("vault");
         let url = format!("file://{}", root.display());
         let store = store_from_url(&url, &BTreeMap::new()).unwrap();
-        let key = DataKey::from_master([9; 32]);
+        let key = DataKey::from_master([7; 32]);
         Vault::create(store.clone(), "t", &key, UnixMillis(1))
             .await
             .unwrap();
@@ -1436,6 +1435,13 @@ mod tests {
             .await
             .unwrap()
             .durable_at(local_root(&url));
+        (v, root)
+    }
+
+    #[tokio::test]
+    async fn gc_removes_abandoned_staging_files_of_a_local_vault_and_nothing_else() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (v, root) = local_vault(dir.path()).await;
         let mut pack = PackBuilder::new();
         pack.add(BlockId([1; 32]), &[5u8; 2 << 20]);
         v.upload_pack(pack).await.unwrap();
@@ -1486,17 +1492,7 @@ mod tests {
     #[tokio::test]
     async fn a_local_vault_syncs_what_it_wrote_at_each_barrier() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("vault");
-        let url = format!("file://{}", root.display());
-        let store = store_from_url(&url, &BTreeMap::new()).unwrap();
-        let key = DataKey::from_master([7; 32]);
-        Vault::create(store.clone(), "t", &key, UnixMillis(1))
-            .await
-            .unwrap();
-        let v = Vault::open(store, key)
-            .await
-            .unwrap()
-            .durable_at(local_root(&url));
+        let (v, root) = local_vault(dir.path()).await;
         let pending = || v.unsynced.lock().unwrap().clone();
         v.put_chunk(&[BlockId::ZERO; 3]).await.unwrap();
         let body = || Bytes::from_static(b"x");
