@@ -190,7 +190,8 @@ impl BlockWriter {
                 self.size
             )));
         }
-        let aligned = at % ALIGN as u64 == 0 && (data.len() % ALIGN == 0 || end == self.size);
+        let aligned = at.is_multiple_of(ALIGN as u64)
+            && (data.len().is_multiple_of(ALIGN) || end == self.size);
         if self.direct.is_none() || !aligned || data.len() > RUN_BYTES {
             self.flush()?;
             return self.plain.write_all_at(data, at);

@@ -437,7 +437,7 @@ fn take_views(
 /// view is the same), a direct read is DMA'd into our buffer instead of copied out of the page
 /// cache (on the benchmark VM that copy cost more CPU than hashing), and a scan of the whole
 /// disk every cycle does not evict the applications' working set. For an image file, whatever
-/// its page cache already holds is copied from there first (see [`read_cached`]).
+/// its page cache already holds is copied from there (see [`cached_chunks`]).
 fn open_disk(path: &Path) -> Result<(std::fs::File, u64, bool), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let block_dev = meta.file_type().is_block_device();
@@ -559,14 +559,16 @@ struct LaneDisk {
 fn read_lane(
     lane: usize,
     disk: &LaneDisk,
-    mut direct: bool,
+    direct: bool,
     full: std::sync::mpsc::SyncSender<Result<Span, String>>,
     free: std::sync::mpsc::Receiver<Aligned>,
 ) {
-    use std::os::unix::fs::FileExt;
-    let (path, size) = (disk.path.as_path(), disk.size);
-    // Set if O_DIRECT reads are refused (some filesystems accept the flag at open only).
-    let mut buffered: Option<std::fs::File> = None;
+    let size = disk.size;
+    let mut device = DeviceReads {
+        disk,
+        direct,
+        buffered: None,
+    };
     let mut cached = disk.cached.as_ref();
     let mut k = lane as u64;
     loop {
@@ -605,43 +607,7 @@ fn read_lane(
                     Err(_) => cached = None,
                 }
             }
-            while got < end {
-                // A direct read must ask for whole aligned sectors, even for the tail.
-                let stop = if direct && end == span {
-                    span.next_multiple_of(4096)
-                } else {
-                    end
-                };
-                let file = buffered.as_ref().unwrap_or(&disk.file);
-                match file.read_at(&mut buf.buf(stop)[got..], at + got as u64) {
-                    Ok(0) => {
-                        res = Err(format!(
-                            "{}: short read at byte {} (disk shrank?)",
-                            path.display(),
-                            at + got as u64
-                        ));
-                        break;
-                    }
-                    Ok(r) => got += r,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                        match std::fs::File::open(path) {
-                            Ok(g) => {
-                                buffered = Some(g);
-                                direct = false;
-                            }
-                            Err(e) => {
-                                res = Err(format!("{}: {e}", path.display()));
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        res = Err(format!("{}: byte {}: {e}", path.display(), at + got as u64));
-                        break;
-                    }
-                }
-            }
+            res = device.fill(&mut buf, at, span, got, end);
             pos = end;
         }
         let stop = res.is_err();
@@ -653,6 +619,59 @@ fn read_lane(
             return;
         }
         k += READ_LANES as u64;
+    }
+}
+
+/// How a reader thread reads what it does not copy from the page cache.
+struct DeviceReads<'a> {
+    disk: &'a LaneDisk,
+    /// Reads are direct (until the filesystem refuses them).
+    direct: bool,
+    /// A buffered handle, once direct reads were refused (some filesystems accept the flag at
+    /// open only).
+    buffered: Option<std::fs::File>,
+}
+
+impl DeviceReads<'_> {
+    /// Fills bytes `got..end` of `buf`, the span of `span` bytes at disk byte `at`.
+    fn fill(
+        &mut self,
+        buf: &mut Aligned,
+        at: u64,
+        span: usize,
+        mut got: usize,
+        end: usize,
+    ) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let path = self.disk.path.as_path();
+        while got < end {
+            // A direct read must ask for whole aligned sectors, even for the tail.
+            let stop = if self.direct && end == span {
+                span.next_multiple_of(4096)
+            } else {
+                end
+            };
+            let file = self.buffered.as_ref().unwrap_or(&self.disk.file);
+            match file.read_at(&mut buf.buf(stop)[got..], at + got as u64) {
+                Ok(0) => {
+                    return Err(format!(
+                        "{}: short read at byte {} (disk shrank?)",
+                        path.display(),
+                        at + got as u64
+                    ))
+                }
+                Ok(r) => got += r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    let g = std::fs::File::open(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    self.buffered = Some(g);
+                    self.direct = false;
+                }
+                Err(e) => return Err(format!("{}: byte {}: {e}", path.display(), at + got as u64)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -669,7 +688,7 @@ fn cached_chunks(f: &std::fs::File, at: u64, len: usize) -> Option<Vec<bool>> {
     // SAFETY: sysconf has no preconditions.
     #[allow(unsafe_code)]
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-    if page == 0 || CACHE_CHUNK % page != 0 || at % page as u64 != 0 {
+    if page == 0 || !CACHE_CHUNK.is_multiple_of(page) || !at.is_multiple_of(page as u64) {
         return None;
     }
     let map_len = len.next_multiple_of(page);
