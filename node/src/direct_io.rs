@@ -55,16 +55,16 @@ fn staging_path(dest: &Path, n: u64) -> PathBuf {
     s.into()
 }
 
-/// Writes `parts` (concatenated) to `dest` with `O_DIRECT` through a staging file renamed into
+/// Writes `data` to `dest` with `O_DIRECT` through a staging file renamed into
 /// place, so a reader sees the whole object or nothing. The data is on the device when this
 /// returns (not in the page cache: nothing is left for a later sync to write back, and no page
 /// cache is allocated for it); the file's metadata and directory entry are not yet synced.
 ///
 /// Returns `Ok(false)` without writing anything when the filesystem refuses `O_DIRECT` (tmpfs),
 /// so the caller can write normally.
-pub fn write_direct(dest: &Path, parts: &[&[u8]]) -> std::io::Result<bool> {
+pub fn write_direct(dest: &Path, data: &[u8]) -> std::io::Result<bool> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len = data.len();
     let padded = len.div_ceil(ALIGN) * ALIGN;
     let (file, staged) = loop {
         let staged = staging_path(dest, SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
@@ -98,11 +98,7 @@ pub fn write_direct(dest: &Path, parts: &[&[u8]]) -> std::io::Result<bool> {
     // block) and are reused rather than reallocated.
     let mut stage = pooled.unwrap_or_else(|| Aligned::new(padded.next_multiple_of(2 << 20)));
     let buf = stage.buf(padded);
-    let mut at = 0;
-    for p in parts {
-        buf[at..at + p.len()].copy_from_slice(p);
-        at += p.len();
-    }
+    buf[..len].copy_from_slice(data);
     buf[len..].fill(0);
     let written = file.write_all_at(buf, 0);
     {
@@ -250,15 +246,13 @@ mod tests {
         // writes normally).
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let dest = dir.path().join("packs/ab/pack");
-        // Unaligned length, in two parts, into a directory that does not exist yet.
+        // Unaligned length, into a directory that does not exist yet.
         let a: Vec<u8> = (0..3 * ALIGN + 17).map(|i| (i * 31 % 251) as u8).collect();
         let b = vec![7u8; 1000];
-        assert!(write_direct(&dest, &[&a, &b]).unwrap());
-        let got = std::fs::read(&dest).unwrap();
-        assert_eq!(got.len(), a.len() + b.len());
-        assert!(got[..a.len()] == a[..] && got[a.len()..] == b[..]);
+        assert!(write_direct(&dest, &a).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), a);
         // Overwriting replaces it; no staging file is left beside it.
-        assert!(write_direct(&dest, &[&b]).unwrap());
+        assert!(write_direct(&dest, &b).unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), b);
         let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
             .unwrap()

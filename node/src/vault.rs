@@ -210,10 +210,10 @@ pub fn store_from_url(
             path: path.into(),
             source: e,
         })?;
-        // Puts go to the page cache; durability is a barrier at each point commit (see
-        // `Vault::barrier`), not a sync per put: syncing a session's files together, once,
-        // costs far less than waiting for each pack, chunk and index, and gives a commit the
-        // same guarantee.
+        // Small puts go through the page cache (packs are written direct by `Vault::put`);
+        // durability is a barrier at each point commit (see `Vault::barrier`), not a sync per
+        // put: syncing a session's files together, once, costs far less than waiting for each
+        // pack, chunk and index, and gives a commit the same guarantee.
         let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
             VaultError::Store {
                 op: "open",
@@ -333,8 +333,7 @@ pub struct Vault {
     points: RwLock<BTreeMap<String, PointRecord>>,
     /// Packs condemned by garbage collection (dedup ignores their blocks).
     condemned: RwLock<std::collections::HashSet<String>>,
-    /// Directory of a local vault: puts there land in the page cache and [`Vault::barrier`]
-    /// makes them durable.
+    /// Directory of a local vault: [`Vault::barrier`] makes the puts there durable.
     local_root: Option<std::path::PathBuf>,
     /// Local files written since the last barrier.
     unsynced: std::sync::Mutex<Vec<std::path::PathBuf>>,
@@ -652,7 +651,8 @@ impl Vault {
     ///    needs it again or a process server rescued it (`gc/rescue/`). Deletion is announced
     ///    first with a tombstone (`gc/deleted/`, kept a week) and the rescue markers re-checked,
     ///    so a concurrent commit either sees the tombstone and fails, or GC sees the rescue;
-    /// 4. chunks older than `grace_ms` that no point references are deleted.
+    /// 4. chunks older than `grace_ms` that no point references are deleted;
+    /// 5. in a local vault, staging files older than `grace_ms` are deleted ([`sweep_staging`]).
     pub async fn gc(&self, now_ms: u64, grace_ms: u64) -> Result<GcReport, VaultError> {
         let mut rep = GcReport::default();
         // Packs written by an earlier pass (repacks) are durable before any pack they replace
@@ -1013,45 +1013,27 @@ impl Vault {
         mode: PutMode,
     ) -> Result<bool, VaultError> {
         let body: Bytes = body.into();
-        if let (Some(root), PutMode::Overwrite, true) =
-            (&self.local_root, &mode, body.len() >= DIRECT_PUT_MIN)
-        {
-            let dest = root.join(key);
-            let (file, data) = (dest.clone(), body.clone());
-            let direct = tokio::task::spawn_blocking(move || {
-                crate::direct_io::write_direct(&file, &[&data])
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-            .map_err(|source| VaultError::Io {
-                path: dest.display().to_string(),
-                source,
-            })?;
-            if direct {
-                self.unsynced
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(dest);
-                return Ok(true);
-            }
-        }
-        let opts = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        let stored = match self
-            .store
-            .put_opts(&path(key), PutPayload::from(body), opts)
-            .await
-        {
-            Ok(_) => true,
-            Err(object_store::Error::AlreadyExists { .. }) => false,
-            Err(e) => {
-                return Err(VaultError::Store {
-                    op: "put",
-                    key: key.into(),
-                    source: e,
-                })
+        let stored = if self.put_direct(key, &body, &mode).await? {
+            true
+        } else {
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path(key), PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => true,
+                Err(object_store::Error::AlreadyExists { .. }) => false,
+                Err(e) => {
+                    return Err(VaultError::Store {
+                        op: "put",
+                        key: key.into(),
+                        source: e,
+                    })
+                }
             }
         };
         // The next barrier syncs it. An object that already existed (create-if-absent) is
@@ -1063,6 +1045,31 @@ impl Vault {
                 .push(root.join(key));
         }
         Ok(stored)
+    }
+
+    /// Writes a local vault's big overwritten object (a pack) with `O_DIRECT` (see
+    /// [`DIRECT_PUT_MIN`]). False if the object is not one, or the filesystem refuses
+    /// `O_DIRECT`: the caller then puts it through the store.
+    async fn put_direct(
+        &self,
+        key: &str,
+        body: &Bytes,
+        mode: &PutMode,
+    ) -> Result<bool, VaultError> {
+        let (Some(root), PutMode::Overwrite, true) =
+            (&self.local_root, mode, body.len() >= DIRECT_PUT_MIN)
+        else {
+            return Ok(false);
+        };
+        let dest = root.join(key);
+        let (file, data) = (dest.clone(), body.clone());
+        tokio::task::spawn_blocking(move || crate::direct_io::write_direct(&file, &data))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| VaultError::Io {
+                path: dest.display().to_string(),
+                source,
+            })
     }
 
     /// Uploads a finished pack, then its index, then makes its blocks visible. Returns bytes.
