@@ -472,12 +472,7 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
-        buf.extend_from_slice(PACK_MAGIC);
-        PackBuilder {
-            buf,
-            entries: Vec::new(),
-        }
+        Self::with_capacity(1 << 20)
     }
 
     /// An empty pack with room for `bytes` without reallocating (a process server fills its
