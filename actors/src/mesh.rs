@@ -6,16 +6,27 @@
 //! key. Every node answers [`Mesh::psk_for`] and [`Mesh::admits`] during handshakes and applies
 //! [`Mesh::handle_membership_update`] from an authority. Methods that change persisted state
 //! return `true`/`Some` and the shell saves [`Mesh::file`].
+//!
+//! Authority model: the membership list is the one record of who belongs to the mesh and which
+//! roles each member holds ([`Member::roles`]). Only the authority edits it
+//! ([`Mesh::assign_role`], [`Mesh::remove_member`], [`Mesh::rotate_secret`]); every other node
+//! takes it, whole and versioned, from an authenticated authority connection and acts on it,
+//! never on what a peer says about itself. Names are unique (a registration under a taken name
+//! is refused) and are for display: decisions resolve them to node ids first.
 
-use lifeboat_config::state::{IssuedKey, MeshFile};
+use lifeboat_config::state::{IssuedKey, MeshFile, PreviousSecret};
 use lifeboat_protocol::handshake::{psk_id, PskId};
-use lifeboat_protocol::message::{Member, MeshGrant, RegisterRefusal};
+use lifeboat_protocol::message::{Member, MeshGrant, RegisterRefusal, RoleOp};
 use lifeboat_protocol::regkey::{RegistrationKey, MAX_CLOCK_SKEW_MS};
-use lifeboat_protocol::{NodeId, PublicKey, UnixMillis};
+use lifeboat_protocol::{NodeId, PublicKey, Role, UnixMillis};
 use std::net::SocketAddr;
 
 /// How many issued keys are kept (used and expired ones are pruned first).
 const MAX_ISSUED_KEYS: usize = 1024;
+/// Longest validity of a registration key (the reference product's cap).
+pub const MAX_KEY_VALIDITY_MS: u64 = 5 * 86_400_000;
+/// How long a rotated-out mesh secret stays accepted from members by default.
+pub const DEFAULT_SECRET_GRACE_MS: u64 = 7 * 86_400_000;
 
 /// What a PSK id resolves to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +52,15 @@ pub enum MeshError {
     /// The change could not be saved; nothing was changed.
     #[error("could not save the mesh state ({0}); nothing was changed, fix the state directory and retry")]
     Persist(String),
+    /// No member has this id or name.
+    #[error("no member of this mesh is named or has the id {0:?}; see `lifeboat peers`")]
+    UnknownMember(String),
+    /// The authority cannot remove itself.
+    #[error("a configuration node cannot remove itself from the mesh it administers")]
+    RemoveSelf,
+    /// A key validity out of range.
+    #[error("a registration key is valid for 1s to 5d (the reference product's cap); got {0}")]
+    Validity(String),
 }
 
 /// Mesh state of one node.
@@ -87,6 +107,7 @@ impl Mesh {
         seed: [u8; 32],
         name: &str,
         addrs: Vec<SocketAddr>,
+        roles: Vec<Role>,
     ) -> Result<&MeshFile, MeshError> {
         if let Some(f) = &self.file {
             return Err(MeshError::AlreadyMember(mesh_id_hex(&f.mesh_id)));
@@ -105,8 +126,10 @@ impl Mesh {
                 name: name.to_string(),
                 addrs,
                 joined: now,
+                roles,
             }],
             issued_keys: Vec::new(),
+            previous_secret: None,
         }))
     }
 
@@ -118,6 +141,11 @@ impl Mesh {
         seed: [u8; 32],
         config_addrs: Vec<SocketAddr>,
     ) -> Result<RegistrationKey, MeshError> {
+        if validity_ms == 0 || validity_ms > MAX_KEY_VALIDITY_MS {
+            return Err(MeshError::Validity(
+                lifeboat_protocol::time::human_duration(validity_ms),
+            ));
+        }
         let local = self.local;
         let f = self.authority_file()?;
         let secret = blake3::derive_key("lifeboat registration secret v1", &seed);
@@ -163,6 +191,11 @@ impl Mesh {
         if psk_id(&f.secret) == *id {
             return Some(PskKind::Mesh(f.secret));
         }
+        if let Some(p) = &f.previous_secret {
+            if psk_id(&p.secret) == *id && now < p.until {
+                return Some(PskKind::Mesh(p.secret));
+            }
+        }
         if !f.authorities.contains(&self.local) {
             return None;
         }
@@ -175,6 +208,102 @@ impl Mesh {
     /// The mesh secret, if joined.
     pub fn secret(&self) -> Option<[u8; 32]> {
         self.file.as_ref().map(|f| f.secret)
+    }
+
+    /// The rotated-out secret a dialer may fall back to while it is still accepted (a member
+    /// that was offline at the rotation still knows only that one).
+    pub fn previous_secret(&self, now: UnixMillis) -> Option<[u8; 32]> {
+        let p = self.file.as_ref()?.previous_secret.as_ref()?;
+        (now < p.until).then_some(p.secret)
+    }
+
+    /// The roles the authority granted `id` (empty for a non-member).
+    pub fn granted_roles(&self, id: NodeId) -> Vec<Role> {
+        self.members()
+            .iter()
+            .find(|m| m.node_id() == id)
+            .map(|m| m.roles.clone())
+            .unwrap_or_default()
+    }
+
+    /// The member a person means by `s`: its node id, or its (unique) name.
+    pub fn resolve(&self, s: &str) -> Option<&Member> {
+        let members = self.members();
+        members
+            .iter()
+            .find(|m| m.node_id().to_string() == s)
+            .or_else(|| members.iter().find(|m| m.name == s))
+    }
+
+    /// Grants or withdraws a role of member `target` (authority only). Returns the member's
+    /// roles after the change and whether anything changed (the version is bumped then).
+    pub fn assign_role(
+        &mut self,
+        target: NodeId,
+        op: RoleOp,
+        role: Role,
+    ) -> Result<(Vec<Role>, bool), MeshError> {
+        let f = self.authority_file()?;
+        let m = f
+            .members
+            .iter_mut()
+            .find(|m| m.node_id() == target)
+            .ok_or_else(|| MeshError::UnknownMember(target.to_string()))?;
+        let had = m.roles.contains(&role);
+        let changed = match op {
+            RoleOp::Add if !had => {
+                m.roles.push(role);
+                m.roles.sort();
+                true
+            }
+            RoleOp::Remove if had => {
+                m.roles.retain(|r| *r != role);
+                true
+            }
+            _ => false,
+        };
+        let roles = m.roles.clone();
+        if changed {
+            f.membership_version += 1;
+        }
+        Ok((roles, changed))
+    }
+
+    /// Evicts a member (authority only): it leaves the list, so every node refuses its
+    /// connections once the new version reaches it. Its unused keys are moot (keys are
+    /// one-time) and its roles go with it.
+    pub fn remove_member(&mut self, target: NodeId) -> Result<Member, MeshError> {
+        if target == self.local.node_id() {
+            return Err(MeshError::RemoveSelf);
+        }
+        let f = self.authority_file()?;
+        let i = f
+            .members
+            .iter()
+            .position(|m| m.node_id() == target)
+            .ok_or_else(|| MeshError::UnknownMember(target.to_string()))?;
+        let m = f.members.remove(i);
+        f.membership_version += 1;
+        Ok(m)
+    }
+
+    /// Replaces the mesh secret (authority only). The old one stays accepted for `grace_ms`
+    /// so members offline now can return and learn the new one with the next membership list.
+    pub fn rotate_secret(
+        &mut self,
+        now: UnixMillis,
+        seed: [u8; 32],
+        grace_ms: u64,
+    ) -> Result<(), MeshError> {
+        let f = self.authority_file()?;
+        let old = f.secret;
+        f.secret = blake3::derive_key("lifeboat mesh secret v1", &seed);
+        f.previous_secret = Some(PreviousSecret {
+            secret: old,
+            until: now.plus_millis(grace_ms),
+        });
+        f.membership_version += 1;
+        Ok(())
     }
 
     /// True if `key` is on the membership list.
@@ -220,6 +349,14 @@ impl Mesh {
             .authority_file()
             .map_err(|_| RegisterRefusal::UnknownKey)?;
         let joiner_id = joiner.node_id();
+        if f.members
+            .iter()
+            .any(|m| m.name == name && m.public_key != joiner)
+        {
+            return Err(RegisterRefusal::NameTaken {
+                name: name.to_string(),
+            });
+        }
         let key = f
             .issued_keys
             .iter_mut()
@@ -259,11 +396,13 @@ impl Mesh {
                 m.name = name.to_string();
                 m.addrs = addrs;
             }
+            // A new member holds no role until the authority grants one.
             None => f.members.push(Member {
                 public_key: joiner,
                 name: name.to_string(),
                 addrs,
                 joined: now,
+                roles: Vec::new(),
             }),
         }
         f.membership_version += 1;
@@ -289,16 +428,20 @@ impl Mesh {
             membership_version: grant.membership_version,
             members: grant.members,
             issued_keys: Vec::new(),
+            previous_secret: None,
         });
         Ok(())
     }
 
-    /// Applies a membership list from `from`. Returns true if it was newer and accepted.
+    /// Applies a membership list (and the current secret, if it was rotated) from `from`.
+    /// Returns true if it was newer and accepted.
     pub fn handle_membership_update(
         &mut self,
+        now: UnixMillis,
         from: &PublicKey,
         version: u64,
         members: Vec<Member>,
+        secret: Option<[u8; 32]>,
     ) -> bool {
         let Some(f) = self.file.as_mut() else {
             return false;
@@ -308,6 +451,13 @@ impl Mesh {
         }
         f.membership_version = version;
         f.members = members;
+        if let Some(s) = secret.filter(|s| *s != f.secret) {
+            f.previous_secret = Some(PreviousSecret {
+                secret: f.secret,
+                until: now.plus_millis(DEFAULT_SECRET_GRACE_MS),
+            });
+            f.secret = s;
+        }
         true
     }
 
@@ -319,6 +469,7 @@ impl Mesh {
             .then(|| lifeboat_protocol::Message::MembershipUpdate {
                 version: f.membership_version,
                 members: f.members.clone(),
+                secret: Some(f.secret),
             })
     }
 
@@ -356,7 +507,14 @@ mod tests {
     fn authority() -> (Mesh, PublicKey) {
         let cfg = StaticKeypair::generate([1; 32]).public;
         let mut m = Mesh::new(cfg, None);
-        m.create(UnixMillis(1_000), [9; 32], "cfg", vec![]).unwrap();
+        m.create(
+            UnixMillis(1_000),
+            [9; 32],
+            "cfg",
+            vec![],
+            vec![Role::Configuration],
+        )
+        .unwrap();
         (m, cfg)
     }
 
@@ -467,17 +625,176 @@ mod tests {
         };
         let mut joined = Mesh::new(a, None);
         joined.join(grant, cfg).unwrap();
-        assert!(!joined.handle_membership_update(&a, 9, vec![]));
-        assert!(!joined.handle_membership_update(&cfg, 4, vec![]));
-        assert!(joined.handle_membership_update(&cfg, 6, vec![]));
+        let now = UnixMillis(1);
+        assert!(!joined.handle_membership_update(now, &a, 9, vec![], None));
+        assert!(!joined.handle_membership_update(now, &cfg, 4, vec![], None));
+        assert!(joined.handle_membership_update(now, &cfg, 6, vec![], None));
         assert_eq!(joined.version(), 6);
+    }
+
+    fn registered(m: &mut Mesh, seed: u8, name: &str) -> Result<PublicKey, RegisterRefusal> {
+        let k = m
+            .issue_key(UnixMillis(1_000), DAY, [seed; 32], vec![])
+            .unwrap();
+        let who = StaticKeypair::generate([seed; 32]).public;
+        let now = UnixMillis(2_000);
+        m.handle_register(now, &k.key_id(), who, name, vec![], now)
+            .map(|_| who)
+    }
+
+    #[test]
+    fn names_are_unique_and_resolve_to_one_member() {
+        let (mut m, _) = authority();
+        let a = registered(&mut m, 3, "web-1").unwrap();
+        assert_eq!(
+            registered(&mut m, 4, "web-1"),
+            Err(RegisterRefusal::NameTaken {
+                name: "web-1".into()
+            })
+        );
+        assert_eq!(
+            registered(&mut m, 5, "cfg"),
+            Err(RegisterRefusal::NameTaken { name: "cfg".into() })
+        );
+        assert_eq!(m.resolve("web-1").map(|x| x.public_key), Some(a));
+        assert_eq!(
+            m.resolve(&a.node_id().to_string()).map(|x| x.public_key),
+            Some(a)
+        );
+        assert!(m.resolve("web-2").is_none());
+    }
+
+    #[test]
+    fn roles_are_granted_by_the_authority_only_and_travel_with_membership() {
+        let (mut m, cfg) = authority();
+        let a = registered(&mut m, 3, "ps").unwrap();
+        assert!(m.granted_roles(a.node_id()).is_empty());
+        let v = m.version();
+        let (roles, changed) = m
+            .assign_role(a.node_id(), RoleOp::Add, Role::ProcessServer)
+            .unwrap();
+        assert!(changed);
+        assert_eq!(roles, vec![Role::ProcessServer]);
+        assert_eq!(m.version(), v + 1);
+        // Idempotent: no version bump.
+        assert!(
+            !m.assign_role(a.node_id(), RoleOp::Add, Role::ProcessServer)
+                .unwrap()
+                .1
+        );
+        assert_eq!(m.version(), v + 1);
+        let nobody = StaticKeypair::generate([77; 32]).public.node_id();
+        assert!(matches!(
+            m.assign_role(nobody, RoleOp::Add, Role::Mobility),
+            Err(MeshError::UnknownMember(_))
+        ));
+        // A member takes its roles from the authority's list, and cannot grant any.
+        let Some(lifeboat_protocol::Message::MembershipUpdate {
+            version,
+            members,
+            secret,
+        }) = m.membership_message()
+        else {
+            panic!("authority publishes membership")
+        };
+        let mut joined = Mesh::new(a, None);
+        joined
+            .join(
+                MeshGrant {
+                    mesh_id: m.mesh_id().unwrap(),
+                    mesh_secret: m.secret().unwrap(),
+                    membership_version: 1,
+                    members: vec![],
+                },
+                cfg,
+            )
+            .unwrap();
+        assert!(joined.handle_membership_update(UnixMillis(3), &cfg, version, members, secret));
+        assert_eq!(joined.granted_roles(a.node_id()), vec![Role::ProcessServer]);
+        assert_eq!(
+            joined.assign_role(a.node_id(), RoleOp::Add, Role::Configuration),
+            Err(MeshError::NotAuthority)
+        );
+    }
+
+    #[test]
+    fn a_removed_member_is_no_longer_admitted() {
+        let (mut m, cfg) = authority();
+        let a = registered(&mut m, 3, "gone").unwrap();
+        assert!(m.admits(&a));
+        m.remove_member(a.node_id()).unwrap();
+        assert!(!m.admits(&a));
+        assert_eq!(
+            m.remove_member(cfg.node_id()).err(),
+            Some(MeshError::RemoveSelf)
+        );
+        assert!(matches!(
+            m.remove_member(a.node_id()),
+            Err(MeshError::UnknownMember(_))
+        ));
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_the_old_one_only_for_the_grace_period() {
+        let (mut m, cfg) = authority();
+        let old = m.secret().unwrap();
+        m.rotate_secret(UnixMillis(10_000), [42; 32], 5_000)
+            .unwrap();
+        let new = m.secret().unwrap();
+        assert_ne!(old, new);
+        assert_eq!(
+            m.psk_for(&psk_id(&new), UnixMillis(20_000)),
+            Some(PskKind::Mesh(new))
+        );
+        assert_eq!(
+            m.psk_for(&psk_id(&old), UnixMillis(14_999)),
+            Some(PskKind::Mesh(old))
+        );
+        assert_eq!(m.psk_for(&psk_id(&old), UnixMillis(15_000)), None);
+        // Members learn the new secret with the membership list.
+        let a = StaticKeypair::generate([3; 32]).public;
+        let mut joined = Mesh::new(a, None);
+        joined
+            .join(
+                MeshGrant {
+                    mesh_id: m.mesh_id().unwrap(),
+                    mesh_secret: old,
+                    membership_version: 1,
+                    members: vec![],
+                },
+                cfg,
+            )
+            .unwrap();
+        assert!(joined.handle_membership_update(
+            UnixMillis(11_000),
+            &cfg,
+            m.version(),
+            m.members().to_vec(),
+            m.secret()
+        ));
+        assert_eq!(joined.secret(), Some(new));
+        assert_eq!(joined.previous_secret(UnixMillis(11_000)), Some(old));
+    }
+
+    #[test]
+    fn registration_keys_live_at_most_five_days() {
+        let (mut m, _) = authority();
+        assert!(matches!(
+            m.issue_key(UnixMillis(1), 5 * DAY + 1, [1; 32], vec![]),
+            Err(MeshError::Validity(_))
+        ));
+        assert!(matches!(
+            m.issue_key(UnixMillis(1), 0, [1; 32], vec![]),
+            Err(MeshError::Validity(_))
+        ));
+        assert!(m.issue_key(UnixMillis(1), 5 * DAY, [1; 32], vec![]).is_ok());
     }
 
     #[test]
     fn a_node_joins_one_mesh() {
         let (mut m, _) = authority();
         assert!(matches!(
-            m.create(UnixMillis(1), [1; 32], "x", vec![]),
+            m.create(UnixMillis(1), [1; 32], "x", vec![], vec![]),
             Err(MeshError::AlreadyMember(_))
         ));
     }

@@ -501,6 +501,7 @@ mod tests {
             name: "real".into(),
             addrs: vec![addr(9)],
             joined: UnixMillis(0),
+            roles: vec![],
         };
         t.handle_members(UnixMillis(1), &[m.clone()]);
         let e = t.get(&m.node_id()).expect("the member gets in");
@@ -560,6 +561,7 @@ mod tests {
             name: "hi".into(),
             addrs: vec![addr(9)],
             joined: UnixMillis(0),
+            roles: vec![],
         };
         t.handle_members(UnixMillis(0), &[m.clone()]);
         let dials = |acts: Vec<PeerAction>| {

@@ -50,6 +50,12 @@ pub struct GetRoles;
 #[rtype(result = "()")]
 pub struct SubscribeRoles(pub Recipient<RolesChanged>);
 
+/// Replace the roles with the set the mesh authority granted (a member's roles follow the
+/// membership list; see [`crate::mesh`]).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<Role>, String>")]
+pub struct SetRoles(pub BTreeSet<Role>);
+
 /// Owns the node's [`RoleSet`].
 pub struct RolesActor {
     /// The roles.
@@ -83,27 +89,43 @@ impl Actor for RolesActor {
     type Context = Context<Self>;
 }
 
+impl RolesActor {
+    /// Persists and announces `next` if it differs; on a persistence failure keeps the old set.
+    fn replace(&mut self, next: RoleSet) -> Result<Vec<Role>, String> {
+        if next == self.roles {
+            return Ok(self.roles.to_vec());
+        }
+        let file = RolesFile {
+            roles: next.as_set().clone(),
+        };
+        if let Err(e) = self.store.save_roles(&file) {
+            // Persist first: a role that would vanish at restart is not applied.
+            tracing::error!(cause = %e, "saving roles failed");
+            return Err(format!("could not save roles: {e}"));
+        }
+        tracing::info!(before = ?self.roles.to_vec(), roles = ?next.to_vec(), "roles changed");
+        self.roles = next;
+        let now = self.roles.to_vec();
+        for s in &self.subscribers {
+            s.do_send(RolesChanged(now.clone()));
+        }
+        Ok(now)
+    }
+}
+
 impl Handler<ApplyRole> for RolesActor {
     type Result = Result<Vec<Role>, String>;
     fn handle(&mut self, msg: ApplyRole, _: &mut Context<Self>) -> Self::Result {
-        let before = self.roles.clone();
-        if self.roles.apply(msg.op, msg.role) {
-            let file = RolesFile {
-                roles: self.roles.as_set().clone(),
-            };
-            if let Err(e) = self.store.save_roles(&file) {
-                // Persist first: a role that would vanish at restart is not applied.
-                self.roles = before;
-                tracing::error!(cause = %e, "saving roles failed");
-                return Err(format!("could not save roles: {e}"));
-            }
-            tracing::info!(op = ?msg.op, role = %msg.role, roles = ?self.roles.to_vec(), "roles changed");
-            let now = self.roles.to_vec();
-            for s in &self.subscribers {
-                s.do_send(RolesChanged(now.clone()));
-            }
-        }
-        Ok(self.roles.to_vec())
+        let mut next = self.roles.clone();
+        next.apply(msg.op, msg.role);
+        self.replace(next)
+    }
+}
+
+impl Handler<SetRoles> for RolesActor {
+    type Result = Result<Vec<Role>, String>;
+    fn handle(&mut self, msg: SetRoles, _: &mut Context<Self>) -> Self::Result {
+        self.replace(RoleSet::new(msg.0))
     }
 }
 
@@ -138,6 +160,47 @@ pub struct MembersChanged {
     pub authorities: Vec<PublicKey>,
     /// True if this node is an authority (it publishes the list to peers).
     pub local_is_authority: bool,
+    /// The current mesh secret, published with the list by an authority (so a rotation
+    /// reaches every member); redacted in debug output.
+    pub secret: Option<Secret>,
+}
+
+/// A mesh secret in transit between actors: never shown by `Debug`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret(pub [u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl MembersChanged {
+    /// The membership list as the authority publishes it.
+    pub fn update_message(&self) -> Message {
+        Message::MembershipUpdate {
+            version: self.version,
+            members: self.members.clone(),
+            secret: self.secret.map(|s| s.0),
+        }
+    }
+
+    /// The roles the authority granted `id`.
+    pub fn granted_roles(&self, id: NodeId) -> Vec<Role> {
+        self.members
+            .iter()
+            .find(|m| m.node_id() == id)
+            .map(|m| m.roles.clone())
+            .unwrap_or_default()
+    }
+
+    /// The member a person means by `s` (node id or unique name).
+    pub fn resolve(&self, s: &str) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.node_id().to_string() == s)
+            .or_else(|| self.members.iter().find(|m| m.name == s))
+    }
 }
 
 /// Subscribe to membership changes.
@@ -153,6 +216,33 @@ pub struct CreateMesh {
     pub name: String,
     /// This node's addresses.
     pub addrs: Vec<SocketAddr>,
+    /// This node's roles (the first entry of the roles record).
+    pub roles: Vec<Role>,
+}
+
+/// Grant or withdraw a member's role (authority only).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<Role>, MeshError>")]
+pub struct AssignRole {
+    /// The member.
+    pub target: NodeId,
+    /// Add or remove.
+    pub op: RoleOp,
+    /// Which role.
+    pub role: Role,
+}
+
+/// Evict a member (authority only).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Member, MeshError>")]
+pub struct RemoveMember(pub NodeId);
+
+/// Replace the mesh secret (authority only); the old one is accepted for `grace_ms`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), MeshError>")]
+pub struct RotateSecret {
+    /// How long the old secret stays accepted.
+    pub grace_ms: u64,
 }
 
 /// Issue a registration key.
@@ -220,6 +310,8 @@ pub struct MembershipIn {
     pub version: u64,
     /// List.
     pub members: Vec<Member>,
+    /// The current secret, if the sender published it.
+    pub secret: Option<Secret>,
 }
 
 /// Read the mesh summary.
@@ -287,6 +379,11 @@ impl MeshActor {
                 .map(|f| f.authorities.clone())
                 .unwrap_or_default(),
             local_is_authority: self.mesh.is_authority(),
+            secret: self
+                .mesh
+                .is_authority()
+                .then(|| self.mesh.secret().map(Secret))
+                .flatten(),
         }
     }
 
@@ -325,9 +422,49 @@ impl Handler<CreateMesh> for MeshActor {
         let before = self.mesh.clone();
         let now = self.clock.now();
         let seed = self.rng.seed32();
-        let id = self.mesh.create(now, seed, &msg.name, msg.addrs)?.mesh_id;
+        let id = self
+            .mesh
+            .create(now, seed, &msg.name, msg.addrs, msg.roles)?
+            .mesh_id;
         self.commit(before).map_err(MeshError::Persist)?;
         Ok(id)
+    }
+}
+
+impl Handler<AssignRole> for MeshActor {
+    type Result = Result<Vec<Role>, MeshError>;
+    fn handle(&mut self, m: AssignRole, _: &mut Context<Self>) -> Self::Result {
+        let before = self.mesh.clone();
+        let (roles, changed) = self.mesh.assign_role(m.target, m.op, m.role)?;
+        if changed {
+            self.commit(before).map_err(MeshError::Persist)?;
+            tracing::info!(node = %m.target, op = ?m.op, role = %m.role, roles = ?roles, "role assignment recorded");
+        }
+        Ok(roles)
+    }
+}
+
+impl Handler<RemoveMember> for MeshActor {
+    type Result = Result<Member, MeshError>;
+    fn handle(&mut self, m: RemoveMember, _: &mut Context<Self>) -> Self::Result {
+        let before = self.mesh.clone();
+        let gone = self.mesh.remove_member(m.0)?;
+        self.commit(before).map_err(MeshError::Persist)?;
+        tracing::warn!(node = %m.0, name = %gone.name, "member removed from the mesh");
+        Ok(gone)
+    }
+}
+
+impl Handler<RotateSecret> for MeshActor {
+    type Result = Result<(), MeshError>;
+    fn handle(&mut self, m: RotateSecret, _: &mut Context<Self>) -> Self::Result {
+        let before = self.mesh.clone();
+        let now = self.clock.now();
+        let seed = self.rng.seed32();
+        self.mesh.rotate_secret(now, seed, m.grace_ms)?;
+        self.commit(before).map_err(MeshError::Persist)?;
+        tracing::warn!("mesh secret rotated");
+        Ok(())
     }
 }
 
@@ -390,10 +527,14 @@ impl Handler<MembershipIn> for MeshActor {
     type Result = bool;
     fn handle(&mut self, m: MembershipIn, _: &mut Context<Self>) -> bool {
         let before = self.mesh.clone();
-        if self
-            .mesh
-            .handle_membership_update(&m.from, m.version, m.members)
-        {
+        let now = self.clock.now();
+        if self.mesh.handle_membership_update(
+            now,
+            &m.from,
+            m.version,
+            m.members,
+            m.secret.map(|s| s.0),
+        ) {
             return self.commit(before).is_ok();
         }
         false
@@ -586,7 +727,17 @@ impl PeersActor {
         PeerView {
             node_id: e.node_id.to_string(),
             name: e.name.clone(),
-            roles: e.roles.clone(),
+            // A member's roles are the ones the authority granted; only a stranger's are what
+            // it says of itself.
+            roles: match self.mesh.as_ref().and_then(|m| {
+                m.members
+                    .iter()
+                    .find(|x| x.node_id() == e.node_id)
+                    .map(|x| x.roles.clone())
+            }) {
+                Some(granted) => granted,
+                None => e.roles.clone(),
+            },
             addrs: e.addrs.iter().copied().collect(),
             found_by: e.sources.iter().copied().collect(),
             state: self.table.liveness(e, now),
@@ -602,14 +753,9 @@ impl PeersActor {
         if !m.local_is_authority {
             return;
         }
+        let msg = m.update_message();
         for e in self.table.entries().filter(|e| e.connected) {
-            let _ = self.transport.send(
-                e.node_id,
-                Message::MembershipUpdate {
-                    version: m.version,
-                    members: m.members.clone(),
-                },
-            );
+            let _ = self.transport.send(e.node_id, msg.clone());
         }
     }
 }
@@ -648,13 +794,7 @@ impl Handler<ConnectedMsg> for PeersActor {
         let _ = self.transport.send(m.id, self.heartbeat());
         if let Some(mesh) = &self.mesh {
             if mesh.local_is_authority {
-                let _ = self.transport.send(
-                    m.id,
-                    Message::MembershipUpdate {
-                        version: mesh.version,
-                        members: mesh.members.clone(),
-                    },
-                );
+                let _ = self.transport.send(m.id, mesh.update_message());
                 if let Some(a) = &self.mesh_actor {
                     let addr = SocketAddr::new(m.addr.ip(), m.listen_port);
                     let _ = a.try_send(MemberAddrs {
@@ -800,9 +940,10 @@ impl Handler<StopDiscovery> for DiscoveryActor {
     }
 }
 
-/// Read the mesh secret (for the transport only; never logged).
+/// Read the mesh secret and, while it is still accepted, the rotated-out one (for the
+/// transport only; never logged).
 #[derive(Message)]
-#[rtype(result = "Option<[u8; 32]>")]
+#[rtype(result = "(Option<[u8; 32]>, Option<[u8; 32]>)")]
 pub struct GetSecret;
 
 impl std::fmt::Debug for GetSecret {
@@ -812,9 +953,12 @@ impl std::fmt::Debug for GetSecret {
 }
 
 impl Handler<GetSecret> for MeshActor {
-    type Result = Option<[u8; 32]>;
-    fn handle(&mut self, _: GetSecret, _: &mut Context<Self>) -> Option<[u8; 32]> {
-        self.mesh.secret()
+    type Result = MessageResult<GetSecret>;
+    fn handle(&mut self, _: GetSecret, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((
+            self.mesh.secret(),
+            self.mesh.previous_secret(self.clock.now()),
+        ))
     }
 }
 

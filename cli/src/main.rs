@@ -155,10 +155,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
-    /// Join a mesh with a key from `lifeboat key issue`.
+    /// Join a mesh with a key from `lifeboat key issue`. Give the key as `-` to read it from
+    /// standard input, or with --key-file, to keep it out of the process list and shell history.
     Register {
-        /// The registration key.
-        key: String,
+        /// The registration key, or `-` for standard input.
+        #[arg(required_unless_present = "key_file")]
+        key: Option<String>,
+        /// Read the key from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "key")]
+        key_file: Option<PathBuf>,
     },
     /// Show known peers: id, name, roles, addresses, how found, last contact.
     Peers {
@@ -208,6 +213,11 @@ enum VaultCmd {
         /// object_store option KEY=VALUE (repeatable), e.g. azure_storage_account_name=...
         #[arg(long = "store-option", value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// Give process servers these store options instead of this node's (their own,
+        /// narrower credentials: e.g. a SAS that may write and read but not delete). One
+        /// KEY=VALUE per line; keeps secrets off the command line.
+        #[arg(long, value_name = "FILE")]
+        grant_options_file: Option<PathBuf>,
     },
     /// Garbage-collect: delete packs and chunks no recovery point references (safe while
     /// replication runs; runs by itself every 15 minutes).
@@ -273,8 +283,9 @@ enum RoleCmd {
         /// configuration, process-server or mobility.
         #[arg(value_parser = valid_role)]
         role: String,
-        /// Assign on another node (only from a configuration node).
-        #[arg(long, value_name = "ID")]
+        /// Grant it to another member, by id or name (on the configuration node; recorded at
+        /// once, applied when the member connects).
+        #[arg(long, value_name = "NODE")]
         node: Option<String>,
     },
     /// Remove a role.
@@ -282,14 +293,14 @@ enum RoleCmd {
         /// configuration, process-server or mobility.
         #[arg(value_parser = valid_role)]
         role: String,
-        /// Remove on another node (only from a configuration node).
-        #[arg(long, value_name = "ID")]
+        /// Withdraw it from another member, by id or name (on the configuration node).
+        #[arg(long, value_name = "NODE")]
         node: Option<String>,
     },
     /// List roles.
     List {
-        /// Another node's roles, as last announced.
-        #[arg(long, value_name = "ID")]
+        /// A member's roles as the configuration node granted them (id or name).
+        #[arg(long, value_name = "NODE")]
         node: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -301,6 +312,18 @@ enum RoleCmd {
 enum MeshCmd {
     /// Create the mesh secret and membership list (first configuration node only).
     Create,
+    /// Evict a member everywhere: its connections are closed and refused from then on.
+    Remove {
+        /// Node id or name.
+        node: String,
+    },
+    /// Replace the mesh secret; members learn the new one over the mesh. The old one stays
+    /// accepted for --grace so that members offline now can come back.
+    RotateSecret {
+        /// How long the old secret stays accepted (0 = not at all).
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,6 +400,29 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// The registration key from the argument, standard input (`-`) or a file, trimmed.
+fn read_key(arg: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    let text = match (arg.as_deref(), file) {
+        (_, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read the key file {}", f.display()))?,
+        (Some("-"), None) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)
+                .context("cannot read the key from standard input")?;
+            s
+        }
+        (Some(k), None) => k.to_string(),
+        (None, None) => {
+            anyhow::bail!("give the key, `-` to read it from standard input, or --key-file FILE")
+        }
+    };
+    let key = text.trim().to_string();
+    if key.is_empty() {
+        anyhow::bail!("the registration key is empty");
+    }
+    Ok(key)
+}
+
 fn roles_line(v: &serde_json::Value) -> String {
     let roles: Vec<String> = v["roles"]
         .as_array()
@@ -386,8 +432,12 @@ fn roles_line(v: &serde_json::Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    let note = match v["note"].as_str() {
+        Some(n) if !n.is_empty() => format!(" ({n})"),
+        _ => String::new(),
+    };
     format!(
-        "{}: {}",
+        "{}: {}{note}",
         v["node_id"].as_str().unwrap_or("?"),
         if roles.is_empty() {
             "-".into()
@@ -523,6 +573,33 @@ fn run(cli: Cli) -> Result<()> {
             println!("created mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
             println!("next: lifeboat key issue   (one key per joining node)");
         }
+        Cmd::Mesh {
+            cmd: MeshCmd::Remove { node },
+        } => {
+            let v = call(&dir, Request::MeshRemove { node })?;
+            println!(
+                "removed {} ({}) from the mesh",
+                v["name"].as_str().unwrap_or("?"),
+                v["removed"].as_str().unwrap_or("?")
+            );
+            println!("{}", v["advice"].as_str().unwrap_or_default());
+        }
+        Cmd::Mesh {
+            cmd: MeshCmd::RotateSecret { grace },
+        } => {
+            let grace_ms = if grace == "0" {
+                0
+            } else {
+                humantime::parse_duration(&grace)
+                    .with_context(|| format!("--grace {grace:?}: use a duration like 7d or 12h"))?
+                    .as_millis() as u64
+            };
+            call(&dir, Request::MeshRotateSecret { grace_ms })?;
+            println!(
+                "mesh secret rotated; the old one is accepted for {}",
+                lifeboat_protocol::time::human_duration(grace_ms)
+            );
+        }
         Cmd::Key {
             cmd: KeyCmd::Issue { valid_for },
         } => {
@@ -541,7 +618,8 @@ fn run(cli: Cli) -> Result<()> {
                 lifeboat_protocol::time::human_duration(d.as_millis() as u64)
             );
         }
-        Cmd::Register { key } => {
+        Cmd::Register { key, key_file } => {
+            let key = read_key(key, key_file)?;
             let v = call(&dir, Request::Register { key })?;
             if v["already_member"] == true {
                 println!(
@@ -571,21 +649,44 @@ fn run(cli: Cli) -> Result<()> {
                     name,
                     store,
                     options,
+                    grant_options_file,
                 },
         } => {
-            let mut opts = Vec::new();
-            for o in options {
-                let (k, v) = o
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--store-option {o:?}: use KEY=VALUE"))?;
-                opts.push((k.to_string(), v.to_string()));
-            }
+            let kv = |o: &str, what: &str| {
+                o.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| anyhow!("{what} {o:?}: use KEY=VALUE"))
+            };
+            let opts = options
+                .iter()
+                .map(|o| kv(o, "--store-option"))
+                .collect::<Result<Vec<_>>>()?;
+            let grant_options = match grant_options_file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    let mut out = Vec::new();
+                    for (i, l) in text.lines().map(str::trim).enumerate() {
+                        if l.is_empty() || l.starts_with('#') {
+                            continue;
+                        }
+                        // The line may hold a secret: say where, not what.
+                        let (k, v) = l.split_once('=').ok_or_else(|| {
+                            anyhow!("{} line {}: use KEY=VALUE", f.display(), i + 1)
+                        })?;
+                        out.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                    Some(out)
+                }
+                None => None,
+            };
             let v = call(
                 &dir,
                 Request::VaultCreate {
                     name,
                     store,
                     options: opts,
+                    grant_options,
                 },
             )?;
             println!(

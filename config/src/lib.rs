@@ -60,6 +60,20 @@ pub enum ConfigError {
         /// The identity file.
         path: PathBuf,
     },
+    /// The state directory exists and others may read it; it would hold secrets.
+    #[error("state directory {path} is accessible by other users (mode {mode:04o}) and would hold secrets; run `chmod 700 {path}` or choose another --state-dir")]
+    InsecureDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The state directory path is taken by something that is not a directory.
+    #[error("state directory {path} exists but is not a directory; remove it or choose another --state-dir")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// Underlying I/O failure.
     #[error("{path}: {source}")]
     Io {

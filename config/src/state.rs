@@ -111,6 +111,19 @@ pub struct MeshFile {
     /// Registration keys issued here (only on an authority).
     #[serde(default)]
     pub issued_keys: Vec<IssuedKey>,
+    /// The secret before the last rotation, still accepted from members until `until` so that
+    /// members offline at the rotation can come back and learn the new one.
+    #[serde(default)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A rotated-out mesh secret and how long it is still accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The old secret.
+    pub secret: [u8; 32],
+    /// Accepted until this instant.
+    pub until: UnixMillis,
 }
 
 /// Loads the mesh file, if this node belongs to a mesh.

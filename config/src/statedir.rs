@@ -102,11 +102,31 @@ impl StateDir {
         Ok(())
     }
 
-    /// Creates the directory (0700) if needed.
+    /// Creates the directory (0700) if needed. An existing one is never changed behind the
+    /// user's back: one that others may access is refused with what to do.
     pub fn create(&self) -> Result<(), ConfigError> {
-        fs::create_dir_all(&self.root).map_err(|e| ConfigError::io(&self.root, e))?;
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ConfigError::io(&self.root, e))
+        match fs::metadata(&self.root) {
+            Ok(m) if !m.is_dir() => Err(ConfigError::NotADirectory {
+                path: self.root.clone(),
+            }),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(ConfigError::InsecureDir {
+                path: self.root.clone(),
+                mode: m.permissions().mode() & 0o7777,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::os::unix::fs::DirBuilderExt::mode(
+                    fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(&self.root)
+                .map_err(|e| ConfigError::io(&self.root, e))?;
+                // The umask may have narrowed the mode further; never wider than 0700.
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| ConfigError::io(&self.root, e))
+            }
+            Err(e) => Err(ConfigError::io(&self.root, e)),
+        }
     }
 }
 

@@ -44,6 +44,7 @@ fn local(seed: u8) -> Local {
             mesh_id: None,
             version: 0,
         }),
+        tuning: Tuning::default(),
     }
 }
 
@@ -68,6 +69,8 @@ async fn plain(total: usize) -> (Duration, Duration) {
             .expect("incoming")
             .await
             .expect("conn");
+        // Plain quinn at the limits an admitted Lifeboat connection gets.
+        tls::admit(&conn, &Tuning::default());
         let mut r = conn.accept_uni().await.expect("uni");
         let mut n = 0usize;
         while let Some(c) = r.read_chunk(CHUNK, true).await.expect("read") {

@@ -40,6 +40,16 @@ pub enum Request {
     },
     /// Create a mesh on this (configuration) node.
     MeshCreate,
+    /// Evict a member (authority).
+    MeshRemove {
+        /// Node id or name.
+        node: String,
+    },
+    /// Replace the mesh secret (authority).
+    MeshRotateSecret {
+        /// How long the old secret stays accepted, in milliseconds.
+        grace_ms: u64,
+    },
     /// Issue a registration key.
     KeyIssue {
         /// Validity in milliseconds.
@@ -60,6 +70,9 @@ pub enum Request {
         store: Option<String>,
         /// object_store options.
         options: Vec<(String, String)>,
+        /// Options for process servers instead of `options` (their own credentials).
+        #[serde(default)]
+        grant_options: Option<Vec<(String, String)>>,
     },
     /// Garbage-collect the vault now.
     VaultGc {

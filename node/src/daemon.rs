@@ -159,25 +159,36 @@ impl Inbound for ActorInbound {
     ) -> BoxFuture<'static, ()> {
         let repl = self.repl.get().cloned();
         let roles = self.roles.clone();
+        let mesh = self.mesh.clone();
         async move {
             let is_ps = roles
                 .send(GetRoles)
                 .await
                 .map(|r| r.contains(&Role::ProcessServer))
                 .unwrap_or(false);
-            match (repl, first) {
-                (Some(repl), Message::DeltaBegin(h)) if is_ps => {
-                    crate::replication::ps::serve(repl, from.key.node_id(), h, w, r).await
+            // Replication is accepted only between granted roles.
+            let sender = from.key.node_id();
+            let sender_is_mobility = mesh
+                .send(GetMesh)
+                .await
+                .map(|m| m.granted_roles(sender).contains(&Role::Mobility))
+                .unwrap_or(false);
+            let refusal = match (repl, first) {
+                (Some(repl), Message::DeltaBegin(h)) if is_ps && sender_is_mobility => {
+                    return crate::replication::ps::serve(repl, sender, h, w, r).await;
                 }
-                _ => {
-                    let _ = w
-                        .send(Message::PointFailed {
-                            reason: "this node is not a process server".into(),
-                        })
-                        .await;
-                    w.finish();
+                (_, Message::DeltaBegin(_)) if is_ps => {
+                    tracing::warn!(peer = %sender, "refused a replication stream from a node without the mobility role");
+                    "the configuration node has not granted this node the mobility role"
                 }
-            }
+                _ => "this node is not a process server",
+            };
+            let _ = w
+                .send(Message::PointFailed {
+                    reason: refusal.into(),
+                })
+                .await;
+            w.finish();
         }
         .boxed()
     }
@@ -237,26 +248,17 @@ pub async fn route(
             }
             None
         }
-        Message::RoleRequest { op, role } => {
-            let status = mesh.send(CheckKey(from.key)).await.ok()?;
-            if !status.authority {
-                tracing::warn!(peer = %from.key.node_id(), "refused remote role change from a non-configuration node");
-                return err(
-                    "only a configuration node that administers this mesh may assign roles",
-                );
-            }
-            match roles.send(ApplyRole { op, role }).await {
-                Ok(Ok(r)) => Some(Message::RoleReply { roles: r }),
-                Ok(Err(e)) => err(e),
-                Err(_) => err("node is shutting down"),
-            }
-        }
-        Message::MembershipUpdate { version, members } => {
+        Message::MembershipUpdate {
+            version,
+            members,
+            secret,
+        } => {
             let _ = mesh
                 .send(MembershipIn {
                     from: from.key,
                     version,
                     members,
+                    secret: secret.map(Secret),
                 })
                 .await;
             None
@@ -266,7 +268,16 @@ pub async fn route(
         Message::VaultGrant(g) => {
             let status = mesh.send(CheckKey(from.key)).await.ok()?;
             if !status.authority {
+                tracing::warn!(peer = %from.key.node_id(), "refused a vault grant from a node that is not the mesh authority");
                 return err("only the configuration node may grant a vault");
+            }
+            if !roles
+                .send(GetRoles)
+                .await
+                .ok()?
+                .contains(&Role::ProcessServer)
+            {
+                return err("this node was not granted the process-server role");
             }
             let repl = repl?;
             let cfg = crate::vault::VaultConfig {
@@ -274,6 +285,7 @@ pub async fn route(
                 url: g.url,
                 master_key: lifeboat_protocol::vault::hex(&g.master_key),
                 options: g.options.into_iter().collect(),
+                grant_options: None,
             };
             if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
                 return Some(Message::Accept);
@@ -314,14 +326,28 @@ pub async fn route(
         }
         Message::PointNotice(s) => {
             let repl = repl?;
-            if roles
+            if !roles
                 .send(GetRoles)
                 .await
                 .ok()?
                 .contains(&Role::Configuration)
             {
-                crate::replication::config_side::point_notice(&repl, s);
+                return None;
             }
+            let from_id = from.key.node_id();
+            let granted = mesh.send(GetMesh).await.ok()?.granted_roles(from_id);
+            if !granted.contains(&Role::ProcessServer) {
+                tracing::warn!(peer = %from_id, machine = %s.machine, point = %s.id, "refused a point notice from a node that is not a process server");
+                return None;
+            }
+            // Verified against the vault (the source of truth) on the replication runtime.
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::replication::config_side::point_notice(&repl, from_id, s).await
+                {
+                    tracing::warn!(peer = %from_id, cause = %e, "refused a point notice");
+                }
+            });
             None
         }
         Message::Admin { request } => {
@@ -341,36 +367,19 @@ pub async fn route(
             if !forwardable(&req) {
                 return err("this command must be run on the configuration node itself");
             }
-            // A member may only change protection of its own machine from afar, and hooks (shell
-            // commands that will run on the protected machine) only for itself.
-            let members = mesh.send(GetMesh).await.ok()?.members;
+            // Bound to the authenticated sender: a member may only ask about or change its own
+            // machine (names are display; they resolve to ids first, and are unique).
             let from_id = from.key.node_id();
-            let me_only = |machine: &str| {
-                machine == from_id.to_string()
-                    || members
-                        .iter()
-                        .any(|m| m.node_id() == from_id && m.name == machine)
-            };
-            match &req {
-                Request::Protect { machine, hooks, .. } => {
-                    let own = me_only(machine);
-                    let has_hooks =
-                        hooks.freeze.is_some() || hooks.thaw.is_some() || hooks.snapshot.is_some();
-                    if has_hooks && !own {
-                        return Some(Message::AdminReply {
-                            ok: false,
-                            body: "hooks run commands on the protected machine: give them on the configuration node, or on the protected machine itself".into(),
-                        });
-                    }
-                }
-                Request::Unprotect { machine } if !me_only(machine) => {
+            let req = match own_machine_only(req, from_id, &mesh.send(GetMesh).await.ok()?) {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
                     return Some(Message::AdminReply {
                         ok: false,
-                        body: "a member may only unprotect itself; run unprotect on the configuration node".into(),
+                        body: why,
                     });
                 }
-                _ => {}
-            }
+            };
             tracing::info!(from = %from.key.node_id(), "replication command forwarded by a member");
             Some(match replication_admin(repl, req).await {
                 Ok(v) => Message::AdminReply {
@@ -389,6 +398,31 @@ pub async fn route(
     }
 }
 
+/// Restricts a command forwarded by member `from` to its own machine: `protect`, `unprotect`
+/// and `points` must name it (by id or its unique name), `status` is narrowed to it. Disks
+/// and hooks are thus only ever set for a machine by itself or on the configuration node.
+fn own_machine_only(req: Request, from: NodeId, mesh: &MembersChanged) -> Result<Request, String> {
+    let is_me = |machine: &str| mesh.resolve(machine).map(|m| m.node_id()) == Some(from);
+    match req {
+        Request::Protect { ref machine, .. }
+        | Request::Unprotect { ref machine }
+        | Request::Points { ref machine }
+            if !is_me(machine) =>
+        {
+            Err(format!(
+                "a member may only protect, unprotect or list the points of its own machine, not {machine:?}; run the command on the configuration node"
+            ))
+        }
+        Request::ReplStatus { machine: Some(m) } if !is_me(&m) => Err(format!(
+            "a member may only see the status of its own machine, not {m:?}; run the command on the configuration node"
+        )),
+        Request::ReplStatus { .. } => Ok(Request::ReplStatus {
+            machine: Some(from.to_string()),
+        }),
+        other => Ok(other),
+    }
+}
+
 /// Keeps the handshake hello and the network's mesh secret in step with roles and membership.
 struct HelloSync {
     /// Our hello.
@@ -397,6 +431,8 @@ struct HelloSync {
     net: Net,
     /// Mesh actor (holds the secret).
     mesh: Addr<MeshActor>,
+    /// Roles actor: in a mesh, our roles are the ones the authority granted us.
+    roles: Addr<RolesActor>,
 }
 
 impl Actor for HelloSync {
@@ -418,9 +454,24 @@ impl Handler<MembersChanged> for HelloSync {
         if let Ok(mut h) = self.local.hello.write() {
             h.mesh_id = m.mesh_id;
         }
+        if m.mesh_id.is_some() {
+            self.net
+                .retain_members(|id| m.members.iter().any(|x| x.node_id() == *id));
+            let me = self.local.keypair.node_id();
+            let granted: std::collections::BTreeSet<Role> =
+                m.granted_roles(me).into_iter().collect();
+            let roles = self.roles.clone();
+            actix::spawn(async move {
+                match roles.send(SetRoles(granted)).await {
+                    Ok(Err(e)) => tracing::error!(cause = %e, "could not apply the granted roles"),
+                    Err(_) | Ok(Ok(_)) => {}
+                }
+            });
+        }
         let f = self.mesh.send(GetSecret);
         Box::pin(f.into_actor(self).map(|r, act, _| {
-            act.net.set_mesh_psk(r.ok().flatten());
+            let (current, previous) = r.unwrap_or((None, None));
+            act.net.set_mesh_psk(current, previous);
         }))
     }
 }
@@ -492,6 +543,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             mesh_id: mesh_file.as_ref().map(|m| m.mesh_id),
             version: 0,
         }),
+        tuning: tuning.clone(),
     });
     tracing::info!(node = %keypair.node_id(), name = %cfg.node.name, listen = %bound, "lifeboat node starting");
 
@@ -572,8 +624,25 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             local: local.clone(),
             net: net.clone(),
             mesh: mesh.clone(),
+            roles: roles_addr.clone(),
         }
         .start();
+        // A mesh file from before roles were recorded: the authority's own roles become its
+        // first entries (its members' roles must be granted again).
+        if let Ok(m) = mesh.send(GetMesh).await {
+            let me = keypair.node_id();
+            if m.local_is_authority && m.granted_roles(me).is_empty() {
+                for role in roles.roles.iter().copied() {
+                    let _ = mesh
+                        .send(AssignRole {
+                            target: me,
+                            op: RoleOp::Add,
+                            role,
+                        })
+                        .await;
+                }
+            }
+        }
         // Subscriptions: membership first so the mesh secret is set before peers dial.
         mesh.do_send(SubscribeMembers(sync.clone().recipient()));
         mesh.do_send(SubscribeMembers(peers.clone().recipient()));
@@ -708,10 +777,6 @@ fn parse_role(s: &str) -> Result<Role, String> {
     Role::from_str(s).map_err(|e| e.to_string())
 }
 
-fn parse_node(s: &str) -> Result<NodeId, String> {
-    NodeId::from_str(s).map_err(|e| e.to_string())
-}
-
 async fn on_quic<T: Send + 'static>(
     ctx: &Ctx,
     f: impl std::future::Future<Output = T> + Send + 'static,
@@ -840,15 +905,25 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             Ok(json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }))
         }
         Request::RoleList { node: Some(n) } => {
-            let id = parse_node(&n)?;
+            let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+            let id = resolve_member(&mesh, &n)?;
             let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
-            let p = peers
-                .into_iter()
+            let state = peers
+                .iter()
                 .find(|p| p.node_id == id.to_string())
-                .ok_or_else(|| {
-                    format!("node {id} is not in the peer table; see `lifeboat peers`")
-                })?;
-            Ok(json!({ "node_id": p.node_id, "roles": p.roles, "state": p.state }))
+                .map(|p| serde_json::to_value(&p.state).unwrap_or_default());
+            Ok(
+                json!({ "node_id": id.to_string(), "roles": mesh.granted_roles(id), "state": state }),
+            )
+        }
+        Request::MeshRemove { node } => mesh_remove(ctx, &node).await,
+        Request::MeshRotateSecret { grace_ms } => {
+            ctx.mesh
+                .send(RotateSecret { grace_ms })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "rotated": true, "previous_accepted_for_ms": grace_ms }))
         }
         Request::MeshCreate => {
             let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
@@ -860,6 +935,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 .send(CreateMesh {
                     name: ctx.cfg.node.name.clone(),
                     addrs: ctx.advertise.clone(),
+                    roles,
                 })
                 .await
                 .map_err(gone)?
@@ -867,9 +943,6 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             Ok(json!({ "mesh_id": mesh_id_hex(&id) }))
         }
         Request::KeyIssue { valid_for_ms } => {
-            if valid_for_ms == 0 || valid_for_ms > 30 * 86_400_000 {
-                return Err("--valid-for must be between 1s and 30d".into());
-            }
             let key = ctx
                 .mesh
                 .send(IssueKey {
@@ -892,6 +965,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             name,
             store,
             options,
+            grant_options,
         } => {
             let repl = ctx.repl.clone();
             let mut opts: std::collections::BTreeMap<String, String> =
@@ -904,7 +978,9 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 }
             }
             on_quic(ctx, async move {
-                crate::replication::config_side::vault_create(&repl, &name, store, opts).await
+                let grant = grant_options.map(|g| g.into_iter().collect());
+                crate::replication::config_side::vault_create(&repl, &name, store, opts, grant)
+                    .await
             })
             .await?
         }
@@ -955,6 +1031,10 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
     }
 }
 
+/// `role add|remove ROLE [--node NODE]`. Outside a mesh a node sets its own roles. In a mesh
+/// roles are granted: only the authority changes them, for any member (itself included), by
+/// editing the membership record, which reaches each member when it is (or next gets)
+/// connected; a member that asks for itself is told where to ask.
 async fn role_change(
     ctx: &Ctx,
     op: RoleOp,
@@ -962,45 +1042,69 @@ async fn role_change(
     node: Option<String>,
 ) -> Result<serde_json::Value, String> {
     let role = parse_role(role)?;
-    let target = match node {
-        Some(n) if parse_node(&n)? != ctx.local.keypair.node_id() => parse_node(&n)?,
-        _ => {
-            let roles = ctx
-                .roles
-                .send(ApplyRole { op, role })
-                .await
-                .map_err(|_| "daemon is shutting down".to_string())??;
-            return Ok(
-                json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }),
-            );
+    let gone = |_| "daemon is shutting down".to_string();
+    let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+    let me = ctx.local.keypair.node_id();
+    if mesh.mesh_id.is_none() {
+        if node.as_deref().is_some_and(|n| n != me.to_string()) {
+            return Err("this node belongs to no mesh, so it can only change its own roles".into());
         }
-    };
-    let mesh = ctx.mesh.send(GetMesh).await.map_err(|e| e.to_string())?;
-    let roles = ctx.roles.send(GetRoles).await.map_err(|e| e.to_string())?;
-    if !mesh.local_is_authority || !roles.contains(&Role::Configuration) {
-        return Err(
-            "only a configuration node that administers the mesh can assign roles to other nodes"
-                .into(),
-        );
+        let roles = ctx
+            .roles
+            .send(ApplyRole { op, role })
+            .await
+            .map_err(gone)??;
+        return Ok(json!({ "node_id": me.to_string(), "roles": roles, "applied": true }));
     }
-    if !ctx.net.connected().contains(&target) {
+    if !mesh.local_is_authority {
         return Err(format!(
-            "node {target} is not connected to this node; check `lifeboat peers`"
+            "roles in a mesh are granted by its configuration node: run `lifeboat role {} {role} --node {me}` there",
+            if op == RoleOp::Add { "add" } else { "remove" }
         ));
     }
-    let net = ctx.net.clone();
-    let reply = on_quic(ctx, async move {
-        net.request(target, Message::RoleRequest { op, role }).await
+    let target = match &node {
+        Some(n) => resolve_member(&mesh, n)?,
+        None => me,
+    };
+    let roles = ctx
+        .mesh
+        .send(AssignRole { target, op, role })
+        .await
+        .map_err(gone)?
+        .map_err(|e| e.to_string())?;
+    let delivered = target == me || ctx.net.connected().contains(&target);
+    Ok(json!({
+        "node_id": target.to_string(),
+        "roles": roles,
+        "applied": delivered,
+        "note": if delivered { "" } else { "recorded; the node applies it when it connects" },
+    }))
+}
+
+/// The member a person named (node id or unique name), or a one-line error.
+fn resolve_member(mesh: &MembersChanged, s: &str) -> Result<NodeId, String> {
+    mesh.resolve(s).map(|m| m.node_id()).ok_or_else(|| {
+        format!("no member of this mesh is named or has the id {s:?}; see `lifeboat peers`")
     })
-    .await?
-    .map_err(|e| e.to_string())?;
-    match reply {
-        Message::RoleReply { roles } => {
-            Ok(json!({ "node_id": target.to_string(), "roles": roles }))
-        }
-        Message::Error { message } => Err(format!("node {target} refused: {message}")),
-        other => Err(format!("unexpected reply from {target}: {other:?}")),
-    }
+}
+
+/// `mesh remove NODE`: evicts a member everywhere.
+async fn mesh_remove(ctx: &Ctx, node: &str) -> Result<serde_json::Value, String> {
+    let gone = |_| "daemon is shutting down".to_string();
+    let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+    let target = resolve_member(&mesh, node)?;
+    let m = ctx
+        .mesh
+        .send(RemoveMember(target))
+        .await
+        .map_err(gone)?
+        .map_err(|e| e.to_string())?;
+    Ok(json!({
+        "removed": target.to_string(),
+        "name": m.name,
+        "roles": m.roles,
+        "advice": "its connections are closed and refused; rotate the mesh secret (`lifeboat mesh rotate-secret`) and, if it was a process server, the vault key (`lifeboat vault rekey`)",
+    }))
 }
 
 async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {

@@ -147,20 +147,33 @@ pub struct BlockWriter {
 pub const RUN_BYTES: usize = 4 << 20;
 
 impl BlockWriter {
-    /// Creates (or truncates) `path` with `size` bytes of zeros.
+    /// Creates `path`, which must not exist yet (never through a symlink; mode 0600: an image
+    /// holds a machine's data), with `size` bytes of zeros.
     pub fn create(path: &Path, size: u64) -> std::io::Result<BlockWriter> {
+        use std::os::unix::fs::MetadataExt;
         let plain = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         plain.set_len(size)?;
         let direct = match std::fs::OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
             .open(path)
         {
-            Ok(f) => Some(f),
+            Ok(f) => {
+                // The same file, not one swapped in under the name since.
+                let (a, b) = (plain.metadata()?, f.metadata()?);
+                if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                    return Err(std::io::Error::other(format!(
+                        "{} was replaced while it was being opened",
+                        path.display()
+                    )));
+                }
+                Some(f)
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
             Err(e) => return Err(e),
         };

@@ -24,8 +24,12 @@ use tokio::sync::mpsc;
 
 /// Outgoing messages queued per peer before `send` reports backpressure.
 pub const SEND_QUEUE: usize = 256;
-/// Most handshakes in progress at once (unauthenticated peers cost memory and CPU).
+/// Most handshakes in progress at once (unauthenticated peers cost memory and CPU). A new
+/// connection past this evicts the oldest handshake of the address holding the most slots,
+/// so a flood of idle connections cannot lock members out: theirs finish in milliseconds.
 pub const MAX_HANDSHAKES: usize = 64;
+/// Most handshakes in progress from one IP address; past it, that address's oldest goes.
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// How long a peer may take to send the first frame of a request stream.
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for its reply.
@@ -106,8 +110,9 @@ struct Inner {
     conns: DashMap<NodeId, Slot>,
     /// Dials in flight by address (one at a time per address).
     dialing: DashMap<SocketAddr, ()>,
-    /// The mesh secret, once joined.
-    mesh_psk: RwLock<Option<[u8; 32]>>,
+    /// The mesh secret, once joined, and the rotated-out one while it is still accepted (a
+    /// dial falls back to it: the peer may have been offline at the rotation).
+    mesh_psk: RwLock<(Option<[u8; 32]>, Option<[u8; 32]>)>,
     /// Runtime everything runs on.
     rt: tokio::runtime::Handle,
     /// Counters.
@@ -149,7 +154,7 @@ impl Net {
             inbound,
             conns: DashMap::new(),
             dialing: DashMap::new(),
-            mesh_psk: RwLock::new(None),
+            mesh_psk: RwLock::new((None, None)),
             rt: rt.clone(),
             stats: NetStats::default(),
         });
@@ -157,10 +162,27 @@ impl Net {
         Net { inner }
     }
 
-    /// Sets the mesh secret (after `mesh create` or registration).
-    pub fn set_mesh_psk(&self, psk: Option<[u8; 32]>) {
+    /// Sets the mesh secret (after `mesh create`, registration or a rotation) and the previous
+    /// one while it is still accepted.
+    pub fn set_mesh_psk(&self, psk: Option<[u8; 32]>, previous: Option<[u8; 32]>) {
         if let Ok(mut g) = self.inner.mesh_psk.write() {
-            *g = psk;
+            *g = (psk, previous);
+        }
+    }
+
+    /// Closes every connection to a peer that `is_member` rejects (an evicted member's
+    /// connections end at once; the handshake refuses its new ones).
+    pub fn retain_members(&self, is_member: impl Fn(&NodeId) -> bool) {
+        let gone: Vec<(NodeId, Arc<SecureConn>)> = self
+            .inner
+            .conns
+            .iter()
+            .filter(|e| !is_member(e.key()))
+            .map(|e| (*e.key(), e.conn.clone()))
+            .collect();
+        for (id, c) in gone {
+            tracing::warn!(peer = %id, "closing the connection of a node that is no longer a member");
+            c.conn.close(close::REFUSED, b"removed from the mesh");
         }
     }
 
@@ -286,25 +308,30 @@ async fn connect_mesh(
     addr: SocketAddr,
     expect: Option<NodeId>,
 ) -> Result<NodeId, TransportError> {
-    let psk = inner
-        .mesh_psk
-        .read()
-        .ok()
-        .and_then(|g| *g)
-        .ok_or_else(|| TransportError::Protocol("this node belongs to no mesh yet".into()))?;
+    let (psk, previous) = inner.mesh_psk.read().map(|g| *g).unwrap_or((None, None));
+    let psk =
+        psk.ok_or_else(|| TransportError::Protocol("this node belongs to no mesh yet".into()))?;
     if inner.dialing.insert(addr, ()).is_some() {
         return Err(TransportError::Protocol(format!("already dialing {addr}")));
     }
-    let r = transport::connect(
-        &inner.ep,
-        &inner.local,
-        addr,
-        psk,
-        Expect::Member(expect),
-        inner.admission.as_ref(),
-        seed(),
-    )
-    .await;
+    let dial = |psk| {
+        transport::connect(
+            &inner.ep,
+            &inner.local,
+            addr,
+            psk,
+            Expect::Member(expect),
+            inner.admission.as_ref(),
+            seed(),
+        )
+    };
+    let mut r = dial(psk).await;
+    // A member that was offline when the secret was rotated knows only the old one.
+    if let (Err(TransportError::Refused(_) | TransportError::Handshake(_)), Some(old)) =
+        (&r, previous)
+    {
+        r = dial(old).await;
+    }
     inner.dialing.remove(&addr);
     match r {
         Ok(c) => {
@@ -322,17 +349,48 @@ async fn connect_mesh(
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    while let Some(incoming) = inner.ep.accept().await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes in progress; refusing");
-            incoming.refuse();
-            continue;
+/// Handshakes in progress, oldest first, for eviction (see [`MAX_HANDSHAKES`]).
+#[derive(Default)]
+struct Pending {
+    /// (source IP, the handshake task), oldest first.
+    slots: std::collections::VecDeque<(std::net::IpAddr, tokio::task::AbortHandle)>,
+}
+
+impl Pending {
+    /// Makes room for one more handshake from `ip`: past the per-address or the global bound,
+    /// aborts the oldest handshake of `ip` or of the address holding the most slots.
+    fn make_room(&mut self, ip: std::net::IpAddr) {
+        self.slots.retain(|(_, h)| !h.is_finished());
+        let from_ip = self.slots.iter().filter(|(a, _)| *a == ip).count();
+        let victim_ip = if from_ip >= MAX_HANDSHAKES_PER_IP {
+            Some(ip)
+        } else if self.slots.len() >= MAX_HANDSHAKES {
+            let mut counts = std::collections::HashMap::new();
+            for (a, _) in &self.slots {
+                *counts.entry(*a).or_insert(0usize) += 1;
+            }
+            counts.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
+        } else {
+            None
         };
+        if let Some(v) = victim_ip {
+            if let Some(i) = self.slots.iter().position(|(a, _)| *a == v) {
+                if let Some((a, h)) = self.slots.remove(i) {
+                    tracing::warn!(remote = %a, "handshake slots full: dropping the oldest unauthenticated connection");
+                    h.abort();
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    let mut pending = Pending::default();
+    while let Some(incoming) = inner.ep.accept().await {
+        let ip = incoming.remote_address().ip();
+        pending.make_room(ip);
         let inner = inner.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let task = tokio::spawn(async move {
             let remote = incoming.remote_address();
             match transport::accept(incoming, &inner.local, inner.admission.as_ref(), seed()).await
             {
@@ -353,6 +411,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
             }
         });
+        pending.slots.push_back((ip, task.abort_handle()));
     }
 }
 

@@ -206,6 +206,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         name: "quickstart".into(),
         store: None,
         options: vec![],
+        grant_options: None,
     })?;
     out(&format!(
         "created vault {} at {}",
@@ -351,7 +352,17 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         role: "mobility".into(),
         node: Some(mob_id.clone()),
     })?;
-    out("config-1 assigned process-server to ps-1 and mobility to mobility-1 over the mesh");
+    out("config-1 granted process-server to ps-1 and mobility to mobility-1 (the membership record every node acts on)");
+    for (d, role) in [(&ps, "process-server"), (&mob, "mobility")] {
+        wait_for(&format!("{} to apply its granted role", d.name), || {
+            let r = d.call(Request::RoleList { node: None }).ok()?;
+            r["roles"]
+                .as_array()?
+                .iter()
+                .any(|x| x == role)
+                .then_some(())
+        })?;
+    }
 
     let all = [
         (&cfg, &cfg_id, "configuration"),

@@ -120,6 +120,10 @@ pub struct Tuning {
     pub max_bidi: u32,
     /// Concurrent unidirectional streams a peer may open.
     pub max_uni: u32,
+    /// Connection receive window before the Noise handshake admits the peer: an
+    /// unauthenticated peer may make us buffer at most this much, on the one handshake stream
+    /// it may open. [`admit`] raises the window and stream limits to the values above.
+    pub pre_admission_window: u32,
     /// Largest UDP payload path MTU discovery searches for. Paths that carry it (jumbo-frame
     /// LANs, loopback, virtual switches) move several times fewer packets per byte; standard
     /// 1500-byte paths lose the probes and settle near 1452, quinn's default bound.
@@ -135,6 +139,7 @@ impl Default for Tuning {
             conn_window: 32 << 20,
             max_bidi: 16,
             max_uni: 4,
+            pre_admission_window: 128 << 10,
             max_udp_payload: 16384,
         }
     }
@@ -145,14 +150,25 @@ fn transport_config(t: &Tuning) -> Arc<quinn::TransportConfig> {
     c.max_idle_timeout(quinn::IdleTimeout::try_from(t.idle_timeout).ok())
         .keep_alive_interval(Some(t.keep_alive))
         .stream_receive_window(quinn::VarInt::from_u32(t.stream_window))
-        .receive_window(quinn::VarInt::from_u32(t.conn_window))
+        // Until admission: one bidirectional stream (the handshake), no unidirectional ones,
+        // and a small connection window (see `Tuning::pre_admission_window`).
+        .receive_window(quinn::VarInt::from_u32(
+            t.pre_admission_window.min(t.conn_window),
+        ))
         .send_window(t.conn_window as u64)
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_bidi))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(t.max_uni));
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(t.max_udp_payload);
     c.mtu_discovery_config(Some(mtu));
     Arc::new(c)
+}
+
+/// Opens an admitted connection to full speed: the receive window and stream limits of `t`.
+pub fn admit(conn: &quinn::Connection, t: &Tuning) {
+    conn.set_receive_window(quinn::VarInt::from_u32(t.conn_window));
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(t.max_bidi));
+    conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(t.max_uni));
 }
 
 /// Server config for the node's endpoint.

@@ -19,8 +19,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Time allowed for a whole handshake.
+/// Time allowed for a whole handshake we dial.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an unauthenticated peer may hold a handshake slot on our side.
+pub const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted on a mesh stream (a replication batch is at most 1 MiB of blocks).
 pub const MAX_MESH_FRAME: usize = 4 << 20;
 /// Largest handshake record buffered.
@@ -100,6 +102,9 @@ pub struct Local {
     pub keypair: StaticKeypair,
     /// What we say about ourselves in handshakes (roles change at run time).
     pub hello: RwLock<Hello>,
+    /// Flow-control limits an admitted connection is opened to (the endpoint's own config
+    /// holds a peer to the handshake stream and a small window until then).
+    pub tuning: crate::tls::Tuning,
 }
 
 impl Local {
@@ -514,7 +519,10 @@ async fn initiate(
     let _ = send.finish();
     match verdict {
         Message::Accept => Ok(SecureConn {
-            conn,
+            conn: {
+                crate::tls::admit(&conn, &local.tuning);
+                conn
+            },
             keys: session.transport,
             peer: session.remote,
             hello: session.remote_hello,
@@ -540,7 +548,7 @@ pub async fn accept(
         let conn = incoming.await?;
         close_on_failure(&conn, respond(conn.clone(), local, admission, seed).await)
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+    tokio::time::timeout(INBOUND_HANDSHAKE_TIMEOUT, fut)
         .await
         .map_err(|_| TransportError::Timeout("handshake"))?
 }
@@ -591,6 +599,12 @@ async fn respond(
             }
         }
     };
+    // Open the connection up before the verdict leaves, so the peer's first streams do not
+    // wait for credit. Registration connections carry one small request: they keep the
+    // pre-admission limits.
+    if verdict.is_ok() && admitted == Admitted::Mesh {
+        crate::tls::admit(&conn, &local.tuning);
+    }
     let idx = u64::from(send.id());
     let mut sealer = FrameSealer::new(session.transport.clone(), idx)?;
     let mut out = Vec::new();

@@ -89,6 +89,10 @@ pub struct VaultConfig {
     pub master_key: String,
     /// object_store configuration options.
     pub options: BTreeMap<String, String>,
+    /// Options granted to process servers instead of `options` (their own, narrower store
+    /// credentials, e.g. a write-and-read SAS without delete); `None`: `options` are granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_options: Option<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for VaultConfig {
@@ -1134,7 +1138,7 @@ impl Vault {
     pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
         self.barrier().await?;
         let k = rec.object_key();
-        let sealed = Bytes::from(self.key.seal_object("point", nonce(), &to_rmp(rec)));
+        let sealed = Bytes::from(rec.seal(&self.key, nonce()));
         let created = with_retries("commit point", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
         })
@@ -1197,17 +1201,15 @@ impl Vault {
                 continue;
             }
             let raw = self.get(&k).await?;
-            let plain = self
-                .key
-                .open_object("point", &raw)
-                .map_err(|e| VaultError::Format {
-                    key: k.clone(),
-                    source: e,
-                })?;
-            let rec: PointRecord = from_rmp("point", &plain).map_err(|e| VaultError::Format {
-                key: k.clone(),
-                source: e,
-            })?;
+            // Bound to its name: a point copied under another machine's prefix (or forged
+            // without the key) fails here, and is left out rather than blocking the listing.
+            let rec = match PointRecord::open(&self.key, &k, &raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key = %k, cause = %e, "ignoring a point object that does not verify under its name");
+                    continue;
+                }
+            };
             if let Ok(mut p) = self.points.write() {
                 p.insert(k, rec.clone());
             }
@@ -1284,7 +1286,6 @@ impl Vault {
             path: out.display().to_string(),
             source: e,
         };
-        let bs = d.block_size as u64;
         if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
             return Err(corrupt(
                 0,
@@ -1295,6 +1296,35 @@ impl Vault {
                 ),
             ));
         }
+        // The image is written to a new staging file beside `out` (created exclusively, never
+        // through a symlink, mode 0600) and renamed over `out` only once complete and verified:
+        // a symlink planted at `out` is replaced, never followed, and a failed restore leaves
+        // no half-written image under the final name.
+        let staging = out.with_file_name(format!(
+            ".{}.partial-{:08x}",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rand::random::<u32>()
+        ));
+        let result = self.restore_into(d, &staging).await;
+        let result = result.and_then(|stats| {
+            std::fs::rename(&staging, out).map_err(io)?;
+            Ok(stats)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staging);
+        }
+        result
+    }
+
+    /// Writes the verified blocks of `d` into the new file `out`.
+    async fn restore_into(&self, d: &DiskRecord, out: &Path) -> Result<RestoreStats, VaultError> {
+        let io = |e: std::io::Error| VaultError::Io {
+            path: out.display().to_string(),
+            source: e,
+        };
+        let bs = d.block_size as u64;
         let mut w = crate::direct_io::BlockWriter::create(out, d.size_bytes).map_err(io)?;
         // Blocks are written on their own thread while the next ones are fetched and verified
         // (at most about 32 MiB of them queued). A failed restore stops the writer before it

@@ -1,10 +1,10 @@
-//! Routing of authenticated network input to the actors: remote role changes only from the
-//! mesh authority, registration connections only register.
+//! Routing of authenticated network input to the actors: roles are granted only by the mesh
+//! authority's membership list, registration connections only register.
 
 use actix::Actor;
 use lifeboat_actors::mesh::Mesh;
 use lifeboat_actors::seams::{Rng, StateStore};
-use lifeboat_actors::shell::{MeshActor, RolesActor};
+use lifeboat_actors::shell::{GetMesh, MeshActor, RolesActor};
 use lifeboat_config::state::{MeshFile, RolesFile};
 use lifeboat_node::daemon::route;
 use lifeboat_node::net::PeerInfo;
@@ -40,13 +40,20 @@ fn peer(kp: &StaticKeypair, admitted: Admitted) -> PeerInfo {
 }
 
 #[actix::test]
-async fn only_the_mesh_authority_may_change_roles_remotely() {
+async fn only_the_mesh_authority_may_grant_roles() {
     let authority = StaticKeypair::generate([1; 32]);
     let member = StaticKeypair::generate([2; 32]);
     let me = StaticKeypair::generate([3; 32]);
     // The authority's view, granted to `me` at registration.
     let mut cfg = Mesh::new(authority.public, None);
-    cfg.create(UnixMillis(1), [5; 32], "cfg", vec![]).unwrap();
+    cfg.create(
+        UnixMillis(1),
+        [5; 32],
+        "cfg",
+        vec![],
+        vec![Role::Configuration],
+    )
+    .unwrap();
     let now = UnixMillis(2);
     let mut grant: Option<MeshGrant> = None;
     for (i, k) in [&member, &me].into_iter().enumerate() {
@@ -54,7 +61,7 @@ async fn only_the_mesh_authority_may_change_roles_remotely() {
             .issue_key(now, 60_000, [10 + i as u8; 32], vec![])
             .unwrap();
         grant = Some(
-            cfg.handle_register(now, &key.key_id(), k.public, "n", vec![], now)
+            cfg.handle_register(now, &key.key_id(), k.public, &format!("n{i}"), vec![], now)
                 .unwrap(),
         );
     }
@@ -68,46 +75,49 @@ async fn only_the_mesh_authority_may_change_roles_remotely() {
     )
     .start();
     let roles = RolesActor::new(Default::default(), Box::new(Memory)).start();
-    let req = || Message::RoleRequest {
-        op: RoleOp::Add,
-        role: Role::Mobility,
+    // A membership list that grants `me` the process-server role (the vault key comes with it).
+    cfg.assign_role(me.public.node_id(), RoleOp::Add, Role::ProcessServer)
+        .unwrap();
+    let update = || cfg.membership_message().unwrap();
+    let granted = || async {
+        mesh.send(GetMesh)
+            .await
+            .unwrap()
+            .granted_roles(me.public.node_id())
     };
 
+    // From a plain member (one that forged the authority's list): ignored.
     let r = route(
         peer(&member, Admitted::Mesh),
-        req(),
+        update(),
         None,
         roles.clone(),
         mesh.clone(),
         None,
     )
     .await;
-    match r {
-        Some(Message::Error { message }) => {
-            assert!(message.contains("only a configuration node"), "{message}")
-        }
-        other => panic!("a plain member changed our roles: {other:?}"),
-    }
-    let r = route(
-        peer(&authority, Admitted::Mesh),
-        req(),
-        None,
-        roles.clone(),
-        mesh.clone(),
-        None,
-    )
-    .await;
-    assert_eq!(
-        r,
-        Some(Message::RoleReply {
-            roles: vec![Role::Mobility]
-        })
+    assert_eq!(r, None);
+    assert!(
+        granted().await.is_empty(),
+        "a plain member granted us a role"
     );
+
+    // From the authority: taken.
+    route(
+        peer(&authority, Admitted::Mesh),
+        update(),
+        None,
+        roles.clone(),
+        mesh.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(granted().await, vec![Role::ProcessServer]);
 
     // A connection admitted with a registration key may only register.
     let r = route(
         peer(&member, Admitted::Registration([0; 16])),
-        req(),
+        Message::MembershipRequest,
         None,
         roles,
         mesh,

@@ -60,6 +60,7 @@ fn local(seed: u8, name: &str) -> Arc<Local> {
             mesh_id: None,
             version: 0,
         }),
+        tuning: Tuning::default(),
     })
 }
 
@@ -86,7 +87,7 @@ fn node(
         Arc::new(Echo),
         tokio::runtime::Handle::current(),
     );
-    net.set_mesh_psk(Some(mesh));
+    net.set_mesh_psk(Some(mesh), None);
     (net, l, adm)
 }
 

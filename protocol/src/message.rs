@@ -81,6 +81,11 @@ pub struct Member {
     pub addrs: Vec<SocketAddr>,
     /// When the member joined.
     pub joined: UnixMillis,
+    /// The roles the configuration node granted this member: the only record of roles any
+    /// node acts on (what a node says about itself in handshakes, heartbeats and mDNS is for
+    /// display).
+    #[serde(default)]
+    pub roles: Vec<Role>,
 }
 
 impl Member {
@@ -131,6 +136,12 @@ pub enum RegisterRefusal {
     UnknownKey,
     /// The configuration node could not record the registration (its disk); nothing changed.
     Unavailable,
+    /// Another member already has this name (names are unique: they are how people name
+    /// machines in commands).
+    NameTaken {
+        /// The name asked for.
+        name: String,
+    },
     /// The two clocks differ by more than the allowed skew.
     ClockSkew {
         /// Joining node's clock minus the configuration node's clock, in milliseconds.
@@ -146,8 +157,12 @@ impl fmt::Display for RegisterRefusal {
         match self {
             RegisterRefusal::Expired { expired_at } => write!(
                 f,
-                "registration key expired at {} (unix ms); issue a new one with `lifeboat key issue` on the configuration node",
-                expired_at.0
+                "registration key expired at {}; issue a new one with `lifeboat key issue` on the configuration node",
+                crate::time::rfc3339(*expired_at)
+            ),
+            RegisterRefusal::NameTaken { name } => write!(
+                f,
+                "another member of the mesh is already named {name:?}; names are unique, choose another with `lifeboat init --name NAME --force` in this state dir"
             ),
             RegisterRefusal::AlreadyUsed => f.write_str(
                 "registration key was already used; each key admits one node, issue a new one with `lifeboat key issue`",
@@ -389,18 +404,6 @@ pub enum Message {
         /// Version of the membership list the sender holds.
         membership_version: u64,
     },
-    /// Ask a node to add or remove a role (only configuration nodes may ask remotely).
-    RoleRequest {
-        /// Add or remove.
-        op: RoleOp,
-        /// Which role.
-        role: Role,
-    },
-    /// Roles of the node after a [`Message::RoleRequest`].
-    RoleReply {
-        /// The node's roles now.
-        roles: Vec<Role>,
-    },
     /// A joining node asks to be registered (on a connection keyed by a registration key).
     Register {
         /// Joining node's name.
@@ -419,8 +422,12 @@ pub enum Message {
     MembershipUpdate {
         /// Version; members ignore versions older than theirs.
         version: u64,
-        /// The whole list.
+        /// The whole list, with the roles granted to each member.
         members: Vec<Member>,
+        /// The mesh secret, when it was rotated (members switch to it; the previous one stays
+        /// accepted for a grace period so that members offline at the rotation can return).
+        #[serde(default)]
+        secret: Option<[u8; 32]>,
     },
     /// Ask for the membership list (sent when a heartbeat shows a newer version).
     MembershipRequest,

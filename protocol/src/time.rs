@@ -49,6 +49,29 @@ pub fn human_duration(ms: u64) -> String {
     }
 }
 
+/// Formats an instant as RFC 3339 UTC to the second (`2026-12-02T01:50:12Z`), the way errors
+/// and tables show times to people.
+pub fn rfc3339(t: UnixMillis) -> String {
+    let secs = t.0 / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +83,16 @@ mod tests {
         assert_eq!(human_duration(252_000), "4m12s");
         assert_eq!(human_duration(419_980), "7m00s");
         assert_eq!(human_duration(3 * 86_400_000 + 2 * 3_600_000), "3d2h");
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_dates() {
+        assert_eq!(rfc3339(UnixMillis(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UnixMillis(951_782_400_000)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UnixMillis(1_796_176_212_999)),
+            "2026-12-02T01:50:12Z"
+        );
     }
 
     #[test]

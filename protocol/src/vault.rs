@@ -7,16 +7,19 @@
 //! packs/<pp>/<pack-id>.pack        "LBPK" 1 || sealed_block*            (megabytes each)
 //! packs/<pp>/<pack-id>.idx         seal("idx", rmp(PackIndex))          (block id -> offset, len)
 //! chunks/<cc>/<chunk-id>           seal("chunk", ids of up to 1024 blocks)
-//! points/<machine>/<ms>-<id>       seal("point", rmp(PointRecord))     (created with create-if-absent)
+//! points/<machine>/<ms>-<id>       seal("point:" key, rmp(PointRecord)) (created with create-if-absent)
 //! ```
 //!
 //! - Block id = BLAKE3 keyed with a key derived from the vault's data key, over the plaintext
 //!   block, so equal blocks dedupe across points and machines while the storage provider cannot
 //!   test whether the vault holds a given content. The all-zero id means "all-zero block":
 //!   never stored, never sent.
-//! - A sealed block = AES-256-GCM(zstd(block)), nonce derived from the block id (deterministic:
-//!   one nonce per distinct plaintext), the id as associated data. Opening checks the tag,
-//!   decompresses with a bound, and recomputes the id.
+//! - A sealed block = AES-256-GCM(mode || zstd(block) or block), a fresh random 96-bit nonce
+//!   per sealing, the id as associated data. Opening checks the tag, decompresses with a
+//!   bound, and recomputes the id.
+//! - A point record is sealed with its own object key as associated data (so the machine,
+//!   capture time and id in its name are authenticated): a point copied under another
+//!   machine's prefix, or renamed, fails to open, and its decoded fields must match its name.
 //! - A disk manifest is a list of chunk ids; a chunk holds the ids of 1024 consecutive blocks
 //!   (64 MiB of disk at the default block size). Unchanged chunks are shared between points, so
 //!   a point costs what changed. The Merkle root of a disk is BLAKE3 (keyed) over its size, block
@@ -623,6 +626,29 @@ impl PointRecord {
     pub fn object_key(&self) -> String {
         point_key(&self.machine, self.captured, &self.id)
     }
+
+    /// Seals the record for its object key (the key is the associated data).
+    pub fn seal(&self, key: &DataKey, nonce: [u8; 12]) -> Vec<u8> {
+        key.seal_object(&point_ad(&self.object_key()), nonce, &to_rmp(self))
+    }
+
+    /// Opens the point stored under `object_key`: the tag must verify with that key as
+    /// associated data and the record must name the same machine, time and id.
+    pub fn open(key: &DataKey, object_key: &str, sealed: &[u8]) -> Result<Self, FormatError> {
+        let plain = key.open_object(&point_ad(object_key), sealed)?;
+        let rec: PointRecord = from_rmp("point", &plain)?;
+        if rec.object_key() != object_key {
+            return Err(FormatError::Malformed {
+                what: "point",
+                msg: format!("record is for {}, stored as {object_key}", rec.object_key()),
+            });
+        }
+        Ok(rec)
+    }
+}
+
+fn point_ad(object_key: &str) -> String {
+    format!("point:{object_key}")
 }
 
 /// Object key of a point.
@@ -703,8 +729,44 @@ mod tests {
             let k = key();
             let _ = k.open_block(&BlockId([1; 32]), &bytes, 65536);
             let _ = k.open_object("point", &bytes);
+            let _ = PointRecord::open(&k, "points/x/y", &bytes);
             let _ = k.open_chunk(&BlockId([1; 32]), &bytes);
         }
+    }
+
+    #[test]
+    fn a_point_opens_only_under_its_own_name() {
+        let k = key();
+        let machine: NodeId = crate::StaticKeypair::generate([1; 32]).public.node_id();
+        let other: NodeId = crate::StaticKeypair::generate([2; 32]).public.node_id();
+        let rec = PointRecord {
+            format: 1,
+            id: "ab".repeat(16),
+            machine,
+            machine_name: "web".into(),
+            captured: UnixMillis(5),
+            committed: UnixMillis(6),
+            consistency: Consistency::CrashConsistent,
+            parent: None,
+            disks: vec![],
+            stats: PointStats::default(),
+        };
+        let sealed = rec.seal(&k, [3; 12]);
+        assert_eq!(
+            PointRecord::open(&k, &rec.object_key(), &sealed),
+            Ok(rec.clone())
+        );
+        // Copied under another machine's prefix, or renamed to another time: refused.
+        let moved = point_key(&other, rec.captured, &rec.id);
+        assert_eq!(
+            PointRecord::open(&k, &moved, &sealed),
+            Err(FormatError::Auth)
+        );
+        let renamed = point_key(&machine, UnixMillis(99), &rec.id);
+        assert_eq!(
+            PointRecord::open(&k, &renamed, &sealed),
+            Err(FormatError::Auth)
+        );
     }
 
     #[test]

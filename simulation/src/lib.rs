@@ -294,7 +294,10 @@ impl Sim {
         let (name, addr) = (self.nodes[0].name.clone(), self.nodes[0].addr);
         let now = self.now;
         self.nodes[0].roles.apply(RoleOp::Add, Role::Configuration);
-        let _ = self.nodes[0].mesh.create(now, seed, &name, vec![addr]);
+        let roles = self.nodes[0].roles.to_vec();
+        let _ = self.nodes[0]
+            .mesh
+            .create(now, seed, &name, vec![addr], roles);
         for i in 1..self.nodes.len() {
             self.rng.fill_bytes(&mut seed);
             let Ok(key) = self.nodes[0]
@@ -465,8 +468,14 @@ impl Sim {
                     self.enqueue(f.to, f.from, m);
                 }
             }
-            Message::MembershipUpdate { version, members } => {
-                if n.mesh.handle_membership_update(&from_key, version, members) {
+            Message::MembershipUpdate {
+                version,
+                members,
+                secret,
+            } => {
+                if n.mesh
+                    .handle_membership_update(now, &from_key, version, members, secret)
+                {
                     let m: Vec<Member> = n.mesh.members().to_vec();
                     n.table.handle_members(now, &m);
                 }

@@ -599,7 +599,8 @@ impl Drop for Azurite {
 }
 
 /// Starts a mesh: `nodes[0]` is the configuration node; each other `(name, role)` registers and
-/// takes its role. Waits until the configuration node sees everyone connected with a role.
+/// is granted its role by the configuration node. Waits until each node holds its role and the
+/// configuration node sees everyone connected.
 pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
     let t = Timing::default();
     let mut cfg = Node::init(nodes[0].0, "127.0.0.1:0", &[], false, &t);
@@ -616,21 +617,25 @@ pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
         form_mesh(&refs);
     }
     for (n, (_, role)) in all.iter().zip(nodes).skip(1) {
-        n.ok(&["role", "add", role]);
+        grant(&all[0], n, role);
     }
     for n in &all[1..] {
         let id = n.id();
-        wait_until(
-            &format!("config to see {} connected with its role", n.name),
-            WAIT,
-            || {
-                all[0].peer(&id).is_some_and(|p| {
-                    p["connected"] == true && p["roles"].as_array().is_some_and(|r| !r.is_empty())
-                })
-            },
-        );
+        wait_until(&format!("config to see {} connected", n.name), WAIT, || {
+            all[0].peer(&id).is_some_and(|p| p["connected"] == true)
+        });
     }
     all
+}
+
+/// The configuration node `cfg` grants `role` to `n`; waits until `n` holds it.
+pub fn grant(cfg: &Node, n: &Node, role: &str) {
+    cfg.ok(&["role", "add", role, "--node", &n.id()]);
+    wait_until(&format!("{} to hold the {role} role", n.name), WAIT, || {
+        n.json(&["role", "list", "--json"])["roles"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == role))
+    });
 }
 
 /// moto's S3 server (an S3 API emulator, conditional puts included), started on a free port;

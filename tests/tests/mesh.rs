@@ -43,8 +43,11 @@ fn static_peers_register_heartbeat_and_share_roles_assigned_at_run_time() {
             .is_some_and(|ms| ms < 2_000)
     });
 
-    // A role added at run time on one node shows on the others within seconds.
-    c.ok(&["role", "add", "mobility"]);
+    // Roles are granted, never claimed: a member cannot give itself a role; the configuration
+    // node grants it, by name or id, and every node sees it within seconds.
+    let err = c.fails(&["role", "add", "mobility"]);
+    assert!(err.contains("granted by its configuration node"), "{err}");
+    a.ok(&["role", "add", "mobility", "--node", "charlie"]);
     for v in [&a, &b] {
         wait_until(
             &format!("{} to see charlie's mobility role", v.name),
@@ -55,7 +58,9 @@ fn static_peers_register_heartbeat_and_share_roles_assigned_at_run_time() {
 
     // The configuration node assigns a role remotely; it persists across a restart.
     a.ok(&["role", "add", "process-server", "--node", &ib]);
-    assert!(b.ok(&["role", "list"]).contains("process-server"));
+    wait_until("bravo to apply its granted role", SOON, || {
+        b.ok(&["role", "list"]).contains("process-server")
+    });
     wait_until("charlie to see bravo's new role", SOON, || {
         roles_of(&c, &ib).contains(&"process-server".to_string())
     });
@@ -68,12 +73,14 @@ fn static_peers_register_heartbeat_and_share_roles_assigned_at_run_time() {
 
     // Only a configuration node may assign roles to others.
     let err = b.fails(&["role", "add", "mobility", "--node", &ic]);
-    assert!(err.contains("only a configuration node"), "{err}");
+    assert!(err.contains("granted by its configuration node"), "{err}");
     assert!(!c.ok(&["role", "list"]).contains("process-server"));
 
     // Removing works the same way.
     a.ok(&["role", "remove", "process-server", "--node", &ib]);
-    assert!(!b.ok(&["role", "list"]).contains("process-server"));
+    wait_until("bravo to drop its withdrawn role", SOON, || {
+        !b.ok(&["role", "list"]).contains("process-server")
+    });
 }
 
 #[test]

@@ -28,9 +28,9 @@ fn site(env: &[(String, String)]) -> Site {
         n.start_env(env);
     }
     form_mesh(&[&cfg, &ps, &mob, &mob2]);
-    ps.ok(&["role", "add", "process-server"]);
-    mob.ok(&["role", "add", "mobility"]);
-    mob2.ok(&["role", "add", "mobility"]);
+    grant(&cfg, &ps, "process-server");
+    grant(&cfg, &mob, "mobility");
+    grant(&cfg, &mob2, "mobility");
     for n in [&ps, &mob, &mob2] {
         let id = n.id();
         wait_until(

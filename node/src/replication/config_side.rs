@@ -111,6 +111,7 @@ pub async fn vault_create(
     name: &str,
     url: Option<String>,
     options: BTreeMap<String, String>,
+    grant_options: Option<BTreeMap<String, String>>,
 ) -> Result<Value, String> {
     require_config(repl).await?;
     if let Some(c) = guard(&repl.vault_cfg).clone() {
@@ -148,6 +149,7 @@ pub async fn vault_create(
         url: url.clone(),
         master_key: vault::hex(&master),
         options,
+        grant_options,
     })?;
     guard(&repl.cfg.granted).clear();
     require_vault(repl).await?;
@@ -285,7 +287,15 @@ pub async fn protect(
         .cloned()
         .ok_or_else(|| format!("no policy named {policy_name}; see `lifeboat policy list`"))?;
     let ps = match process_server {
-        Some(p) => Some(resolve_machine(repl, &p).await?.0),
+        Some(p) => {
+            let (ps, ps_name) = resolve_machine(repl, &p).await?;
+            if !repl.granted(ps, Role::ProcessServer).await {
+                return Err(format!(
+                    "{ps_name} ({ps}) does not hold the process-server role; grant it with `lifeboat role add process-server --node {ps_name}`"
+                ));
+            }
+            Some(ps)
+        }
         None => None,
     };
     let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
@@ -316,10 +326,14 @@ pub async fn protect(
         hooks,
         block_size: bs,
     };
-    let peer_roles = repl.connected_with(Role::Mobility).await;
-    if id != repl.local && !peer_roles.contains(&id) {
+    if !repl.granted(id, Role::Mobility).await {
         return Err(format!(
-            "{name} ({id}) is not connected with the mobility role; run `lifeboat role add mobility --node {id}` and check `lifeboat peers`"
+            "{name} ({id}) does not hold the mobility role; grant it with `lifeboat role add mobility --node {name}`"
+        ));
+    }
+    if id != repl.local && !repl.net.connected().contains(&id) {
+        return Err(format!(
+            "{name} ({id}) is not connected; check `lifeboat peers`"
         ));
     }
     if id == repl.local {
@@ -376,8 +390,46 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
     Ok(json!({ "unprotected": name }))
 }
 
-/// Handles a `PointNotice` from a process server.
-pub fn point_notice(repl: &Repl, s: PointSummary) {
+/// Handles a `PointNotice` from process server `from` (the caller checked its granted role).
+/// The notice is only a hint: the point must exist in the vault under the named machine, and
+/// the catalog records what the vault says, not what the notice says. A capture time in the
+/// future (beyond the allowed clock skew) is refused.
+pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Result<(), String> {
+    let vault = require_vault(repl).await?;
+    let now = crate::seams::now();
+    if hint.captured.0 > now.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
+        return Err(format!(
+            "point {} of {} claims a capture time in the future ({})",
+            hint.id,
+            hint.machine,
+            lifeboat_protocol::time::rfc3339(hint.captured)
+        ));
+    }
+    if !guard(&repl.cfg.protections).contains_key(&hint.machine) {
+        return Err(format!("machine {} is not protected", hint.machine));
+    }
+    let rec = vault
+        .list_points(Some(&hint.machine))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|p| p.id == hint.id)
+        .ok_or_else(|| format!("point {} of {} is not in the vault", hint.id, hint.machine))?;
+    if rec.captured.0 > now.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
+        return Err(format!(
+            "point {} of {} has a capture time in the future",
+            rec.id, rec.machine
+        ));
+    }
+    let s = PointSummary {
+        id: rec.id.clone(),
+        machine: rec.machine,
+        captured: rec.captured,
+        committed: rec.committed,
+        consistency: rec.consistency,
+        stats: rec.stats,
+        process_server: from,
+    };
     {
         let mut c = guard(&repl.cfg.catalog);
         let e = c.entry(s.machine).or_default();
@@ -393,6 +445,7 @@ pub fn point_notice(repl: &Repl, s: PointSummary) {
         }
     }
     save_catalog(repl);
+    Ok(())
 }
 
 /// Handles a `Report` from a mobility node (only about itself).
@@ -746,7 +799,10 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
     if !dir.is_absolute() {
         return Err("--to must be an absolute directory".into());
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{to}: {e}"))?;
+    // Directories created here are private: images hold a machine's data.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|e| format!("{to}: {e}"))?;
     let mut disks = Vec::new();
     for d in &p.disks {
         if !super::valid_disk_name(&d.name) {

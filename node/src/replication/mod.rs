@@ -16,7 +16,7 @@ pub mod ps;
 use crate::net::Net;
 use crate::vault::{local_root, store_from_url, Vault, VaultConfig, VaultError};
 use actix::Addr;
-use lifeboat_actors::shell::{GetMesh, GetRoles, ListPeers, MeshActor, PeersActor, RolesActor};
+use lifeboat_actors::shell::{GetMesh, GetRoles, MeshActor, PeersActor, RolesActor};
 use lifeboat_config::state::write_file_atomic;
 use lifeboat_config::StateDir;
 use lifeboat_protocol::message::VaultGrant;
@@ -165,7 +165,7 @@ impl Repl {
             name: c.name.clone(),
             url: c.url.clone(),
             master_key: c.key()?.master(),
-            options: c.options.into_iter().collect(),
+            options: c.grant_options.unwrap_or(c.options).into_iter().collect(),
         })
     }
 
@@ -174,16 +174,27 @@ impl Repl {
         self.roles.send(GetRoles).await.unwrap_or_default()
     }
 
-    /// Connected peers holding `role`.
+    /// Connected members the configuration node granted `role` (the membership record, never
+    /// what a peer says of itself).
     pub async fn connected_with(&self, role: Role) -> Vec<NodeId> {
-        let peers = self.peers.send(ListPeers).await.unwrap_or_default();
+        let Ok(mesh) = self.mesh.send(GetMesh).await else {
+            return vec![];
+        };
         let connected = self.net.connected();
-        peers
-            .into_iter()
-            .filter(|p| p.connected && p.roles.contains(&role))
-            .filter_map(|p| p.node_id.parse::<NodeId>().ok())
-            .filter(|id| connected.contains(id))
+        mesh.members
+            .iter()
+            .filter(|m| m.roles.contains(&role))
+            .map(|m| m.node_id())
+            .filter(|id| *id != self.local && connected.contains(id))
             .collect()
+    }
+
+    /// True if the configuration node granted member `id` the role.
+    pub async fn granted(&self, id: NodeId, role: Role) -> bool {
+        self.mesh
+            .send(GetMesh)
+            .await
+            .is_ok_and(|m| m.granted_roles(id).contains(&role))
     }
 
     /// The configuration nodes (mesh authorities) we are connected to.
