@@ -239,6 +239,16 @@ impl Node {
         });
     }
 
+    /// The daemon's process id (the process group leader: a wrapper, if one was used).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
@@ -632,7 +642,7 @@ pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
 pub fn grant(cfg: &Node, n: &Node, role: &str) {
     cfg.ok(&["role", "add", role, "--node", &n.id()]);
     wait_until(&format!("{} to hold the {role} role", n.name), WAIT, || {
-        n.json(&["role", "list", "--json"])["roles"]
+        n.json(&["role", "list"])["roles"]
             .as_array()
             .is_some_and(|r| r.iter().any(|x| x == role))
     });

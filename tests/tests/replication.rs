@@ -190,7 +190,7 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
         "touch /tmp/pwned",
     ]);
     assert!(
-        err.contains("hooks run commands on the protected machine"),
+        err.contains("only protect, unprotect or list the points of its own machine"),
         "{err}"
     );
     // Protect from another node: the command reaches the configuration node over the mesh.

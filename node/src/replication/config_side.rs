@@ -242,10 +242,9 @@ async fn resolve_machine(repl: &Repl, machine: &str) -> Result<(NodeId, String),
         .send(lifeboat_actors::shell::GetMesh)
         .await
         .map_err(|e| e.to_string())?;
-    for m in &mesh.members {
-        if m.node_id().to_string() == machine || m.name == machine {
-            return Ok((m.node_id(), m.name.clone()));
-        }
+    // Ids first, then (unique) names.
+    if let Some(m) = mesh.resolve(machine) {
+        return Ok((m.node_id(), m.name.clone()));
     }
     Err(format!(
         "no mesh member named {machine:?}; see `lifeboat peers`"
