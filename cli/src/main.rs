@@ -219,6 +219,9 @@ enum VaultCmd {
         #[arg(long, value_name = "FILE")]
         grant_options_file: Option<PathBuf>,
     },
+    /// Rotate the vault's data key for new writes (after evicting a process server): process
+    /// servers get the new key within seconds; existing points keep restoring.
+    Rekey,
     /// Garbage-collect: delete packs and chunks no recovery point references (safe while
     /// replication runs; runs by itself every 15 minutes).
     Gc {
@@ -693,6 +696,15 @@ fn run(cli: Cli) -> Result<()> {
                 "created vault {} at {}",
                 v["name"].as_str().unwrap_or("?"),
                 v["url"].as_str().unwrap_or("?")
+            );
+        }
+        Cmd::Vault {
+            cmd: VaultCmd::Rekey,
+        } => {
+            let v = call(&dir, Request::VaultRekey)?;
+            println!(
+                "vault key rotated ({} rotation(s)); new writes are sealed with the new key, process servers receive it now",
+                v["rotations"]
             );
         }
         Cmd::Vault {

@@ -74,6 +74,8 @@ pub enum Request {
         #[serde(default)]
         grant_options: Option<Vec<(String, String)>>,
     },
+    /// Rotate the vault's sealing key for new writes.
+    VaultRekey,
     /// Garbage-collect the vault now.
     VaultGc {
         /// Grace period in milliseconds.

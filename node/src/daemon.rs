@@ -78,6 +78,7 @@ struct Ctx {
 /// servers, watch RPO. Runs on the quinn runtime.
 async fn replication_duties(repl: Arc<Repl>) {
     loop {
+        repl.drop_vault_unless_needed().await;
         if let Err(e) = repl.open_vault().await {
             tracing::warn!(cause = %e, "vault not reachable yet");
         }
@@ -284,6 +285,11 @@ pub async fn route(
                 name: g.name,
                 url: g.url,
                 master_key: lifeboat_protocol::vault::hex(&g.master_key),
+                rotations: g
+                    .rotations
+                    .iter()
+                    .map(|k| lifeboat_protocol::vault::hex(k))
+                    .collect(),
                 options: g.options.into_iter().collect(),
                 grant_options: None,
             };
@@ -981,6 +987,13 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 let grant = grant_options.map(|g| g.into_iter().collect());
                 crate::replication::config_side::vault_create(&repl, &name, store, opts, grant)
                     .await
+            })
+            .await?
+        }
+        Request::VaultRekey => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::vault_rekey(&repl).await
             })
             .await?
         }

@@ -87,6 +87,9 @@ pub struct VaultConfig {
     pub url: String,
     /// Master data key, hex.
     pub master_key: String,
+    /// Sealing keys added by `vault rekey`, hex, oldest first (new writes use the newest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<String>,
     /// object_store configuration options.
     pub options: BTreeMap<String, String>,
     /// Options granted to process servers instead of `options` (their own, narrower store
@@ -102,9 +105,15 @@ impl std::fmt::Debug for VaultConfig {
 }
 
 impl VaultConfig {
-    /// The data key.
+    /// The data key (with its rotations).
     pub fn key(&self) -> Option<DataKey> {
-        vault::from_hex::<32>(&self.master_key).map(DataKey::from_master)
+        let master = vault::from_hex::<32>(&self.master_key)?;
+        let rotations = self
+            .rotations
+            .iter()
+            .map(|r| vault::from_hex::<32>(r))
+            .collect::<Option<Vec<_>>>()?;
+        Some(DataKey::with_rotations(master, rotations))
     }
 }
 

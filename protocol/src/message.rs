@@ -279,6 +279,9 @@ pub struct VaultGrant {
     pub url: String,
     /// Data key (master).
     pub master_key: [u8; 32],
+    /// Sealing keys added by rotations, oldest first (new objects are sealed with the newest).
+    #[serde(default)]
+    pub rotations: Vec<[u8; 32]>,
     /// Store options (object_store configuration keys).
     pub options: Vec<(String, String)>,
 }

@@ -205,14 +205,21 @@ pub fn decompress_block(z: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError
 }
 
 /// A vault's data key and the keys derived from it.
+///
+/// Rotation (`lifeboat vault rekey`) adds a sealing key: new objects are sealed with the
+/// newest, older ones still open with the key they were sealed with (tried newest first; AEAD
+/// authentication tells which). Block and chunk ids stay keyed by the original master, so
+/// deduplication and the shared manifest chunks of existing points carry across a rotation.
 #[derive(Clone)]
 pub struct DataKey {
     /// Master key (distributed to process servers and configuration nodes only).
     master: [u8; 32],
+    /// Sealing keys added by rotations, oldest first.
+    rotations: Vec<[u8; 32]>,
     /// Keys block and chunk ids.
     id_key: [u8; 32],
-    /// AEAD key.
-    aead: LessSafeKeyHolder,
+    /// AEAD keys, newest (the one that seals) first.
+    aead: Vec<LessSafeKeyHolder>,
 }
 
 #[derive(Clone)]
@@ -237,16 +244,58 @@ impl fmt::Debug for DataKey {
 impl DataKey {
     /// Derives all keys from the master key.
     pub fn from_master(master: [u8; 32]) -> Self {
+        Self::with_rotations(master, Vec::new())
+    }
+
+    /// The master key and the sealing keys of later rotations (oldest first).
+    pub fn with_rotations(master: [u8; 32], rotations: Vec<[u8; 32]>) -> Self {
+        let aead = std::iter::once(&master)
+            .chain(&rotations)
+            .rev()
+            .map(|k| LessSafeKeyHolder(blake3::derive_key("lifeboat vault aead v1", k)))
+            .collect();
         DataKey {
             master,
+            rotations,
             id_key: blake3::derive_key("lifeboat vault block id v1", &master),
-            aead: LessSafeKeyHolder(blake3::derive_key("lifeboat vault aead v1", &master)),
+            aead,
         }
     }
 
     /// The master key.
     pub fn master(&self) -> [u8; 32] {
         self.master
+    }
+
+    /// Sealing keys added by rotations, oldest first.
+    pub fn rotations(&self) -> &[[u8; 32]] {
+        &self.rotations
+    }
+
+    /// The key that seals new objects.
+    fn sealing(&self) -> LessSafeKey {
+        // `with_rotations` always derives at least the master's key.
+        self.aead
+            .first()
+            .map(LessSafeKeyHolder::key)
+            .unwrap_or_else(|| unreachable!("a data key has a sealing key"))
+    }
+
+    /// Opens `ct || tag` under `nonce` and `aad` with whichever key sealed it (newest first).
+    fn open_any(&self, nonce: [u8; 12], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        for k in &self.aead {
+            let mut buf = sealed.to_vec();
+            if let Ok(plain) = k.key().open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            ) {
+                let n = plain.len();
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+        Err(FormatError::Auth)
     }
 
     /// A public check value: proves a node holds the right key without revealing it.
@@ -276,8 +325,7 @@ impl DataKey {
         out.push(mode);
         out.extend_from_slice(payload);
         let tag = self
-            .aead
-            .key()
+            .sealing()
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&id.0),
@@ -300,16 +348,7 @@ impl DataKey {
         }
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&sealed[..12]);
-        let mut buf = sealed[12..].to_vec();
-        let plain = self
-            .aead
-            .key()
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&id.0),
-                &mut buf,
-            )
-            .map_err(|_| FormatError::Auth)?;
+        let plain = self.open_any(nonce, &id.0, &sealed[12..])?;
         let data = match plain.split_first() {
             Some((0, raw)) if raw.len() <= max_len => raw.to_vec(),
             Some((1, z)) => decompress_block(z, max_len)?,
@@ -334,8 +373,7 @@ impl DataKey {
     pub fn seal_object(&self, kind: &str, nonce: [u8; 12], plain: &[u8]) -> Vec<u8> {
         let mut buf = plain.to_vec();
         let tag = self
-            .aead
-            .key()
+            .sealing()
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(kind.as_bytes()),
@@ -356,17 +394,7 @@ impl DataKey {
         }
         let mut n = [0u8; 12];
         n.copy_from_slice(&sealed[..12]);
-        let mut buf = sealed[12..].to_vec();
-        let plain = self
-            .aead
-            .key()
-            .open_in_place(
-                Nonce::assume_unique_for_key(n),
-                Aad::from(kind.as_bytes()),
-                &mut buf,
-            )
-            .map_err(|_| FormatError::Auth)?;
-        Ok(plain.to_vec())
+        self.open_any(n, kind.as_bytes(), &sealed[12..])
     }
 
     /// Id of a manifest chunk: over a per-upload salt and its block ids. The salt makes every
@@ -732,6 +760,33 @@ mod tests {
             let _ = PointRecord::open(&k, "points/x/y", &bytes);
             let _ = k.open_chunk(&BlockId([1; 32]), &bytes);
         }
+    }
+
+    #[test]
+    fn a_rotated_key_seals_new_objects_and_still_opens_old_ones() {
+        let old = key();
+        let data = vec![9u8; 4096];
+        let id = old.block_id(&data);
+        let before = old.seal_block(&id, &data, 1, [1; 12]);
+        let new = DataKey::with_rotations([7; 32], vec![[42; 32]]);
+        assert_eq!(
+            new.key_check(),
+            old.key_check(),
+            "ids and the check do not change"
+        );
+        assert_eq!(
+            new.block_id(&data),
+            id,
+            "deduplication carries across a rotation"
+        );
+        assert_eq!(new.open_block(&id, &before, 4096).unwrap(), data);
+        let after = new.seal_block(&id, &data, 1, [2; 12]);
+        assert_eq!(new.open_block(&id, &after, 4096).unwrap(), data);
+        // Whoever holds only the old key cannot read or forge what is sealed after it.
+        assert_eq!(old.open_block(&id, &after, 4096), Err(FormatError::Auth));
+        let obj = new.seal_object("idx", [3; 12], b"index");
+        assert_eq!(old.open_object("idx", &obj), Err(FormatError::Auth));
+        assert_eq!(new.open_object("idx", &obj).unwrap(), b"index");
     }
 
     #[test]

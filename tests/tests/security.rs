@@ -682,3 +682,65 @@ fn keys_live_at_most_five_days_and_register_reads_them_off_the_command_line() {
     assert_eq!(mode & 0o777, 0o755);
     assert!(!Path::new(&open.path().join("identity.key")).exists());
 }
+
+#[test]
+fn a_rekeyed_vault_seals_new_points_with_a_key_the_old_one_cannot_open() {
+    use lifeboat_node::vault::{store_from_url, Vault, VaultConfig};
+    let s = site();
+    let web_id: lifeboat_protocol::NodeId = s.web.id().parse().unwrap();
+    let read_cfg = |n: &Node| -> VaultConfig {
+        serde_json::from_slice(&std::fs::read(n.state_dir().join("vault.json")).unwrap()).unwrap()
+    };
+    // What an evicted process server would still hold.
+    let old = read_cfg(&s.ps);
+    assert!(old.rotations.is_empty());
+    let out = s.cfg.ok(&["vault", "rekey"]);
+    assert!(out.contains("1 rotation"), "{out}");
+    wait_until("the process server to receive the new key", SOON, || {
+        read_cfg(&s.ps).rotations.len() == 1
+    });
+    // Points committed from here on are sealed with the new key.
+    let t = now_ms() + 2_000;
+    let newer = point_after(&s.cfg, "web-1", t);
+    let all = points(&s.cfg, "web-1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listed = |c: &VaultConfig| -> Vec<String> {
+        rt.block_on(async {
+            let store = store_from_url(&c.url, &c.options).unwrap();
+            let v = Vault::open(store, c.key().unwrap()).await.unwrap();
+            v.list_points(Some(&web_id))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.id)
+                .collect()
+        })
+    };
+    let with_old = listed(&old);
+    let with_new = listed(&read_cfg(&s.cfg));
+    assert_eq!(
+        with_new.len(),
+        all.len(),
+        "the current key opens every point"
+    );
+    assert!(
+        !with_old.contains(&newer["id"].as_str().unwrap().to_string()),
+        "the old key opened a point sealed after the rotation"
+    );
+    assert!(
+        !with_old.is_empty(),
+        "points sealed before still open with the old key"
+    );
+    // Every point, before and after the rotation, restores bit-exact.
+    for p in [&all[0], &newer] {
+        let to = s
+            ._work
+            .path()
+            .join(format!("r-{}", p["id"].as_str().unwrap()));
+        let got = restore(&s.cfg, "web-1", p["id"].as_str().unwrap(), &to);
+        assert!(got == initial_disk(), "point {} differs", p["id"]);
+    }
+}

@@ -148,12 +148,35 @@ pub async fn vault_create(
         name: name.into(),
         url: url.clone(),
         master_key: vault::hex(&master),
+        rotations: Vec::new(),
         options,
         grant_options,
     })?;
     guard(&repl.cfg.granted).clear();
     require_vault(repl).await?;
     Ok(json!({ "name": name, "url": url, "vault_id": header.id, "key_check": header.key_check }))
+}
+
+/// `lifeboat vault rekey`: a new sealing key for everything written from now on. Process
+/// servers get it with a fresh grant; what was sealed before keeps opening with its own key.
+/// Whoever holds only the old keys (an evicted process server) can read and forge nothing
+/// sealed after this.
+pub async fn vault_rekey(repl: &Repl) -> Result<Value, String> {
+    require_config(repl).await?;
+    require_vault(repl).await?;
+    let mut cfg = guard(&repl.vault_cfg)
+        .clone()
+        .ok_or("no vault yet; create one with `lifeboat vault create NAME`")?;
+    let mut k = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut k);
+    cfg.rotations.push(vault::hex(&k));
+    let n = cfg.rotations.len();
+    repl.set_vault_config(cfg)?;
+    // Every process server gets the new key with its next grant (within a second).
+    guard(&repl.cfg.granted).clear();
+    require_vault(repl).await?;
+    tracing::warn!(rotations = n, "vault data key rotated for new writes");
+    Ok(json!({ "rotations": n }))
 }
 
 fn save_policies(repl: &Repl) -> Result<(), String> {

@@ -158,13 +158,46 @@ impl Repl {
         Ok(())
     }
 
+    /// Forgets the vault (its key and store options) on a node that no longer holds a role
+    /// that needs it: a process server whose role was withdrawn keeps no credentials.
+    pub async fn drop_vault_unless_needed(&self) {
+        let roles = self.roles().await;
+        if roles.contains(&Role::Configuration) || roles.contains(&Role::ProcessServer) {
+            return;
+        }
+        let had = self
+            .vault_cfg
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take())
+            .is_some();
+        if !had {
+            return;
+        }
+        if let Ok(mut g) = self.vault.write() {
+            *g = None;
+        }
+        let path = self.dir.root.join("vault.json");
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::warn!("process-server role withdrawn: vault key and store options removed")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %path.display(), cause = %e, "could not remove the vault grant")
+            }
+        }
+    }
+
     /// The grant a process server needs.
     pub fn grant(&self) -> Option<VaultGrant> {
         let c = self.vault_cfg.lock().ok()?.clone()?;
+        let key = c.key()?;
         Some(VaultGrant {
             name: c.name.clone(),
             url: c.url.clone(),
-            master_key: c.key()?.master(),
+            master_key: key.master(),
+            rotations: key.rotations().to_vec(),
             options: c.grant_options.unwrap_or(c.options).into_iter().collect(),
         })
     }
