@@ -469,7 +469,7 @@ impl Mesh {
             .then(|| lifeboat_protocol::Message::MembershipUpdate {
                 version: f.membership_version,
                 members: f.members.clone(),
-                secret: Some(f.secret),
+                secret: Some(lifeboat_protocol::message::MeshSecret(f.secret)),
             })
     }
 
@@ -709,7 +709,13 @@ mod tests {
                 cfg,
             )
             .unwrap();
-        assert!(joined.handle_membership_update(UnixMillis(3), &cfg, version, members, secret));
+        assert!(joined.handle_membership_update(
+            UnixMillis(3),
+            &cfg,
+            version,
+            members,
+            secret.map(|s| s.0)
+        ));
         assert_eq!(joined.granted_roles(a.node_id()), vec![Role::ProcessServer]);
         assert_eq!(
             joined.assign_role(a.node_id(), RoleOp::Add, Role::Configuration),

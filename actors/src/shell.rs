@@ -181,7 +181,9 @@ impl MembersChanged {
         Message::MembershipUpdate {
             version: self.version,
             members: self.members.clone(),
-            secret: self.secret.map(|s| s.0),
+            secret: self
+                .secret
+                .map(|s| lifeboat_protocol::message::MeshSecret(s.0)),
         }
     }
 

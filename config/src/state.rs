@@ -80,7 +80,7 @@ pub fn save_roles(dir: &StateDir, roles: &RolesFile) -> Result<(), ConfigError> 
 }
 
 /// A registration key issued by this (configuration) node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedKey {
     /// PSK id of the key's secret.
     pub key_id: [u8; 16],
@@ -95,7 +95,7 @@ pub struct IssuedKey {
 }
 
 /// Mesh membership as this node knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshFile {
     /// Mesh identifier.
     pub mesh_id: [u8; 16],
@@ -117,13 +117,41 @@ pub struct MeshFile {
     pub previous_secret: Option<PreviousSecret>,
 }
 
+/// Debug output names the mesh and its members, never a secret.
+impl std::fmt::Debug for MeshFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshFile")
+            .field("mesh_id", &self.mesh_id)
+            .field("membership_version", &self.membership_version)
+            .field("members", &self.members)
+            .field("issued_keys", &self.issued_keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A rotated-out mesh secret and how long it is still accepted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousSecret {
     /// The old secret.
     pub secret: [u8; 32],
     /// Accepted until this instant.
     pub until: UnixMillis,
+}
+
+impl std::fmt::Debug for PreviousSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreviousSecret(until {})", self.until)
+    }
+}
+
+impl std::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IssuedKey(expires {}, used by {:?})",
+            self.expires, self.used_by
+        )
+    }
 }
 
 /// Loads the mesh file, if this node belongs to a mesh.

@@ -259,7 +259,7 @@ pub async fn route(
                     from: from.key,
                     version,
                     members,
-                    secret: secret.map(Secret),
+                    secret: secret.map(|s| Secret(s.0)),
                 })
                 .await;
             None

@@ -184,8 +184,20 @@ impl fmt::Display for RegisterRefusal {
     }
 }
 
+/// A mesh secret on the wire: shown redacted by `Debug`, so no log line can carry it.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(transparent)]
+pub struct MeshSecret(pub [u8; 32]);
+
+impl fmt::Debug for MeshSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MeshSecret(..)")
+    }
+}
+
 /// What a joining node receives when registration succeeds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct MeshGrant {
     /// Identifier of the mesh.
@@ -196,6 +208,16 @@ pub struct MeshGrant {
     pub membership_version: u64,
     /// The current membership list (including the new member).
     pub members: Vec<Member>,
+}
+
+impl fmt::Debug for MeshGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshGrant")
+            .field("mesh_id", &self.mesh_id)
+            .field("membership_version", &self.membership_version)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A replication policy (the reference product's "replication policy").
@@ -430,7 +452,7 @@ pub enum Message {
         /// The mesh secret, when it was rotated (members switch to it; the previous one stays
         /// accepted for a grace period so that members offline at the rotation can return).
         #[serde(default)]
-        secret: Option<[u8; 32]>,
+        secret: Option<MeshSecret>,
     },
     /// Ask for the membership list (sent when a heartbeat shows a newer version).
     MembershipRequest,

@@ -473,9 +473,13 @@ impl Sim {
                 members,
                 secret,
             } => {
-                if n.mesh
-                    .handle_membership_update(now, &from_key, version, members, secret)
-                {
+                if n.mesh.handle_membership_update(
+                    now,
+                    &from_key,
+                    version,
+                    members,
+                    secret.map(|s| s.0),
+                ) {
                     let m: Vec<Member> = n.mesh.members().to_vec();
                     n.table.handle_members(now, &m);
                 }
