@@ -10,6 +10,7 @@
 //! `Clock`, `Rng`, `StateStore`). The actix actors in [`shell`] host the state machines in the
 //! daemon; the simulation crate drives the same state machines directly over in-memory seams.
 
+pub mod authz;
 pub mod mesh;
 pub mod peers;
 pub mod replication;

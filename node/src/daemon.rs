@@ -18,6 +18,7 @@ use crate::transport::{Admission, Admitted, Local, SecureConn, TransportError};
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use lifeboat_actors::authz;
 use lifeboat_actors::mesh::{mesh_id_hex, Mesh, PskKind};
 use lifeboat_actors::peers::{PeerTable, PeerTableConfig};
 use lifeboat_actors::seams::{Announcement, Clock, Discovery};
@@ -162,33 +163,25 @@ impl Inbound for ActorInbound {
         let roles = self.roles.clone();
         let mesh = self.mesh.clone();
         async move {
-            let is_ps = roles
-                .send(GetRoles)
-                .await
-                .map(|r| r.contains(&Role::ProcessServer))
-                .unwrap_or(false);
             // Replication is accepted only between granted roles.
             let sender = from.key.node_id();
-            let sender_is_mobility = mesh
-                .send(GetMesh)
-                .await
-                .map(|m| m.granted_roles(sender).contains(&Role::Mobility))
-                .unwrap_or(false);
-            let refusal = match (repl, first) {
-                (Some(repl), Message::DeltaBegin(h)) if is_ps && sender_is_mobility => {
+            let verdict = match facts(&from, &roles, &mesh).await {
+                Some((f, _)) => authz::authorize(&first, &f),
+                None => Err(authz::Refusal::NotHere("is shutting down")),
+            };
+            let reason = match (repl, first, verdict) {
+                (Some(repl), Message::DeltaBegin(h), Ok(())) => {
                     return crate::replication::ps::serve(repl, sender, h, w, r).await;
                 }
-                (_, Message::DeltaBegin(_)) if is_ps => {
-                    tracing::warn!(peer = %sender, "refused a replication stream from a node without the mobility role");
-                    "the configuration node has not granted this node the mobility role"
+                (_, _, Err(refusal)) => {
+                    if refusal.is_suspicious() {
+                        tracing::warn!(peer = %sender, cause = %refusal, "refused a replication stream");
+                    }
+                    refusal.to_string()
                 }
-                _ => "this node is not a process server",
+                _ => "this node does not serve this stream".to_string(),
             };
-            let _ = w
-                .send(Message::PointFailed {
-                    reason: refusal.into(),
-                })
-                .await;
+            let _ = w.send(Message::PointFailed { reason }).await;
             w.finish();
         }
         .boxed()
@@ -199,7 +192,25 @@ fn err(m: impl Into<String>) -> Option<Message> {
     Some(Message::Error { message: m.into() })
 }
 
+/// What the authorization rules need to know about `from` and this node.
+async fn facts(
+    from: &PeerInfo,
+    roles: &Addr<RolesActor>,
+    mesh: &Addr<MeshActor>,
+) -> Option<(authz::Facts, MembersChanged)> {
+    let m = mesh.send(GetMesh).await.ok()?;
+    let f = authz::Facts {
+        registration: matches!(from.admitted, Admitted::Registration(_)),
+        authority: m.authorities.contains(&from.key),
+        sender_roles: m.granted_roles(from.key.node_id()),
+        local_roles: roles.send(GetRoles).await.ok()?,
+    };
+    Some((f, m))
+}
+
 /// Routes one message from an authenticated peer to the actors; returns the reply, if any.
+/// Every message passes [`authz::authorize`] first: checked against the sender's authenticated
+/// id and the roles the authority granted it, never its name or its own claims.
 pub async fn route(
     from: PeerInfo,
     msg: Message,
@@ -208,31 +219,42 @@ pub async fn route(
     mesh: Addr<MeshActor>,
     repl: Option<Arc<Repl>>,
 ) -> Option<Message> {
-    if let Admitted::Registration(key_id) = from.admitted {
+    let from_id = from.key.node_id();
+    let (f, members) = facts(&from, &roles, &mesh).await?;
+    if let Err(refusal) = authz::authorize(&msg, &f) {
+        if refusal.is_suspicious() {
+            tracing::warn!(peer = %from_id, message = msg.kind(), cause = %refusal, "refused a message");
+        }
+        // One-way messages get no answer; requests get the reason.
         return match msg {
-            Message::Register { name, now, addrs } => {
-                if lifeboat_config::validate_name(&name).is_err() || addrs.len() > 16 {
-                    return err("invalid registration request");
-                }
-                match mesh
-                    .send(Register {
-                        key_id,
-                        joiner: from.key,
-                        name,
-                        addrs,
-                        joiner_now: now,
-                    })
-                    .await
-                {
-                    Ok(Ok(grant)) => Some(Message::Registered(grant)),
-                    Ok(Err(refusal)) => Some(Message::RegisterRefused(refusal)),
-                    Err(_) => err("configuration node is shutting down"),
-                }
-            }
-            _ => err("a registration connection may only register"),
+            Message::PointNotice(_) | Message::Report(_) | Message::Heartbeat { .. } => None,
+            Message::MembershipUpdate { .. } => None,
+            _ => err(refusal.to_string()),
         };
     }
     match msg {
+        Message::Register { name, now, addrs } => {
+            let Admitted::Registration(key_id) = from.admitted else {
+                return err("registration needs a registration key");
+            };
+            if lifeboat_config::validate_name(&name).is_err() || addrs.len() > 16 {
+                return err("invalid registration request");
+            }
+            match mesh
+                .send(Register {
+                    key_id,
+                    joiner: from.key,
+                    name,
+                    addrs,
+                    joiner_now: now,
+                })
+                .await
+            {
+                Ok(Ok(grant)) => Some(Message::Registered(grant)),
+                Ok(Err(refusal)) => Some(Message::RegisterRefused(refusal)),
+                Err(_) => err("configuration node is shutting down"),
+            }
+        }
         Message::Heartbeat {
             name,
             roles: r,
@@ -267,19 +289,6 @@ pub async fn route(
         Message::MembershipRequest => mesh.send(MembershipMessage).await.ok().flatten(),
         Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
         Message::VaultGrant(g) => {
-            let status = mesh.send(CheckKey(from.key)).await.ok()?;
-            if !status.authority {
-                tracing::warn!(peer = %from.key.node_id(), "refused a vault grant from a node that is not the mesh authority");
-                return err("only the configuration node may grant a vault");
-            }
-            if !roles
-                .send(GetRoles)
-                .await
-                .ok()?
-                .contains(&Role::ProcessServer)
-            {
-                return err("this node was not granted the process-server role");
-            }
             let repl = repl?;
             let cfg = crate::vault::VaultConfig {
                 name: g.name,
@@ -305,16 +314,9 @@ pub async fn route(
             }
         }
         Message::Protect(spec) => {
-            let status = mesh.send(CheckKey(from.key)).await.ok()?;
-            if !status.authority {
-                return err("only the configuration node may start protection");
-            }
             let repl = repl?;
             if spec.machine != repl.local {
                 return err("this protection is for another machine");
-            }
-            if !roles.send(GetRoles).await.ok()?.contains(&Role::Mobility) {
-                return err("this node lacks the mobility role");
             }
             match crate::replication::mobility::start(&repl, spec) {
                 Ok(()) => Some(Message::Accept),
@@ -322,31 +324,16 @@ pub async fn route(
             }
         }
         Message::Unprotect { machine } => {
-            let status = mesh.send(CheckKey(from.key)).await.ok()?;
             let repl = repl?;
-            if !status.authority || machine != repl.local {
-                return err("refused");
+            if machine != repl.local {
+                return err("this protection is for another machine");
             }
             crate::replication::mobility::stop(&repl);
             Some(Message::Accept)
         }
         Message::PointNotice(s) => {
             let repl = repl?;
-            if !roles
-                .send(GetRoles)
-                .await
-                .ok()?
-                .contains(&Role::Configuration)
-            {
-                return None;
-            }
-            let from_id = from.key.node_id();
-            let granted = mesh.send(GetMesh).await.ok()?.granted_roles(from_id);
-            if !granted.contains(&Role::ProcessServer) {
-                tracing::warn!(peer = %from_id, machine = %s.machine, point = %s.id, "refused a point notice from a node that is not a process server");
-                return None;
-            }
-            // Verified against the vault (the source of truth) on the replication runtime.
+            // Verified against the vault (the source of truth), off this stream's handler.
             tokio::spawn(async move {
                 if let Err(e) =
                     crate::replication::config_side::point_notice(&repl, from_id, s).await
@@ -358,14 +345,6 @@ pub async fn route(
         }
         Message::Admin { request } => {
             let repl = repl?;
-            if !roles
-                .send(GetRoles)
-                .await
-                .ok()?
-                .contains(&Role::Configuration)
-            {
-                return err("this node is not a configuration node");
-            }
             let req: Request = match serde_json::from_str(&request) {
                 Ok(r) => r,
                 Err(e) => return err(format!("malformed admin request: {e}")),
@@ -375,8 +354,7 @@ pub async fn route(
             }
             // Bound to the authenticated sender: a member may only ask about or change its own
             // machine (names are display; they resolve to ids first, and are unique).
-            let from_id = from.key.node_id();
-            let req = match own_machine_only(req, from_id, &mesh.send(GetMesh).await.ok()?) {
+            let req = match own_machine_only(req, from_id, &members) {
                 Ok(r) => r,
                 Err(why) => {
                     tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
@@ -386,7 +364,7 @@ pub async fn route(
                     });
                 }
             };
-            tracing::info!(from = %from.key.node_id(), "replication command forwarded by a member");
+            tracing::info!(from = %from_id, "replication command forwarded by a member");
             Some(match replication_admin(repl, req).await {
                 Ok(v) => Message::AdminReply {
                     ok: true,
@@ -397,7 +375,7 @@ pub async fn route(
         }
         Message::Report(r) => {
             let repl = repl?;
-            crate::replication::config_side::report(&repl, from.key.node_id(), r);
+            crate::replication::config_side::report(&repl, from_id, r);
             None
         }
         _ => err("unexpected message"),
@@ -408,7 +386,7 @@ pub async fn route(
 /// and `points` must name it (by id or its unique name), `status` is narrowed to it. Disks
 /// and hooks are thus only ever set for a machine by itself or on the configuration node.
 fn own_machine_only(req: Request, from: NodeId, mesh: &MembersChanged) -> Result<Request, String> {
-    let is_me = |machine: &str| mesh.resolve(machine).map(|m| m.node_id()) == Some(from);
+    let is_me = |machine: &str| authz::is_own_machine(from, machine, &mesh.members);
     match req {
         Request::Protect { ref machine, .. }
         | Request::Unprotect { ref machine }

@@ -512,6 +512,36 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The variant's name, for logs (never the content, which may hold secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Accept => "accept",
+            Message::Refuse { .. } => "refuse",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Register { .. } => "register",
+            Message::Registered(_) => "registered",
+            Message::RegisterRefused(_) => "register-refused",
+            Message::MembershipUpdate { .. } => "membership-update",
+            Message::MembershipRequest => "membership-request",
+            Message::VaultGrant(_) => "vault-grant",
+            Message::Protect(_) => "protect",
+            Message::Unprotect { .. } => "unprotect",
+            Message::DeltaBegin(_) => "delta-begin",
+            Message::DeltaBlocks { .. } => "delta-blocks",
+            Message::DeltaEnd { .. } => "delta-end",
+            Message::PointCommitted(_) => "point-committed",
+            Message::PointFailed { .. } => "point-failed",
+            Message::PointNotice(_) => "point-notice",
+            Message::Report(_) => "report",
+            Message::Admin { .. } => "admin",
+            Message::AdminReply { .. } => "admin-reply",
+            Message::Bulk(_) => "bulk",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
 /// What a frame carries: the protocol version and one message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
