@@ -1,0 +1,224 @@
+//! Network input to the actors: every message from an authenticated peer passes the
+//! authorization rules ([`authz::authorize`]) and is then dispatched; commands a member forwards
+//! are narrowed to its own machine.
+
+use super::*;
+
+fn err(m: impl Into<String>) -> Option<Message> {
+    Some(Message::Error { message: m.into() })
+}
+
+/// What the authorization rules need to know about `from` and this node.
+pub(super) async fn facts(
+    from: &PeerInfo,
+    roles: &Addr<RolesActor>,
+    mesh: &Addr<MeshActor>,
+) -> Option<(authz::Facts, MembersChanged)> {
+    let m = mesh.send(GetMesh).await.ok()?;
+    let f = authz::Facts {
+        registration: matches!(from.admitted, Admitted::Registration(_)),
+        authority: m.authorities.contains(&from.key),
+        sender_roles: m.granted_roles(from.key.node_id()),
+        local_roles: roles.send(GetRoles).await.ok()?,
+    };
+    Some((f, m))
+}
+
+/// Routes one message from an authenticated peer to the actors; returns the reply, if any.
+/// Every message passes [`authz::authorize`] first: checked against the sender's authenticated
+/// id and the roles the authority granted it, never its name or its own claims.
+pub async fn route(
+    from: PeerInfo,
+    msg: Message,
+    peers: Option<Addr<PeersActor>>,
+    roles: Addr<RolesActor>,
+    mesh: Addr<MeshActor>,
+    repl: Option<Arc<Repl>>,
+) -> Option<Message> {
+    let from_id = from.key.node_id();
+    let (f, members) = facts(&from, &roles, &mesh).await?;
+    if let Err(refusal) = authz::authorize(&msg, &f) {
+        if refusal.is_suspicious() {
+            tracing::warn!(peer = %from_id, message = msg.kind(), cause = %refusal, "refused a message");
+        }
+        // One-way messages get no answer; requests get the reason.
+        return match msg {
+            Message::PointNotice(_) | Message::Report(_) | Message::Heartbeat { .. } => None,
+            Message::MembershipUpdate { .. } => None,
+            _ => err(refusal.to_string()),
+        };
+    }
+    match msg {
+        Message::Register { name, now, addrs } => {
+            let Admitted::Registration(key_id) = from.admitted else {
+                return err("registration needs a registration key");
+            };
+            if lifeboat_config::validate_name(&name).is_err() || addrs.len() > 16 {
+                return err("invalid registration request");
+            }
+            match mesh
+                .send(Register {
+                    key_id,
+                    joiner: from.key,
+                    name,
+                    addrs,
+                    joiner_now: now,
+                })
+                .await
+            {
+                Ok(Ok(grant)) => Some(Message::Registered(grant)),
+                Ok(Err(refusal)) => Some(Message::RegisterRefused(refusal)),
+                Err(_) => err("configuration node is shutting down"),
+            }
+        }
+        Message::Heartbeat {
+            name,
+            roles: r,
+            membership_version,
+            ..
+        } => {
+            if let Some(p) = peers {
+                let _ = p.try_send(HeartbeatMsg {
+                    from: from.key,
+                    name,
+                    roles: r,
+                    membership_version,
+                });
+            }
+            None
+        }
+        Message::MembershipUpdate {
+            version,
+            members,
+            secret,
+        } => {
+            let _ = mesh
+                .send(MembershipIn {
+                    from: from.key,
+                    version,
+                    members,
+                    secret: secret.map(|s| Secret(s.0)),
+                })
+                .await;
+            None
+        }
+        Message::MembershipRequest => mesh.send(MembershipMessage).await.ok().flatten(),
+        Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
+        Message::VaultGrant(g) => {
+            let repl = repl?;
+            let cfg = crate::vault::VaultConfig {
+                name: g.name,
+                url: g.url,
+                master_key: lifeboat_protocol::vault::hex(&g.master_key),
+                rotations: g
+                    .rotations
+                    .iter()
+                    .map(|k| lifeboat_protocol::vault::hex(k))
+                    .collect(),
+                options: g.options.into_iter().collect(),
+                grant_options: None,
+            };
+            if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
+                return Some(Message::Accept);
+            }
+            match repl.set_vault_config(cfg) {
+                Ok(()) => {
+                    tracing::info!("vault granted by the configuration node");
+                    Some(Message::Accept)
+                }
+                Err(e) => err(e),
+            }
+        }
+        Message::Protect(spec) => {
+            let repl = repl?;
+            if spec.machine != repl.local {
+                return err("this protection is for another machine");
+            }
+            match crate::replication::mobility::start(&repl, spec) {
+                Ok(()) => Some(Message::Accept),
+                Err(e) => err(e),
+            }
+        }
+        Message::Unprotect { machine } => {
+            let repl = repl?;
+            if machine != repl.local {
+                return err("this protection is for another machine");
+            }
+            crate::replication::mobility::stop(&repl);
+            Some(Message::Accept)
+        }
+        Message::PointNotice(s) => {
+            let repl = repl?;
+            // Verified against the vault (the source of truth), off this stream's handler.
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::replication::config_side::point_notice(&repl, from_id, s).await
+                {
+                    tracing::warn!(peer = %from_id, cause = %e, "refused a point notice");
+                }
+            });
+            None
+        }
+        Message::Admin { request } => {
+            let repl = repl?;
+            let req: Request = match serde_json::from_str(&request) {
+                Ok(r) => r,
+                Err(e) => return err(format!("malformed admin request: {e}")),
+            };
+            if !forwardable(&req) {
+                return err("this command must be run on the configuration node itself");
+            }
+            // Bound to the authenticated sender: a member may only ask about or change its own
+            // machine (names are display; they resolve to ids first, and are unique).
+            let req = match own_machine_only(req, from_id, &members) {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
+                    return Some(Message::AdminReply {
+                        ok: false,
+                        body: why,
+                    });
+                }
+            };
+            tracing::info!(from = %from_id, "replication command forwarded by a member");
+            Some(match replication_admin(repl, req).await {
+                Ok(v) => Message::AdminReply {
+                    ok: true,
+                    body: v.to_string(),
+                },
+                Err(e) => Message::AdminReply { ok: false, body: e },
+            })
+        }
+        Message::Report(r) => {
+            let repl = repl?;
+            crate::replication::config_side::report(&repl, from_id, r);
+            None
+        }
+        _ => err("unexpected message"),
+    }
+}
+
+/// Restricts a command forwarded by member `from` to its own machine: `protect`, `unprotect`
+/// and `points` must name it (by id or its unique name), `status` is narrowed to it. Disks
+/// and hooks are thus only ever set for a machine by itself or on the configuration node.
+fn own_machine_only(req: Request, from: NodeId, mesh: &MembersChanged) -> Result<Request, String> {
+    let is_me = |machine: &str| authz::is_own_machine(from, machine, &mesh.members);
+    match req {
+        Request::Protect { ref machine, .. }
+        | Request::Unprotect { ref machine }
+        | Request::Points { ref machine }
+            if !is_me(machine) =>
+        {
+            Err(format!(
+                "a member may only protect, unprotect or list the points of its own machine, not {machine:?}; run the command on the configuration node"
+            ))
+        }
+        Request::ReplStatus { machine: Some(m) } if !is_me(&m) => Err(format!(
+            "a member may only see the status of its own machine, not {m:?}; run the command on the configuration node"
+        )),
+        Request::ReplStatus { .. } => Ok(Request::ReplStatus {
+            machine: Some(from.to_string()),
+        }),
+        other => Ok(other),
+    }
+}
