@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use lifeboat_actors::gc;
 use lifeboat_protocol::vault::{
     self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord,
     FormatError, PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
@@ -744,86 +745,87 @@ impl Vault {
                 .entries
                 .iter()
                 .partition(|e| live.contains(&e.id) && !self.copy_elsewhere(&e.id, &pack));
-            if let Some(&cage) = condemned_at.get(&pack) {
-                let rescued = self.exists_under(&format!("gc/rescue/{pack}")).await?;
-                if !live_e.is_empty() || rescued {
+            let condemned_age_ms = condemned_at.get(&pack).copied();
+            let facts = gc::PackFacts {
+                age_ms: age(&m),
+                size_bytes: m.size,
+                live_entries: live_e.len(),
+                dead_entries: dead_e.len(),
+                dead_bytes: dead_e.iter().map(|e| e.len as u64).sum(),
+                condemned_age_ms,
+                // Asked only of condemned packs (a rescue matters only to them).
+                rescued: condemned_age_ms.is_some()
+                    && self.exists_under(&format!("gc/rescue/{pack}")).await?,
+                lease_age_ms: leases.get(&pack).copied(),
+            };
+            match gc::decide_pack(&facts, grace_ms) {
+                gc::PackAction::Keep => {}
+                gc::PackAction::Uncondemn => {
                     self.uncondemn(&pack).await?;
                     rep.rescued += 1;
-                    continue;
                 }
-                if cage < grace_ms {
-                    continue;
+                gc::PackAction::Delete => {
+                    // Announce first (a tombstone that outlives the pack), then re-check rescues.
+                    self.put(
+                        &format!("gc/deleted/{pack}"),
+                        Bytes::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await?;
+                    if self.exists_under(&format!("gc/rescue/{pack}")).await? {
+                        self.delete_key(&format!("gc/deleted/{pack}")).await?;
+                        self.uncondemn(&pack).await?;
+                        rep.rescued += 1;
+                        continue;
+                    }
+                    self.delete_key(&ik).await?;
+                    self.delete_key(&k).await?;
+                    self.delete_key(&format!("gc/condemned/{pack}")).await?;
+                    rep.deleted_packs += 1;
+                    rep.freed_bytes += m.size;
                 }
-                // Announce first (a tombstone that outlives the pack), then re-check rescues.
-                self.put(
-                    &format!("gc/deleted/{pack}"),
-                    Bytes::new(),
-                    PutMode::Overwrite,
-                )
-                .await?;
-                if self.exists_under(&format!("gc/rescue/{pack}")).await? {
-                    self.delete_key(&format!("gc/deleted/{pack}")).await?;
-                    self.uncondemn(&pack).await?;
-                    rep.rescued += 1;
-                    continue;
+                gc::PackAction::Condemn { repack } => {
+                    if repack {
+                        // Copy the live sealed blocks as they are into a new pack.
+                        let raw = self.get(&k).await?;
+                        let mut nb = PackBuilder::new();
+                        for e in &live_e {
+                            let b = raw
+                                .get(e.offset as usize..e.offset as usize + e.len as usize)
+                                .ok_or_else(|| VaultError::Format {
+                                    key: k.clone(),
+                                    source: FormatError::Malformed {
+                                        what: "pack",
+                                        msg: "entry beyond the end".into(),
+                                    },
+                                })?;
+                            nb.add(e.id, b);
+                        }
+                        self.upload_pack(nb).await?;
+                        rep.repacked += 1;
+                    }
+                    self.put(
+                        &format!("gc/condemned/{pack}"),
+                        Bytes::new(),
+                        PutMode::Overwrite,
+                    )
+                    .await?;
+                    // From now on its blocks count as copies only in other packs.
+                    if let Ok(mut c) = self.condemned.write() {
+                        c.insert(pack.clone());
+                    }
+                    rep.condemned += 1;
                 }
-                self.delete_key(&ik).await?;
-                self.delete_key(&k).await?;
-                self.delete_key(&format!("gc/condemned/{pack}")).await?;
-                rep.deleted_packs += 1;
-                rep.freed_bytes += m.size;
-                continue;
             }
-            if age(&m) < grace_ms || dead_e.is_empty() {
-                continue;
-            }
-            // Leased by a session still running (a lease older than a day is a crashed one).
-            if leases.get(&pack).is_some_and(|a| *a < 86_400_000) {
-                continue;
-            }
-            let dead_bytes: u64 = dead_e.iter().map(|e| e.len as u64).sum();
-            if !live_e.is_empty() {
-                if dead_bytes * 2 < m.size {
-                    continue;
-                }
-                // Repack: copy the live sealed blocks as they are into a new pack.
-                let raw = self.get(&k).await?;
-                let mut nb = PackBuilder::new();
-                for e in &live_e {
-                    let b = raw
-                        .get(e.offset as usize..e.offset as usize + e.len as usize)
-                        .ok_or_else(|| VaultError::Format {
-                            key: k.clone(),
-                            source: FormatError::Malformed {
-                                what: "pack",
-                                msg: "entry beyond the end".into(),
-                            },
-                        })?;
-                    nb.add(e.id, b);
-                }
-                self.upload_pack(nb).await?;
-                rep.repacked += 1;
-            }
-            self.put(
-                &format!("gc/condemned/{pack}"),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await?;
-            // From now on its blocks count as copies only in other packs.
-            if let Ok(mut c) = self.condemned.write() {
-                c.insert(pack.clone());
-            }
-            rep.condemned += 1;
         }
         for (p, a) in &leases {
-            if *a >= 86_400_000 {
+            if gc::lease_expired(*a) {
                 self.delete_key(&format!("gc/inflight/{p}")).await?;
             }
         }
         // Tombstones of deleted packs are kept a week (far longer than any upload session).
         for m in self.list_meta("gc/deleted").await? {
-            if age(&m) > 7 * 86_400_000 {
+            if gc::tombstone_expired(age(&m)) {
                 self.delete_key(m.location.as_ref()).await?;
             }
         }
@@ -833,7 +835,7 @@ impl Vault {
             let Some(id) = vault::from_hex::<32>(&name).map(BlockId) else {
                 continue;
             };
-            if !live_chunks.contains(&id) && age(&m) >= grace_ms {
+            if gc::chunk_is_garbage(live_chunks.contains(&id), age(&m), grace_ms) {
                 self.delete_key(m.location.as_ref()).await?;
                 rep.deleted_chunks += 1;
             }
