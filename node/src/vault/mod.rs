@@ -1,0 +1,812 @@
+//! The vault client: moves the sealed formats of [`lifeboat_protocol::vault`] to and from an
+//! object store (`object_store`: local directory, Azure Blob, S3).
+//!
+//! Writes are ordered so a reader never sees a dangling reference: a pack is written before its
+//! index, chunks before the point that names them, and the point last, with create-if-absent
+//! (the commit). Every read is verified: AEAD tags, block ids, chunk ids, Merkle roots.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lifeboat_protocol::vault::{
+    self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord,
+    FormatError, PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
+    VAULT_FORMAT,
+};
+use lifeboat_protocol::{NodeId, UnixMillis};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Vault failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The store URL is not understood.
+    #[error("unsupported vault store {0:?}: use file:///PATH, az://CONTAINER or s3://BUCKET")]
+    Url(String),
+    /// The object store failed.
+    #[error("vault store: {op} {key}: {source}")]
+    Store {
+        /// Operation.
+        op: &'static str,
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: object_store::Error,
+    },
+    /// An object failed verification.
+    #[error("vault object {key} is damaged: {source}")]
+    Format {
+        /// Object key.
+        key: String,
+        /// Cause.
+        source: FormatError,
+    },
+    /// The vault has no header (not created, or wrong URL).
+    #[error("no vault at {0}; create one with `lifeboat vault create NAME --store URL`")]
+    NoVault(String),
+    /// The data key does not match the vault.
+    #[error("this node's data key does not open vault {0}")]
+    WrongKey(String),
+    /// A vault already exists there.
+    #[error("a vault already exists at {0}")]
+    Exists(String),
+    /// Restore found damage.
+    #[error("disk {disk}: block {block}: {detail}")]
+    Corrupt {
+        /// Disk name.
+        disk: String,
+        /// Block index.
+        block: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Local file I/O during restore.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The point does not exist.
+    #[error("no recovery point {0}")]
+    NoPoint(String),
+}
+
+mod gc;
+mod restore;
+mod store;
+
+pub use gc::GcReport;
+pub use restore::RestoreStats;
+pub use store::*;
+
+/// Where a block lives.
+#[derive(Clone, Debug)]
+struct Loc {
+    /// Pack id.
+    pack: Arc<str>,
+    /// Offset in the pack.
+    offset: u64,
+    /// Sealed length.
+    len: u32,
+}
+
+/// Local objects at least this big (packs) are written with `O_DIRECT` (see
+/// [`crate::direct_io::write_direct`]): straight to the device, so the commit barrier only has
+/// metadata left to sync, and no page cache is filled with data nobody reads back soon.
+const DIRECT_PUT_MIN: usize = 1 << 20;
+
+/// An open vault.
+pub struct Vault {
+    /// The object store.
+    store: Arc<dyn ObjectStore>,
+    /// Keys.
+    key: DataKey,
+    /// Header.
+    header: VaultHeader,
+    /// Block index (block id -> location), built from pack indexes.
+    index: RwLock<HashMap<BlockId, Vec<Loc>>>,
+    /// Packs whose index is loaded.
+    loaded: RwLock<std::collections::HashSet<String>>,
+    /// Decrypted point records by object key.
+    points: RwLock<BTreeMap<String, PointRecord>>,
+    /// Packs condemned by garbage collection (dedup ignores their blocks).
+    condemned: RwLock<std::collections::HashSet<String>>,
+    /// Directory of a local vault: [`Vault::barrier`] makes the puts there durable.
+    local_root: Option<std::path::PathBuf>,
+    /// Local files written since the last barrier.
+    unsynced: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    /// Serializes barriers: one that finds its files already taken by a running barrier waits
+    /// for that barrier to finish before it returns.
+    barrier_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vault({})", self.header.name)
+    }
+}
+
+fn path(key: &str) -> ObjPath {
+    ObjPath::from(key)
+}
+
+fn random16() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut n);
+    n
+}
+
+fn nonce() -> [u8; 12] {
+    let mut n = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut n);
+    n
+}
+
+impl Vault {
+    /// Creates a vault in `store` (fails if one exists).
+    pub async fn create(
+        store: Arc<dyn ObjectStore>,
+        name: &str,
+        key: &DataKey,
+        now: UnixMillis,
+    ) -> Result<VaultHeader, VaultError> {
+        let mut id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut id);
+        let header = VaultHeader {
+            format: VAULT_FORMAT,
+            name: name.into(),
+            id: vault::hex(&id),
+            created: now,
+            block_size: vault::DEFAULT_BLOCK_SIZE,
+            key_check: key.key_check(),
+        };
+        let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store
+            .put_opts(&path("vault.json"), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(header),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(VaultError::Exists(store.to_string()))
+            }
+            Err(e) => Err(VaultError::Store {
+                op: "create",
+                key: "vault.json".into(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Opens the vault in `store` with `key` and loads its block index.
+    pub async fn open(store: Arc<dyn ObjectStore>, key: DataKey) -> Result<Vault, VaultError> {
+        let raw = match store.get(&path("vault.json")).await {
+            Ok(r) => r.bytes().await.map_err(|e| VaultError::Store {
+                op: "get",
+                key: "vault.json".into(),
+                source: e,
+            })?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(VaultError::NoVault(store.to_string()))
+            }
+            Err(e) => {
+                return Err(VaultError::Store {
+                    op: "get",
+                    key: "vault.json".into(),
+                    source: e,
+                })
+            }
+        };
+        let header: VaultHeader = serde_json::from_slice(&raw).map_err(|e| VaultError::Format {
+            key: "vault.json".into(),
+            source: FormatError::Malformed {
+                what: "vault header",
+                msg: e.to_string(),
+            },
+        })?;
+        if header.key_check != key.key_check() {
+            return Err(VaultError::WrongKey(header.name));
+        }
+        let v = Vault {
+            store,
+            key,
+            header,
+            index: RwLock::new(HashMap::new()),
+            loaded: RwLock::new(Default::default()),
+            points: RwLock::new(BTreeMap::new()),
+            condemned: RwLock::new(Default::default()),
+            local_root: None,
+            unsynced: Default::default(),
+            barrier_lock: Default::default(),
+        };
+        v.refresh_condemned().await?;
+        v.refresh_index().await?;
+        Ok(v)
+    }
+
+    /// Marks the vault as local at `root` (see [`local_root`]): commits then sync it.
+    pub fn durable_at(mut self, root: Option<std::path::PathBuf>) -> Vault {
+        self.local_root = root;
+        self
+    }
+
+    /// Durability barrier: every object put so far survives a crash of the vault host once this
+    /// returns. A no-op for cloud stores (a put is acknowledged once durable); for a local vault
+    /// the files written since the last barrier and their directories are synced (only those:
+    /// unrelated dirty data on the same filesystem is not waited for).
+    pub async fn barrier(&self) -> Result<(), VaultError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let _one = self.barrier_lock.lock().await;
+        let files = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        if files.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let done = sync_paths(root.clone(), files.clone()).await;
+        tracing::debug!(
+            files = files.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "vault barrier"
+        );
+        if let Err(source) = done {
+            // Still unsynced: the next barrier tries them again.
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(files);
+            return Err(VaultError::Io {
+                path: format!(
+                    "cannot make vault writes durable (sync of {})",
+                    root.display()
+                ),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// The header.
+    pub fn header(&self) -> &VaultHeader {
+        &self.header
+    }
+
+    /// The data key.
+    pub fn key(&self) -> &DataKey {
+        &self.key
+    }
+
+    /// Blocks in the index.
+    pub fn indexed_blocks(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
+        let r = self
+            .store
+            .get(&path(key))
+            .await
+            .map_err(|e| VaultError::Store {
+                op: "get",
+                key: key.into(),
+                source: e,
+            })?;
+        r.bytes().await.map_err(|e| VaultError::Store {
+            op: "get",
+            key: key.into(),
+            source: e,
+        })
+    }
+
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, VaultError> {
+        let p = path(prefix);
+        let mut s = self.store.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            out.push(m.map_err(|e| VaultError::Store {
+                op: "list",
+                key: prefix.into(),
+                source: e,
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<(), VaultError> {
+        match self.store.delete(&path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(VaultError::Store {
+                op: "delete",
+                key: key.into(),
+                source: e,
+            }),
+        }
+    }
+
+    async fn exists_under(&self, prefix: &str) -> Result<bool, VaultError> {
+        Ok(!self.list(prefix).await?.is_empty())
+    }
+
+    /// Process-server side of the garbage-collection protocol, run just before a commit: every
+    /// pack the new point depends on through this session (uploaded or deduplicated) that GC has
+    /// condemned meanwhile is rescued; then, if any of them has a deletion tombstone, the session
+    /// must fail (its mobility node retries, and dedup no longer offers that pack).
+    pub async fn rescue(
+        &self,
+        session: &str,
+        packs: &std::collections::HashSet<String>,
+    ) -> Result<(), VaultError> {
+        self.refresh_condemned().await?;
+        let at_risk: Vec<String> = packs
+            .iter()
+            .filter(|p| self.is_condemned(p))
+            .cloned()
+            .collect();
+        for p in &at_risk {
+            self.put(
+                &format!("gc/rescue/{p}/{session}"),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        }
+        for p in packs {
+            if self.head_exists(&format!("gc/deleted/{p}")).await?
+                || !self.head_exists(&index_key(p)).await?
+            {
+                // Forget the vanished pack so the retry uploads those blocks afresh.
+                self.refresh_index().await?;
+                return Err(VaultError::Exists(format!(
+                    "pack {p} was garbage-collected during the session; the session is retried with fresh blocks"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the leases of a committed session's packs.
+    pub async fn release(&self, packs: &std::collections::HashSet<String>) {
+        for p in packs {
+            let _ = self.delete_key(&format!("gc/inflight/{p}")).await;
+        }
+    }
+
+    /// True if an object exists (names come from validated fields, never raw network text).
+    pub async fn has_object(&self, key: &str) -> Result<bool, VaultError> {
+        self.head_exists(key).await
+    }
+
+    async fn head_exists(&self, key: &str) -> Result<bool, VaultError> {
+        match self.store.head(&path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(VaultError::Store {
+                op: "head",
+                key: key.into(),
+                source: e,
+            }),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
+        let p = path(prefix);
+        let mut s = self.store.list(Some(&p));
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            let m = m.map_err(|e| VaultError::Store {
+                op: "list",
+                key: prefix.into(),
+                source: e,
+            })?;
+            out.push(m.location.to_string());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Loads the indexes of packs not yet known and forgets packs that are gone. A block held by
+    /// several packs (after a repack) is located in a pack that is not condemned.
+    pub async fn refresh_index(&self) -> Result<(), VaultError> {
+        let mut present = std::collections::HashSet::new();
+        for k in self.list("packs").await? {
+            let Some(pack) = k.strip_suffix(".idx").and_then(|s| s.rsplit('/').next()) else {
+                continue;
+            };
+            if vault::from_hex::<16>(pack).is_none() {
+                continue;
+            }
+            present.insert(pack.to_string());
+            if self
+                .loaded
+                .read()
+                .map(|l| l.contains(pack))
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let raw = match self.get(&k).await {
+                Ok(r) => r,
+                // Deleted by garbage collection between list and get.
+                Err(VaultError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => {
+                    present.remove(pack);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let plain = self
+                .key
+                .open_object("idx", &raw)
+                .map_err(|e| VaultError::Format {
+                    key: k.clone(),
+                    source: e,
+                })?;
+            let idx: PackIndex =
+                from_rmp("pack index", &plain).map_err(|e| VaultError::Format {
+                    key: k.clone(),
+                    source: e,
+                })?;
+            self.add_index(pack, idx);
+        }
+        if let Ok(mut i) = self.index.write() {
+            i.retain(|_, locs| {
+                locs.retain(|l| present.contains(&*l.pack));
+                !locs.is_empty()
+            });
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.retain(|p| present.contains(p));
+        }
+        Ok(())
+    }
+
+    fn add_index(&self, pack: &str, idx: PackIndex) {
+        let p: Arc<str> = Arc::from(pack);
+        if let Ok(mut i) = self.index.write() {
+            for e in idx.entries {
+                let locs = i.entry(e.id).or_default();
+                if !locs.iter().any(|l| *l.pack == *pack) {
+                    locs.push(Loc {
+                        pack: p.clone(),
+                        offset: e.offset,
+                        len: e.len,
+                    });
+                }
+            }
+        }
+        if let Ok(mut l) = self.loaded.write() {
+            l.insert(pack.to_string());
+        }
+    }
+
+    fn is_condemned(&self, pack: &str) -> bool {
+        self.condemned
+            .read()
+            .map(|c| c.contains(pack))
+            .unwrap_or(false)
+    }
+
+    /// Reloads the set of packs condemned by garbage collection.
+    pub async fn refresh_condemned(&self) -> Result<(), VaultError> {
+        let mut set = std::collections::HashSet::new();
+        for k in self.list("gc/condemned").await? {
+            if let Some(p) = k
+                .rsplit('/')
+                .next()
+                .filter(|p| vault::from_hex::<16>(p).is_some())
+            {
+                set.insert(p.to_string());
+            }
+        }
+        if let Ok(mut c) = self.condemned.write() {
+            *c = set;
+        }
+        Ok(())
+    }
+
+    /// Where block `id` is, preferring packs that are not condemned.
+    fn best_loc(&self, id: &BlockId) -> Option<Loc> {
+        let i = self.index.read().ok()?;
+        let locs = i.get(id)?;
+        locs.iter()
+            .find(|l| !self.is_condemned(&l.pack))
+            .or_else(|| locs.first())
+            .cloned()
+    }
+
+    /// The pack holding `id` that is not condemned, if any.
+    pub fn pack_of(&self, id: &BlockId) -> Option<String> {
+        self.best_loc(id)
+            .filter(|l| !self.is_condemned(&l.pack))
+            .map(|l| l.pack.to_string())
+    }
+
+    /// True if a pack other than `pack`, not condemned, also holds `id`.
+    fn copy_elsewhere(&self, id: &BlockId, pack: &str) -> bool {
+        self.index
+            .read()
+            .ok()
+            .and_then(|i| {
+                i.get(id).map(|locs| {
+                    locs.iter()
+                        .any(|l| *l.pack != *pack && !self.is_condemned(&l.pack))
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// True if the vault holds block `id`. Blocks only in condemned packs do not count: a new
+    /// point must not start depending on a pack that garbage collection is about to delete.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.pack_of(id).is_some()
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: impl Into<Bytes>,
+        mode: PutMode,
+    ) -> Result<bool, VaultError> {
+        let body: Bytes = body.into();
+        let stored = if self.put_direct(key, &body, &mode).await? {
+            true
+        } else {
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(&path(key), PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => true,
+                Err(object_store::Error::AlreadyExists { .. }) => false,
+                Err(e) => {
+                    return Err(VaultError::Store {
+                        op: "put",
+                        key: key.into(),
+                        source: e,
+                    })
+                }
+            }
+        };
+        // The next barrier syncs it. An object that already existed (create-if-absent) is
+        // synced too: it may be another writer's, not yet durable, and about to be named.
+        if let Some(root) = &self.local_root {
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(root.join(key));
+        }
+        Ok(stored)
+    }
+
+    /// Writes a local vault's big overwritten object (a pack) with `O_DIRECT` (see
+    /// [`DIRECT_PUT_MIN`]). False if the object is not one, or the filesystem refuses
+    /// `O_DIRECT`: the caller then puts it through the store.
+    async fn put_direct(
+        &self,
+        key: &str,
+        body: &Bytes,
+        mode: &PutMode,
+    ) -> Result<bool, VaultError> {
+        let (Some(root), PutMode::Overwrite, true) =
+            (&self.local_root, mode, body.len() >= DIRECT_PUT_MIN)
+        else {
+            return Ok(false);
+        };
+        let dest = root.join(key);
+        let (file, data) = (dest.clone(), body.clone());
+        tokio::task::spawn_blocking(move || crate::direct_io::write_direct(&file, &data))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| VaultError::Io {
+                path: dest.display().to_string(),
+                source,
+            })
+    }
+
+    /// Uploads a finished pack, then its index, then makes its blocks visible. Returns bytes.
+    pub async fn upload_pack(&self, pack: PackBuilder) -> Result<u64, VaultError> {
+        if pack.is_empty() {
+            return Ok(0);
+        }
+        let (id, bytes, idx) = pack.finish(random16());
+        self.upload_finished(&id, Bytes::from(bytes), idx).await
+    }
+
+    /// Uploads a finished pack (`bytes` is cheap to clone for retries), then its index, then
+    /// makes its blocks visible. Returns bytes.
+    pub async fn upload_finished(
+        &self,
+        id: &str,
+        bytes: Bytes,
+        idx: PackIndex,
+    ) -> Result<u64, VaultError> {
+        let id = id.to_string();
+        let n = bytes.len() as u64;
+        let sealed_idx = Bytes::from(self.key.seal_object("idx", nonce(), &to_rmp(&idx)));
+        let (pk, ik) = (pack_key(&id), index_key(&id));
+        with_retries("put pack", 8, || {
+            self.put(&pk, bytes.clone(), PutMode::Overwrite)
+        })
+        .await?;
+        with_retries("put index", 8, || {
+            self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)
+        })
+        .await?;
+        self.add_index(&id, idx);
+        Ok(n)
+    }
+
+    /// Stores a manifest chunk (content-addressed: an existing one is reused).
+    pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
+        let salt = random16();
+        let id = self.key.chunk_id(&salt, ids);
+        let sealed = self.key.seal_chunk(&salt, ids, nonce());
+        let k = chunk_key(&id);
+        with_retries("put chunk", 8, || {
+            self.put(&k, sealed.clone(), PutMode::Create)
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Reads and verifies a manifest chunk.
+    pub async fn get_chunk(&self, id: &BlockId) -> Result<Vec<BlockId>, VaultError> {
+        let k = chunk_key(id);
+        let raw = self.get(&k).await?;
+        self.key
+            .open_chunk(id, &raw)
+            .map_err(|e| VaultError::Format { key: k, source: e })
+    }
+
+    /// Commits a point (create-if-absent). Everything it references must already be stored.
+    /// Durable on return: a barrier before the put makes what the point references durable
+    /// first (a crash can never leave a point naming lost objects), one after makes the point
+    /// itself durable before anyone is told it is committed.
+    pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
+        self.barrier().await?;
+        let k = rec.object_key();
+        let sealed = Bytes::from(rec.seal(&self.key, nonce()));
+        let created = with_retries("commit point", 8, || {
+            self.put(&k, sealed.clone(), PutMode::Create)
+        })
+        .await?;
+        // The key holds a random point id: an existing object is our own earlier attempt whose
+        // answer was lost.
+        let _ = created;
+        self.barrier().await?;
+        if let Ok(mut p) = self.points.write() {
+            p.insert(k, rec.clone());
+        }
+        Ok(())
+    }
+
+    /// Deletes a point (retention). Blocks and chunks it alone referenced become garbage; they
+    /// are not removed here.
+    pub async fn delete_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
+        let k = rec.object_key();
+        match self.store.delete(&path(&k)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(VaultError::Store {
+                    op: "delete",
+                    key: k,
+                    source: e,
+                })
+            }
+        }
+        if let Ok(mut p) = self.points.write() {
+            p.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Lists points, oldest first (of one machine, or all).
+    pub async fn list_points(
+        &self,
+        machine: Option<&NodeId>,
+    ) -> Result<Vec<PointRecord>, VaultError> {
+        let prefix = match machine {
+            Some(m) => format!("points/{m}"),
+            None => "points".into(),
+        };
+        let mut out = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for k in self.list(&prefix).await? {
+            // Names from the store are checked before use: points/<node id>/<ms>-<hex id>.
+            let mut parts = k.split('/');
+            let (Some("points"), Some(m), Some(leaf), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if m.parse::<NodeId>().is_err() || leaf.len() != 16 + 1 + 32 {
+                continue;
+            }
+            listed.insert(k.clone());
+            if let Some(r) = self.points.read().ok().and_then(|p| p.get(&k).cloned()) {
+                out.push(r);
+                continue;
+            }
+            let raw = self.get(&k).await?;
+            // Bound to its name: a point copied under another machine's prefix (or forged
+            // without the key) fails here, and is left out rather than blocking the listing.
+            let rec = match PointRecord::open(&self.key, &k, &raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key = %k, cause = %e, "ignoring a point object that does not verify under its name");
+                    continue;
+                }
+            };
+            if let Ok(mut p) = self.points.write() {
+                p.insert(k, rec.clone());
+            }
+            out.push(rec);
+        }
+        // Points deleted by another node's retention drop out of the cache too.
+        if let Ok(mut p) = self.points.write() {
+            p.retain(|k, _| !k.starts_with(&format!("{prefix}/")) || listed.contains(k));
+        }
+        out.sort_by_key(|p| (p.captured, p.id.clone()));
+        Ok(out)
+    }
+
+    /// The block ids of a disk, expanded from its chunks (verifying each chunk).
+    pub async fn disk_ids(&self, d: &DiskRecord) -> Result<Vec<BlockId>, VaultError> {
+        let mut ids = Vec::with_capacity(d.blocks() as usize);
+        for c in &d.chunks {
+            ids.extend(self.get_chunk(c).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Reads, opens and verifies one block.
+    pub async fn read_block(&self, id: &BlockId, max_len: usize) -> Result<Vec<u8>, VaultError> {
+        let loc = self.locate(id).await.ok_or_else(|| VaultError::Format {
+            key: id.to_hex(),
+            source: FormatError::Malformed {
+                what: "index",
+                msg: "block not in the vault".into(),
+            },
+        })?;
+        let k = pack_key(&loc.pack);
+        let raw = self
+            .store
+            .get_range(&path(&k), loc.offset..loc.offset + loc.len as u64)
+            .await
+            .map_err(|e| VaultError::Store {
+                op: "get_range",
+                key: k.clone(),
+                source: e,
+            })?;
+        self.key
+            .open_block(id, &raw, max_len)
+            .map_err(|e| VaultError::Format { key: k, source: e })
+    }
+
+    async fn locate(&self, id: &BlockId) -> Option<Loc> {
+        if let Some(l) = self.best_loc(id) {
+            return Some(l);
+        }
+        let _ = self.refresh_index().await;
+        self.best_loc(id)
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Restores: every block of a point's disk fetched, verified (AEAD tag, block id, chunk ids,
+//! Merkle root) and written through a new private staging file renamed into place.
+
+use super::*;
+
+/// Counters of a restore.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RestoreStats {
+    /// Blocks written.
+    pub blocks: u64,
+    /// All-zero blocks (left sparse).
+    pub zero_blocks: u64,
+    /// Bytes fetched from the vault.
+    pub fetched_bytes: u64,
+}
+
+impl Vault {
+    /// Restores a disk to `out` (a raw image), verifying every block and the Merkle root.
+    pub async fn restore_disk(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+    ) -> Result<RestoreStats, VaultError> {
+        let corrupt = |block: u64, detail: String| VaultError::Corrupt {
+            disk: d.name.clone(),
+            block,
+            detail,
+        };
+        if d.block_size == 0 || d.block_size > MAX_BLOCK_SIZE {
+            return Err(corrupt(0, format!("invalid block size {}", d.block_size)));
+        }
+        let root = self.key.merkle_root(d.size_bytes, d.block_size, &d.chunks);
+        if root != d.merkle_root {
+            return Err(corrupt(0, "Merkle root does not match the manifest".into()));
+        }
+        let io = |e: std::io::Error| VaultError::Io {
+            path: out.display().to_string(),
+            source: e,
+        };
+        if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
+            return Err(corrupt(
+                0,
+                format!(
+                    "manifest has {} chunks for {} blocks",
+                    d.chunks.len(),
+                    d.blocks()
+                ),
+            ));
+        }
+        // The image is written to a new staging file beside `out` (created exclusively, never
+        // through a symlink, mode 0600) and renamed over `out` only once complete and verified:
+        // a symlink planted at `out` is replaced, never followed, and a failed restore leaves
+        // no half-written image under the final name.
+        let staging = out.with_file_name(format!(
+            ".{}.partial-{:08x}",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            rand::random::<u32>()
+        ));
+        let result = self.restore_into(d, &staging).await;
+        let result = result.and_then(|stats| {
+            std::fs::rename(&staging, out).map_err(io)?;
+            Ok(stats)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staging);
+        }
+        result
+    }
+
+    /// Writes the verified blocks of `d` into the new file `out`.
+    async fn restore_into(&self, d: &DiskRecord, out: &Path) -> Result<RestoreStats, VaultError> {
+        let io = |e: std::io::Error| VaultError::Io {
+            path: out.display().to_string(),
+            source: e,
+        };
+        let bs = d.block_size as u64;
+        let mut w = crate::direct_io::BlockWriter::create(out, d.size_bytes).map_err(io)?;
+        // Blocks are written on their own thread while the next ones are fetched and verified
+        // (at most about 32 MiB of them queued). A failed restore stops the writer before it
+        // writes anything more, and is only reported once the writer is gone, so a restore that
+        // follows to the same file never meets a stale writer.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(((32 << 20) / bs as usize).max(2));
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = abort.clone();
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+            while let Some((at, data)) = rx.blocking_recv() {
+                if stopped() {
+                    return Ok(());
+                }
+                w.write(at, &data)?;
+            }
+            if stopped() {
+                return Ok(());
+            }
+            w.finish()
+        });
+        let mut stats = RestoreStats::default();
+        let fetched = self.restore_blocks(d, &tx, &mut stats).await;
+        if fetched.is_err() {
+            abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(tx);
+        let wrote = tokio::task::spawn_blocking(move || {
+            writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("restore writer panicked")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match (fetched, wrote) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(io(e)),
+            // The writer only stops early on an error; be sure anyway.
+            (Ok(false), Ok(())) => Err(io(std::io::Error::other("restore writer stopped"))),
+            (Ok(true), Ok(())) => Ok(stats),
+        }
+    }
+
+    /// Fetches, verifies and hands to `tx` (block offset, plaintext) every non-zero block of
+    /// `d`. Returns false if the writer went away first (its own result says why).
+    async fn restore_blocks(
+        &self,
+        d: &DiskRecord,
+        tx: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+        stats: &mut RestoreStats,
+    ) -> Result<bool, VaultError> {
+        let corrupt = |block: u64, detail: String| VaultError::Corrupt {
+            disk: d.name.clone(),
+            block,
+            detail,
+        };
+        let bs = d.block_size as u64;
+        for (ci, c) in d.chunks.iter().enumerate() {
+            let ids = self
+                .get_chunk(c)
+                .await
+                .map_err(|e| corrupt((ci * CHUNK_ENTRIES) as u64, e.to_string()))?;
+            // Group the chunk's blocks by pack and fetch contiguous runs with one ranged read.
+            let mut wanted: Vec<(u64, BlockId, Loc)> = Vec::new();
+            for (j, id) in ids.iter().enumerate() {
+                let block = (ci * CHUNK_ENTRIES + j) as u64;
+                if id.is_zero() {
+                    stats.zero_blocks += 1;
+                    continue;
+                }
+                let loc = self.locate(id).await.ok_or_else(|| {
+                    corrupt(
+                        block,
+                        format!("block {} is missing from the vault", id.to_hex()),
+                    )
+                })?;
+                wanted.push((block, *id, loc));
+            }
+            wanted.sort_by(|a, b| (&a.2.pack, a.2.offset).cmp(&(&b.2.pack, b.2.offset)));
+            let mut i = 0;
+            while i < wanted.len() {
+                let mut j = i + 1;
+                let mut end = wanted[i].2.offset + wanted[i].2.len as u64;
+                while j < wanted.len()
+                    && wanted[j].2.pack == wanted[i].2.pack
+                    && wanted[j].2.offset == end
+                    && end - wanted[i].2.offset < (8 << 20)
+                {
+                    end += wanted[j].2.len as u64;
+                    j += 1;
+                }
+                let start = wanted[i].2.offset;
+                let k = pack_key(&wanted[i].2.pack);
+                let raw = self
+                    .store
+                    .get_range(&path(&k), start..end)
+                    .await
+                    .map_err(|e| corrupt(wanted[i].0, format!("reading {k}: {e}")))?;
+                stats.fetched_bytes += raw.len() as u64;
+                for (block, id, loc) in &wanted[i..j] {
+                    let s = (loc.offset - start) as usize;
+                    let sealed = raw
+                        .get(s..s + loc.len as usize)
+                        .ok_or_else(|| corrupt(*block, format!("{k} is truncated")))?;
+                    let data = self
+                        .key
+                        .open_block(id, sealed, d.block_size as usize)
+                        .map_err(|e| {
+                            corrupt(*block, format!("{e} (pack {k}, id {})", id.to_hex()))
+                        })?;
+                    let expect = bs.min(d.size_bytes - block * bs) as usize;
+                    if data.len() != expect {
+                        return Err(corrupt(
+                            *block,
+                            format!("block has {} bytes, expected {expect}", data.len()),
+                        ));
+                    }
+                    if tx.send((block * bs, data)).await.is_err() {
+                        return Ok(false);
+                    }
+                    stats.blocks += 1;
+                }
+                i = j;
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,194 @@
+//! How a node reaches a vault: its persisted configuration, the object store behind a URL,
+//! durability of a local store, and retries of store operations.
+
+use super::*;
+
+/// How a node reaches a vault (persisted as `vault.json`, 0600).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// Vault name.
+    pub name: String,
+    /// Store URL.
+    pub url: String,
+    /// Master data key, hex.
+    pub master_key: String,
+    /// Sealing keys added by `vault rekey`, hex, oldest first (new writes use the newest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<String>,
+    /// object_store configuration options.
+    pub options: BTreeMap<String, String>,
+    /// Options granted to process servers instead of `options` (their own, narrower store
+    /// credentials, e.g. a write-and-read SAS without delete); `None`: `options` are granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_options: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for VaultConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VaultConfig({}, {})", self.name, self.url)
+    }
+}
+
+impl VaultConfig {
+    /// The data key (with its rotations).
+    pub fn key(&self) -> Option<DataKey> {
+        let master = vault::from_hex::<32>(&self.master_key)?;
+        let rotations = self
+            .rotations
+            .iter()
+            .map(|r| vault::from_hex::<32>(r))
+            .collect::<Option<Vec<_>>>()?;
+        Some(DataKey::with_rotations(master, rotations))
+    }
+}
+
+/// The directory of a local (`file://`) vault, whose writes need an explicit durability
+/// barrier; `None` for cloud stores, whose acknowledged puts are already durable.
+pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://")
+        .filter(|p| p.starts_with('/'))
+        .map(std::path::PathBuf::from)
+}
+
+/// Makes `files` under a local vault directory `root` durable: each file's data, then every
+/// directory from its parent up to `root` (new files and the fan-out directories created for
+/// them). A file that is gone (deleted by garbage collection) needs nothing. An error names the
+/// file or directory that could not be synced.
+pub async fn sync_paths(root: PathBuf, files: Vec<PathBuf>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || sync_paths_blocking(&root, &files))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
+fn sync_paths_blocking(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    let named = |p: &Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    };
+    let sync = |p: &Path, all: bool| {
+        let r = std::fs::File::open(p).and_then(|h| if all { h.sync_all() } else { h.sync_data() });
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| named(p, e)),
+        }
+    };
+    // A few threads, so the filesystem can fold the syncs into shared journal commits.
+    let per_thread = files.len().div_ceil(4).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = files
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || part.iter().try_for_each(|f| sync(f, false))))
+            .collect();
+        parts.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
+        })
+    })?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut d = f.parent();
+        while let Some(dir) = d.filter(|d| d.starts_with(root)) {
+            if !dirs.insert(dir) {
+                break;
+            }
+            d = dir.parent();
+        }
+    }
+    dirs.into_iter().try_for_each(|d| sync(d, true))
+}
+
+/// Builds an object store from a vault URL and options.
+pub fn store_from_url(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, VaultError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(VaultError::Url(url.into()));
+        }
+        std::fs::create_dir_all(path).map_err(|e| VaultError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+        // Small puts go through the page cache (packs are written direct by `Vault::put`);
+        // durability is a barrier at each point commit (see `Vault::barrier`), not a sync per
+        // put: syncing a session's files together, once, costs far less than waiting for each
+        // pack, chunk and index, and gives a commit the same guarantee.
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
+            VaultError::Store {
+                op: "open",
+                key: path.into(),
+                source: e,
+            }
+        })?;
+        return Ok(Arc::new(fs));
+    }
+    let built = if let Some(container) = url
+        .strip_prefix("az://")
+        .or_else(|| url.strip_prefix("azure://"))
+    {
+        let b =
+            object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+        let b = configured(
+            b,
+            options,
+            |b, k: object_store::azure::AzureConfigKey, v| b.with_config(k, v),
+        );
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    } else if let Some(bucket) = url.strip_prefix("s3://") {
+        let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let b = configured(
+            b,
+            options,
+            |b, k: object_store::aws::AmazonS3ConfigKey, v| b.with_config(k, v),
+        );
+        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+    } else {
+        return Err(VaultError::Url(url.into()));
+    };
+    built.map_err(|e| VaultError::Store {
+        op: "open",
+        key: url.into(),
+        source: e,
+    })
+}
+
+/// Applies the options whose keys the store's builder knows (others belong to other stores).
+fn configured<B, K: std::str::FromStr>(
+    mut b: B,
+    options: &BTreeMap<String, String>,
+    set: impl Fn(B, K, &String) -> B,
+) -> B {
+    for (k, v) in options {
+        if let Ok(key) = k.parse::<K>() {
+            b = set(b, key, v);
+        }
+    }
+    b
+}
+
+/// Retries `f` with capped, jittered exponential backoff, at most `attempts` times.
+pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut f: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = 200u64;
+    let mut n = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n + 1 >= attempts => return Err(e),
+            Err(e) => {
+                n += 1;
+                let jitter = rand::thread_rng().next_u64() % (delay / 2 + 1);
+                tracing::warn!(op = what, attempt = n, cause = %e, "vault operation failed; retrying");
+                tokio::time::sleep(Duration::from_millis(delay / 2 + jitter)).await;
+                delay = (delay * 2).min(10_000);
+            }
+        }
+    }
+}
