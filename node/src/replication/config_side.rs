@@ -4,7 +4,8 @@
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
-use lifeboat_actors::replication::{health, Health};
+use lifeboat_actors::catalog::{Catalog, CatalogEntry, Duties, Watched};
+use lifeboat_actors::replication::Health;
 use lifeboat_config::StateDir;
 use lifeboat_protocol::message::{
     DiskSpec, Hooks, PointSummary, Policy, ProtectionReport, ProtectionSpec,
@@ -29,36 +30,19 @@ pub struct Protection {
     pub since: UnixMillis,
 }
 
-/// What the configuration node knows of a machine's points and state.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CatalogEntry {
-    /// Newest point.
-    pub latest: Option<PointSummary>,
-    /// Newest app-consistent point.
-    pub latest_app: Option<PointSummary>,
-    /// Newest crash-consistent (or better) point.
-    pub latest_crash: Option<PointSummary>,
-    /// Latest report from the mobility node.
-    pub report: Option<ProtectionReport>,
-    /// An RPO alert is raised.
-    pub alerted: bool,
-}
-
 /// Configuration-side state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConfigState {
     /// Policies by name.
     pub policies: Mutex<BTreeMap<String, Policy>>,
     /// Protections by machine.
     pub protections: Mutex<BTreeMap<NodeId, Protection>>,
-    /// Catalog by machine.
-    pub catalog: Mutex<BTreeMap<NodeId, CatalogEntry>>,
+    /// Catalog of points, reports and alerts (sans-IO).
+    pub catalog: Mutex<Catalog>,
     /// Process servers that hold the current vault grant.
     pub granted: Mutex<BTreeSet<NodeId>>,
-    /// When retention last ran.
-    pub last_retention: Mutex<UnixMillis>,
-    /// When garbage collection last ran.
-    pub last_gc: Mutex<UnixMillis>,
+    /// When retention and garbage collection are due.
+    pub duties: Mutex<Duties>,
     /// One garbage collection at a time.
     pub gc_lock: tokio::sync::Mutex<()>,
 }
@@ -75,10 +59,9 @@ impl ConfigState {
         Ok(ConfigState {
             policies: Mutex::new(policies),
             protections: Mutex::new(protections),
-            catalog: Mutex::new(catalog),
+            catalog: Mutex::new(Catalog::new(catalog)),
             granted: Mutex::new(BTreeSet::new()),
-            last_retention: Mutex::new(UnixMillis(0)),
-            last_gc: Mutex::new(UnixMillis(0)),
+            duties: Mutex::new(Duties::new(RETENTION_EVERY_MS, GC_EVERY_MS)),
             gc_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -280,7 +263,7 @@ fn save_protections(repl: &Repl) -> Result<(), String> {
 }
 
 fn save_catalog(repl: &Repl) {
-    let c = guard(&repl.cfg.catalog).clone();
+    let c = guard(&repl.cfg.catalog).entries().clone();
     if let Err(e) = save(&repl.dir.root.join("catalog.json"), &c, 0o644) {
         tracing::warn!(cause = %e, "saving the catalog failed");
     }
@@ -452,30 +435,32 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
         stats: rec.stats,
         process_server: from,
     };
-    {
-        let mut c = guard(&repl.cfg.catalog);
-        let e = c.entry(s.machine).or_default();
-        let newer = |x: &Option<PointSummary>| x.as_ref().is_none_or(|p| p.captured <= s.captured);
-        if newer(&e.latest) {
-            e.latest = Some(s.clone());
-        }
-        if s.consistency != Consistency::NotConsistent && newer(&e.latest_crash) {
-            e.latest_crash = Some(s.clone());
-        }
-        if s.consistency == Consistency::AppConsistent && newer(&e.latest_app) {
-            e.latest_app = Some(s.clone());
-        }
+    if guard(&repl.cfg.catalog).handle_point(s) {
+        save_catalog(repl);
     }
-    save_catalog(repl);
     Ok(())
 }
 
 /// Handles a `Report` from a mobility node (only about itself).
 pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
-    if r.machine != from {
-        return;
-    }
-    guard(&repl.cfg.catalog).entry(from).or_default().report = Some(r);
+    guard(&repl.cfg.catalog).handle_report(from, r);
+}
+
+/// The protected machines as the catalog watches them.
+fn watched(repl: &Repl) -> Vec<(Watched, String)> {
+    guard(&repl.cfg.protections)
+        .iter()
+        .map(|(id, p)| {
+            (
+                Watched {
+                    machine: *id,
+                    since: p.since,
+                    threshold_secs: p.spec.policy.rpo_threshold_secs,
+                },
+                p.machine_name.clone(),
+            )
+        })
+        .collect()
 }
 
 /// How often garbage collection runs by itself.
@@ -584,30 +569,11 @@ pub async fn tick(repl: &Repl) {
         }
     }
     let now = crate::seams::now();
-    let due = {
-        let mut last = guard(&repl.cfg.last_retention);
-        let due = now.millis_since(*last) >= RETENTION_EVERY_MS;
-        if due {
-            *last = now;
-        }
-        due
-    };
-    if due {
+    let due = guard(&repl.cfg.duties).poll(now);
+    if due.retention {
         retention(repl, now).await;
     }
-    let gc_due = {
-        let mut last = guard(&repl.cfg.last_gc);
-        // The first run waits a full period after start.
-        if last.0 == 0 {
-            *last = now;
-        }
-        let due = now.millis_since(*last) >= GC_EVERY_MS;
-        if due {
-            *last = now;
-        }
-        due
-    };
-    if gc_due {
+    if due.gc {
         // On its own task: a long collection must not hold up grants, retention or alerts.
         if let Some(me) = repl.me.lock().ok().and_then(|m| m.upgrade()) {
             tokio::spawn(async move {
@@ -617,22 +583,17 @@ pub async fn tick(repl: &Repl) {
             });
         }
     }
-    let prots = guard(&repl.cfg.protections).clone();
-    let mut c = guard(&repl.cfg.catalog);
-    for (id, p) in prots {
-        let e = c.entry(id).or_default();
-        let (rpo, h) = health(
-            now,
-            e.latest.as_ref().map(|s| s.captured),
-            p.since,
-            p.spec.policy.rpo_threshold_secs,
-        );
-        if h == Health::Critical && !e.alerted {
-            e.alerted = true;
-            tracing::warn!(machine = %p.machine_name, rpo_secs = rpo / 1000, threshold_secs = p.spec.policy.rpo_threshold_secs, "ALERT: RPO above threshold");
-        } else if h != Health::Critical && e.alerted {
-            e.alerted = false;
-            tracing::info!(machine = %p.machine_name, rpo_secs = rpo / 1000, "RPO back under threshold");
+    let w = watched(repl);
+    let ws: Vec<Watched> = w.iter().map(|(w, _)| *w).collect();
+    let transitions = guard(&repl.cfg.catalog).poll_alerts(now, &ws);
+    for t in transitions {
+        let Some((wt, name)) = w.iter().find(|(x, _)| x.machine == t.machine) else {
+            continue;
+        };
+        if t.raised {
+            tracing::warn!(machine = %name, rpo_secs = t.rpo_ms / 1000, threshold_secs = wt.threshold_secs, "ALERT: RPO above threshold");
+        } else {
+            tracing::info!(machine = %name, rpo_secs = t.rpo_ms / 1000, "RPO back under threshold");
         }
     }
 }
@@ -651,21 +612,16 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
         .iter()
         .filter(|(id, _)| only.is_none_or(|o| o == **id))
     {
-        let e = cat.get(id).cloned().unwrap_or_default();
-        let (rpo, h) = health(
+        let e = cat.entry(id);
+        let v = cat.view(
+            &Watched {
+                machine: *id,
+                since: p.since,
+                threshold_secs: p.spec.policy.rpo_threshold_secs,
+            },
             now,
-            e.latest.as_ref().map(|s| s.captured),
-            p.since,
-            p.spec.policy.rpo_threshold_secs,
         );
-        let state = match (&e.report, h) {
-            (Some(r), _) if r.last_error.is_some() && e.latest.is_none() => "error",
-            (Some(r), _) if r.resync => "resyncing",
-            (_, Health::InitialReplication) => "initial-replication",
-            (_, Health::Protected) => "protected",
-            (_, Health::Warning) => "warning",
-            (_, Health::Critical) => "critical",
-        };
+        let (rpo, h, state) = (v.rpo_ms, v.health, v.state);
         let pt = |s: &Option<PointSummary>| {
             s.as_ref().map(|s| json!({ "id": s.id, "captured_ms": s.captured.0, "consistency": s.consistency }))
         };
