@@ -383,6 +383,43 @@ pub struct PointSummary {
     pub process_server: NodeId,
 }
 
+/// Why a process server did not commit a point: what the mobility node must do next depends
+/// on the kind, never on the wording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum PointFailure {
+    /// The delta's base point is not in the vault, or no longer matches the disks: the change
+    /// log must be dropped and the next cycle must send every block.
+    BaseUnknown {
+        /// What did not match.
+        detail: String,
+    },
+    /// The stream was refused (the sender's role, or an invalid header): retrying the same
+    /// stream to this node will not help.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The point could not be committed now (vault, spool, a broken stream): retry later,
+    /// with the same base.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for PointFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointFailure::BaseUnknown { detail } => {
+                write!(f, "base point unknown ({detail}); a full resync is needed")
+            }
+            PointFailure::Refused { reason } => write!(f, "refused: {reason}"),
+            PointFailure::Failed { reason } => f.write_str(reason),
+        }
+    }
+}
+
 /// Replication state of a protected machine, as its mobility node reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -482,10 +519,7 @@ pub enum Message {
     /// Process server to mobility: the point is committed in the vault.
     PointCommitted(PointSummary),
     /// Process server to mobility: the point could not be committed.
-    PointFailed {
-        /// Why.
-        reason: String,
-    },
+    PointFailed(PointFailure),
     /// Process server to configuration node: a point was committed.
     PointNotice(PointSummary),
     /// Mobility to configuration node: replication state.
@@ -531,7 +565,7 @@ impl Message {
             Message::DeltaBlocks { .. } => "delta-blocks",
             Message::DeltaEnd { .. } => "delta-end",
             Message::PointCommitted(_) => "point-committed",
-            Message::PointFailed { .. } => "point-failed",
+            Message::PointFailed(_) => "point-failed",
             Message::PointNotice(_) => "point-notice",
             Message::Report(_) => "report",
             Message::Admin { .. } => "admin",

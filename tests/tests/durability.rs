@@ -194,6 +194,45 @@ fn a_killed_mobility_node_resumes_without_a_full_resync() {
 }
 
 #[test]
+fn a_base_point_lost_from_the_vault_makes_the_next_point_a_verified_full_copy() {
+    let (mut nodes, work) = web_site();
+    let c0 = big_disk(4);
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    protect(&nodes[0], "web", &disk, None);
+    let p0 = point_after(&nodes[0], "web", 0);
+    let full = p0["stats"]["changed_blocks"].as_u64().unwrap();
+    // The vault loses every point of the machine (an operator's mistake, a bucket restored
+    // from an old backup) while the mobility node still holds the change log of the last one.
+    let web_id = nodes[2].id();
+    nodes[2].stop();
+    let dir = nodes[0].dir.join("vault").join("points").join(&web_id);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut c1 = c0.clone();
+    c1[7 * BS..8 * BS].copy_from_slice(&noise(77_777, BS));
+    disk.write(&c1);
+    let t1 = now_ms();
+    nodes[2].start();
+    // The process server answers that the base is unknown (a typed failure, not a wording);
+    // the mobility node drops its change log and the next point carries every block.
+    let p1 = point_after(&nodes[0], "web", t1);
+    let nonzero = blocks(&c1)
+        .iter()
+        .filter(|b| b.iter().any(|x| *x != 0))
+        .count() as u64;
+    assert!(full > 300);
+    assert_eq!(p1["stats"]["changed_blocks"].as_u64().unwrap(), nonzero);
+    assert!(nodes[1].log().contains("base point unknown"));
+    assert!(
+        restore(
+            &nodes[0],
+            "web",
+            p1["id"].as_str().unwrap(),
+            &work.path().join("r")
+        ) == c1
+    );
+}
+
+#[test]
 fn a_vault_outage_is_absorbed_alerted_and_caught_up() {
     let mut az = Azurite::start();
     az.create_container("vault");

@@ -330,7 +330,9 @@ fn a_member_cannot_take_a_role_or_the_vault_key() {
         },
     ));
     match reply {
-        lifeboat_protocol::Message::PointFailed { reason } => {
+        lifeboat_protocol::Message::PointFailed(
+            lifeboat_protocol::message::PointFailure::Refused { reason },
+        ) => {
             assert!(reason.contains("mobility role"), "{reason}")
         }
         other => panic!("the process server accepted a stream: {other:?}"),

@@ -191,7 +191,11 @@ impl Inbound for ActorInbound {
                 }
                 _ => "this node does not serve this stream".to_string(),
             };
-            let _ = w.send(Message::PointFailed { reason }).await;
+            let _ = w
+                .send(Message::PointFailed(
+                    lifeboat_protocol::message::PointFailure::Refused { reason },
+                ))
+                .await;
             w.finish();
         }
         .boxed()

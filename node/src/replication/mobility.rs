@@ -19,7 +19,7 @@ use crate::transport::FrameWriter;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
-    DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec,
+    DeltaBlock, DeltaHeader, DiskInfo, PointFailure, PointSummary, ProtectionReport, ProtectionSpec,
 };
 use lifeboat_protocol::vault::{self, Consistency};
 use lifeboat_protocol::{Envelope, Message, NodeId, Role};
@@ -1090,8 +1090,8 @@ async fn cycle(
             tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
             Ok(s)
         }
-        Message::PointFailed { reason } => {
-            if reason.starts_with("base-unknown") {
+        Message::PointFailed(reason) => {
+            if let PointFailure::BaseUnknown { .. } = reason {
                 // The vault lost our base: drop the maps so the next cycle sends everything.
                 let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
                 replica.last_point = None;

@@ -14,7 +14,7 @@
 use super::Repl;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
-use lifeboat_protocol::message::{DeltaHeader, PointSummary};
+use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
 use lifeboat_protocol::vault::{
     self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
     VAULT_FORMAT,
@@ -151,9 +151,36 @@ impl Drop for Segment {
     }
 }
 
-fn fail(reason: impl Into<String>) -> Message {
-    Message::PointFailed {
-        reason: reason.into(),
+/// Why a session failed, as the mobility node must act on it.
+#[derive(Debug)]
+enum SessionError {
+    /// The base point is not usable: the mobility node must resync.
+    BaseUnknown(String),
+    /// The header is not acceptable.
+    Invalid(String),
+    /// Anything else: retry later.
+    Failed(String),
+}
+
+impl From<String> for SessionError {
+    fn from(s: String) -> Self {
+        SessionError::Failed(s)
+    }
+}
+
+impl From<&str> for SessionError {
+    fn from(s: &str) -> Self {
+        SessionError::Failed(s.to_string())
+    }
+}
+
+impl From<SessionError> for PointFailure {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::BaseUnknown(detail) => PointFailure::BaseUnknown { detail },
+            SessionError::Invalid(reason) => PointFailure::Refused { reason },
+            SessionError::Failed(reason) => PointFailure::Failed { reason },
+        }
     }
 }
 
@@ -205,9 +232,10 @@ pub async fn serve(
                 .await;
             Message::PointCommitted(summary)
         }
-        Err(reason) => {
-            tracing::warn!(machine = %from, %reason, "replication session failed");
-            fail(reason)
+        Err(e) => {
+            let failure = PointFailure::from(e);
+            tracing::warn!(machine = %from, reason = %failure, "replication session failed");
+            Message::PointFailed(failure)
         }
     };
     if w.send(reply).await.is_ok() {
@@ -220,8 +248,8 @@ async fn receive_and_commit(
     from: NodeId,
     header: DeltaHeader,
     mut r: FrameReader,
-) -> Result<PointSummary, String> {
-    validate(&header, from)?;
+) -> Result<PointSummary, SessionError> {
+    validate(&header, from).map_err(SessionError::Invalid)?;
     let vault = repl
         .open_vault()
         .await
@@ -239,7 +267,7 @@ async fn receive_and_commit(
         tokio::spawn(async move {
             let (base, ids) = resolve_base(&repl, &vault, &header, from).await?;
             let out = process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
-            Ok::<_, String>((base, out))
+            Ok::<_, SessionError>((base, out))
         })
     };
     let t0 = std::time::Instant::now();
@@ -250,13 +278,13 @@ async fn receive_and_commit(
         .map_err(|e| format!("processor failed: {e}"))?;
     let (base, out) = match (received, processed) {
         (_, Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e),
+        (Err(e), _) => return Err(e.into()),
         (Ok(sent), Ok((base, out))) => {
             if out.stats.changed_blocks != sent {
-                return Err(format!(
+                return Err(SessionError::Failed(format!(
                     "stream announced {sent} blocks but carried {}",
                     out.stats.changed_blocks
-                ));
+                )));
             }
             (base, out)
         }
@@ -329,7 +357,7 @@ async fn receive_and_commit(
     })
     .await?;
     if let Some(m) = raced {
-        return Err(m);
+        return Err(SessionError::Failed(m));
     }
     retry_forever(repl, "commit point", || vault.commit_point(&rec)).await?;
     vault.release(&own).await;
@@ -354,7 +382,7 @@ async fn resolve_base(
     vault: &Arc<Vault>,
     header: &DeltaHeader,
     from: NodeId,
-) -> Result<(Vec<Option<DiskRecord>>, Vec<Vec<BlockId>>), String> {
+) -> Result<(Vec<Option<DiskRecord>>, Vec<Vec<BlockId>>), SessionError> {
     // Base manifests (the point this delta is relative to).
     let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
     let mut ids: Vec<Vec<BlockId>> = Vec::new();
@@ -366,7 +394,7 @@ async fn resolve_base(
                 .await
                 .map_err(|e| e.to_string())?;
             Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
-                format!("base-unknown: point {b} is not in the vault; a full resync is needed")
+                SessionError::BaseUnknown(format!("point {b} is not in the vault"))
             })?)
         }
     };
@@ -384,13 +412,13 @@ async fn resolve_base(
                 }
                 base[i] = Some(b.clone());
             } else if header.base.is_some() {
-                return Err("base-unknown: block size changed; a full resync is needed".into());
+                return Err(SessionError::BaseUnknown("the block size changed".into()));
             }
         } else if header.base.is_some() {
-            return Err(format!(
-                "base-unknown: disk {} is not in the base point",
+            return Err(SessionError::BaseUnknown(format!(
+                "disk {} is not in the base point",
                 d.name
-            ));
+            )));
         }
         ids.push(v);
     }
