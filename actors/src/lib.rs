@@ -11,6 +11,7 @@
 //! daemon; the simulation crate drives the same state machines directly over in-memory seams.
 
 pub mod authz;
+pub mod backoff;
 pub mod catalog;
 pub mod gc;
 pub mod mesh;

@@ -352,10 +352,7 @@ impl PeerTable {
         let d = self.dials.entry(addr).or_default();
         d.pending = false;
         d.failures = d.failures.saturating_add(1);
-        let exp = base.saturating_mul(1u64 << d.failures.min(20)).min(max);
-        // Full jitter in [exp/2, exp].
-        let delay = exp / 2 + jitter % (exp / 2 + 1);
-        d.next_at = now.plus_millis(delay);
+        d.next_at = now.plus_millis(crate::backoff::delay(base, max, d.failures, jitter));
     }
 
     /// A heartbeat arrived from `id`.

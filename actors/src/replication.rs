@@ -91,10 +91,12 @@ impl Scheduler {
     }
 
     /// The cycle failed at `now`; the next try waits a capped exponential delay.
-    pub fn handle_failed(&mut self, now: UnixMillis) {
+    /// Records a failed cycle at `now`; the next waits a capped, jittered backoff (`jitter`:
+    /// random bits from the caller, so a simulation replays it).
+    pub fn handle_failed(&mut self, now: UnixMillis, jitter: u64) {
         self.running = false;
         self.failures = self.failures.saturating_add(1);
-        let delay = (1000u64 << self.failures.min(16)).min(MAX_RETRY_MS);
+        let delay = crate::backoff::delay(1_000, MAX_RETRY_MS, self.failures, jitter);
         self.not_before = now.plus_millis(delay);
     }
 
@@ -255,13 +257,13 @@ mod tests {
         let mut now = UnixMillis(0);
         for _ in 0..20 {
             assert!(s.poll(now).is_some());
-            s.handle_failed(now);
+            s.handle_failed(now, 12_345);
             let mut t = now;
             while s.poll(t).is_none() {
                 t = t.plus_millis(500);
             }
             assert!(t.millis_since(now) <= MAX_RETRY_MS + 500);
-            s.handle_failed(t);
+            s.handle_failed(t, u64::MAX);
             now = t.plus_millis(MAX_RETRY_MS);
         }
     }

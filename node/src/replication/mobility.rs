@@ -201,7 +201,7 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "replication cycle failed; changes are kept for the next one");
-                    sched.handle_failed(crate::seams::now());
+                    sched.handle_failed(crate::seams::now(), rand::random());
                     let last = load::<Replica>(&replica_path(&repl))
                         .ok()
                         .flatten()

@@ -434,15 +434,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::vault::VaultError>>,
 {
-    let mut delay = 500u64;
+    let mut backoff = lifeboat_actors::backoff::Backoff::new(250, 15_000);
     loop {
         match crate::vault::with_retries(what, 3, &mut f).await {
             Ok(v) => return Ok(v),
             Err(e) => {
                 repl.ps.upload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(op = what, cause = %e, "vault unavailable; spool holds the data, retrying");
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                delay = (delay * 2).min(15_000);
+                let wait = backoff.fail(rand::random());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }
     }

@@ -176,18 +176,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut delay = 200u64;
-    let mut n = 0;
+    let mut backoff = lifeboat_actors::backoff::Backoff::new(100, 10_000);
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if n + 1 >= attempts => return Err(e),
+            Err(e) if backoff.failures() + 1 >= attempts => return Err(e),
             Err(e) => {
-                n += 1;
-                let jitter = rand::thread_rng().next_u64() % (delay / 2 + 1);
-                tracing::warn!(op = what, attempt = n, cause = %e, "vault operation failed; retrying");
-                tokio::time::sleep(Duration::from_millis(delay / 2 + jitter)).await;
-                delay = (delay * 2).min(10_000);
+                let wait = backoff.fail(rand::random());
+                tracing::warn!(op = what, attempt = backoff.failures(), cause = %e, "vault operation failed; retrying");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }
     }
