@@ -233,19 +233,12 @@ impl Config {
 
 /// Checks a node name.
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
+    lifeboat_protocol::name::Name::parse("machine", name)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid {
             field: "node.name",
-            msg: format!("{name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"),
+            msg: e.to_string(),
         })
-    }
 }
 
 #[cfg(test)]

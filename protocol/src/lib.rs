@@ -20,6 +20,7 @@ pub mod frame;
 pub mod handshake;
 pub mod identity;
 pub mod message;
+pub mod name;
 pub mod regkey;
 pub mod time;
 pub mod vault;

@@ -10,6 +10,7 @@ use lifeboat_config::StateDir;
 use lifeboat_protocol::message::{
     DiskSpec, Hooks, PointSummary, Policy, ProtectionReport, ProtectionSpec,
 };
+use lifeboat_protocol::name::Name;
 use lifeboat_protocol::vault::{self, Consistency, DataKey, PointRecord, DEFAULT_BLOCK_SIZE};
 use lifeboat_protocol::{Message, NodeId, Role, UnixMillis};
 use rand::RngCore;
@@ -103,16 +104,7 @@ pub async fn vault_create(
             c.name, c.url
         ));
     }
-    if name.is_empty()
-        || name.len() > 63
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "invalid vault name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
-        ));
-    }
+    Name::parse("vault", name).map_err(|e| e.to_string())?;
     let url = url.unwrap_or_else(|| format!("file://{}", repl.dir.root.join("vault").display()));
     let mut master = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut master);
@@ -177,15 +169,7 @@ pub fn policies(repl: &Repl) -> BTreeMap<String, Policy> {
 
 /// Validates a policy.
 pub fn validate_policy(p: &Policy) -> Result<(), String> {
-    if p.name.is_empty()
-        || p.name.len() > 63
-        || !p
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!("invalid policy name {:?}", p.name));
-    }
+    Name::parse("policy", &p.name).map_err(|e| e.to_string())?;
     if p.crash_consistent_every_secs == 0 {
         return Err("--crash-consistent-every must be at least 1s".into());
     }

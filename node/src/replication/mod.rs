@@ -269,7 +269,8 @@ pub fn disk_name(path: &str) -> String {
                 '_'
             }
         })
-        .take(64)
+        // Room for a `disk` prefix or a `-N` suffix within the name rule's 63.
+        .take(56)
         .collect();
     if s.is_empty() || s.starts_with('.') {
         format!("disk{s}")
@@ -278,12 +279,8 @@ pub fn disk_name(path: &str) -> String {
     }
 }
 
-/// True if `name` is a safe disk name (it becomes a file name on several nodes).
+/// True if `name` is a safe disk name (it becomes a file name on several nodes): the one
+/// name rule, [`Name`](lifeboat_protocol::name::Name).
 pub fn valid_disk_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    lifeboat_protocol::name::Name::parse("disk", name).is_ok()
 }
