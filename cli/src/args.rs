@@ -1,0 +1,342 @@
+//! The command line: every command, flag and its help text (clap derive). Parsing only; what a
+//! command does is in `main.rs`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lifeboat_config::STATE_DIR_ENV;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Lifeboat: disaster-recovery replication mesh.
+#[derive(Parser, Debug)]
+#[command(name = "lifeboat", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// State directory of the node to act on [default: /var/lib/lifeboat for root,
+    /// ~/.local/state/lifeboat otherwise].
+    #[arg(long, global = true, env = STATE_DIR_ENV, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// Create the state directory, node identity and a documented lifeboat.toml.
+    Init {
+        /// Node name [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// UDP address to listen on [default: 0.0.0.0:9443].
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<SocketAddr>,
+        /// Static peer (repeatable), for links where mDNS does not pass.
+        #[arg(long = "peer", value_name = "ADDR:PORT")]
+        peers: Vec<SocketAddr>,
+        /// Replace an existing identity (the node gets a new id and must register again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run or stop the node daemon.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Show this node's identity, roles and mesh, and (on the configuration node) the
+    /// replication state of protected machines: state, RPO, latest points, process server.
+    Status {
+        /// Only this machine (node id or name).
+        machine: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The vault (on the configuration node).
+    Vault {
+        #[command(subcommand)]
+        cmd: VaultCmd,
+    },
+    /// Replication policies (on the configuration node).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Protect a machine's disks: initial replication, then continuous delta replication.
+    Protect {
+        /// The machine: node id or name of a mesh member with the mobility role.
+        machine: String,
+        /// Block device or image file on that machine (repeatable).
+        #[arg(long = "disk", required = true, value_name = "PATH")]
+        disks: Vec<String>,
+        /// Replication policy [default: default].
+        #[arg(long)]
+        policy: Option<String>,
+        /// Preferred process server (node id or name); any connected one otherwise.
+        #[arg(long, value_name = "NODE")]
+        process_server: Option<String>,
+        /// Quiesce command for app-consistent points (e.g. "fsfreeze -f /mnt").
+        #[arg(long, value_name = "CMD")]
+        freeze_hook: Option<String>,
+        /// Resume command, always run after the freeze hook (e.g. "fsfreeze -u /mnt").
+        #[arg(long, value_name = "CMD")]
+        thaw_hook: Option<String>,
+        /// Command that makes a frozen view and prints "DISK-NAME PATH" lines.
+        #[arg(long, value_name = "CMD")]
+        snapshot_hook: Option<String>,
+        /// Block size in bytes [default: 65536].
+        #[arg(long)]
+        block_size: Option<u32>,
+    },
+    /// Stop protecting a machine (its recovery points stay in the vault).
+    Unprotect {
+        /// The machine.
+        machine: String,
+    },
+    /// Limit this process server's upload bandwidth to the vault, by work hours.
+    Throttle {
+        /// Limit during work hours, e.g. 100Mbit.
+        #[arg(long, value_name = "RATE")]
+        bandwidth_limit: Option<String>,
+        /// Limit outside work hours, e.g. 1Gbit [default: the work-hours limit].
+        #[arg(long, value_name = "RATE")]
+        off_hours_limit: Option<String>,
+        /// Work hours, e.g. 08:00-18:00 or 08:00-18:00+01:00 (UTC offset; default UTC).
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        work_hours: Option<String>,
+        /// Remove the limit.
+        #[arg(long, conflicts_with_all = ["bandwidth_limit", "off_hours_limit", "work_hours"])]
+        off: bool,
+    },
+    /// List a machine's recovery points (time, consistency, size, Merkle roots).
+    Points {
+        /// The machine.
+        machine: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
+    Restore {
+        /// The machine.
+        machine: String,
+        /// latest, latest-app, latest-crash, a point id (prefix), or a time (RFC 3339).
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// Directory for the images (DISK.img).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, remove or list roles (configuration, process-server, mobility).
+    Role {
+        #[command(subcommand)]
+        cmd: RoleCmd,
+    },
+    /// Mesh administration (on the configuration node).
+    Mesh {
+        #[command(subcommand)]
+        cmd: MeshCmd,
+    },
+    /// Registration keys (on the configuration node).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Join a mesh with a key from `lifeboat key issue`. Give the key as `-` to read it from
+    /// standard input, or with --key-file, to keep it out of the process list and shell history.
+    Register {
+        /// The registration key, or `-` for standard input.
+        #[arg(required_unless_present = "key_file")]
+        key: Option<String>,
+        /// Read the key from this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "key")]
+        key_file: Option<PathBuf>,
+    },
+    /// Show known peers: id, name, roles, addresses, how found, last contact.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rehearse the mesh logic under faults (loss, latency, partitions) in a deterministic
+    /// simulation; a failing run prints the seed that replays it.
+    Simulate {
+        /// Seed of the first run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Number of runs (seeds seed, seed+1, ...).
+        #[arg(long, default_value_t = 1)]
+        runs: u64,
+        /// Nodes in the simulated mesh.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Message loss, per mille.
+        #[arg(long, default_value_t = 20)]
+        loss_permille: u64,
+        /// Partition episodes per run.
+        #[arg(long, default_value_t = 3)]
+        partitions: usize,
+        /// Print the event trace.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Start a three-node mesh on loopback, register, assign roles, print the peer table.
+    Quickstart {
+        /// Keep the temporary state directories.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum VaultCmd {
+    /// Create the vault and its data key.
+    Create {
+        /// Vault name.
+        name: String,
+        /// file:///PATH (default: STATE_DIR/vault), az://CONTAINER or s3://BUCKET.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// object_store option KEY=VALUE (repeatable), e.g. azure_storage_account_name=...
+        #[arg(long = "store-option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Give process servers these store options instead of this node's (their own,
+        /// narrower credentials: e.g. a SAS that may write and read but not delete). One
+        /// KEY=VALUE per line; keeps secrets off the command line.
+        #[arg(long, value_name = "FILE")]
+        grant_options_file: Option<PathBuf>,
+    },
+    /// Rotate the vault's data key for new writes (after evicting a process server): process
+    /// servers get the new key within seconds; existing points keep restoring.
+    Rekey,
+    /// Garbage-collect: delete packs and chunks no recovery point references (safe while
+    /// replication runs; runs by itself every 15 minutes).
+    Gc {
+        /// Only touch objects older than this (longer than any upload takes).
+        #[arg(long, default_value = "1h")]
+        grace: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PolicyCmd {
+    /// Create (or replace) a policy.
+    Create {
+        /// Name.
+        name: String,
+        /// Alert when RPO exceeds this.
+        #[arg(long, default_value = "15m")]
+        rpo_threshold: String,
+        /// Keep recovery points this long (thinned: all in the last 2 h, then hourly).
+        #[arg(long, default_value = "24h")]
+        retention: String,
+        /// Take a crash-consistent point this often.
+        #[arg(long, default_value = "1m")]
+        crash_consistent_every: String,
+        /// Take an app-consistent point this often ("0" = never).
+        #[arg(long, default_value = "1h")]
+        app_consistent_every: String,
+    },
+    /// List policies.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one policy.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a policy (refused while machines use it).
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCmd {
+    /// Run the daemon in the foreground (SIGINT/SIGTERM stop it).
+    Run,
+    /// Ask the running daemon to stop.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RoleCmd {
+    /// Add a role (starts at once, persists across restarts).
+    Add {
+        /// configuration, process-server or mobility.
+        #[arg(value_parser = valid_role)]
+        role: String,
+        /// Grant it to another member, by id or name (on the configuration node; recorded at
+        /// once, applied when the member connects).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// Remove a role.
+    Remove {
+        /// configuration, process-server or mobility.
+        #[arg(value_parser = valid_role)]
+        role: String,
+        /// Withdraw it from another member, by id or name (on the configuration node).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// List roles.
+    List {
+        /// A member's roles as the configuration node granted them (id or name).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum MeshCmd {
+    /// Create the mesh secret and membership list (first configuration node only).
+    Create,
+    /// Evict a member everywhere: its connections are closed and refused from then on.
+    Remove {
+        /// Node id or name.
+        node: String,
+    },
+    /// Replace the mesh secret; members learn the new one over the mesh. The old one stays
+    /// accepted for --grace so that members offline now can come back.
+    RotateSecret {
+        /// How long the old secret stays accepted (0 = not at all).
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        grace: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeyCmd {
+    /// Print a one-time registration key.
+    Issue {
+        /// Validity, e.g. 5d, 12h, 30m.
+        #[arg(long, default_value = "5d", value_name = "DURATION")]
+        valid_for: String,
+    },
+}
+
+pub(crate) fn valid_role(s: &str) -> Result<String, String> {
+    s.parse::<lifeboat_protocol::Role>()
+        .map(|r| r.to_string())
+        .map_err(|e| e.to_string())
+}
