@@ -211,6 +211,7 @@ mod tests {
             version: 9,
             members: vec![],
             secret: None,
+            previous_until: None,
         };
         assert!(authorize(&update, &facts(false, &[Role::Configuration], &[])).is_err());
         assert!(authorize(&update, &facts(true, &[], &[])).is_ok());

@@ -25,16 +25,25 @@ use std::net::SocketAddr;
 const MAX_ISSUED_KEYS: usize = 1024;
 /// Longest validity of a registration key (the reference product's cap).
 pub const MAX_KEY_VALIDITY_MS: u64 = 5 * 86_400_000;
-/// How long a rotated-out mesh secret stays accepted from members by default.
+/// How long a rotated-out mesh secret stays accepted by default (`mesh rotate-secret`).
 pub const DEFAULT_SECRET_GRACE_MS: u64 = 7 * 86_400_000;
 
 /// What a PSK id resolves to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum PskKind {
     /// The mesh secret: an ordinary mesh connection.
     Mesh([u8; 32]),
     /// A registration key's secret: the peer may only register.
     Registration([u8; 32]),
+}
+
+impl std::fmt::Debug for PskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PskKind::Mesh(_) => "PskKind::Mesh(..)",
+            PskKind::Registration(_) => "PskKind::Registration(..)",
+        })
+    }
 }
 
 /// Errors of mesh administration.
@@ -349,9 +358,11 @@ impl Mesh {
             .authority_file()
             .map_err(|_| RegisterRefusal::UnknownKey)?;
         let joiner_id = joiner.node_id();
+        // A name may not be another member's name, nor another member's id (ids resolve
+        // first, but a person reading a table should not be misled either).
         if f.members
             .iter()
-            .any(|m| m.name == name && m.public_key != joiner)
+            .any(|m| m.public_key != joiner && (m.name == name || m.node_id().to_string() == name))
         {
             return Err(RegisterRefusal::NameTaken {
                 name: name.to_string(),
@@ -363,16 +374,15 @@ impl Mesh {
             .find(|k| k.key_id == *key_id)
             .ok_or(RegisterRefusal::UnknownKey)?;
         match key.used_by {
-            // A retry by the same node (its reply was lost) gets the grant again, unchanged.
-            Some(id) if id == joiner_id => {
-                if f.members.iter().any(|m| m.public_key == joiner) {
-                    return Ok(MeshGrant {
-                        mesh_id: f.mesh_id,
-                        mesh_secret: f.secret,
-                        membership_version: f.membership_version,
-                        members: f.members.clone(),
-                    });
-                }
+            // A retry by the same node (its reply was lost) gets the grant again, unchanged; a
+            // node that was removed since cannot use its old key to come back.
+            Some(id) if id == joiner_id && f.members.iter().any(|m| m.public_key == joiner) => {
+                return Ok(MeshGrant {
+                    mesh_id: f.mesh_id,
+                    mesh_secret: f.secret,
+                    membership_version: f.membership_version,
+                    members: f.members.clone(),
+                });
             }
             Some(_) => return Err(RegisterRefusal::AlreadyUsed),
             None => {
@@ -442,6 +452,7 @@ impl Mesh {
         version: u64,
         members: Vec<Member>,
         secret: Option<[u8; 32]>,
+        previous_until: Option<UnixMillis>,
     ) -> bool {
         let Some(f) = self.file.as_mut() else {
             return false;
@@ -454,7 +465,7 @@ impl Mesh {
         if let Some(s) = secret.filter(|s| *s != f.secret) {
             f.previous_secret = Some(PreviousSecret {
                 secret: f.secret,
-                until: now.plus_millis(DEFAULT_SECRET_GRACE_MS),
+                until: previous_until.unwrap_or(now),
             });
             f.secret = s;
         }
@@ -470,6 +481,7 @@ impl Mesh {
                 version: f.membership_version,
                 members: f.members.clone(),
                 secret: Some(lifeboat_protocol::message::MeshSecret(f.secret)),
+                previous_until: f.previous_secret.as_ref().map(|p| p.until),
             })
     }
 
@@ -626,9 +638,9 @@ mod tests {
         let mut joined = Mesh::new(a, None);
         joined.join(grant, cfg).unwrap();
         let now = UnixMillis(1);
-        assert!(!joined.handle_membership_update(now, &a, 9, vec![], None));
-        assert!(!joined.handle_membership_update(now, &cfg, 4, vec![], None));
-        assert!(joined.handle_membership_update(now, &cfg, 6, vec![], None));
+        assert!(!joined.handle_membership_update(now, &a, 9, vec![], None, None));
+        assert!(!joined.handle_membership_update(now, &cfg, 4, vec![], None, None));
+        assert!(joined.handle_membership_update(now, &cfg, 6, vec![], None, None));
         assert_eq!(joined.version(), 6);
     }
 
@@ -655,6 +667,11 @@ mod tests {
         assert_eq!(
             registered(&mut m, 5, "cfg"),
             Err(RegisterRefusal::NameTaken { name: "cfg".into() })
+        );
+        let a_id = a.node_id().to_string();
+        assert_eq!(
+            registered(&mut m, 6, &a_id),
+            Err(RegisterRefusal::NameTaken { name: a_id.clone() })
         );
         assert_eq!(m.resolve("web-1").map(|x| x.public_key), Some(a));
         assert_eq!(
@@ -693,6 +710,7 @@ mod tests {
             version,
             members,
             secret,
+            ..
         }) = m.membership_message()
         else {
             panic!("authority publishes membership")
@@ -714,7 +732,8 @@ mod tests {
             &cfg,
             version,
             members,
-            secret.map(|s| s.0)
+            secret.map(|s| s.0),
+            None
         ));
         assert_eq!(joined.granted_roles(a.node_id()), vec![Role::ProcessServer]);
         assert_eq!(
@@ -726,9 +745,21 @@ mod tests {
     #[test]
     fn a_removed_member_is_no_longer_admitted() {
         let (mut m, cfg) = authority();
-        let a = registered(&mut m, 3, "gone").unwrap();
+        let k = m
+            .issue_key(UnixMillis(1_000), DAY, [3; 32], vec![])
+            .unwrap();
+        let a = StaticKeypair::generate([3; 32]).public;
+        let now = UnixMillis(2_000);
+        m.handle_register(now, &k.key_id(), a, "gone", vec![], now)
+            .unwrap();
         assert!(m.admits(&a));
         m.remove_member(a.node_id()).unwrap();
+        assert!(!m.admits(&a));
+        // Its own (used, unexpired) key does not bring it back.
+        assert_eq!(
+            m.handle_register(now, &k.key_id(), a, "gone", vec![], now),
+            Err(RegisterRefusal::AlreadyUsed)
+        );
         assert!(!m.admits(&a));
         assert_eq!(
             m.remove_member(cfg.node_id()).err(),
@@ -776,10 +807,16 @@ mod tests {
             &cfg,
             m.version(),
             m.members().to_vec(),
-            m.secret()
+            m.secret(),
+            Some(UnixMillis(15_000))
         ));
         assert_eq!(joined.secret(), Some(new));
         assert_eq!(joined.previous_secret(UnixMillis(11_000)), Some(old));
+        assert_eq!(
+            joined.previous_secret(UnixMillis(15_000)),
+            None,
+            "the authority's grace"
+        );
     }
 
     #[test]

@@ -163,6 +163,8 @@ pub struct MembersChanged {
     /// The current mesh secret, published with the list by an authority (so a rotation
     /// reaches every member); redacted in debug output.
     pub secret: Option<Secret>,
+    /// Until when the rotated-out secret is accepted (published with the list).
+    pub previous_until: Option<UnixMillis>,
 }
 
 /// A mesh secret in transit between actors: never shown by `Debug`.
@@ -184,6 +186,7 @@ impl MembersChanged {
             secret: self
                 .secret
                 .map(|s| lifeboat_protocol::message::MeshSecret(s.0)),
+            previous_until: self.previous_until,
         }
     }
 
@@ -314,6 +317,8 @@ pub struct MembershipIn {
     pub members: Vec<Member>,
     /// The current secret, if the sender published it.
     pub secret: Option<Secret>,
+    /// Until when the previous secret is accepted, as the sender published it.
+    pub previous_until: Option<UnixMillis>,
 }
 
 /// Read the mesh summary.
@@ -386,6 +391,10 @@ impl MeshActor {
                 .is_authority()
                 .then(|| self.mesh.secret().map(Secret))
                 .flatten(),
+            previous_until: self
+                .mesh
+                .file()
+                .and_then(|f| f.previous_secret.as_ref().map(|p| p.until)),
         }
     }
 
@@ -536,6 +545,7 @@ impl Handler<MembershipIn> for MeshActor {
             m.version,
             m.members,
             m.secret.map(|s| s.0),
+            m.previous_until,
         ) {
             return self.commit(before).is_ok();
         }
@@ -726,20 +736,16 @@ impl PeersActor {
     }
 
     fn view(&self, e: &PeerEntry, now: UnixMillis) -> PeerView {
+        // A member's name and roles are the ones on the authority's record; only a stranger's
+        // are what it says of itself (heartbeats and mDNS are claims).
+        let record = self
+            .mesh
+            .as_ref()
+            .and_then(|m| m.members.iter().find(|x| x.node_id() == e.node_id));
         PeerView {
             node_id: e.node_id.to_string(),
-            name: e.name.clone(),
-            // A member's roles are the ones the authority granted; only a stranger's are what
-            // it says of itself.
-            roles: match self.mesh.as_ref().and_then(|m| {
-                m.members
-                    .iter()
-                    .find(|x| x.node_id() == e.node_id)
-                    .map(|x| x.roles.clone())
-            }) {
-                Some(granted) => granted,
-                None => e.roles.clone(),
-            },
+            name: record.map_or_else(|| e.name.clone(), |m| m.name.clone()),
+            roles: record.map_or_else(|| e.roles.clone(), |m| m.roles.clone()),
             addrs: e.addrs.iter().copied().collect(),
             found_by: e.sources.iter().copied().collect(),
             state: self.table.liveness(e, now),

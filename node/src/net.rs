@@ -352,28 +352,47 @@ async fn connect_mesh(
 /// Handshakes in progress, oldest first, for eviction (see [`MAX_HANDSHAKES`]).
 #[derive(Default)]
 struct Pending {
-    /// (source IP, the handshake task), oldest first.
+    /// (source address group, the handshake task), oldest first.
     slots: std::collections::VecDeque<(std::net::IpAddr, tokio::task::AbortHandle)>,
 }
 
+/// The address group a source counts against: the IPv4 address, or the IPv6 /64 (one host
+/// commonly holds a whole /64, so per-address limits would not bind it).
+fn source_group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            std::net::IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
 impl Pending {
-    /// Makes room for one more handshake from `ip`: past the per-address or the global bound,
-    /// aborts the oldest handshake of `ip` or of the address holding the most slots.
-    fn make_room(&mut self, ip: std::net::IpAddr) {
+    /// Makes room for one more handshake from `group`: past the per-group or the global bound,
+    /// aborts the oldest handshake of `group`, or of the group holding the most slots (ties:
+    /// the group with the oldest handshake).
+    fn make_room(&mut self, group: std::net::IpAddr) {
         self.slots.retain(|(_, h)| !h.is_finished());
-        let from_ip = self.slots.iter().filter(|(a, _)| *a == ip).count();
-        let victim_ip = if from_ip >= MAX_HANDSHAKES_PER_IP {
-            Some(ip)
+        let from_group = self.slots.iter().filter(|(a, _)| *a == group).count();
+        let victim = if from_group >= MAX_HANDSHAKES_PER_IP {
+            Some(group)
         } else if self.slots.len() >= MAX_HANDSHAKES {
-            let mut counts = std::collections::HashMap::new();
+            // Groups in order of their oldest handshake; the first with the most slots.
+            let mut counts: Vec<(std::net::IpAddr, usize)> = Vec::new();
             for (a, _) in &self.slots {
-                *counts.entry(*a).or_insert(0usize) += 1;
+                match counts.iter_mut().find(|(g, _)| g == a) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((*a, 1)),
+                }
             }
-            counts.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
+            let most = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+            counts.into_iter().find(|(_, n)| *n == most).map(|(g, _)| g)
         } else {
             None
         };
-        if let Some(v) = victim_ip {
+        if let Some(v) = victim {
             if let Some(i) = self.slots.iter().position(|(a, _)| *a == v) {
                 if let Some((a, h)) = self.slots.remove(i) {
                     tracing::warn!(remote = %a, "handshake slots full: dropping the oldest unauthenticated connection");
@@ -382,12 +401,26 @@ impl Pending {
             }
         }
     }
+
+    /// Handshakes in progress.
+    fn busy(&self) -> usize {
+        self.slots.iter().filter(|(_, h)| !h.is_finished()).count()
+    }
 }
 
 async fn accept_loop(inner: Arc<Inner>) {
     let mut pending = Pending::default();
     while let Some(incoming) = inner.ep.accept().await {
-        let ip = incoming.remote_address().ip();
+        // Under load, a source must first prove it receives at its address (a QUIC retry
+        // token) before it may hold a slot: spoofed sources cannot evict real ones.
+        if pending.busy() >= MAX_HANDSHAKES / 2
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        let ip = source_group(incoming.remote_address().ip());
         pending.make_room(ip);
         let inner = inner.clone();
         let task = tokio::spawn(async move {

@@ -532,7 +532,8 @@ async fn initiate(
         }),
         Message::Refuse { reason } => Err(TransportError::Refused(reason)),
         other => Err(TransportError::Protocol(format!(
-            "expected a handshake verdict, got {other:?}"
+            "expected a handshake verdict, got {}",
+            other.kind()
         ))),
     }
 }

@@ -490,6 +490,10 @@ pub enum Message {
         /// accepted for a grace period so that members offline at the rotation can return).
         #[serde(default)]
         secret: Option<MeshSecret>,
+        /// Until when the secret before the last rotation is still accepted (the grace the
+        /// authority chose; members keep the same).
+        #[serde(default)]
+        previous_until: Option<UnixMillis>,
     },
     /// Ask for the membership list (sent when a heartbeat shows a newer version).
     MembershipRequest,

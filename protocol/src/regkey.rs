@@ -19,7 +19,7 @@ pub const DEFAULT_VALIDITY_MS: u64 = 5 * 24 * 3600 * 1000;
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// Everything a joining node needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RegistrationKey {
     /// Mesh the key admits to.
@@ -35,6 +35,17 @@ pub struct RegistrationKey {
     pub issued: UnixMillis,
     /// When the key stops working (configuration node's clock).
     pub expires: UnixMillis,
+}
+
+/// Debug output never shows the one-time secret.
+impl std::fmt::Debug for RegistrationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationKey")
+            .field("mesh_id", &self.mesh_id)
+            .field("config_fingerprint", &self.config_fingerprint)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a registration key could not be read.

@@ -472,6 +472,7 @@ impl Sim {
                 version,
                 members,
                 secret,
+                previous_until,
             } => {
                 if n.mesh.handle_membership_update(
                     now,
@@ -479,6 +480,7 @@ impl Sim {
                     version,
                     members,
                     secret.map(|s| s.0),
+                    previous_until,
                 ) {
                     let m: Vec<Member> = n.mesh.members().to_vec();
                     n.table.handle_members(now, &m);

@@ -467,7 +467,9 @@ fn an_evicted_member_is_cut_off_and_a_rotated_secret_reaches_the_others() {
     let mut evil = Node::init("intruder", "127.0.0.1:0", &peers, false, &t);
     a.start();
     evil.start();
-    form_mesh(&[&cfg, &a, &evil]);
+    form_mesh(&[&cfg, &a]);
+    let evil_key = cfg.ok(&["key", "issue"]);
+    evil.ok(&["register", evil_key.trim()]);
     let (ia, ie) = (a.id(), evil.id());
     for v in [&cfg, &a] {
         wait_until(&format!("{} to see the intruder", v.name), SOON, || {
@@ -521,6 +523,15 @@ fn an_evicted_member_is_cut_off_and_a_rotated_secret_reaches_the_others() {
     evil.start();
     logs(&cfg, "unknown mesh secret or registration key");
     assert!(cfg.peer(&ie).is_none_or(|p| p["connected"] == false));
+    // Nor can it come back with the registration key it once used (still unexpired), even
+    // after root wipes its mesh state to look like a fresh node.
+    evil.stop();
+    std::fs::remove_file(evil.state_dir().join("mesh.json")).unwrap();
+    evil.start();
+    let err = evil.fails(&["register", evil_key.trim()]);
+    assert!(err.contains("already used"), "{err}");
+    let members = cfg.json(&["status"])["node"]["members"].as_u64().unwrap();
+    assert_eq!(members, 2, "the intruder is not back on the record");
 }
 
 /// Resident memory of a process, in bytes.

@@ -109,7 +109,8 @@ async fn forward(ctx: &Ctx, req: Request) -> Result<serde_json::Value, String> {
         Message::AdminReply { ok: false, body } => Err(body),
         Message::Error { message } => Err(message),
         other => Err(format!(
-            "unexpected reply from the configuration node: {other:?}"
+            "unexpected reply from the configuration node: {}",
+            other.kind()
         )),
     }
 }
@@ -431,6 +432,9 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
         }
         Message::RegisterRefused(r) => Err(format!("registration refused: {r}")),
         Message::Error { message } => Err(format!("registration failed: {message}")),
-        other => Err(format!("unexpected reply to registration: {other:?}")),
+        other => Err(format!(
+            "unexpected reply to registration: {}",
+            other.kind()
+        )),
     }
 }

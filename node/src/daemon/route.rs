@@ -91,6 +91,7 @@ pub async fn route(
             version,
             members,
             secret,
+            previous_until,
         } => {
             let _ = mesh
                 .send(MembershipIn {
@@ -98,6 +99,7 @@ pub async fn route(
                     version,
                     members,
                     secret: secret.map(|s| Secret(s.0)),
+                    previous_until,
                 })
                 .await;
             None
@@ -149,8 +151,15 @@ pub async fn route(
         }
         Message::PointNotice(s) => {
             let repl = repl?;
-            // Verified against the vault (the source of truth), off this stream's handler.
+            // Verified against the vault (the source of truth), off this stream's handler, a
+            // few at a time: a flood of notices is dropped, not queued (the catalog takes the
+            // next genuine notice; the vault stays the source of truth either way).
+            let Ok(slot) = repl.cfg.notice_slots.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %from_id, "point notice dropped: verifications busy");
+                return None;
+            };
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) =
                     crate::replication::config_side::point_notice(&repl, from_id, s).await
                 {

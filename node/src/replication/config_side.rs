@@ -44,6 +44,9 @@ pub struct ConfigState {
     pub granted: Mutex<BTreeSet<NodeId>>,
     /// When retention and garbage collection are due.
     pub duties: Mutex<Duties>,
+    /// Point notices being verified against the vault at once (a bound on what a flood of
+    /// notices can cost).
+    pub notice_slots: Arc<tokio::sync::Semaphore>,
     /// One garbage collection at a time.
     pub gc_lock: tokio::sync::Mutex<()>,
 }
@@ -63,6 +66,7 @@ impl ConfigState {
             catalog: Mutex::new(Catalog::new(catalog)),
             granted: Mutex::new(BTreeSet::new()),
             duties: Mutex::new(Duties::new(RETENTION_EVERY_MS, GC_EVERY_MS)),
+            notice_slots: Arc::new(tokio::sync::Semaphore::new(16)),
             gc_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -341,7 +345,7 @@ pub async fn protect(
         {
             Message::Accept => {}
             Message::Error { message } => return Err(format!("{name} refused: {message}")),
-            other => return Err(format!("unexpected reply from {name}: {other:?}")),
+            other => return Err(format!("unexpected reply from {name}: {}", other.kind())),
         }
     }
     guard(&repl.cfg.protections).insert(
@@ -546,7 +550,7 @@ pub async fn tick(repl: &Repl) {
                     tracing::info!(process_server = %id, "vault granted");
                 }
                 Ok(other) => {
-                    tracing::warn!(process_server = %id, reply = ?other, "vault grant refused")
+                    tracing::warn!(process_server = %id, reply = other.kind(), "vault grant refused")
                 }
                 Err(e) => tracing::debug!(process_server = %id, cause = %e, "vault grant failed"),
             }

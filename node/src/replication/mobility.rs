@@ -1099,7 +1099,10 @@ async fn cycle(
             }
             Err(format!("process server {ps} could not commit: {reason}"))
         }
-        other => Err(format!("unexpected reply from process server: {other:?}")),
+        other => Err(format!(
+            "unexpected reply from process server: {}",
+            other.kind()
+        )),
     }
 }
 

@@ -160,9 +160,19 @@ impl Repl {
 
     /// Forgets the vault (its key and store options) on a node that no longer holds a role
     /// that needs it: a process server whose role was withdrawn keeps no credentials.
+    /// Never on the mesh authority: its `vault.json` is the vault's only key, kept whatever
+    /// roles it holds at the moment.
     pub async fn drop_vault_unless_needed(&self) {
         let roles = self.roles().await;
         if roles.contains(&Role::Configuration) || roles.contains(&Role::ProcessServer) {
+            return;
+        }
+        let authority = self
+            .mesh
+            .send(GetMesh)
+            .await
+            .map_or(true, |m| m.local_is_authority || m.mesh_id.is_none());
+        if authority {
             return;
         }
         let had = self

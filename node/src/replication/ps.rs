@@ -548,7 +548,8 @@ async fn receive_inner(
             }
             other => {
                 return Err(format!(
-                    "unexpected message in a replication stream: {other:?}"
+                    "unexpected message in a replication stream: {}",
+                    other.kind()
                 ))
             }
         }

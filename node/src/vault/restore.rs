@@ -139,6 +139,16 @@ impl Vault {
                 .get_chunk(c)
                 .await
                 .map_err(|e| corrupt((ci * CHUNK_ENTRIES) as u64, e.to_string()))?;
+            // Every chunk covers exactly CHUNK_ENTRIES blocks, the last one the rest: a chunk
+            // of another length would leave blocks unwritten or point past the disk's end.
+            let first = (ci * CHUNK_ENTRIES) as u64;
+            let want = (d.blocks() - first).min(CHUNK_ENTRIES as u64) as usize;
+            if ids.len() != want {
+                return Err(corrupt(
+                    first,
+                    format!("chunk {} has {} entries, not {want}", c.to_hex(), ids.len()),
+                ));
+            }
             // Group the chunk's blocks by pack and fetch contiguous runs with one ranged read.
             let mut wanted: Vec<(u64, BlockId, Loc)> = Vec::new();
             for (j, id) in ids.iter().enumerate() {
