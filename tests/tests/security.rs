@@ -758,3 +758,72 @@ fn a_rekeyed_vault_seals_new_points_with_a_key_the_old_one_cannot_open() {
         assert!(got == initial_disk(), "point {} differs", p["id"]);
     }
 }
+
+#[test]
+fn process_servers_get_their_own_store_credentials_not_the_configuration_nodes() {
+    let mut az = Azurite::start();
+    az.create_container("vault");
+    let nodes = mesh_of(
+        &[
+            ("config", "configuration"),
+            ("ps", "process-server"),
+            ("web-1", "mobility"),
+        ],
+        &az.env(),
+    );
+    let (cfg, ps) = (&nodes[0], &nodes[1]);
+    // The configuration node holds the account key; process servers get a narrower set.
+    let grant = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        grant.path(),
+        "# process-server credentials\nazure_storage_account_name = devstoreaccount1\nazure_storage_use_emulator=true\n",
+    )
+    .unwrap();
+    const ACCOUNT_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    cfg.ok(&[
+        "vault",
+        "create",
+        "v1",
+        "--store",
+        "az://vault",
+        "--store-option",
+        &format!("azure_storage_account_key={ACCOUNT_KEY}"),
+        "--grant-options-file",
+        grant.path().to_str().unwrap(),
+    ]);
+    wait_until("the process server to receive its grant", SOON, || {
+        ps.state_dir().join("vault.json").exists()
+    });
+    let granted: Value =
+        serde_json::from_slice(&std::fs::read(ps.state_dir().join("vault.json")).unwrap()).unwrap();
+    assert_eq!(
+        granted["options"],
+        serde_json::json!({
+            "azure_storage_account_name": "devstoreaccount1",
+            "azure_storage_use_emulator": "true"
+        })
+    );
+    let text = std::fs::read_to_string(ps.state_dir().join("vault.json")).unwrap();
+    assert!(
+        !text.contains(ACCOUNT_KEY),
+        "the configuration node's key was copied"
+    );
+    let mode = std::fs::metadata(ps.state_dir().join("vault.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Replication works with the process server's own options.
+    let work = tempfile::tempdir().unwrap();
+    let disk = Disk::new(&work.path().join("web"), &initial_disk());
+    cfg.ok(&["protect", "web-1", "--disk", disk.path().to_str().unwrap()]);
+    let p = point_after(cfg, "web-1", 0);
+    let got = restore(
+        cfg,
+        "web-1",
+        p["id"].as_str().unwrap(),
+        &work.path().join("r"),
+    );
+    assert!(got == initial_disk());
+}
