@@ -1,0 +1,418 @@
+//! Mobility side: change capture of protected disks in `scan` mode, and shipping to a process
+//! server.
+//!
+//! A cycle: (optionally) freeze applications, take a frozen view (snapshot hook, or a reflink
+//! clone of image files), thaw; read every block of the view, hash it (BLAKE3) and compare with
+//! the hash map of the last *committed* point (`hashes/<disk>.bin`); send changed blocks
+//! (all-zero ones as markers) to a process server; when it answers `PointCommitted`, replace the
+//! hash map. Until then the old map stands, so every change not yet in a committed point is
+//! found again by the next cycle: a crash or a lost process server never loses a change and
+//! never forces a full resync.
+//!
+//! The point is labelled honestly: app-consistent if the freeze hook succeeded and the view was
+//! read or cloned while frozen; crash-consistent if read from a snapshot or reflink clone;
+//! otherwise not consistent (a live disk read over time).
+
+mod scan;
+mod views;
+
+use super::{load, save, Repl};
+use crate::direct_io::Aligned;
+use crate::transport::FrameWriter;
+use lifeboat_actors::replication::{CycleKind, Scheduler};
+use lifeboat_protocol::frame::FrameSealer;
+use lifeboat_protocol::message::{
+    DeltaBlock, DeltaHeader, DiskInfo, PointFailure, PointSummary, ProtectionReport, ProtectionSpec,
+};
+use lifeboat_protocol::vault::{self, Consistency};
+use lifeboat_protocol::{Envelope, Message, NodeId, Role};
+use scan::{load_hashes, open_disk, send_disk};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use views::take_views;
+
+/// A `DeltaBlocks` frame closes at this many payload bytes...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many blocks (zero markers and well-compressed blocks are small).
+const BATCH_BLOCKS: usize = 1024;
+/// zstd level for blocks compressed at the source: the fastest, so the protected machine
+/// spends little CPU and the network and the process server carry the block once, small.
+const WIRE_ZSTD_LEVEL: i32 = 1;
+/// How long a cycle waits for the process server's commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Mobility-side state.
+#[derive(Debug, Default)]
+pub struct MobilityState {
+    /// Stops the running protection loop.
+    stop: Mutex<Option<watch::Sender<bool>>>,
+    /// Latest report (also sent to the configuration node).
+    pub report: Mutex<Option<ProtectionReport>>,
+    /// Blocks sent by the last cycle.
+    pub last_sent_blocks: AtomicU64,
+    /// Cycles completed since start.
+    pub cycles: AtomicU64,
+    /// Progress of the running cycle.
+    pub progress: Arc<Progress>,
+}
+
+/// Progress of the running cycle (shared with the scanner threads).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the disks scanned so far.
+    pub scanned: AtomicU64,
+    /// Bytes of the disks in total.
+    pub total: AtomicU64,
+    /// Changed bytes sent and not yet in a committed point.
+    pub pending: AtomicU64,
+    /// The cycle copies everything (initial replication or full resync).
+    pub full: std::sync::atomic::AtomicBool,
+    /// A cycle is running.
+    pub running: std::sync::atomic::AtomicBool,
+}
+
+/// Persisted progress of a protected machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Replica {
+    /// The newest committed point (the base of the next delta).
+    pub last_point: Option<String>,
+    /// Initial replication finished.
+    pub initial_done: bool,
+}
+
+fn protection_path(repl: &Repl) -> PathBuf {
+    repl.dir.root.join("protection.json")
+}
+fn replica_path(repl: &Repl) -> PathBuf {
+    repl.dir.root.join("replica.json")
+}
+/// Hash maps are kept per committed point (`hashes/<point>/<disk>.bin`) and `replica.json`
+/// names the current one, so switching to a new point is one atomic rename of `replica.json`:
+/// a crash in between leaves the old point and its maps intact.
+fn hashes_path(repl: &Repl, point: &str, disk: &str) -> PathBuf {
+    repl.dir
+        .root
+        .join("hashes")
+        .join(point)
+        .join(format!("{disk}.bin"))
+}
+
+/// Starts protecting `spec` (persisted first, so a restart resumes it).
+pub fn start(repl: &Arc<Repl>, spec: ProtectionSpec) -> Result<(), String> {
+    for d in &spec.disks {
+        if !super::valid_disk_name(&d.name) {
+            return Err(format!("invalid disk name {:?}", d.name));
+        }
+    }
+    let old: Option<ProtectionSpec> = load(&protection_path(repl))?;
+    if old.as_ref().is_some_and(|o| o.disks != spec.disks) {
+        // Different disks: start over.
+        let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+        let _ = std::fs::remove_file(replica_path(repl));
+    }
+    save(&protection_path(repl), &spec, 0o600)?;
+    resume(repl);
+    Ok(())
+}
+
+/// [`start`] for a shared reference (the configuration node protecting itself).
+pub fn start_arc(repl: &Repl, spec: ProtectionSpec) -> Result<(), String> {
+    let me = repl
+        .me
+        .lock()
+        .ok()
+        .and_then(|m| m.upgrade())
+        .ok_or("node is shutting down")?;
+    start(&me, spec)
+}
+
+/// Resumes the persisted protection, if any (at daemon start).
+pub fn resume(repl: &Arc<Repl>) {
+    let spec: ProtectionSpec = match load(&protection_path(repl)) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot resume protection");
+            return;
+        }
+    };
+    let (tx, rx) = watch::channel(false);
+    if let Ok(mut g) = repl.mob.stop.lock() {
+        if let Some(old) = g.replace(tx) {
+            let _ = old.send(true);
+        }
+    }
+    let r = repl.clone();
+    tokio::spawn(async move { run(r, spec, rx).await });
+}
+
+/// Stops protecting and forgets the local change-tracking state.
+pub fn stop(repl: &Repl) {
+    if let Ok(mut g) = repl.mob.stop.lock() {
+        if let Some(old) = g.take() {
+            let _ = old.send(true);
+        }
+    }
+    let _ = std::fs::remove_file(protection_path(repl));
+    let _ = std::fs::remove_file(replica_path(repl));
+    let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+}
+
+async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bool>) {
+    let mut sched = Scheduler::new(&spec.policy, spec.hooks.freeze.is_some());
+    tracing::info!(disks = spec.disks.len(), "protection started");
+    loop {
+        if *stop.borrow() {
+            tracing::info!("protection stopped");
+            return;
+        }
+        let now = crate::seams::now();
+        if let Some(kind) = sched.poll(now) {
+            // While the cycle runs, tell the configuration node how far it got.
+            let reporter = {
+                let r = repl.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let last = load::<Replica>(&replica_path(&r))
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
+                        report(&r, last.initial_done, last.last_point, None, None).await;
+                    }
+                })
+            };
+            let outcome = cycle(&repl, &spec, kind).await;
+            reporter.abort();
+            repl.mob.progress.running.store(false, Ordering::Relaxed);
+            match outcome {
+                Ok(s) => {
+                    sched.handle_done(now, kind);
+                    repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
+                    report(
+                        &repl,
+                        true,
+                        Some(s.id.clone()),
+                        None,
+                        Some(s.process_server),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "replication cycle failed; changes are kept for the next one");
+                    sched.handle_failed(crate::seams::now(), rand::random());
+                    let last = load::<Replica>(&replica_path(&repl))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    report(&repl, last.initial_done, last.last_point, Some(e), None).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn report(
+    repl: &Repl,
+    initial_done: bool,
+    last_point: Option<String>,
+    err: Option<String>,
+    ps: Option<NodeId>,
+) {
+    let pr = &repl.mob.progress;
+    let running = pr.running.load(Ordering::Relaxed);
+    let full = running && pr.full.load(Ordering::Relaxed);
+    let total = pr.total.load(Ordering::Relaxed).max(1);
+    let r = ProtectionReport {
+        machine: repl.local,
+        initial: !initial_done,
+        resync: full && initial_done,
+        progress_permille: if full {
+            (pr.scanned.load(Ordering::Relaxed).min(total) * 1000 / total) as u16
+        } else {
+            1000
+        },
+        pending_bytes: if running {
+            pr.pending.load(Ordering::Relaxed)
+        } else {
+            0
+        },
+        last_point,
+        last_error: err,
+        process_server: ps,
+    };
+    if let Ok(mut g) = repl.mob.report.lock() {
+        *g = Some(r.clone());
+    }
+    repl.tell_authorities(Message::Report(r)).await;
+}
+
+/// Picks a process server: the preferred one if connected, else any connected one.
+async fn pick_ps(repl: &Repl, preferred: Option<NodeId>) -> Result<NodeId, String> {
+    let all = repl.connected_with(Role::ProcessServer).await;
+    if let Some(p) = preferred {
+        if all.contains(&p) {
+            return Ok(p);
+        }
+    }
+    all.first()
+        .copied()
+        .ok_or_else(|| "no process server is reachable (assign one with `lifeboat role add process-server --node ID`)".into())
+}
+
+async fn cycle(
+    repl: &Arc<Repl>,
+    spec: &ProtectionSpec,
+    kind: CycleKind,
+) -> Result<PointSummary, String> {
+    let ps = pick_ps(repl, spec.process_server).await?;
+    let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
+    // The capture time is taken before the view: every write completed before it is in the
+    // point (a snapshot taken later may contain later writes too, never fewer).
+    let captured = crate::seams::now();
+    let (r2, s2) = (repl.clone(), spec.clone());
+    let (views, consistency, mut frozen) =
+        tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
+            .await
+            .map_err(|e| e.to_string())??;
+    // Geometry, and the old hash maps (a missing or mismatched map means a full copy).
+    let mut infos = Vec::new();
+    let mut olds = Vec::new();
+    for (d, p) in spec.disks.iter().zip(&views.paths) {
+        let (_, size, _) = open_disk(p)?;
+        if size == 0 {
+            return Err(format!("disk {} ({}) is empty", d.name, p.display()));
+        }
+        let blocks = size.div_ceil(spec.block_size as u64) as usize;
+        olds.push(
+            replica
+                .last_point
+                .as_ref()
+                .and_then(|pt| load_hashes(&hashes_path(repl, pt, &d.name), blocks)),
+        );
+        infos.push(DiskInfo {
+            name: d.name.clone(),
+            size_bytes: size,
+            block_size: spec.block_size,
+        });
+    }
+    let base = if replica.last_point.is_some() && olds.iter().all(Option::is_some) {
+        replica.last_point.clone()
+    } else {
+        olds.iter_mut().for_each(|o| *o = None);
+        None
+    };
+    let pr = &repl.mob.progress;
+    pr.scanned.store(0, Ordering::Relaxed);
+    pr.pending.store(0, Ordering::Relaxed);
+    pr.total
+        .store(infos.iter().map(|d| d.size_bytes).sum(), Ordering::Relaxed);
+    pr.full.store(base.is_none(), Ordering::Relaxed);
+    pr.running.store(true, Ordering::Relaxed);
+    let mut session = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
+    let header = DeltaHeader {
+        session: vault::hex(&session),
+        machine: repl.local,
+        machine_name: repl.name.clone(),
+        base: base.clone(),
+        captured,
+        consistency,
+        disks: infos,
+    };
+    let (mut w, mut r) = repl
+        .net
+        .open_bi(ps)
+        .await
+        .map_err(|e| format!("process server {ps}: {e}"))?;
+    w.send(Message::DeltaBegin(header))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut new_hashes = Vec::new();
+    let mut sent = 0;
+    for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
+        let (h, n) = send_disk(
+            &mut w,
+            i as u16,
+            p.clone(),
+            spec.block_size,
+            old,
+            repl.mob.progress.clone(),
+        )
+        .await?;
+        new_hashes.push(h);
+        sent += n;
+    }
+    frozen.thaw();
+    drop(views);
+    tracing::debug!(
+        sent,
+        elapsed_ms = crate::seams::now().millis_since(captured),
+        "delta sent"
+    );
+    w.send(Message::DeltaEnd { sent_blocks: sent })
+        .await
+        .map_err(|e| e.to_string())?;
+    w.finish();
+    repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
+    let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
+        .await
+        .map_err(|_| "process server did not commit within an hour".to_string())?
+        .map_err(|e| format!("process server {ps}: {e}"))?;
+    match reply {
+        Message::PointCommitted(s) => {
+            // Only now does the change log move forward: maps of the new point first, then the
+            // atomic switch in replica.json, then the old maps go.
+            if vault::from_hex::<16>(&s.id).is_none() {
+                return Err("process server returned an invalid point id".into());
+            }
+            std::fs::create_dir_all(repl.dir.root.join("hashes").join(&s.id))
+                .map_err(|e| e.to_string())?;
+            for (d, h) in spec.disks.iter().zip(&new_hashes) {
+                let mut b = Vec::with_capacity(h.len() * 32);
+                h.iter().for_each(|x| b.extend_from_slice(x));
+                lifeboat_config::state::write_file_atomic(
+                    &hashes_path(repl, &s.id, &d.name),
+                    &b,
+                    0o600,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            replica.last_point = Some(s.id.clone());
+            replica.initial_done = true;
+            save(&replica_path(repl), &replica, 0o600)?;
+            if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
+                for e in rd.flatten() {
+                    if e.file_name().to_str() != Some(s.id.as_str()) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
+            Ok(s)
+        }
+        Message::PointFailed(reason) => {
+            if let PointFailure::BaseUnknown { .. } = reason {
+                // The vault lost our base: drop the maps so the next cycle sends everything.
+                let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+                replica.last_point = None;
+                save(&replica_path(repl), &replica, 0o600)?;
+            }
+            Err(format!("process server {ps} could not commit: {reason}"))
+        }
+        other => Err(format!(
+            "unexpected reply from process server: {}",
+            other.kind()
+        )),
+    }
+}
