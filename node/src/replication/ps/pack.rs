@@ -1,0 +1,272 @@
+//! The processor: spool segments to sealed blocks (id, dedup, zstd if not yet, AES-GCM), packs
+//! uploaded under the bandwidth policy with leases, and the manifest of the new point.
+
+use super::*;
+
+/// Consumes segments: ids, dedup, sealing, packing, upload. Returns the new id vectors.
+pub(super) async fn process(
+    repl: Arc<Repl>,
+    vault: Arc<Vault>,
+    h: DeltaHeader,
+    mut ids: Vec<Vec<BlockId>>,
+    mut rx: mpsc::Receiver<Segment>,
+) -> Result<Processed, String> {
+    let mut stats = PointStats::default();
+    let mut own: HashSet<String> = HashSet::new();
+    let mut touched: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); ids.len()];
+    // Packs the new point depends on through this session (GC rescue before commit).
+    let mut packs: HashSet<String> = HashSet::new();
+    let mut pack = PackBuilder::with_capacity(PACK_ROOM);
+    // Blocks this session already packed (shared read-only with the sealing thread).
+    let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
+    let mut failure: Option<String> = None;
+    let mut inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<String, String>>> =
+        Default::default();
+    while let Some(seg) = rx.recv().await {
+        if failure.is_some() {
+            // Keep draining so the receiver never blocks on a dead processor.
+            continue;
+        }
+        let v = vault.clone();
+        let geometry: Vec<(u64, u32)> = h
+            .disks
+            .iter()
+            .map(|d| (d.size_bytes, d.block_size))
+            .collect();
+        let bytes = seg.bytes;
+        let sealed = {
+            let pending = pending.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = seal_segment(&v, &geometry, &seg.data, &pending);
+                drop(seg);
+                r
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
+        repl.ps.spooled_bytes.fetch_sub(
+            bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                failure = Some(e);
+                continue;
+            }
+        };
+        for (disk, index, id, blob, raw_len, in_pack) in sealed {
+            if let Some(p) = in_pack {
+                packs.insert(p);
+            }
+            let d = disk as usize;
+            if d >= ids.len() || index as usize >= ids[d].len() {
+                failure = Some("spool record out of range".into());
+                break;
+            }
+            ids[d][index as usize] = id;
+            touched[d].insert(index as usize / CHUNK_ENTRIES);
+            stats.changed_blocks += 1;
+            stats.received_bytes += raw_len;
+            if id.is_zero() {
+                stats.zero_blocks += 1;
+                continue;
+            }
+            match blob {
+                Some(b) if pending.write().map(|mut p| p.insert(id)).unwrap_or(false) => {
+                    stats.new_blocks += 1;
+                    stats.stored_bytes += b.len() as u64;
+                    pack.add(id, &b);
+                }
+                _ => stats.dedup_blocks += 1,
+            }
+            if pack.len() >= PACK_BYTES {
+                // Upload in the background while the next segment is sealed. A few uploads in
+                // flight hide each one's latency (a durable local write waits for the disk,
+                // a cloud put for a round trip); the bound keeps memory to a few packs.
+                if inflight.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(prev) = inflight.pop_front() {
+                        let p = prev.await.map_err(|e| e.to_string())??;
+                        own.insert(p.clone());
+                        packs.insert(p);
+                    }
+                }
+                let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_ROOM));
+                inflight.push_back(spawn_upload(repl.clone(), vault.clone(), full));
+            }
+        }
+        if rx.is_empty() {
+            repl.ps.backlog_since.store(0, Ordering::Relaxed);
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    for prev in inflight {
+        own.insert(prev.await.map_err(|e| e.to_string())??);
+    }
+    if !pack.is_empty() {
+        own.insert(
+            spawn_upload(repl.clone(), vault.clone(), pack)
+                .await
+                .map_err(|e| e.to_string())??,
+        );
+    }
+    packs.extend(own.iter().cloned());
+    let _ = h;
+    Ok(Processed {
+        ids,
+        stats,
+        packs,
+        own,
+        touched,
+    })
+}
+
+/// What the processor hands back for the commit.
+pub(super) struct Processed {
+    /// Block ids per disk.
+    pub(super) ids: Vec<Vec<BlockId>>,
+    /// Cost.
+    pub(super) stats: PointStats,
+    /// Packs the point depends on through this session (uploaded or deduplicated).
+    pub(super) packs: HashSet<String>,
+    /// Packs this session uploaded (their leases end at commit).
+    pub(super) own: HashSet<String>,
+    /// Manifest chunks (per disk) with a changed block.
+    pub(super) touched: Vec<std::collections::BTreeSet<usize>>,
+}
+
+/// Uploads a full pack on its own task (retrying through vault outages).
+fn spawn_upload(
+    repl: Arc<Repl>,
+    vault: Arc<Vault>,
+    pack: PackBuilder,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    tokio::spawn(async move {
+        let mut pid = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut pid);
+        let (id, bytes, idx) = pack.finish(pid);
+        let size = bytes.len() as u64;
+        repl.ps.uploading_bytes.fetch_add(size, Ordering::Relaxed);
+        // Bandwidth policy: wait for the bucket before the bytes go out.
+        let rate = repl
+            .ps
+            .throttle
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().and_then(|t| t.rate_at(crate::seams::now())));
+        let wait = repl
+            .ps
+            .bucket
+            .lock()
+            .await
+            .take(crate::seams::now(), rate, bytes.len() as u64);
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        let bytes = bytes::Bytes::from(bytes);
+        let n = retry_forever(&repl, "upload pack", || {
+            vault.upload_finished(&id, bytes.clone(), idx.clone())
+        })
+        .await?;
+        repl.ps.uploading_bytes.fetch_sub(size, Ordering::Relaxed);
+        repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(id)
+    })
+}
+
+/// (disk, block index, id, sealed blob if new, raw length, vault pack it was deduplicated to).
+type Sealed = (u16, u64, BlockId, Option<Vec<u8>>, u64, Option<String>);
+
+/// Reads a segment and seals its blocks (CPU work, on a blocking thread). A block the vault or
+/// this session already holds comes back without a blob (dedup). A block the mobility node
+/// compressed is decompressed (bounded by its length on the disk `geometry` of (size, block
+/// size)) for its id and zero check, and sealed as it came: it is compressed once, at the source.
+pub(super) fn seal_segment(
+    v: &Vault,
+    geometry: &[(u64, u32)],
+    data: &SegmentData,
+    pending: &std::sync::RwLock<HashSet<BlockId>>,
+) -> Result<Vec<Sealed>, String> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<BlockId> = HashSet::new();
+    let mut rng = rand::thread_rng();
+    let mut one = |disk: u16, index: u64, data: Option<&[u8]>, zstd: bool| -> Result<(), String> {
+        let Some(wire) = data else {
+            out.push((disk, index, BlockId::ZERO, None, 0, None));
+            return Ok(());
+        };
+        let plain;
+        let data = if zstd {
+            let &(size, bs) = geometry
+                .get(disk as usize)
+                .ok_or("spool record for an unknown disk")?;
+            let expect = (bs as u64).min(size.saturating_sub(index * bs as u64)) as usize;
+            plain = vault::decompress_block(wire, expect)
+                .map_err(|e| format!("block {index} of disk {disk}: {e}"))?;
+            if plain.len() != expect {
+                return Err(format!(
+                    "block {index} of disk {disk} decompressed to {} bytes, expected {expect}",
+                    plain.len()
+                ));
+            }
+            &plain[..]
+        } else {
+            wire
+        };
+        if vault::is_zero_block(data) {
+            out.push((disk, index, BlockId::ZERO, None, data.len() as u64, None));
+            return Ok(());
+        }
+        let id = v.key().block_id(data);
+        let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
+        let known = in_vault.is_some()
+            || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
+            || !seen.insert(id);
+        let blob = (!known).then(|| {
+            let mut nonce = [0u8; 12];
+            rng.fill_bytes(&mut nonce);
+            if zstd {
+                v.key().seal_encoded(&id, vault::MODE_ZSTD, wire, nonce)
+            } else {
+                v.key().seal_block(&id, data, ZSTD_LEVEL, nonce)
+            }
+        });
+        out.push((disk, index, id, blob, data.len() as u64, in_vault));
+        Ok(())
+    };
+    match data {
+        SegmentData::Mem(recs) => {
+            for r in recs {
+                one(r.disk, r.index, r.data.as_deref().map(|d| &d[..]), r.zstd)?;
+            }
+        }
+        SegmentData::File(p) => {
+            let file = std::fs::read(p).map_err(|e| format!("spool read: {e}"))?;
+            let mut r: &[u8] = &file;
+            let mut len = [0u8; 4];
+            loop {
+                match r.read_exact(&mut len) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(format!("spool read: {e}")),
+                }
+                let n = u32::from_be_bytes(len) as usize;
+                if n > 2 * MAX_BLOCK_SIZE as usize || n > r.len() {
+                    return Err("spool record damaged".into());
+                }
+                let rec: SpoolRecord =
+                    vault::from_rmp("spool record", &r[..n]).map_err(|e| e.to_string())?;
+                r = &r[n..];
+                one(
+                    rec.disk,
+                    rec.index,
+                    rec.data.as_deref().map(|d| &d[..]),
+                    rec.zstd,
+                )?;
+            }
+        }
+    }
+    Ok(out)
+}
