@@ -761,7 +761,7 @@ fn a_rekeyed_vault_seals_new_points_with_a_key_the_old_one_cannot_open() {
 
 #[test]
 fn process_servers_get_their_own_store_credentials_not_the_configuration_nodes() {
-    let mut az = Azurite::start();
+    let az = Azurite::start();
     az.create_container("vault");
     let nodes = mesh_of(
         &[
