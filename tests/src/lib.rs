@@ -638,6 +638,24 @@ pub fn mesh_of(nodes: &[(&str, &str)], env: &[(String, String)]) -> Vec<Node> {
     all
 }
 
+/// Creates the `fast` policy on `cfg`: a crash-consistent point every second, no
+/// app-consistent points, 1 h retention, an RPO alert above `rpo`.
+pub fn fast_policy(cfg: &Node, rpo: &str) {
+    cfg.ok(&[
+        "policy",
+        "create",
+        "fast",
+        "--rpo-threshold",
+        rpo,
+        "--retention",
+        "1h",
+        "--crash-consistent-every",
+        "1s",
+        "--app-consistent-every",
+        "0",
+    ]);
+}
+
 /// The configuration node `cfg` grants `role` to `n`; waits until `n` holds it.
 pub fn grant(cfg: &Node, n: &Node, role: &str) {
     cfg.ok(&["role", "add", role, "--node", &n.id()]);

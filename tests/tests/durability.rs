@@ -7,22 +7,6 @@ use lifeboat_tests::disks::*;
 use lifeboat_tests::*;
 use std::time::Duration;
 
-fn fast_policy(cfg: &Node, rpo: &str) {
-    cfg.ok(&[
-        "policy",
-        "create",
-        "fast",
-        "--rpo-threshold",
-        rpo,
-        "--retention",
-        "1h",
-        "--crash-consistent-every",
-        "1s",
-        "--app-consistent-every",
-        "0",
-    ]);
-}
-
 /// A configuration node with a local vault and the `fast` policy, a process server, and a
 /// mobility node `web`.
 fn web_site() -> (Vec<Node>, tempfile::TempDir) {

@@ -78,19 +78,7 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
     );
     let err = s._ps.fails(&["throttle", "--bandwidth-limit", "lots"]);
     assert!(err.contains("use a rate like"), "{err}");
-    cfg.ok(&[
-        "policy",
-        "create",
-        "fast",
-        "--rpo-threshold",
-        "1m",
-        "--retention",
-        "1h",
-        "--crash-consistent-every",
-        "1s",
-        "--app-consistent-every",
-        "0",
-    ]);
+    fast_policy(cfg, "1m");
 
     // Round 0: initial replication.
     let c0 = initial_disk();

@@ -40,19 +40,7 @@ fn site() -> Site {
     let ps = nodes.pop().unwrap();
     let cfg = nodes.pop().unwrap();
     cfg.ok(&["vault", "create", "v1"]);
-    cfg.ok(&[
-        "policy",
-        "create",
-        "fast",
-        "--rpo-threshold",
-        "1m",
-        "--retention",
-        "1h",
-        "--crash-consistent-every",
-        "1s",
-        "--app-consistent-every",
-        "0",
-    ]);
+    fast_policy(&cfg, "1m");
     let work = tempfile::tempdir().unwrap();
     let web_disk = Disk::new(&work.path().join("web"), &initial_disk());
     cfg.ok(&[
