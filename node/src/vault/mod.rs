@@ -79,6 +79,7 @@ pub enum VaultError {
 }
 
 mod gc;
+mod points;
 mod restore;
 mod store;
 
@@ -673,98 +674,6 @@ impl Vault {
         self.key
             .open_chunk(id, &raw)
             .map_err(|e| VaultError::Format { key: k, source: e })
-    }
-
-    /// Commits a point (create-if-absent). Everything it references must already be stored.
-    /// Durable on return: a barrier before the put makes what the point references durable
-    /// first (a crash can never leave a point naming lost objects), one after makes the point
-    /// itself durable before anyone is told it is committed.
-    pub async fn commit_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
-        self.barrier().await?;
-        let k = rec.object_key();
-        let sealed = Bytes::from(rec.seal(&self.key, nonce()));
-        let created = with_retries("commit point", 8, || {
-            self.put(&k, sealed.clone(), PutMode::Create)
-        })
-        .await?;
-        // The key holds a random point id: an existing object is our own earlier attempt whose
-        // answer was lost.
-        let _ = created;
-        self.barrier().await?;
-        if let Ok(mut p) = self.points.write() {
-            p.insert(k, rec.clone());
-        }
-        Ok(())
-    }
-
-    /// Deletes a point (retention). Blocks and chunks it alone referenced become garbage; they
-    /// are not removed here.
-    pub async fn delete_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
-        let k = rec.object_key();
-        match self.store.delete(&path(&k)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(VaultError::Store {
-                    op: "delete",
-                    key: k,
-                    source: e,
-                })
-            }
-        }
-        if let Ok(mut p) = self.points.write() {
-            p.remove(&k);
-        }
-        Ok(())
-    }
-
-    /// Lists points, oldest first (of one machine, or all).
-    pub async fn list_points(
-        &self,
-        machine: Option<&NodeId>,
-    ) -> Result<Vec<PointRecord>, VaultError> {
-        let prefix = match machine {
-            Some(m) => format!("points/{m}"),
-            None => "points".into(),
-        };
-        let mut out = Vec::new();
-        let mut listed = std::collections::BTreeSet::new();
-        for k in self.list(&prefix).await? {
-            // Names from the store are checked before use: points/<node id>/<ms>-<hex id>.
-            let mut parts = k.split('/');
-            let (Some("points"), Some(m), Some(leaf), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if m.parse::<NodeId>().is_err() || leaf.len() != 16 + 1 + 32 {
-                continue;
-            }
-            listed.insert(k.clone());
-            if let Some(r) = self.points.read().ok().and_then(|p| p.get(&k).cloned()) {
-                out.push(r);
-                continue;
-            }
-            let raw = self.get(&k).await?;
-            // Bound to its name: a point copied under another machine's prefix (or forged
-            // without the key) fails here, and is left out rather than blocking the listing.
-            let rec = match PointRecord::open(&self.key, &k, &raw) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(key = %k, cause = %e, "ignoring a point object that does not verify under its name");
-                    continue;
-                }
-            };
-            if let Ok(mut p) = self.points.write() {
-                p.insert(k, rec.clone());
-            }
-            out.push(rec);
-        }
-        // Points deleted by another node's retention drop out of the cache too.
-        if let Ok(mut p) = self.points.write() {
-            p.retain(|k, _| !k.starts_with(&format!("{prefix}/")) || listed.contains(k));
-        }
-        out.sort_by_key(|p| (p.captured, p.id.clone()));
-        Ok(out)
     }
 
     /// The block ids of a disk, expanded from its chunks (verifying each chunk).
