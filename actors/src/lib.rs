@@ -13,6 +13,7 @@
 pub mod authz;
 pub mod backoff;
 pub mod catalog;
+pub mod datapath;
 pub mod gc;
 pub mod mesh;
 pub mod peers;

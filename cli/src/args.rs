@@ -188,6 +188,10 @@ pub(crate) enum Cmd {
         /// Print the event trace.
         #[arg(long)]
         trace: bool,
+        /// Also rehearse the data path's decisions (change log, manifest chunk plan) under
+        /// vault faults: failed uploads and commits, lost answers, a lost base point.
+        #[arg(long)]
+        data_path: bool,
     },
     /// Start a three-node mesh on loopback, register, assign roles, print the peer table.
     Quickstart {

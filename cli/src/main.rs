@@ -591,6 +591,7 @@ fn run(cli: Cli) -> Result<()> {
             loss_permille,
             partitions,
             trace,
+            data_path,
         } => {
             if !(2..=64).contains(&nodes) {
                 bail!("--nodes must be between 2 and 64");
@@ -612,9 +613,23 @@ fn run(cli: Cli) -> Result<()> {
                         println!("{line}");
                     }
                 }
-                if r.violations.is_empty() {
+                let dp = data_path.then(|| {
+                    lifeboat_simulation::datapath::run(
+                        lifeboat_simulation::datapath::DataPathConfig::new(s),
+                    )
+                });
+                if let Some(v) = dp.as_ref().and_then(|d| d.violation.clone()) {
+                    failed += 1;
+                    println!("seed {s}: FAILED (data path)\n  {v}\n  reproduce with --seed {s} --data-path");
+                } else if r.violations.is_empty() {
+                    let dp = dp.map_or(String::new(), |d| {
+                        format!(
+                            "; data path: {} points, {} failed cycles, {} full resyncs",
+                            d.committed, d.failed, d.full_resyncs
+                        )
+                    });
                     println!(
-                        "seed {s}: ok ({} delivered, {} lost, trace {})",
+                        "seed {s}: ok ({} delivered, {} lost, trace {}{dp})",
                         r.delivered,
                         r.lost,
                         &r.trace_hash[..16]

@@ -1,4 +1,5 @@
-//! Deterministic simulation of Lifeboat's mesh logic.
+//! Deterministic simulation of Lifeboat's mesh logic, and of the data path's decisions
+//! ([`datapath`]: the change log and the manifest chunk plan under vault faults).
 //!
 //! The real role state machines ([`PeerTable`], [`Mesh`], [`RoleSet`]) run over an in-memory
 //! transport ([`SimTransport`]) and discovery ([`SimDiscovery`]) that implement the same seams
@@ -11,6 +12,7 @@
 //! whole and settled; across a partition, peers are seen unreachable within the window;
 //! membership converges to one version everywhere.
 
+pub mod datapath;
 use lifeboat_actors::mesh::Mesh;
 use lifeboat_actors::peers::{Liveness, PeerAction, PeerTable, PeerTableConfig};
 use lifeboat_actors::roles::RoleSet;

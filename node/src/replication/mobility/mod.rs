@@ -22,12 +22,11 @@ use crate::transport::FrameWriter;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
-    DeltaBlock, DeltaHeader, DiskInfo, PointFailure, PointSummary, ProtectionReport, ProtectionSpec,
+    DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec,
 };
 use lifeboat_protocol::vault::{self, Consistency};
 use lifeboat_protocol::{Envelope, Message, NodeId, Role};
 use scan::{load_hashes, open_disk, send_disk};
-use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,14 +76,9 @@ pub struct Progress {
     pub running: std::sync::atomic::AtomicBool,
 }
 
-/// Persisted progress of a protected machine.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Replica {
-    /// The newest committed point (the base of the next delta).
-    pub last_point: Option<String>,
-    /// Initial replication finished.
-    pub initial_done: bool,
-}
+/// Persisted progress of a protected machine (`replica.json`): the change log's state machine,
+/// shared with the simulation.
+pub type Replica = lifeboat_actors::datapath::ChangeLog;
 
 fn protection_path(repl: &Repl) -> PathBuf {
     repl.dir.root.join("protection.json")
@@ -306,12 +300,11 @@ async fn cycle(
             block_size: spec.block_size,
         });
     }
-    let base = if replica.last_point.is_some() && olds.iter().all(Option::is_some) {
-        replica.last_point.clone()
-    } else {
+    let maps: Vec<bool> = olds.iter().map(Option::is_some).collect();
+    let base = replica.base(&maps);
+    if base.is_none() {
         olds.iter_mut().for_each(|o| *o = None);
-        None
-    };
+    }
     let pr = &repl.mob.progress;
     pr.scanned.store(0, Ordering::Relaxed);
     pr.pending.store(0, Ordering::Relaxed);
@@ -388,12 +381,11 @@ async fn cycle(
                 )
                 .map_err(|e| e.to_string())?;
             }
-            replica.last_point = Some(s.id.clone());
-            replica.initial_done = true;
+            let lifeboat_actors::datapath::Advance::To(point) = replica.handle_committed(&s.id);
             save(&replica_path(repl), &replica, 0o600)?;
             if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
                 for e in rd.flatten() {
-                    if e.file_name().to_str() != Some(s.id.as_str()) {
+                    if e.file_name().to_str() != Some(point.as_str()) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -402,10 +394,9 @@ async fn cycle(
             Ok(s)
         }
         Message::PointFailed(reason) => {
-            if let PointFailure::BaseUnknown { .. } = reason {
+            if replica.handle_failed(&reason) {
                 // The vault lost our base: drop the maps so the next cycle sends everything.
                 let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
-                replica.last_point = None;
                 save(&replica_path(repl), &replica, 0o600)?;
             }
             Err(format!("process server {ps} could not commit: {reason}"))

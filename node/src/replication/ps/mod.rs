@@ -17,6 +17,7 @@ mod spool;
 use super::Repl;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
+use lifeboat_actors::datapath;
 use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
 use lifeboat_protocol::vault::{
     self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
@@ -269,22 +270,29 @@ async fn receive_and_commit(
         let v = vault.clone();
         tokio::spawn(async move { v.barrier().await })
     };
-    // Manifest chunks: unchanged chunks are the base's, shared.
+    // Manifest chunks: unchanged chunks are the base's, shared (the plan is sans-IO, shared
+    // with the simulation).
     let mut disks = Vec::new();
     for (i, d) in header.disks.iter().enumerate() {
-        let mut chunks = Vec::new();
-        // The base's chunk is shared when no block of it changed (and the geometry is the same).
-        let same_geometry = base[i]
-            .as_ref()
-            .is_some_and(|b| b.size_bytes == d.size_bytes && b.block_size == d.block_size);
-        for (k, c) in ids[i].chunks(CHUNK_ENTRIES).enumerate() {
-            let shared = base[i]
-                .as_ref()
-                .and_then(|b| b.chunks.get(k))
-                .filter(|_| same_geometry && !touched[i].contains(&k));
-            let cid = match shared {
-                Some(b) => *b,
-                None => retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?,
+        let plan = datapath::plan_chunks(
+            base[i].as_ref().map(|b| datapath::BaseDisk {
+                size_bytes: b.size_bytes,
+                block_size: b.block_size,
+                chunks: &b.chunks,
+            }),
+            d.size_bytes,
+            d.block_size,
+            ids[i].len(),
+            &touched[i],
+        );
+        let mut chunks = Vec::with_capacity(plan.len());
+        for c in plan {
+            let cid = match c {
+                datapath::ChunkPlan::Shared(id) => id,
+                datapath::ChunkPlan::New { start, end } => {
+                    let c = &ids[i][start..end];
+                    retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?
+                }
             };
             chunks.push(cid);
         }

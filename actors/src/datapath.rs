@@ -1,0 +1,177 @@
+//! Decisions of the replication data path, sans-IO, shared by the daemon (`node::replication`)
+//! and the simulation (`simulation::datapath`):
+//!
+//! - [`ChangeLog`] (mobility side): which committed point a delta is relative to, and when the
+//!   change log may move. The durability rule: it moves only after the process server says the
+//!   point is committed ([`ChangeLog::handle_committed`]); a failed cycle leaves it where it was,
+//!   so the next delta still carries every change since the last committed point; a base the
+//!   vault lost ([`PointFailure::BaseUnknown`]) resets it, and the next cycle sends everything.
+//! - [`plan_chunks`] (process-server side): which manifest chunks of the base point a new point
+//!   may share (no block of the chunk changed, same geometry) and which must be written anew.
+
+use lifeboat_protocol::message::PointFailure;
+use lifeboat_protocol::vault::{BlockId, CHUNK_ENTRIES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The mobility node's change log: the last committed point, whose per-block hashes the node
+/// keeps (`hashes/<point>/`), and whether the initial copy is done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeLog {
+    /// The last point the process server said is committed.
+    pub last_point: Option<String>,
+    /// The initial full copy is committed.
+    pub initial_done: bool,
+}
+
+/// What the shell must do when a point is committed, in this order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// Persist the cycle's hash maps under the new point, switch the log to it (one atomic
+    /// write), then drop the maps of every other point.
+    To(String),
+}
+
+impl ChangeLog {
+    /// The base of the next delta: the last committed point if a hash map of it is present for
+    /// every disk (`maps`), else none (a full copy).
+    pub fn base(&self, maps: &[bool]) -> Option<String> {
+        self.last_point
+            .clone()
+            .filter(|_| maps.iter().all(|present| *present))
+    }
+
+    /// The process server committed `point`: the log moves to it.
+    pub fn handle_committed(&mut self, point: &str) -> Advance {
+        self.last_point = Some(point.to_string());
+        self.initial_done = true;
+        Advance::To(point.to_string())
+    }
+
+    /// A cycle failed with `f`. Returns true if the log was reset (the shell drops every hash
+    /// map and persists the log): only when the base is unknown to the vault. Any other failure
+    /// leaves the log where it was.
+    pub fn handle_failed(&mut self, f: &PointFailure) -> bool {
+        if let PointFailure::BaseUnknown { .. } = f {
+            self.last_point = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// One chunk of a new point's manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkPlan {
+    /// The base point's chunk, shared as it is.
+    Shared(BlockId),
+    /// A new chunk of the ids `[start, end)` of the disk.
+    New {
+        /// First block.
+        start: usize,
+        /// One past the last block.
+        end: usize,
+    },
+}
+
+/// The base disk a new manifest may share chunks with.
+#[derive(Clone, Copy, Debug)]
+pub struct BaseDisk<'a> {
+    /// Its size, bytes.
+    pub size_bytes: u64,
+    /// Its block size.
+    pub block_size: u32,
+    /// Its chunk ids.
+    pub chunks: &'a [BlockId],
+}
+
+/// Plans the chunks of a disk of `blocks` blocks (`size_bytes`, `block_size`) whose blocks in
+/// the chunks numbered `touched` changed since `base`. A base chunk is shared only when the
+/// geometry is the same and no block of it changed; every other chunk is written anew.
+pub fn plan_chunks(
+    base: Option<BaseDisk<'_>>,
+    size_bytes: u64,
+    block_size: u32,
+    blocks: usize,
+    touched: &BTreeSet<usize>,
+) -> Vec<ChunkPlan> {
+    let same_geometry =
+        base.is_some_and(|b| b.size_bytes == size_bytes && b.block_size == block_size);
+    (0..blocks.div_ceil(CHUNK_ENTRIES))
+        .map(|k| {
+            let shared = base
+                .and_then(|b| b.chunks.get(k))
+                .filter(|_| same_geometry && !touched.contains(&k));
+            match shared {
+                Some(id) => ChunkPlan::Shared(*id),
+                None => ChunkPlan::New {
+                    start: k * CHUNK_ENTRIES,
+                    end: ((k + 1) * CHUNK_ENTRIES).min(blocks),
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_moves_only_on_commit_and_resets_only_when_the_base_is_unknown() {
+        let mut log = ChangeLog::default();
+        assert_eq!(log.base(&[true]), None, "nothing committed: a full copy");
+        assert_eq!(log.handle_committed("p1"), Advance::To("p1".into()));
+        assert_eq!(log.base(&[true, true]), Some("p1".into()));
+        assert_eq!(log.base(&[true, false]), None, "a missing map: a full copy");
+        let failed = PointFailure::Failed {
+            reason: "vault down".into(),
+        };
+        assert!(!log.handle_failed(&failed));
+        assert_eq!(
+            log.base(&[true]),
+            Some("p1".into()),
+            "a failure keeps the base"
+        );
+        assert!(log.handle_failed(&PointFailure::BaseUnknown {
+            detail: "gone".into()
+        }));
+        assert_eq!(log.base(&[true]), None);
+        assert!(log.initial_done, "the initial copy stays done");
+    }
+
+    #[test]
+    fn only_untouched_chunks_of_the_same_geometry_are_shared() {
+        let base_chunks = [BlockId([1; 32]), BlockId([2; 32]), BlockId([3; 32])];
+        let blocks = 2 * CHUNK_ENTRIES + 5;
+        let size = blocks as u64 * 4096;
+        let base = BaseDisk {
+            size_bytes: size,
+            block_size: 4096,
+            chunks: &base_chunks,
+        };
+        let touched: BTreeSet<usize> = [1].into_iter().collect();
+        let plan = plan_chunks(Some(base), size, 4096, blocks, &touched);
+        assert_eq!(
+            plan,
+            vec![
+                ChunkPlan::Shared(base_chunks[0]),
+                ChunkPlan::New {
+                    start: CHUNK_ENTRIES,
+                    end: 2 * CHUNK_ENTRIES
+                },
+                ChunkPlan::Shared(base_chunks[2]),
+            ]
+        );
+        // The disk grew: nothing is shared.
+        let grown = plan_chunks(Some(base), size + 4096, 4096, blocks + 1, &BTreeSet::new());
+        assert!(grown.iter().all(|c| matches!(c, ChunkPlan::New { .. })));
+        assert_eq!(
+            grown.last(),
+            Some(&ChunkPlan::New {
+                start: 2 * CHUNK_ENTRIES,
+                end: blocks + 1
+            })
+        );
+    }
+}
