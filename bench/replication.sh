@@ -89,8 +89,17 @@ start_node mob "$CA"
 "$L" role add configuration --state-dir "$W/cfg" >/dev/null
 "$L" mesh create --state-dir "$W/cfg" >/dev/null
 for n in ps mob; do "$L" register "$("$L" key issue --state-dir "$W/cfg" 2>/dev/null)" --state-dir "$W/$n" >/dev/null; done
-"$L" role add process-server --state-dir "$W/ps" >/dev/null
-"$L" role add mobility --state-dir "$W/mob" >/dev/null
+# Roles are granted by the configuration node (by node id, which every build accepts), and
+# applied by each node once it is connected: retry until the grant is taken, then wait until
+# the node holds it.
+grant() { # role node
+  local id; id=$("$L" status --json --state-dir "$W/$2" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["node"]["node_id"])')
+  for _ in $(seq 100); do "$L" role add "$1" --node "$id" --state-dir "$W/cfg" >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 100); do "$L" role list --state-dir "$W/$2" | grep -q "$1" && return; sleep 0.1; done
+  echo "bench: $2 never took the $1 role" >&2; exit 1
+}
+grant process-server ps
+grant mobility mob
 "$L" vault create bench --state-dir "$W/cfg" >/dev/null
 "$L" policy create bench --rpo-threshold 1h --retention 24h --crash-consistent-every 20s --app-consistent-every 0 --state-dir "$W/cfg" >/dev/null
 for _ in $(seq 100); do "$L" peers --json --state-dir "$W/cfg" | grep -q process-server && "$L" peers --json --state-dir "$W/cfg" | grep -q mobility && break; sleep 0.1; done
