@@ -662,8 +662,16 @@ impl PointRecord {
 
     /// Opens the point stored under `object_key`: the tag must verify with that key as
     /// associated data and the record must name the same machine, time and id.
+    ///
+    /// Points written before the binding (sealed with the bare kind `point`) still open; for
+    /// them the check that the sealed record names the same machine, time and id as its object
+    /// key is what refuses a copy under another machine.
     pub fn open(key: &DataKey, object_key: &str, sealed: &[u8]) -> Result<Self, FormatError> {
-        let plain = key.open_object(&point_ad(object_key), sealed)?;
+        let plain = match key.open_object(&point_ad(object_key), sealed) {
+            Ok(p) => p,
+            Err(FormatError::Auth) => key.open_object("point", sealed)?,
+            Err(e) => return Err(e),
+        };
         let rec: PointRecord = from_rmp("point", &plain)?;
         if rec.object_key() != object_key {
             return Err(FormatError::Malformed {

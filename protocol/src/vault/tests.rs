@@ -87,6 +87,16 @@ fn a_point_opens_only_under_its_own_name() {
         PointRecord::open(&k, &renamed, &sealed),
         Err(FormatError::Auth)
     );
+    // A point sealed before the binding opens under its own name only.
+    let legacy = k.seal_object("point", [4; 12], &to_rmp(&rec));
+    assert_eq!(
+        PointRecord::open(&k, &rec.object_key(), &legacy),
+        Ok(rec.clone())
+    );
+    assert!(matches!(
+        PointRecord::open(&k, &moved, &legacy),
+        Err(FormatError::Malformed { .. })
+    ));
 }
 
 #[test]
