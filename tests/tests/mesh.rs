@@ -223,3 +223,33 @@ fn bad_input_gets_a_one_line_error_and_a_non_zero_exit() {
     assert!(err.contains("heartbeat_secs"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_role_granted_to_a_disconnected_member_is_recorded_and_applied_when_it_connects() {
+    let t = Timing::default();
+    let mut cfg = Node::init("config", "127.0.0.1:0", &[], false, &t);
+    cfg.start();
+    let mut m = Node::init("member-1", "127.0.0.1:0", &[cfg.listen()], false, &t);
+    m.start();
+    form_mesh(&[&cfg, &m]);
+    let id = m.id();
+    m.stop();
+    wait_until("the member to be disconnected", WAIT, || {
+        cfg.peer(&id).is_none_or(|p| p["connected"] == false)
+    });
+    // By name, while the member is away: recorded at once, said to be pending.
+    let out = cfg.ok(&["role", "add", "mobility", "--node", "member-1"]);
+    assert!(
+        out.contains("recorded; the node applies it when it connects"),
+        "{out}"
+    );
+    let v = cfg.json(&["role", "list", "--node", "member-1"]);
+    assert_eq!(v["roles"], serde_json::json!(["mobility"]));
+    // The member, stopped, has not heard of it.
+    let roles = std::fs::read_to_string(m.dir.join("roles.json")).unwrap_or_default();
+    assert!(!roles.contains("mobility"), "{roles}");
+    m.start();
+    wait_until("the member to apply the role it was granted", WAIT, || {
+        m.ok(&["role", "list"]).contains("mobility")
+    });
+}
