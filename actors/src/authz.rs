@@ -104,9 +104,7 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
 /// True if member `from` means itself by `machine` (its node id, or its unique name; ids are
 /// tried first). A member may only ask about or change its own machine.
 pub fn is_own_machine(from: NodeId, machine: &str, members: &[Member]) -> bool {
-    let by_id = members.iter().find(|m| m.node_id().to_string() == machine);
-    let m = by_id.or_else(|| members.iter().find(|m| m.name == machine));
-    m.is_some_and(|m| m.node_id() == from)
+    crate::mesh::resolve_member(members, machine).is_some_and(|m| m.node_id() == from)
 }
 
 #[cfg(test)]

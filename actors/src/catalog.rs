@@ -30,6 +30,15 @@ pub struct CatalogEntry {
     pub alerted: bool,
 }
 
+/// True if a point captured at `captured` claims a time later than `now` plus the clock skew
+/// registration allows.
+pub fn captured_in_future(now: UnixMillis, captured: UnixMillis) -> bool {
+    captured.0
+        > now
+            .0
+            .saturating_add(lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS)
+}
+
 /// A machine's state as `status` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -105,8 +114,12 @@ impl Catalog {
     }
 
     /// Records a point verified against the vault. Returns true if it changed the catalog
-    /// (a point older than what is known changes nothing).
-    pub fn handle_point(&mut self, s: PointSummary) -> bool {
+    /// (a point older than what is known changes nothing, and one captured in the future —
+    /// beyond the allowed clock skew — is refused: it would silence the RPO alert).
+    pub fn handle_point(&mut self, now: UnixMillis, s: PointSummary) -> bool {
+        if captured_in_future(now, s.captured) {
+            return false;
+        }
         let e = self.entries.entry(s.machine).or_default();
         let newer = |x: &Option<PointSummary>| x.as_ref().is_none_or(|p| p.captured <= s.captured);
         let mut changed = false;
@@ -257,14 +270,19 @@ mod tests {
     fn the_newest_point_of_each_consistency_is_kept_and_older_ones_change_nothing() {
         let m = id(1);
         let mut c = Catalog::default();
-        assert!(c.handle_point(point(m, 10, Consistency::AppConsistent)));
-        assert!(c.handle_point(point(m, 20, Consistency::CrashConsistent)));
-        assert!(!c.handle_point(point(m, 5, Consistency::AppConsistent)));
+        let now = UnixMillis(1_000);
+        assert!(c.handle_point(now, point(m, 10, Consistency::AppConsistent)));
+        assert!(c.handle_point(now, point(m, 20, Consistency::CrashConsistent)));
+        assert!(!c.handle_point(now, point(m, 5, Consistency::AppConsistent)));
+        assert!(
+            !c.handle_point(now, point(m, 3_600_000, Consistency::AppConsistent)),
+            "a point from the future is refused"
+        );
         let e = c.entry(&m);
         assert_eq!(e.latest.unwrap().id, "p20");
         assert_eq!(e.latest_crash.unwrap().id, "p20");
         assert_eq!(e.latest_app.unwrap().id, "p10");
-        assert!(c.handle_point(point(m, 30, Consistency::NotConsistent)));
+        assert!(c.handle_point(now, point(m, 30, Consistency::NotConsistent)));
         assert_eq!(c.entry(&m).latest_crash.unwrap().id, "p20");
     }
 
@@ -301,14 +319,20 @@ mod tests {
             threshold_secs: 60,
         }];
         let mut c = Catalog::default();
-        c.handle_point(point(m, 1_000, Consistency::CrashConsistent));
+        c.handle_point(
+            UnixMillis(1_000),
+            point(m, 1_000, Consistency::CrashConsistent),
+        );
         assert!(c.poll_alerts(UnixMillis(30_000), &w).is_empty());
         let raised = c.poll_alerts(UnixMillis(62_000), &w);
         assert_eq!(raised.len(), 1);
         assert!(raised[0].raised);
         assert_eq!(raised[0].rpo_ms, 61_000);
         assert!(c.poll_alerts(UnixMillis(70_000), &w).is_empty(), "once");
-        c.handle_point(point(m, 69_000, Consistency::CrashConsistent));
+        c.handle_point(
+            UnixMillis(69_000),
+            point(m, 69_000, Consistency::CrashConsistent),
+        );
         let cleared = c.poll_alerts(UnixMillis(70_000), &w);
         assert_eq!(cleared.len(), 1);
         assert!(!cleared[0].raised);

@@ -81,6 +81,24 @@ pub struct Mesh {
     file: Option<MeshFile>,
 }
 
+/// The member of `members` a person means by `s`: ids first, then (unique) names. Every
+/// lookup of a member by what a person typed goes through here.
+pub fn resolve_member<'a>(members: &'a [Member], s: &str) -> Option<&'a Member> {
+    members
+        .iter()
+        .find(|m| m.node_id().to_string() == s)
+        .or_else(|| members.iter().find(|m| m.name == s))
+}
+
+/// The roles the record `members` grants `id` (none for a non-member).
+pub fn granted_roles(members: &[Member], id: NodeId) -> Vec<Role> {
+    members
+        .iter()
+        .find(|m| m.node_id() == id)
+        .map(|m| m.roles.clone())
+        .unwrap_or_default()
+}
+
 /// Hex of a mesh id, as shown to people.
 pub fn mesh_id_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -228,20 +246,12 @@ impl Mesh {
 
     /// The roles the authority granted `id` (empty for a non-member).
     pub fn granted_roles(&self, id: NodeId) -> Vec<Role> {
-        self.members()
-            .iter()
-            .find(|m| m.node_id() == id)
-            .map(|m| m.roles.clone())
-            .unwrap_or_default()
+        granted_roles(self.members(), id)
     }
 
     /// The member a person means by `s`: its node id, or its (unique) name.
     pub fn resolve(&self, s: &str) -> Option<&Member> {
-        let members = self.members();
-        members
-            .iter()
-            .find(|m| m.node_id().to_string() == s)
-            .or_else(|| members.iter().find(|m| m.name == s))
+        resolve_member(self.members(), s)
     }
 
     /// Grants or withdraws a role of member `target` (authority only). Returns the member's

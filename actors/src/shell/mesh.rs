@@ -49,19 +49,12 @@ impl MembersChanged {
 
     /// The roles the authority granted `id`.
     pub fn granted_roles(&self, id: NodeId) -> Vec<Role> {
-        self.members
-            .iter()
-            .find(|m| m.node_id() == id)
-            .map(|m| m.roles.clone())
-            .unwrap_or_default()
+        crate::mesh::granted_roles(&self.members, id)
     }
 
     /// The member a person means by `s` (node id or unique name).
     pub fn resolve(&self, s: &str) -> Option<&Member> {
-        self.members
-            .iter()
-            .find(|m| m.node_id().to_string() == s)
-            .or_else(|| self.members.iter().find(|m| m.name == s))
+        crate::mesh::resolve_member(&self.members, s)
     }
 }
 

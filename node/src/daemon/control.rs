@@ -2,6 +2,7 @@
 //! answered by this daemon or forwarded to the configuration node over the mesh.
 
 use super::*;
+use lifeboat_actors::mesh::MeshError;
 
 pub(super) async fn control_loop(l: tokio::net::UnixListener, ctx: Arc<Ctx>) {
     loop {
@@ -354,9 +355,9 @@ async fn role_change(
 
 /// The member a person named (node id or unique name), or a one-line error.
 fn resolve_member(mesh: &MembersChanged, s: &str) -> Result<NodeId, String> {
-    mesh.resolve(s).map(|m| m.node_id()).ok_or_else(|| {
-        format!("no member of this mesh is named or has the id {s:?}; see `lifeboat peers`")
-    })
+    mesh.resolve(s)
+        .map(|m| m.node_id())
+        .ok_or_else(|| MeshError::UnknownMember(s.to_string()).to_string())
 }
 
 /// `mesh remove NODE`: evicts a member everywhere.

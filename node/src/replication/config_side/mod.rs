@@ -6,7 +6,7 @@ mod points;
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
-use lifeboat_actors::catalog::{Catalog, CatalogEntry, Duties, Watched};
+use lifeboat_actors::catalog::{captured_in_future, Catalog, CatalogEntry, Duties, Watched};
 use lifeboat_actors::replication::Health;
 use lifeboat_config::StateDir;
 use lifeboat_protocol::message::{
@@ -393,7 +393,8 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
 pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Result<(), String> {
     let vault = require_vault(repl).await?;
     let now = crate::seams::now();
-    if hint.captured.0 > now.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
+    // Refused before any listing: a flood of such notices costs no store requests.
+    if captured_in_future(now, hint.captured) {
         return Err(format!(
             "point {} of {} claims a capture time in the future ({})",
             hint.id,
@@ -411,12 +412,6 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
         .into_iter()
         .find(|p| p.id == hint.id)
         .ok_or_else(|| format!("point {} of {} is not in the vault", hint.id, hint.machine))?;
-    if rec.captured.0 > now.0 + lifeboat_protocol::regkey::MAX_CLOCK_SKEW_MS {
-        return Err(format!(
-            "point {} of {} has a capture time in the future",
-            rec.id, rec.machine
-        ));
-    }
     let s = PointSummary {
         id: rec.id.clone(),
         machine: rec.machine,
@@ -426,7 +421,7 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
         stats: rec.stats,
         process_server: from,
     };
-    if guard(&repl.cfg.catalog).handle_point(s) {
+    if guard(&repl.cfg.catalog).handle_point(now, s) {
         save_catalog(repl);
     }
     Ok(())
