@@ -255,6 +255,19 @@ pub struct FrameReader {
     done: bool,
 }
 
+impl lifeboat_actors::seams::MessageSource for FrameReader {
+    fn next_message(
+        &mut self,
+    ) -> lifeboat_actors::seams::BoxFuture<'_, Result<Option<Message>, String>> {
+        Box::pin(async move {
+            self.next()
+                .await
+                .map(|e| e.map(|e| e.msg))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 impl FrameReader {
     /// The next envelope; `None` when the stream ended cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Envelope>, TransportError> {

@@ -14,7 +14,7 @@ pub mod mobility;
 pub mod ps;
 
 use crate::net::Net;
-use crate::vault::{local_root, store_from_url, Vault, VaultConfig, VaultError};
+use crate::vault::{store_from_url, Vault, VaultConfig, VaultError};
 use actix::Addr;
 use lifeboat_actors::shell::{GetMesh, GetRoles, MeshActor, PeersActor, RolesActor};
 use lifeboat_config::state::write_file_atomic;
@@ -68,7 +68,7 @@ pub struct Repl {
     /// Mobility-side state.
     pub mob: mobility::MobilityState,
     /// Process-server-side state.
-    pub ps: ps::PsState,
+    pub ps: Arc<ps::PsState>,
     /// Weak self-reference, for tasks started from `&Repl`.
     pub me: Mutex<std::sync::Weak<Repl>>,
 }
@@ -108,7 +108,7 @@ impl Repl {
             vault_cfg: Mutex::new(vault_cfg),
             cfg,
             mob: mobility::MobilityState::default(),
-            ps,
+            ps: Arc::new(ps),
             me: Mutex::new(std::sync::Weak::new()),
         });
         if let Ok(mut m) = r.me.lock() {
@@ -134,11 +134,7 @@ impl Repl {
             .key()
             .ok_or_else(|| VaultError::WrongKey(cfg.name.clone()))?;
         let store = store_from_url(&cfg.url, &cfg.options)?;
-        let v = Arc::new(
-            Vault::open(store, key)
-                .await?
-                .durable_at(local_root(&cfg.url)),
-        );
+        let v = Arc::new(Vault::open(store, key).await?);
         tracing::info!(vault = %cfg.name, url = %cfg.url, blocks = v.indexed_blocks(), "vault open");
         if let Ok(mut g) = self.vault.write() {
             *g = Some(v.clone());

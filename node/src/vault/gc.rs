@@ -27,45 +27,6 @@ pub struct GcReport {
     pub freed_bytes: u64,
 }
 
-/// Deletes the staging files (`NAME#<digits>`, see [`crate::direct_io::write_direct`]) under a
-/// local vault `root` last modified at least `grace_ms` before `now_ms`: writes that a killed
-/// process never renamed into place. A live write is far younger than any grace period (and if
-/// one were removed anyway its rename would fail and the put would be retried). Returns files
-/// and bytes deleted; what cannot be read or deleted is left for the next pass.
-fn sweep_staging(root: &Path, now_ms: u64, grace_ms: u64) -> (u64, u64) {
-    let staging = |name: &str| {
-        name.rsplit_once('#')
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let (mut files, mut bytes) = (0, 0);
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(meta) = e.metadata() else { continue };
-            if meta.is_dir() {
-                dirs.push(e.path());
-                continue;
-            }
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(u64::MAX, |d| d.as_millis() as u64);
-            if staging(&e.file_name().to_string_lossy())
-                && now_ms.saturating_sub(modified) >= grace_ms
-                && std::fs::remove_file(e.path()).is_ok()
-            {
-                files += 1;
-                bytes += meta.len();
-            }
-        }
-    }
-    (files, bytes)
-}
-
 impl Vault {
     /// Garbage collection, safe while process servers write:
     ///
@@ -106,24 +67,22 @@ impl Vault {
         }
         rep.points = points.len() as u64;
         rep.live_blocks = live.len() as u64;
-        let age = |m: &object_store::ObjectMeta| {
-            now_ms.saturating_sub(m.last_modified.timestamp_millis().max(0) as u64)
-        };
+        let age = |m: &BlobMeta| now_ms.saturating_sub(m.modified_ms);
         let condemned_at: BTreeMap<String, u64> = self
             .list_meta("gc/condemned")
             .await?
             .iter()
-            .filter_map(|m| m.location.filename().map(|f| (f.to_string(), age(m))))
+            .map(|m| (m.file_name().to_string(), age(m)))
             .collect();
         let leases: BTreeMap<String, u64> = self
             .list_meta("gc/inflight")
             .await?
             .iter()
-            .filter_map(|m| m.location.filename().map(|f| (f.to_string(), age(m))))
+            .map(|m| (m.file_name().to_string(), age(m)))
             .collect();
         // 2 and 3. Packs.
         for m in self.list_meta("packs").await? {
-            let k = m.location.to_string();
+            let k = m.key.clone();
             let Some(pack) = k
                 .strip_suffix(".pack")
                 .and_then(|s| s.rsplit('/').next())
@@ -238,30 +197,25 @@ impl Vault {
         // Tombstones of deleted packs are kept a week (far longer than any upload session).
         for m in self.list_meta("gc/deleted").await? {
             if plan::tombstone_expired(age(&m)) {
-                self.delete_key(m.location.as_ref()).await?;
+                self.delete_key(&m.key).await?;
             }
         }
         // 4. Chunks.
         for m in self.list_meta("chunks").await? {
-            let name = m.location.filename().unwrap_or_default().to_string();
+            let name = m.file_name().to_string();
             let Some(id) = vault::from_hex::<32>(&name).map(BlockId) else {
                 continue;
             };
             if plan::chunk_is_garbage(live_chunks.contains(&id), age(&m), grace_ms) {
-                self.delete_key(m.location.as_ref()).await?;
+                self.delete_key(&m.key).await?;
                 rep.deleted_chunks += 1;
             }
         }
         // 5. Staging files of writes a killed process never renamed into place (a local vault
         // only; listings skip them, so nothing else would remove them).
-        if let Some(root) = self.local_root.clone() {
-            let (files, bytes) =
-                tokio::task::spawn_blocking(move || sweep_staging(&root, now_ms, grace_ms))
-                    .await
-                    .unwrap_or_default();
-            rep.deleted_staging = files;
-            rep.freed_bytes += bytes;
-        }
+        let (files, bytes) = self.store.sweep(now_ms, grace_ms).await;
+        rep.deleted_staging = files;
+        rep.freed_bytes += bytes;
         self.refresh_condemned().await?;
         self.refresh_index().await?;
         Ok(rep)

@@ -6,19 +6,17 @@
 //! (the commit). Every read is verified: AEAD tags, block ids, chunk ids, Merkle roots.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use lifeboat_actors::seams::{BlobError, BlobMeta, BlobStore, PutMode};
 use lifeboat_protocol::vault::{
     self, chunk_key, from_rmp, index_key, pack_key, to_rmp, BlockId, DataKey, DiskRecord,
     FormatError, PackBuilder, PackIndex, PointRecord, VaultHeader, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
     VAULT_FORMAT,
 };
 use lifeboat_protocol::{NodeId, UnixMillis};
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,7 +34,7 @@ pub enum VaultError {
         /// Object key.
         key: String,
         /// Cause.
-        source: object_store::Error,
+        source: BlobError,
     },
     /// An object failed verification.
     #[error("vault object {key} is damaged: {source}")]
@@ -78,11 +76,13 @@ pub enum VaultError {
     NoPoint(String),
 }
 
+mod blobs;
 mod gc;
 mod points;
 mod restore;
 mod store;
 
+pub use blobs::{sync_paths, ObjectBlobStore};
 pub use gc::GcReport;
 pub use restore::RestoreStats;
 pub use store::*;
@@ -98,15 +98,10 @@ struct Loc {
     len: u32,
 }
 
-/// Local objects at least this big (packs) are written with `O_DIRECT` (see
-/// [`crate::direct_io::write_direct`]): straight to the device, so the commit barrier only has
-/// metadata left to sync, and no page cache is filled with data nobody reads back soon.
-const DIRECT_PUT_MIN: usize = 1 << 20;
-
 /// An open vault.
 pub struct Vault {
     /// The object store.
-    store: Arc<dyn ObjectStore>,
+    store: Arc<dyn BlobStore>,
     /// Keys.
     key: DataKey,
     /// Header.
@@ -119,29 +114,15 @@ pub struct Vault {
     points: RwLock<BTreeMap<String, PointRecord>>,
     /// Packs condemned by garbage collection (dedup ignores their blocks).
     condemned: RwLock<std::collections::HashSet<String>>,
-    /// Directory of a local vault: [`Vault::barrier`] makes the puts there durable.
-    local_root: Option<std::path::PathBuf>,
-    /// Local files written since the last barrier.
-    unsynced: std::sync::Mutex<Vec<std::path::PathBuf>>,
-    /// Serializes barriers: one that finds its files already taken by a running barrier waits
-    /// for that barrier to finish before it returns.
-    barrier_lock: tokio::sync::Mutex<()>,
+    /// Source of object ids (packs, chunk salts, points) and retry jitter: the OS in the
+    /// daemon, a seed in the simulation (so a run replays exactly).
+    ids: std::sync::Mutex<rand::rngs::StdRng>,
 }
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Vault({})", self.header.name)
     }
-}
-
-fn path(key: &str) -> ObjPath {
-    ObjPath::from(key)
-}
-
-fn random16() -> [u8; 16] {
-    let mut n = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut n);
-    n
 }
 
 fn nonce() -> [u8; 12] {
@@ -153,7 +134,7 @@ fn nonce() -> [u8; 12] {
 impl Vault {
     /// Creates a vault in `store` (fails if one exists).
     pub async fn create(
-        store: Arc<dyn ObjectStore>,
+        store: Arc<dyn BlobStore>,
         name: &str,
         key: &DataKey,
         now: UnixMillis,
@@ -169,18 +150,12 @@ impl Vault {
             key_check: key.key_check(),
         };
         let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
         match store
-            .put_opts(&path("vault.json"), PutPayload::from(body), opts)
+            .put("vault.json", Bytes::from(body), PutMode::Create)
             .await
         {
-            Ok(_) => Ok(header),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(VaultError::Exists(store.to_string()))
-            }
+            Ok(true) => Ok(header),
+            Ok(false) => Err(VaultError::Exists(store.describe())),
             Err(e) => Err(VaultError::Store {
                 op: "create",
                 key: "vault.json".into(),
@@ -190,16 +165,10 @@ impl Vault {
     }
 
     /// Opens the vault in `store` with `key` and loads its block index.
-    pub async fn open(store: Arc<dyn ObjectStore>, key: DataKey) -> Result<Vault, VaultError> {
-        let raw = match store.get(&path("vault.json")).await {
-            Ok(r) => r.bytes().await.map_err(|e| VaultError::Store {
-                op: "get",
-                key: "vault.json".into(),
-                source: e,
-            })?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(VaultError::NoVault(store.to_string()))
-            }
+    pub async fn open(store: Arc<dyn BlobStore>, key: DataKey) -> Result<Vault, VaultError> {
+        let raw = match store.get("vault.json").await {
+            Ok(r) => r,
+            Err(BlobError::NotFound) => return Err(VaultError::NoVault(store.describe())),
             Err(e) => {
                 return Err(VaultError::Store {
                     op: "get",
@@ -226,56 +195,56 @@ impl Vault {
             loaded: RwLock::new(Default::default()),
             points: RwLock::new(BTreeMap::new()),
             condemned: RwLock::new(Default::default()),
-            local_root: None,
-            unsynced: Default::default(),
-            barrier_lock: Default::default(),
+            ids: std::sync::Mutex::new(rand::rngs::StdRng::from_entropy()),
         };
         v.refresh_condemned().await?;
         v.refresh_index().await?;
         Ok(v)
     }
 
-    /// Marks the vault as local at `root` (see [`local_root`]): commits then sync it.
-    pub fn durable_at(mut self, root: Option<std::path::PathBuf>) -> Vault {
-        self.local_root = root;
+    /// Draws object ids and retry jitter from `seed` instead of the OS (the simulation: the
+    /// same seed makes the same objects in the same order).
+    pub fn seeded(self, seed: u64) -> Vault {
+        if let Ok(mut r) = self.ids.lock() {
+            *r = rand::rngs::StdRng::seed_from_u64(seed);
+        }
         self
     }
 
+    /// A fresh random 16-byte id (packs, points, chunk salts).
+    pub fn fresh_id(&self) -> [u8; 16] {
+        let mut n = [0u8; 16];
+        if let Ok(mut r) = self.ids.lock() {
+            r.fill_bytes(&mut n);
+        }
+        n
+    }
+
+    /// Jitter for a retry's backoff.
+    pub fn jitter(&self) -> u64 {
+        self.ids.lock().map(|mut r| r.next_u64()).unwrap_or(0)
+    }
+
+    /// Retries `f` with capped, jittered exponential backoff, at most `attempts` times.
+    pub async fn retry<T, F, Fut>(&self, what: &str, attempts: u32, f: F) -> Result<T, VaultError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, VaultError>>,
+    {
+        with_retries(what, attempts, || self.jitter(), f).await
+    }
+
     /// Durability barrier: every object put so far survives a crash of the vault host once this
-    /// returns. A no-op for cloud stores (a put is acknowledged once durable); for a local vault
-    /// the files written since the last barrier and their directories are synced (only those:
-    /// unrelated dirty data on the same filesystem is not waited for).
+    /// returns (see [`BlobStore::barrier`]).
     pub async fn barrier(&self) -> Result<(), VaultError> {
-        let Some(root) = self.local_root.clone() else {
-            return Ok(());
-        };
-        let _one = self.barrier_lock.lock().await;
-        let files = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
-        if files.is_empty() {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let done = sync_paths(root.clone(), files.clone()).await;
-        tracing::debug!(
-            files = files.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "vault barrier"
-        );
-        if let Err(source) = done {
-            // Still unsynced: the next barrier tries them again.
-            self.unsynced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(files);
-            return Err(VaultError::Io {
-                path: format!(
-                    "cannot make vault writes durable (sync of {})",
-                    root.display()
-                ),
+        self.store
+            .barrier()
+            .await
+            .map_err(|source| VaultError::Store {
+                op: "barrier",
+                key: self.store.describe(),
                 source,
-            });
-        }
-        Ok(())
+            })
     }
 
     /// The header.
@@ -293,46 +262,27 @@ impl Vault {
         self.index.read().map(|i| i.len()).unwrap_or(0)
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
-        let r = self
-            .store
-            .get(&path(key))
-            .await
-            .map_err(|e| VaultError::Store {
-                op: "get",
-                key: key.into(),
-                source: e,
-            })?;
-        r.bytes().await.map_err(|e| VaultError::Store {
-            op: "get",
-            key: key.into(),
-            source: e,
-        })
+    fn store_err(op: &'static str, key: &str) -> impl FnOnce(BlobError) -> VaultError {
+        let key = key.to_string();
+        move |source| VaultError::Store { op, key, source }
     }
 
-    async fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, VaultError> {
-        let p = path(prefix);
-        let mut s = self.store.list(Some(&p));
-        let mut out = Vec::new();
-        while let Some(m) = s.next().await {
-            out.push(m.map_err(|e| VaultError::Store {
-                op: "list",
-                key: prefix.into(),
-                source: e,
-            })?);
-        }
-        Ok(out)
+    async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
+        self.store.get(key).await.map_err(Self::store_err("get", key))
+    }
+
+    async fn list_meta(&self, prefix: &str) -> Result<Vec<BlobMeta>, VaultError> {
+        self.store
+            .list(prefix)
+            .await
+            .map_err(Self::store_err("list", prefix))
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), VaultError> {
-        match self.store.delete(&path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(VaultError::Store {
-                op: "delete",
-                key: key.into(),
-                source: e,
-            }),
-        }
+        self.store
+            .delete(key)
+            .await
+            .map_err(Self::store_err("delete", key))
     }
 
     async fn exists_under(&self, prefix: &str) -> Result<bool, VaultError> {
@@ -346,7 +296,7 @@ impl Vault {
     pub async fn rescue(
         &self,
         session: &str,
-        packs: &std::collections::HashSet<String>,
+        packs: &std::collections::BTreeSet<String>,
     ) -> Result<(), VaultError> {
         self.refresh_condemned().await?;
         let at_risk: Vec<String> = packs
@@ -377,7 +327,7 @@ impl Vault {
     }
 
     /// Ends the leases of a committed session's packs.
-    pub async fn release(&self, packs: &std::collections::HashSet<String>) {
+    pub async fn release(&self, packs: &std::collections::BTreeSet<String>) {
         for p in packs {
             let _ = self.delete_key(&format!("gc/inflight/{p}")).await;
         }
@@ -389,31 +339,20 @@ impl Vault {
     }
 
     async fn head_exists(&self, key: &str) -> Result<bool, VaultError> {
-        match self.store.head(&path(key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(VaultError::Store {
-                op: "head",
-                key: key.into(),
-                source: e,
-            }),
-        }
+        self.store
+            .head(key)
+            .await
+            .map(|m| m.is_some())
+            .map_err(Self::store_err("head", key))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
-        let p = path(prefix);
-        let mut s = self.store.list(Some(&p));
-        let mut out = Vec::new();
-        while let Some(m) = s.next().await {
-            let m = m.map_err(|e| VaultError::Store {
-                op: "list",
-                key: prefix.into(),
-                source: e,
-            })?;
-            out.push(m.location.to_string());
-        }
-        out.sort();
-        Ok(out)
+        Ok(self
+            .list_meta(prefix)
+            .await?
+            .into_iter()
+            .map(|m| m.key)
+            .collect())
     }
 
     /// Loads the indexes of packs not yet known and forgets packs that are gone. A block held by
@@ -440,7 +379,7 @@ impl Vault {
                 Ok(r) => r,
                 // Deleted by garbage collection between list and get.
                 Err(VaultError::Store {
-                    source: object_store::Error::NotFound { .. },
+                    source: BlobError::NotFound,
                     ..
                 }) => {
                     present.remove(pack);
@@ -561,64 +500,10 @@ impl Vault {
         body: impl Into<Bytes>,
         mode: PutMode,
     ) -> Result<bool, VaultError> {
-        let body: Bytes = body.into();
-        let stored = if self.put_direct(key, &body, &mode).await? {
-            true
-        } else {
-            let opts = PutOptions {
-                mode,
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&path(key), PutPayload::from(body), opts)
-                .await
-            {
-                Ok(_) => true,
-                Err(object_store::Error::AlreadyExists { .. }) => false,
-                Err(e) => {
-                    return Err(VaultError::Store {
-                        op: "put",
-                        key: key.into(),
-                        source: e,
-                    })
-                }
-            }
-        };
-        // The next barrier syncs it. An object that already existed (create-if-absent) is
-        // synced too: it may be another writer's, not yet durable, and about to be named.
-        if let Some(root) = &self.local_root {
-            self.unsynced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(root.join(key));
-        }
-        Ok(stored)
-    }
-
-    /// Writes a local vault's big overwritten object (a pack) with `O_DIRECT` (see
-    /// [`DIRECT_PUT_MIN`]). False if the object is not one, or the filesystem refuses
-    /// `O_DIRECT`: the caller then puts it through the store.
-    async fn put_direct(
-        &self,
-        key: &str,
-        body: &Bytes,
-        mode: &PutMode,
-    ) -> Result<bool, VaultError> {
-        let (Some(root), PutMode::Overwrite, true) =
-            (&self.local_root, mode, body.len() >= DIRECT_PUT_MIN)
-        else {
-            return Ok(false);
-        };
-        let dest = root.join(key);
-        let (file, data) = (dest.clone(), body.clone());
-        tokio::task::spawn_blocking(move || crate::direct_io::write_direct(&file, &data))
+        self.store
+            .put(key, body.into(), mode)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-            .map_err(|source| VaultError::Io {
-                path: dest.display().to_string(),
-                source,
-            })
+            .map_err(Self::store_err("put", key))
     }
 
     /// Uploads a finished pack, then its index, then makes its blocks visible. Returns bytes.
@@ -626,7 +511,7 @@ impl Vault {
         if pack.is_empty() {
             return Ok(0);
         }
-        let (id, bytes, idx) = pack.finish(random16());
+        let (id, bytes, idx) = pack.finish(self.fresh_id());
         self.upload_finished(&id, Bytes::from(bytes), idx).await
     }
 
@@ -642,11 +527,11 @@ impl Vault {
         let n = bytes.len() as u64;
         let sealed_idx = Bytes::from(self.key.seal_object("idx", nonce(), &to_rmp(&idx)));
         let (pk, ik) = (pack_key(&id), index_key(&id));
-        with_retries("put pack", 8, || {
+        self.retry("put pack", 8, || {
             self.put(&pk, bytes.clone(), PutMode::Overwrite)
         })
         .await?;
-        with_retries("put index", 8, || {
+        self.retry("put index", 8, || {
             self.put(&ik, sealed_idx.clone(), PutMode::Overwrite)
         })
         .await?;
@@ -656,11 +541,11 @@ impl Vault {
 
     /// Stores a manifest chunk (content-addressed: an existing one is reused).
     pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
-        let salt = random16();
+        let salt = self.fresh_id();
         let id = self.key.chunk_id(&salt, ids);
         let sealed = self.key.seal_chunk(&salt, ids, nonce());
         let k = chunk_key(&id);
-        with_retries("put chunk", 8, || {
+        self.retry("put chunk", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
         })
         .await?;
@@ -697,13 +582,9 @@ impl Vault {
         let k = pack_key(&loc.pack);
         let raw = self
             .store
-            .get_range(&path(&k), loc.offset..loc.offset + loc.len as u64)
+            .get_range(&k, loc.offset..loc.offset + loc.len as u64)
             .await
-            .map_err(|e| VaultError::Store {
-                op: "get_range",
-                key: k.clone(),
-                source: e,
-            })?;
+            .map_err(Self::store_err("get_range", &k))?;
         self.key
             .open_block(id, &raw, max_len)
             .map_err(|e| VaultError::Format { key: k, source: e })

@@ -12,7 +12,7 @@ impl Vault {
         self.barrier().await?;
         let k = rec.object_key();
         let sealed = Bytes::from(rec.seal(&self.key, nonce()));
-        let created = with_retries("commit point", 8, || {
+        let created = self.retry("commit point", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
         })
         .await?;
@@ -30,16 +30,7 @@ impl Vault {
     /// are not removed here.
     pub async fn delete_point(&self, rec: &PointRecord) -> Result<(), VaultError> {
         let k = rec.object_key();
-        match self.store.delete(&path(&k)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(VaultError::Store {
-                    op: "delete",
-                    key: k,
-                    source: e,
-                })
-            }
-        }
+        self.delete_key(&k).await?;
         if let Ok(mut p) = self.points.write() {
             p.remove(&k);
         }

@@ -182,7 +182,7 @@ impl Vault {
                 let k = pack_key(&wanted[i].2.pack);
                 let raw = self
                     .store
-                    .get_range(&path(&k), start..end)
+                    .get_range(&k, start..end)
                     .await
                     .map_err(|e| corrupt(wanted[i].0, format!("reading {k}: {e}")))?;
                 stats.fetched_bytes += raw.len() as u64;

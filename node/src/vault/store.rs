@@ -1,5 +1,5 @@
-//! How a node reaches a vault: its persisted configuration, the object store behind a URL,
-//! durability of a local store, and retries of store operations.
+//! How a node reaches a vault: its persisted configuration, the store behind a URL, and
+//! retries of store operations.
 
 use super::*;
 
@@ -50,57 +50,11 @@ pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
-/// Makes `files` under a local vault directory `root` durable: each file's data, then every
-/// directory from its parent up to `root` (new files and the fan-out directories created for
-/// them). A file that is gone (deleted by garbage collection) needs nothing. An error names the
-/// file or directory that could not be synced.
-pub async fn sync_paths(root: PathBuf, files: Vec<PathBuf>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || sync_paths_blocking(&root, &files))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-}
-
-fn sync_paths_blocking(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
-    let named = |p: &Path, e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
-    };
-    let sync = |p: &Path, all: bool| {
-        let r = std::fs::File::open(p).and_then(|h| if all { h.sync_all() } else { h.sync_data() });
-        match r {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            r => r.map_err(|e| named(p, e)),
-        }
-    };
-    // A few threads, so the filesystem can fold the syncs into shared journal commits.
-    let per_thread = files.len().div_ceil(4).max(1);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = files
-            .chunks(per_thread)
-            .map(|part| s.spawn(move || part.iter().try_for_each(|f| sync(f, false))))
-            .collect();
-        parts.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
-        })
-    })?;
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in files {
-        let mut d = f.parent();
-        while let Some(dir) = d.filter(|d| d.starts_with(root)) {
-            if !dirs.insert(dir) {
-                break;
-            }
-            d = dir.parent();
-        }
-    }
-    dirs.into_iter().try_for_each(|d| sync(d, true))
-}
-
 /// Builds an object store from a vault URL and options.
 pub fn store_from_url(
     url: &str,
     options: &BTreeMap<String, String>,
-) -> Result<Arc<dyn ObjectStore>, VaultError> {
+) -> Result<Arc<dyn BlobStore>, VaultError> {
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(VaultError::Url(url.into()));
@@ -117,10 +71,13 @@ pub fn store_from_url(
             VaultError::Store {
                 op: "open",
                 key: path.into(),
-                source: e,
+                source: BlobError::Failed(e.to_string()),
             }
         })?;
-        return Ok(Arc::new(fs));
+        return Ok(Arc::new(ObjectBlobStore::new(
+            Arc::new(fs),
+            local_root(url),
+        )));
     }
     let built = if let Some(container) = url
         .strip_prefix("az://")
@@ -133,7 +90,7 @@ pub fn store_from_url(
             options,
             |b, k: object_store::azure::AzureConfigKey, v| b.with_config(k, v),
         );
-        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        b.build().map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
     } else if let Some(bucket) = url.strip_prefix("s3://") {
         let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
         let b = configured(
@@ -141,15 +98,16 @@ pub fn store_from_url(
             options,
             |b, k: object_store::aws::AmazonS3ConfigKey, v| b.with_config(k, v),
         );
-        b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        b.build().map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
     } else {
         return Err(VaultError::Url(url.into()));
     };
-    built.map_err(|e| VaultError::Store {
+    let built = built.map_err(|e| VaultError::Store {
         op: "open",
         key: url.into(),
-        source: e,
-    })
+        source: BlobError::Failed(e.to_string()),
+    })?;
+    Ok(Arc::new(ObjectBlobStore::new(built, None)))
 }
 
 /// Applies the options whose keys the store's builder knows (others belong to other stores).
@@ -166,10 +124,12 @@ fn configured<B, K: std::str::FromStr>(
     b
 }
 
-/// Retries `f` with capped, jittered exponential backoff, at most `attempts` times.
+/// Retries `f` with capped, jittered exponential backoff (jitter drawn from `jitter`), at most
+/// `attempts` times.
 pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(
     what: &str,
     attempts: u32,
+    mut jitter: impl FnMut() -> u64,
     mut f: F,
 ) -> Result<T, E>
 where
@@ -182,7 +142,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if backoff.failures() + 1 >= attempts => return Err(e),
             Err(e) => {
-                let wait = backoff.fail(rand::random());
+                let wait = backoff.fail(jitter());
                 tracing::warn!(op = what, attempt = backoff.failures(), cause = %e, "vault operation failed; retrying");
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }

@@ -1,6 +1,7 @@
 //! Unit tests of the vault client against a local store.
 
 use super::*;
+use std::path::PathBuf;
 
 /// A new local vault under `dir` (syncing at barriers) and its root directory.
 async fn local_vault(dir: &Path) -> (Vault, PathBuf) {
@@ -13,8 +14,7 @@ async fn local_vault(dir: &Path) -> (Vault, PathBuf) {
         .unwrap();
     let v = Vault::open(store, key)
         .await
-        .unwrap()
-        .durable_at(local_root(&url));
+        .unwrap();
     (v, root)
 }
 
@@ -69,36 +69,3 @@ fn walk_files(d: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test]
-async fn a_local_vault_syncs_what_it_wrote_at_each_barrier() {
-    let dir = tempfile::tempdir().unwrap();
-    let (v, root) = local_vault(dir.path()).await;
-    let pending = || v.unsynced.lock().unwrap().clone();
-    v.put_chunk(&[BlockId::ZERO; 3]).await.unwrap();
-    let body = || Bytes::from_static(b"x");
-    assert!(v.put("points/p", body(), PutMode::Create).await.unwrap());
-    // An object that already exists (create-if-absent) is named for the next barrier too:
-    // it may be another writer's, not yet durable.
-    assert!(!v.put("points/p", body(), PutMode::Create).await.unwrap());
-    let files = pending();
-    assert_eq!(files.len(), 3);
-    assert!(files.iter().all(|f| f.starts_with(&root) && f.exists()));
-    v.barrier().await.unwrap();
-    assert!(pending().is_empty(), "a barrier leaves nothing unsynced");
-    // An object deleted before the barrier (garbage collection) needs no sync.
-    v.put(
-        "gc/condemned/x",
-        Bytes::from_static(b""),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    std::fs::remove_file(root.join("gc/condemned/x")).unwrap();
-    v.barrier().await.unwrap();
-    // Only file:// vaults take barriers; a cloud put is durable when acknowledged.
-    assert!(local_root("az://c").is_none());
-    assert_eq!(
-        local_root("file:///v"),
-        Some(std::path::PathBuf::from("/v"))
-    );
-}

@@ -12,12 +12,14 @@
 //! work the mobility node will send again.
 
 mod pack;
+mod session;
 mod spool;
 
 use super::Repl;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
 use lifeboat_actors::datapath;
+use lifeboat_actors::seams::MessageSource;
 use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
 use lifeboat_protocol::vault::{
     self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
@@ -25,10 +27,10 @@ use lifeboat_protocol::vault::{
 };
 use lifeboat_protocol::{Message, NodeId};
 use pack::{process, Processed};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
+pub use session::run_session;
 use spool::{receive, Segment, SegmentData, SpoolRecord};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,6 +113,26 @@ impl PsState {
         })
     }
 
+    /// A process server whose spool is all in memory (`segments` of [`SEGMENT_BYTES`] at
+    /// most; it never spills to a directory): the simulation's.
+    pub fn in_memory(segments: usize) -> Self {
+        let segs = segments.max(2);
+        PsState {
+            spool_dir: PathBuf::new(),
+            budget: Arc::new(Semaphore::new(segs)),
+            mem_budget: Arc::new(Semaphore::new(segs)),
+            spool_segments: segs,
+            spooled_bytes: AtomicU64::new(0),
+            uploaded_bytes: AtomicU64::new(0),
+            points: AtomicU64::new(0),
+            backlog_since: AtomicU64::new(0),
+            upload_failures: AtomicU64::new(0),
+            uploading_bytes: AtomicU64::new(0),
+            throttle: std::sync::Mutex::new(None),
+            bucket: tokio::sync::Mutex::new(Default::default()),
+        }
+    }
+
     /// Segments in use.
     pub fn segments_in_use(&self) -> usize {
         self.spool_segments - self.budget.available_permits()
@@ -190,234 +212,31 @@ pub async fn serve(
     from: NodeId,
     header: DeltaHeader,
     mut w: FrameWriter,
-    r: FrameReader,
+    mut r: FrameReader,
 ) {
-    let reply = match receive_and_commit(&repl, from, header, r).await {
+    let outcome = match repl.open_vault().await {
+        Ok(Some(vault)) => run_session(&repl.ps, &vault, repl.local, from, header, &mut r).await,
+        Ok(None) => Err(PointFailure::Failed {
+            reason: "this process server has no vault yet (create one on the configuration node)"
+                .into(),
+        }),
+        Err(e) => Err(PointFailure::Failed {
+            reason: format!("vault unavailable: {e}"),
+        }),
+    };
+    let reply = match outcome {
         Ok(summary) => {
             repl.tell_authorities(Message::PointNotice(summary.clone()))
                 .await;
             Message::PointCommitted(summary)
         }
-        Err(e) => {
-            let failure = PointFailure::from(e);
+        Err(failure) => {
             tracing::warn!(machine = %from, reason = %failure, "replication session failed");
             Message::PointFailed(failure)
         }
     };
     if w.send(reply).await.is_ok() {
         w.finish();
-    }
-}
-
-async fn receive_and_commit(
-    repl: &Arc<Repl>,
-    from: NodeId,
-    header: DeltaHeader,
-    mut r: FrameReader,
-) -> Result<PointSummary, SessionError> {
-    validate(&header, from).map_err(SessionError::Invalid)?;
-    let vault = repl
-        .open_vault()
-        .await
-        .map_err(|e| format!("vault unavailable: {e}"))?
-        .ok_or("this process server has no vault yet (create one on the configuration node)")?;
-    // Current garbage-collection state: dedup must not pick blocks GC has condemned.
-    if let Err(e) = vault.refresh_condemned().await {
-        tracing::debug!(cause = %e, "could not refresh condemned packs");
-    }
-    // Receive into the spool at once; the processor resolves the base (which needs the vault)
-    // and consumes the spool, so a vault outage fills the spool instead of stalling the stream.
-    let (seg_tx, seg_rx) = mpsc::channel::<Segment>(repl.ps.spool_segments);
-    let processor = {
-        let (repl, vault, header) = (repl.clone(), vault.clone(), header.clone());
-        tokio::spawn(async move {
-            let (base, ids) = resolve_base(&repl, &vault, &header, from).await?;
-            let out = process(repl.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
-            Ok::<_, SessionError>((base, out))
-        })
-    };
-    let t0 = std::time::Instant::now();
-    let received = receive(repl, &header, &mut r, seg_tx).await;
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stream received");
-    let processed = processor
-        .await
-        .map_err(|e| format!("processor failed: {e}"))?;
-    let (base, out) = match (received, processed) {
-        (_, Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e.into()),
-        (Ok(sent), Ok((base, out))) => {
-            if out.stats.changed_blocks != sent {
-                return Err(SessionError::Failed(format!(
-                    "stream announced {sent} blocks but carried {}",
-                    out.stats.changed_blocks
-                )));
-            }
-            (base, out)
-        }
-    };
-    let Processed {
-        ids,
-        mut stats,
-        packs,
-        own,
-        touched,
-    } = out;
-
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "segments processed");
-    // Make the packs durable while the manifest is written (the commit's barrier then only
-    // waits for what is left: the chunks). A failure here is retried by that barrier.
-    let packs_synced = {
-        let v = vault.clone();
-        tokio::spawn(async move { v.barrier().await })
-    };
-    // Manifest chunks: unchanged chunks are the base's, shared (the plan is sans-IO, shared
-    // with the simulation).
-    let mut disks = Vec::new();
-    for (i, d) in header.disks.iter().enumerate() {
-        let plan = datapath::plan_chunks(
-            base[i].as_ref().map(|b| datapath::BaseDisk {
-                size_bytes: b.size_bytes,
-                block_size: b.block_size,
-                chunks: &b.chunks,
-            }),
-            d.size_bytes,
-            d.block_size,
-            ids[i].len(),
-            &touched[i],
-        );
-        let mut chunks = Vec::with_capacity(plan.len());
-        for c in plan {
-            let cid = match c {
-                datapath::ChunkPlan::Shared(id) => id,
-                datapath::ChunkPlan::New { start, end } => {
-                    let c = &ids[i][start..end];
-                    retry_forever(repl, "put chunk", || vault.put_chunk(c)).await?
-                }
-            };
-            chunks.push(cid);
-        }
-        let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
-        disks.push(DiskRecord {
-            name: d.name.clone(),
-            size_bytes: d.size_bytes,
-            block_size: d.block_size,
-            chunks,
-            merkle_root,
-        });
-    }
-    let mut id = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut id);
-    let rec = PointRecord {
-        format: VAULT_FORMAT,
-        id: vault::hex(&id),
-        machine: header.machine,
-        machine_name: header.machine_name.clone(),
-        captured: header.captured,
-        committed: crate::seams::now(),
-        consistency: header.consistency,
-        parent: header.base.clone(),
-        disks,
-        stats,
-    };
-    let _ = packs_synced.await;
-    // Garbage-collection handshake: rescue any pack this point depends on that GC condemned.
-    let raced = retry_forever(repl, "gc rescue", || async {
-        match vault.rescue(&header.session, &packs).await {
-            Ok(()) => Ok(None),
-            Err(crate::vault::VaultError::Exists(m)) => Ok(Some(m)),
-            Err(e) => Err(e),
-        }
-    })
-    .await?;
-    if let Some(m) = raced {
-        return Err(SessionError::Failed(m));
-    }
-    retry_forever(repl, "commit point", || vault.commit_point(&rec)).await?;
-    vault.release(&own).await;
-    repl.ps.points.fetch_add(1, Ordering::Relaxed);
-    stats = rec.stats;
-    tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
-        changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
-    Ok(PointSummary {
-        id: rec.id,
-        machine: rec.machine,
-        captured: rec.captured,
-        committed: rec.committed,
-        consistency: rec.consistency,
-        stats,
-        process_server: repl.local,
-    })
-}
-
-/// The base point's manifests and the starting id vectors of this delta.
-async fn resolve_base(
-    repl: &Arc<Repl>,
-    vault: &Arc<Vault>,
-    header: &DeltaHeader,
-    from: NodeId,
-) -> Result<(Vec<Option<DiskRecord>>, Vec<Vec<BlockId>>), SessionError> {
-    // Base manifests (the point this delta is relative to).
-    let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
-    let mut ids: Vec<Vec<BlockId>> = Vec::new();
-    let base_rec = match &header.base {
-        None => None,
-        Some(b) => {
-            let pts = vault
-                .list_points(Some(&from))
-                .await
-                .map_err(|e| e.to_string())?;
-            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
-                SessionError::BaseUnknown(format!("point {b} is not in the vault"))
-            })?)
-        }
-    };
-    for (i, d) in header.disks.iter().enumerate() {
-        let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
-        let mut v = vec![BlockId::ZERO; n];
-        if let Some(b) = base_rec
-            .as_ref()
-            .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
-        {
-            if b.block_size == d.block_size {
-                let old = retry_forever(repl, "read base manifest", || vault.disk_ids(b)).await?;
-                for (j, id) in old.into_iter().take(n).enumerate() {
-                    v[j] = id;
-                }
-                base[i] = Some(b.clone());
-            } else if header.base.is_some() {
-                return Err(SessionError::BaseUnknown("the block size changed".into()));
-            }
-        } else if header.base.is_some() {
-            return Err(SessionError::BaseUnknown(format!(
-                "disk {} is not in the base point",
-                d.name
-            )));
-        }
-        ids.push(v);
-    }
-
-    Ok((base, ids))
-}
-
-/// Retries a vault operation until it succeeds: a vault outage stalls the session (and, through
-/// the full spool, the mobility node), it never loses or drops data. Bounded per attempt by the
-/// store's own timeouts; the overall wait ends when the stream's peer gives up.
-async fn retry_forever<T, F, Fut>(repl: &Repl, what: &str, mut f: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::vault::VaultError>>,
-{
-    let mut backoff = lifeboat_actors::backoff::Backoff::new(250, 15_000);
-    loop {
-        match crate::vault::with_retries(what, 3, &mut f).await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                repl.ps.upload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(op = what, cause = %e, "vault unavailable; spool holds the data, retrying");
-                let wait = backoff.fail(rand::random());
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-        }
     }
 }
 
@@ -446,8 +265,11 @@ mod tests {
 
     #[tokio::test]
     async fn blocks_compressed_at_the_source_are_verified_and_stored_once() {
-        let store: Arc<dyn object_store::ObjectStore> =
-            Arc::new(object_store::memory::InMemory::new());
+        let store: Arc<dyn lifeboat_actors::seams::BlobStore> =
+            Arc::new(crate::vault::ObjectBlobStore::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                None,
+            ));
         let key = DataKey::from_master([3; 32]);
         Vault::create(store.clone(), "t", &key, UnixMillis(0))
             .await

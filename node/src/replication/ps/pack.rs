@@ -2,25 +2,27 @@
 //! uploaded under the bandwidth policy with leases, and the manifest of the new point.
 
 use super::*;
+use rand::RngCore;
+use session::retry_forever;
 
 /// Consumes segments: ids, dedup, sealing, packing, upload. Returns the new id vectors.
 pub(super) async fn process(
-    repl: Arc<Repl>,
+    ps: Arc<PsState>,
     vault: Arc<Vault>,
     h: DeltaHeader,
     mut ids: Vec<Vec<BlockId>>,
     mut rx: mpsc::Receiver<Segment>,
 ) -> Result<Processed, String> {
     let mut stats = PointStats::default();
-    let mut own: HashSet<String> = HashSet::new();
+    let mut own: BTreeSet<String> = BTreeSet::new();
     let mut touched: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); ids.len()];
     // Packs the new point depends on through this session (GC rescue before commit).
-    let mut packs: HashSet<String> = HashSet::new();
+    let mut packs: BTreeSet<String> = BTreeSet::new();
     let mut pack = PackBuilder::with_capacity(PACK_ROOM);
     // Blocks this session already packed (shared read-only with the sealing thread).
     let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
     let mut failure: Option<String> = None;
-    let mut inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<String, String>>> =
+    let mut inflight: std::collections::VecDeque<session::AbortOnDrop<Result<String, String>>> =
         Default::default();
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
@@ -44,8 +46,8 @@ pub(super) async fn process(
             .await
             .map_err(|e| e.to_string())?
         };
-        repl.ps.spooled_bytes.fetch_sub(
-            bytes.min(repl.ps.spooled_bytes.load(Ordering::Relaxed)),
+        ps.spooled_bytes.fetch_sub(
+            bytes.min(ps.spooled_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
         let sealed = match sealed {
@@ -86,28 +88,29 @@ pub(super) async fn process(
                 // a cloud put for a round trip); the bound keeps memory to a few packs.
                 if inflight.len() >= UPLOADS_IN_FLIGHT {
                     if let Some(prev) = inflight.pop_front() {
-                        let p = prev.await.map_err(|e| e.to_string())??;
+                        let p = prev.join().await.map_err(|e| e.to_string())??;
                         own.insert(p.clone());
                         packs.insert(p);
                     }
                 }
                 let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_ROOM));
-                inflight.push_back(spawn_upload(repl.clone(), vault.clone(), full));
+                inflight.push_back(spawn_upload(ps.clone(), vault.clone(), full));
             }
         }
         if rx.is_empty() {
-            repl.ps.backlog_since.store(0, Ordering::Relaxed);
+            ps.backlog_since.store(0, Ordering::Relaxed);
         }
     }
     if let Some(f) = failure {
         return Err(f);
     }
     for prev in inflight {
-        own.insert(prev.await.map_err(|e| e.to_string())??);
+        own.insert(prev.join().await.map_err(|e| e.to_string())??);
     }
     if !pack.is_empty() {
         own.insert(
-            spawn_upload(repl.clone(), vault.clone(), pack)
+            spawn_upload(ps.clone(), vault.clone(), pack)
+                .join()
                 .await
                 .map_err(|e| e.to_string())??,
         );
@@ -130,34 +133,30 @@ pub(super) struct Processed {
     /// Cost.
     pub(super) stats: PointStats,
     /// Packs the point depends on through this session (uploaded or deduplicated).
-    pub(super) packs: HashSet<String>,
+    pub(super) packs: BTreeSet<String>,
     /// Packs this session uploaded (their leases end at commit).
-    pub(super) own: HashSet<String>,
+    pub(super) own: BTreeSet<String>,
     /// Manifest chunks (per disk) with a changed block.
     pub(super) touched: Vec<std::collections::BTreeSet<usize>>,
 }
 
 /// Uploads a full pack on its own task (retrying through vault outages).
 fn spawn_upload(
-    repl: Arc<Repl>,
+    ps: Arc<PsState>,
     vault: Arc<Vault>,
     pack: PackBuilder,
-) -> tokio::task::JoinHandle<Result<String, String>> {
-    tokio::spawn(async move {
-        let mut pid = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut pid);
-        let (id, bytes, idx) = pack.finish(pid);
+) -> session::AbortOnDrop<Result<String, String>> {
+    session::AbortOnDrop(tokio::spawn(async move {
+        let (id, bytes, idx) = pack.finish(vault.fresh_id());
         let size = bytes.len() as u64;
-        repl.ps.uploading_bytes.fetch_add(size, Ordering::Relaxed);
+        ps.uploading_bytes.fetch_add(size, Ordering::Relaxed);
         // Bandwidth policy: wait for the bucket before the bytes go out.
-        let rate = repl
-            .ps
+        let rate = ps
             .throttle
             .lock()
             .ok()
             .and_then(|t| t.as_ref().and_then(|t| t.rate_at(crate::seams::now())));
-        let wait = repl
-            .ps
+        let wait = ps
             .bucket
             .lock()
             .await
@@ -166,14 +165,14 @@ fn spawn_upload(
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
         let bytes = bytes::Bytes::from(bytes);
-        let n = retry_forever(&repl, "upload pack", || {
+        let n = retry_forever(&ps, &vault, "upload pack", || {
             vault.upload_finished(&id, bytes.clone(), idx.clone())
         })
         .await?;
-        repl.ps.uploading_bytes.fetch_sub(size, Ordering::Relaxed);
-        repl.ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+        ps.uploading_bytes.fetch_sub(size, Ordering::Relaxed);
+        ps.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
         Ok(id)
-    })
+    }))
 }
 
 /// (disk, block index, id, sealed blob if new, raw length, vault pack it was deduplicated to).

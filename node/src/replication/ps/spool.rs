@@ -47,13 +47,13 @@ impl Drop for Segment {
 /// Reads the stream into spool segments. Returns the announced block count. On failure the
 /// segment being written is removed (closed ones go with their `Segment`).
 pub(super) async fn receive(
-    repl: &Arc<Repl>,
+    ps: &PsState,
     h: &DeltaHeader,
-    r: &mut FrameReader,
+    r: &mut dyn MessageSource,
     tx: mpsc::Sender<Segment>,
 ) -> Result<u64, String> {
     let mut current: Option<PathBuf> = None;
-    let res = receive_inner(repl, h, r, tx, &mut current).await;
+    let res = receive_inner(ps, h, r, tx, &mut current).await;
     if res.is_err() {
         if let Some(p) = current {
             let _ = std::fs::remove_file(p);
@@ -63,9 +63,9 @@ pub(super) async fn receive(
 }
 
 async fn receive_inner(
-    repl: &Arc<Repl>,
+    ps: &PsState,
     h: &DeltaHeader,
-    r: &mut FrameReader,
+    r: &mut dyn MessageSource,
     tx: mpsc::Sender<Segment>,
     current: &mut Option<PathBuf>,
 ) -> Result<u64, String> {
@@ -77,12 +77,11 @@ async fn receive_inner(
     )> = None;
     let mut n = 0u32;
     loop {
-        let env = tokio::time::timeout(Duration::from_secs(300), r.next())
+        let msg = tokio::time::timeout(Duration::from_secs(300), r.next_message())
             .await
-            .map_err(|_| "replication stream stalled for 5 minutes".to_string())?
-            .map_err(|e| e.to_string())?
+            .map_err(|_| "replication stream stalled for 5 minutes".to_string())??
             .ok_or("replication stream ended before DeltaEnd")?;
-        match env.msg {
+        match msg {
             Message::DeltaBlocks { disk, blocks } => {
                 let d = h
                     .disks
@@ -114,8 +113,7 @@ async fn receive_inner(
                     }
                     if seg.is_none() {
                         // Wait for spool room: this is the backpressure point.
-                        let permit = repl
-                            .ps
+                        let permit = ps
                             .budget
                             .clone()
                             .acquire_owned()
@@ -134,12 +132,12 @@ async fn receive_inner(
                         });
                     }
                     if seg.as_ref().is_some_and(|s| s.1 >= SEGMENT_BYTES) {
-                        close_segment(repl, h, seg.take(), &tx, current).await?;
+                        close_segment(ps, h, seg.take(), &tx, current).await?;
                     }
                 }
             }
             Message::DeltaEnd { sent_blocks } => {
-                close_segment(repl, h, seg.take(), &tx, current).await?;
+                close_segment(ps, h, seg.take(), &tx, current).await?;
                 return Ok(sent_blocks);
             }
             other => {
@@ -153,7 +151,7 @@ async fn receive_inner(
 }
 
 async fn close_segment(
-    repl: &Repl,
+    ps: &PsState,
     h: &DeltaHeader,
     seg: Option<(
         Vec<SpoolRecord>,
@@ -167,15 +165,15 @@ async fn close_segment(
     let Some((recs, bytes, n, permit)) = seg else {
         return Ok(());
     };
-    repl.ps.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    ps.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
     // Kept in memory while the processor keeps up (a few segments), else spilled to the spool
     // directory. No fsync: a segment matters only to the live session that wrote it (segments of
     // a crashed process are discarded at start and the mobility node re-sends), so forcing it to
     // the platter would cost throughput and buy no durability.
-    let (data, mem) = match repl.ps.mem_budget.clone().try_acquire_owned() {
+    let (data, mem) = match ps.mem_budget.clone().try_acquire_owned() {
         Ok(m) => (SegmentData::Mem(recs), Some(m)),
         Err(_) => {
-            let path = repl.ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
+            let path = ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
             *current = Some(path.clone());
             let mut buf = Vec::with_capacity(bytes as usize);
             for r in &recs {
@@ -189,7 +187,7 @@ async fn close_segment(
             (SegmentData::File(path), None)
         }
     };
-    let _ = repl.ps.backlog_since.compare_exchange(
+    let _ = ps.backlog_since.compare_exchange(
         0,
         crate::seams::now().0,
         Ordering::Relaxed,

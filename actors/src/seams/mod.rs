@@ -85,3 +85,6 @@ pub trait StateStore: Send + 'static {
     /// Saves the mesh file.
     fn save_mesh(&mut self, mesh: &MeshFile) -> Result<(), String>;
 }
+
+mod data;
+pub use data::*;

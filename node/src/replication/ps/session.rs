@@ -1,0 +1,254 @@
+//! The process-server session: validation, the spool, the processor, the manifest and the
+//! commit in its order (barrier, GC rescue, create-if-absent, lease release), then the summary.
+
+use super::*;
+
+/// A task aborted when its handle is dropped: a session that is abandoned (its stream reset,
+/// the daemon stopping, a simulated crash) takes its processor and uploads with it.
+pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// Waits for the task.
+    pub(super) async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Turns one replication stream (`src`, after its `DeltaBegin(header)` from mobility node
+/// `from`) into a committed recovery point in `vault`: the whole process-server session, shared
+/// by the daemon (`serve`, over QUIC) and the simulation (in memory). `local` is this process
+/// server. Dropping the future abandons the session and every task it started.
+pub async fn run_session(
+    ps: &Arc<PsState>,
+    vault: &Arc<Vault>,
+    local: NodeId,
+    from: NodeId,
+    header: DeltaHeader,
+    src: &mut dyn MessageSource,
+) -> Result<PointSummary, PointFailure> {
+    session(ps, vault, local, from, header, src)
+        .await
+        .map_err(PointFailure::from)
+}
+
+async fn session(
+    ps: &Arc<PsState>,
+    vault: &Arc<Vault>,
+    local: NodeId,
+    from: NodeId,
+    header: DeltaHeader,
+    src: &mut dyn MessageSource,
+) -> Result<PointSummary, SessionError> {
+    validate(&header, from).map_err(SessionError::Invalid)?;
+    // Current garbage-collection state: dedup must not pick blocks GC has condemned.
+    if let Err(e) = vault.refresh_condemned().await {
+        tracing::debug!(cause = %e, "could not refresh condemned packs");
+    }
+    // Receive into the spool at once; the processor resolves the base (which needs the vault)
+    // and consumes the spool, so a vault outage fills the spool instead of stalling the stream.
+    let (seg_tx, seg_rx) = mpsc::channel::<Segment>(ps.spool_segments);
+    let processor = {
+        let (ps, vault, header) = (ps.clone(), vault.clone(), header.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let (base, ids) = resolve_base(&ps, &vault, &header, from).await?;
+            let out = process(ps.clone(), vault.clone(), header.clone(), ids, seg_rx).await?;
+            Ok::<_, SessionError>((base, out))
+        }))
+    };
+    let t0 = std::time::Instant::now();
+    let received = receive(ps, &header, src, seg_tx).await;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stream received");
+    let processed = processor
+        .join()
+        .await
+        .map_err(|e| format!("processor failed: {e}"))?;
+    let (base, out) = match (received, processed) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(sent), Ok((base, out))) => {
+            if out.stats.changed_blocks != sent {
+                return Err(SessionError::Failed(format!(
+                    "stream announced {sent} blocks but carried {}",
+                    out.stats.changed_blocks
+                )));
+            }
+            (base, out)
+        }
+    };
+    let Processed {
+        ids,
+        mut stats,
+        packs,
+        own,
+        touched,
+    } = out;
+
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "segments processed");
+    // Make the packs durable while the manifest is written (the commit's barrier then only
+    // waits for what is left: the chunks). A failure here is retried by that barrier.
+    let packs_synced = {
+        let v = vault.clone();
+        tokio::spawn(async move { v.barrier().await })
+    };
+    // Manifest chunks: unchanged chunks are the base's, shared (the plan is sans-IO, shared
+    // with the simulation).
+    let mut disks = Vec::new();
+    for (i, d) in header.disks.iter().enumerate() {
+        let plan = datapath::plan_chunks(
+            base[i].as_ref().map(|b| datapath::BaseDisk {
+                size_bytes: b.size_bytes,
+                block_size: b.block_size,
+                chunks: &b.chunks,
+            }),
+            d.size_bytes,
+            d.block_size,
+            ids[i].len(),
+            &touched[i],
+        );
+        let mut chunks = Vec::with_capacity(plan.len());
+        for c in plan {
+            let cid = match c {
+                datapath::ChunkPlan::Shared(id) => id,
+                datapath::ChunkPlan::New { start, end } => {
+                    let c = &ids[i][start..end];
+                    retry_forever(ps, vault, "put chunk", || vault.put_chunk(c)).await?
+                }
+            };
+            chunks.push(cid);
+        }
+        let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
+        disks.push(DiskRecord {
+            name: d.name.clone(),
+            size_bytes: d.size_bytes,
+            block_size: d.block_size,
+            chunks,
+            merkle_root,
+        });
+    }
+    let id = vault.fresh_id();
+    let rec = PointRecord {
+        format: VAULT_FORMAT,
+        id: vault::hex(&id),
+        machine: header.machine,
+        machine_name: header.machine_name.clone(),
+        captured: header.captured,
+        committed: crate::seams::now(),
+        consistency: header.consistency,
+        parent: header.base.clone(),
+        disks,
+        stats,
+    };
+    let _ = packs_synced.await;
+    // Garbage-collection handshake: rescue any pack this point depends on that GC condemned.
+    let raced = retry_forever(ps, vault, "gc rescue", || async {
+        match vault.rescue(&header.session, &packs).await {
+            Ok(()) => Ok(None),
+            Err(crate::vault::VaultError::Exists(m)) => Ok(Some(m)),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    if let Some(m) = raced {
+        return Err(SessionError::Failed(m));
+    }
+    retry_forever(ps, vault, "commit point", || vault.commit_point(&rec)).await?;
+    vault.release(&own).await;
+    ps.points.fetch_add(1, Ordering::Relaxed);
+    stats = rec.stats;
+    tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
+        changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
+    Ok(PointSummary {
+        id: rec.id,
+        machine: rec.machine,
+        captured: rec.captured,
+        committed: rec.committed,
+        consistency: rec.consistency,
+        stats,
+        process_server: local,
+    })
+}
+
+/// The base point's manifests and the starting id vectors of this delta.
+async fn resolve_base(
+    ps: &PsState,
+    vault: &Vault,
+    header: &DeltaHeader,
+    from: NodeId,
+) -> Result<(Vec<Option<DiskRecord>>, Vec<Vec<BlockId>>), SessionError> {
+    // Base manifests (the point this delta is relative to).
+    let mut base: Vec<Option<DiskRecord>> = vec![None; header.disks.len()];
+    let mut ids: Vec<Vec<BlockId>> = Vec::new();
+    let base_rec = match &header.base {
+        None => None,
+        Some(b) => {
+            let pts = vault
+                .list_points(Some(&from))
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
+                SessionError::BaseUnknown(format!("point {b} is not in the vault"))
+            })?)
+        }
+    };
+    for (i, d) in header.disks.iter().enumerate() {
+        let n = d.size_bytes.div_ceil(d.block_size as u64) as usize;
+        let mut v = vec![BlockId::ZERO; n];
+        if let Some(b) = base_rec
+            .as_ref()
+            .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
+        {
+            if b.block_size == d.block_size {
+                let old =
+                    retry_forever(ps, vault, "read base manifest", || vault.disk_ids(b)).await?;
+                for (j, id) in old.into_iter().take(n).enumerate() {
+                    v[j] = id;
+                }
+                base[i] = Some(b.clone());
+            } else if header.base.is_some() {
+                return Err(SessionError::BaseUnknown("the block size changed".into()));
+            }
+        } else if header.base.is_some() {
+            return Err(SessionError::BaseUnknown(format!(
+                "disk {} is not in the base point",
+                d.name
+            )));
+        }
+        ids.push(v);
+    }
+
+    Ok((base, ids))
+}
+
+/// Retries a vault operation until it succeeds: a vault outage stalls the session (and, through
+/// the full spool, the mobility node), it never loses or drops data. Bounded per attempt by the
+/// store's own timeouts; the overall wait ends when the stream's peer gives up.
+pub(super) async fn retry_forever<T, F, Fut>(
+    ps: &PsState,
+    vault: &Vault,
+    what: &str,
+    mut f: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::vault::VaultError>>,
+{
+    let mut backoff = lifeboat_actors::backoff::Backoff::new(250, 15_000);
+    loop {
+        match vault.retry(what, 3, &mut f).await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                ps.upload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(op = what, cause = %e, "vault unavailable; spool holds the data, retrying");
+                let wait = backoff.fail(vault.jitter());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+        }
+    }
+}
+
