@@ -41,6 +41,14 @@ impl ChangeLog {
             .filter(|_| maps.iter().all(|present| *present))
     }
 
+    /// The delta of candidate `point` was sent whole; its commit is not known yet. The log
+    /// stays (it moves on [`ChangeLog::handle_committed`] only).
+    pub fn handle_sent(&mut self, point: &str) {
+        if crate::plant::active(crate::plant::Plant::AdvanceBeforeCommit) {
+            self.handle_committed(point);
+        }
+    }
+
     /// The process server committed `point`: the log moves to it.
     pub fn handle_committed(&mut self, point: &str) -> Advance {
         self.last_point = Some(point.to_string());

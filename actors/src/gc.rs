@@ -58,7 +58,8 @@ pub enum PackAction {
 /// Decides one pack's fate in a pass with grace period `grace_ms`.
 pub fn decide_pack(f: &PackFacts, grace_ms: u64) -> PackAction {
     if let Some(condemned_age) = f.condemned_age_ms {
-        if f.live_entries > 0 || f.rescued {
+        let ignore = crate::plant::active(crate::plant::Plant::GcIgnoresRescue);
+        if (f.live_entries > 0 || f.rescued) && !ignore {
             return PackAction::Uncondemn;
         }
         if condemned_age < grace_ms {

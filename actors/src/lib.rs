@@ -17,6 +17,7 @@ pub mod datapath;
 pub mod gc;
 pub mod mesh;
 pub mod peers;
+pub mod plant;
 pub mod replication;
 pub mod roles;
 pub mod seams;

@@ -167,8 +167,9 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Rehearse the mesh logic under faults (loss, latency, partitions) in a deterministic
-    /// simulation; a failing run prints the seed that replays it.
+    /// Rehearse the mesh logic (loss, latency, partitions) and the replication data path
+    /// (vault faults, crashes, retention, garbage collection) in a deterministic simulation;
+    /// a failing run prints the seed that replays it. Runs use every core.
     Simulate {
         /// Seed of the first run.
         #[arg(long, default_value_t = 1)]
@@ -188,9 +189,14 @@ pub(crate) enum Cmd {
         /// Print the event trace.
         #[arg(long)]
         trace: bool,
-        /// Also rehearse the data path's decisions (change log, manifest chunk plan) under
-        /// vault faults: failed uploads and commits, lost answers, a lost base point.
+        /// Rehearse the mesh only (by default each seed also rehearses the replication data
+        /// path: the daemon's process-server session, vault client, retention and garbage
+        /// collection over a simulated vault with outages, failed and half-done operations,
+        /// process-server crashes and clock steps).
         #[arg(long)]
+        mesh_only: bool,
+        /// (The data path is always rehearsed now; kept for old scripts.)
+        #[arg(long, hide = true)]
         data_path: bool,
     },
     /// Start a three-node mesh on loopback, register, assign roles, print the peer table.

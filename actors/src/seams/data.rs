@@ -94,5 +94,6 @@ pub trait BlobStore: Send + Sync + 'static {
 /// with Noise framing (`node::transport::FrameReader`); the simulation's is in memory.
 pub trait MessageSource: Send {
     /// The next message; `None` when the stream ended cleanly.
-    fn next_message(&mut self) -> BoxFuture<'_, Result<Option<lifeboat_protocol::Message>, String>>;
+    fn next_message(&mut self)
+        -> BoxFuture<'_, Result<Option<lifeboat_protocol::Message>, String>>;
 }

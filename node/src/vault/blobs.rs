@@ -309,7 +309,6 @@ fn sweep_staging(root: &Path, now_ms: u64, grace_ms: u64) -> (u64, u64) {
     (files, bytes)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +339,13 @@ mod tests {
         std::fs::remove_file(root.join("gc/condemned/x")).unwrap();
         s.barrier().await.unwrap();
         // Listing is sorted and recursive; head and delete of an absent object are not errors.
-        let keys: Vec<String> = s.list("").await.unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<String> = s
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, ["chunks/ab/c", "points/p"]);
         assert_eq!(s.head("nope").await.unwrap(), None);
         s.delete("nope").await.unwrap();

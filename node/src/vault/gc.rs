@@ -30,7 +30,8 @@ pub struct GcReport {
 impl Vault {
     /// Garbage collection, safe while process servers write:
     ///
-    /// 1. mark: every block and chunk referenced by a point now in the vault;
+    /// 1. mark: every block and chunk referenced by a point now in the vault, or leased by a
+    ///    session in progress (listed after the points; see [`Vault::lease`]);
     /// 2. packs older than `grace_ms` with no live block are *condemned* (a marker object);
     ///    packs with at least half dead bytes are repacked (live sealed blocks copied to a new
     ///    pack) and the old one condemned. Deduplication ignores condemned packs;
@@ -62,6 +63,20 @@ impl Vault {
                                 .filter(|b| !b.is_zero()),
                         );
                     }
+                }
+            }
+        }
+        // Chunks (and their blocks) that sessions in progress will reference: listed after
+        // the points (see `Vault::lease`). A leased chunk not written yet is skipped.
+        for c in self.leased_chunks(now_ms).await? {
+            if live_chunks.insert(c) {
+                match self.get_chunk(&c).await {
+                    Ok(ids) => live.extend(ids.into_iter().filter(|b| !b.is_zero())),
+                    Err(VaultError::Store {
+                        source: BlobError::NotFound,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -143,7 +158,10 @@ impl Vault {
                         PutMode::Overwrite,
                     )
                     .await?;
-                    if self.exists_under(&format!("gc/rescue/{pack}")).await? {
+                    let ignore = lifeboat_actors::plant::active(
+                        lifeboat_actors::plant::Plant::GcIgnoresRescue,
+                    );
+                    if !ignore && self.exists_under(&format!("gc/rescue/{pack}")).await? {
                         self.delete_key(&format!("gc/deleted/{pack}")).await?;
                         self.uncondemn(&pack).await?;
                         rep.rescued += 1;

@@ -76,6 +76,18 @@ pub enum VaultError {
     NoPoint(String),
 }
 
+impl VaultError {
+    /// True for a failure that may go away by itself (the store unreachable or refusing for a
+    /// while); false for damage, a missing object, a wrong key.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            VaultError::Store { source, .. } => *source != BlobError::NotFound,
+            VaultError::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 mod blobs;
 mod gc;
 mod points;
@@ -98,6 +110,9 @@ struct Loc {
     len: u32,
 }
 
+/// Block ids the chunk cache holds at most (32 bytes each: 64 MiB).
+const CHUNK_CACHE_IDS: usize = 2 << 20;
+
 /// An open vault.
 pub struct Vault {
     /// The object store.
@@ -114,6 +129,9 @@ pub struct Vault {
     points: RwLock<BTreeMap<String, PointRecord>>,
     /// Packs condemned by garbage collection (dedup ignores their blocks).
     condemned: RwLock<std::collections::HashSet<String>>,
+    /// Verified chunks by id (immutable and content-addressed, so a copy never goes stale;
+    /// what garbage collection's mark reads again and again). Bounded by [`CHUNK_CACHE_IDS`].
+    chunks: RwLock<HashMap<BlockId, Arc<Vec<BlockId>>>>,
     /// Source of object ids (packs, chunk salts, points) and retry jitter: the OS in the
     /// daemon, a seed in the simulation (so a run replays exactly).
     ids: std::sync::Mutex<rand::rngs::StdRng>,
@@ -195,6 +213,7 @@ impl Vault {
             loaded: RwLock::new(Default::default()),
             points: RwLock::new(BTreeMap::new()),
             condemned: RwLock::new(Default::default()),
+            chunks: RwLock::new(HashMap::new()),
             ids: std::sync::Mutex::new(rand::rngs::StdRng::from_entropy()),
         };
         v.refresh_condemned().await?;
@@ -268,7 +287,10 @@ impl Vault {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, VaultError> {
-        self.store.get(key).await.map_err(Self::store_err("get", key))
+        self.store
+            .get(key)
+            .await
+            .map_err(Self::store_err("get", key))
     }
 
     async fn list_meta(&self, prefix: &str) -> Result<Vec<BlobMeta>, VaultError> {
@@ -474,6 +496,12 @@ impl Vault {
             .map(|l| l.pack.to_string())
     }
 
+    /// True if any pack holds `id`, condemned or not (what dedup must not use; see
+    /// [`lifeboat_actors::plant::Plant::DedupCondemned`]).
+    pub fn indexed_anywhere(&self, id: &BlockId) -> bool {
+        self.index.read().is_ok_and(|i| i.contains_key(id))
+    }
+
     /// True if a pack other than `pack`, not condemned, also holds `id`.
     fn copy_elsewhere(&self, id: &BlockId, pack: &str) -> bool {
         self.index
@@ -541,24 +569,47 @@ impl Vault {
 
     /// Stores a manifest chunk (content-addressed: an existing one is reused).
     pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
+        let (id, sealed) = self.seal_chunk(ids);
+        self.put_sealed_chunk(&id, sealed).await?;
+        Ok(id)
+    }
+
+    /// Seals a manifest chunk: its id (known before it is stored, so it can be leased first)
+    /// and its object.
+    pub fn seal_chunk(&self, ids: &[BlockId]) -> (BlockId, Bytes) {
         let salt = self.fresh_id();
         let id = self.key.chunk_id(&salt, ids);
-        let sealed = self.key.seal_chunk(&salt, ids, nonce());
-        let k = chunk_key(&id);
+        (id, Bytes::from(self.key.seal_chunk(&salt, ids, nonce())))
+    }
+
+    /// Stores a chunk sealed by [`Vault::seal_chunk`].
+    pub async fn put_sealed_chunk(&self, id: &BlockId, sealed: Bytes) -> Result<(), VaultError> {
+        let k = chunk_key(id);
         self.retry("put chunk", 8, || {
             self.put(&k, sealed.clone(), PutMode::Create)
         })
         .await?;
-        Ok(id)
+        Ok(())
     }
 
-    /// Reads and verifies a manifest chunk.
+    /// Reads and verifies a manifest chunk (a copy verified before is used again).
     pub async fn get_chunk(&self, id: &BlockId) -> Result<Vec<BlockId>, VaultError> {
+        if let Some(c) = self.chunks.read().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(c.to_vec());
+        }
         let k = chunk_key(id);
         let raw = self.get(&k).await?;
-        self.key
+        let ids = self
+            .key
             .open_chunk(id, &raw)
-            .map_err(|e| VaultError::Format { key: k, source: e })
+            .map_err(|e| VaultError::Format { key: k, source: e })?;
+        if let Ok(mut c) = self.chunks.write() {
+            if c.len() * CHUNK_ENTRIES >= CHUNK_CACHE_IDS {
+                c.clear();
+            }
+            c.insert(*id, Arc::new(ids.clone()));
+        }
+        Ok(ids)
     }
 
     /// The block ids of a disk, expanded from its chunks (verifying each chunk).

@@ -12,10 +12,11 @@ impl Vault {
         self.barrier().await?;
         let k = rec.object_key();
         let sealed = Bytes::from(rec.seal(&self.key, nonce()));
-        let created = self.retry("commit point", 8, || {
-            self.put(&k, sealed.clone(), PutMode::Create)
-        })
-        .await?;
+        let created = self
+            .retry("commit point", 8, || {
+                self.put(&k, sealed.clone(), PutMode::Create)
+            })
+            .await?;
         // The key holds a random point id: an existing object is our own earlier attempt whose
         // answer was lost.
         let _ = created;
@@ -24,6 +25,63 @@ impl Vault {
             p.insert(k, rec.clone());
         }
         Ok(())
+    }
+
+    /// Takes (or widens) session `session`'s lease on `chunks`: while it lasts (until
+    /// [`Vault::end_lease`], or [`lifeboat_actors::gc::LEASE_EXPIRES_MS`] for a session that
+    /// died), garbage collection counts those chunks, and the blocks they name, as live. A
+    /// session leases its base point's chunks before it checks the base is still there, and
+    /// its new chunks before it checks they are: a collection pass lists points before leases,
+    /// so whatever the order of the two, a chunk the new point will name is never deleted.
+    pub async fn lease(&self, session: &str, chunks: &[BlockId]) -> Result<(), VaultError> {
+        let body = Bytes::from(
+            self.key
+                .seal_object("lease", nonce(), &to_rmp(&chunks.to_vec())),
+        );
+        let k = vault::lease_key(session);
+        self.retry("put lease", 8, || {
+            self.put(&k, body.clone(), PutMode::Overwrite)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Ends a session's lease (best effort: one left behind expires).
+    pub async fn end_lease(&self, session: &str) {
+        let _ = self.delete_key(&vault::lease_key(session)).await;
+    }
+
+    /// The chunks of every lease younger than the expiry at `now_ms` (expired ones deleted).
+    pub(super) async fn leased_chunks(&self, now_ms: u64) -> Result<Vec<BlockId>, VaultError> {
+        let mut out = Vec::new();
+        for m in self.list_meta("gc/leases").await? {
+            if lifeboat_actors::gc::lease_expired(now_ms.saturating_sub(m.modified_ms)) {
+                self.delete_key(&m.key).await?;
+                continue;
+            }
+            let raw = match self.get(&m.key).await {
+                Ok(r) => r,
+                // Ended between the listing and the read.
+                Err(VaultError::Store {
+                    source: BlobError::NotFound,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            };
+            let plain = self
+                .key
+                .open_object("lease", &raw)
+                .map_err(|e| VaultError::Format {
+                    key: m.key.clone(),
+                    source: e,
+                })?;
+            let ids: Vec<BlockId> = from_rmp("lease", &plain).map_err(|e| VaultError::Format {
+                key: m.key.clone(),
+                source: e,
+            })?;
+            out.extend(ids);
+        }
+        Ok(out)
     }
 
     /// Deletes a point (retention). Blocks and chunks it alone referenced become garbage; they

@@ -90,7 +90,8 @@ pub fn store_from_url(
             options,
             |b, k: object_store::azure::AzureConfigKey, v| b.with_config(k, v),
         );
-        b.build().map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
+        b.build()
+            .map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
     } else if let Some(bucket) = url.strip_prefix("s3://") {
         let b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
         let b = configured(
@@ -98,7 +99,8 @@ pub fn store_from_url(
             options,
             |b, k: object_store::aws::AmazonS3ConfigKey, v| b.with_config(k, v),
         );
-        b.build().map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
+        b.build()
+            .map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
     } else {
         return Err(VaultError::Url(url.into()));
     };

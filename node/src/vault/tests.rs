@@ -12,9 +12,7 @@ async fn local_vault(dir: &Path) -> (Vault, PathBuf) {
     Vault::create(store.clone(), "t", &key, UnixMillis(1))
         .await
         .unwrap();
-    let v = Vault::open(store, key)
-        .await
-        .unwrap();
+    let v = Vault::open(store, key).await.unwrap();
     (v, root)
 }
 
@@ -68,4 +66,3 @@ fn walk_files(d: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
-

@@ -702,6 +702,11 @@ pub fn index_key(pack: &str) -> String {
     format!("packs/{}/{pack}.idx", &pack[..2.min(pack.len())])
 }
 
+/// Object key of a process-server session's lease on the chunks it will reference.
+pub fn lease_key(session: &str) -> String {
+    format!("gc/leases/{session}")
+}
+
 /// Object key of a chunk.
 pub fn chunk_key(id: &BlockId) -> String {
     let h = id.to_hex();

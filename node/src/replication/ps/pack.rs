@@ -219,8 +219,14 @@ pub(super) fn seal_segment(
             return Ok(());
         }
         let id = v.key().block_id(data);
-        let in_vault = v.contains(&id).then(|| v.pack_of(&id)).flatten();
+        let planted = lifeboat_actors::plant::active(lifeboat_actors::plant::Plant::DedupCondemned);
+        let in_vault = if planted {
+            None
+        } else {
+            v.contains(&id).then(|| v.pack_of(&id)).flatten()
+        };
         let known = in_vault.is_some()
+            || (planted && v.indexed_anywhere(&id))
             || pending.read().map(|p| p.contains(&id)).unwrap_or(false)
             || !seen.insert(id);
         let blob = (!known).then(|| {

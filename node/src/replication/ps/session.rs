@@ -32,9 +32,16 @@ pub async fn run_session(
     header: DeltaHeader,
     src: &mut dyn MessageSource,
 ) -> Result<PointSummary, PointFailure> {
-    session(ps, vault, local, from, header, src)
-        .await
-        .map_err(PointFailure::from)
+    let id = header.session.clone();
+    let out = session(ps, vault, local, from, header, src).await;
+    if validate_session_id(&id) {
+        vault.end_lease(&id).await;
+    }
+    out.map_err(PointFailure::from)
+}
+
+fn validate_session_id(s: &str) -> bool {
+    vault::from_hex::<16>(s).is_some()
 }
 
 async fn session(
@@ -96,41 +103,7 @@ async fn session(
         let v = vault.clone();
         tokio::spawn(async move { v.barrier().await })
     };
-    // Manifest chunks: unchanged chunks are the base's, shared (the plan is sans-IO, shared
-    // with the simulation).
-    let mut disks = Vec::new();
-    for (i, d) in header.disks.iter().enumerate() {
-        let plan = datapath::plan_chunks(
-            base[i].as_ref().map(|b| datapath::BaseDisk {
-                size_bytes: b.size_bytes,
-                block_size: b.block_size,
-                chunks: &b.chunks,
-            }),
-            d.size_bytes,
-            d.block_size,
-            ids[i].len(),
-            &touched[i],
-        );
-        let mut chunks = Vec::with_capacity(plan.len());
-        for c in plan {
-            let cid = match c {
-                datapath::ChunkPlan::Shared(id) => id,
-                datapath::ChunkPlan::New { start, end } => {
-                    let c = &ids[i][start..end];
-                    retry_forever(ps, vault, "put chunk", || vault.put_chunk(c)).await?
-                }
-            };
-            chunks.push(cid);
-        }
-        let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
-        disks.push(DiskRecord {
-            name: d.name.clone(),
-            size_bytes: d.size_bytes,
-            block_size: d.block_size,
-            chunks,
-            merkle_root,
-        });
-    }
+    let disks = write_manifest(ps, vault, &header, &base, &ids, &touched).await?;
     let id = vault.fresh_id();
     let rec = PointRecord {
         format: VAULT_FORMAT,
@@ -174,6 +147,73 @@ async fn session(
     })
 }
 
+/// Writes the new point's manifest chunks (sharing the base's unchanged ones) and returns its
+/// disks. Every chunk it names is leased before the new ones are stored (see
+/// [`Vault::lease`]).
+async fn write_manifest(
+    ps: &PsState,
+    vault: &Vault,
+    header: &DeltaHeader,
+    base: &[Option<DiskRecord>],
+    ids: &[Vec<BlockId>],
+    touched: &[std::collections::BTreeSet<usize>],
+) -> Result<Vec<DiskRecord>, SessionError> {
+    // Manifest chunks: unchanged chunks are the base's, shared (the plan is sans-IO, shared
+    // with the simulation).
+    let mut disks = Vec::new();
+    let mut new_chunks = Vec::new();
+    for (i, d) in header.disks.iter().enumerate() {
+        let plan = datapath::plan_chunks(
+            base[i].as_ref().map(|b| datapath::BaseDisk {
+                size_bytes: b.size_bytes,
+                block_size: b.block_size,
+                chunks: &b.chunks,
+            }),
+            d.size_bytes,
+            d.block_size,
+            ids[i].len(),
+            &touched[i],
+        );
+        let mut chunks = Vec::with_capacity(plan.len());
+        for c in plan {
+            chunks.push(match c {
+                datapath::ChunkPlan::Shared(id) => id,
+                datapath::ChunkPlan::New { start, end } => {
+                    let (id, sealed) = vault.seal_chunk(&ids[i][start..end]);
+                    new_chunks.push((id, sealed));
+                    id
+                }
+            });
+        }
+        let merkle_root = vault.key().merkle_root(d.size_bytes, d.block_size, &chunks);
+        disks.push(DiskRecord {
+            name: d.name.clone(),
+            size_bytes: d.size_bytes,
+            block_size: d.block_size,
+            chunks,
+            merkle_root,
+        });
+    }
+    // Lease every chunk the point names before the new ones exist: a collection pass that
+    // lists leases after this keeps them; one that listed leases before finds new chunks
+    // younger than its grace period, and the base's chunks under the base lease.
+    let all: Vec<BlockId> = disks
+        .iter()
+        .flat_map(|d| d.chunks.iter().copied())
+        .collect();
+    retry_forever(ps, vault, "lease chunks", || {
+        vault.lease(&header.session, &all)
+    })
+    .await?;
+    for (id, sealed) in new_chunks {
+        retry_forever(ps, vault, "put chunk", || {
+            vault.put_sealed_chunk(&id, sealed.clone())
+        })
+        .await?;
+    }
+    Ok(disks)
+}
+
 /// The base point's manifests and the starting id vectors of this delta.
 async fn resolve_base(
     ps: &PsState,
@@ -191,9 +231,27 @@ async fn resolve_base(
                 .list_points(Some(&from))
                 .await
                 .map_err(|e| e.to_string())?;
-            Some(pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
+            let p = pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
                 SessionError::BaseUnknown(format!("point {b} is not in the vault"))
-            })?)
+            })?;
+            // Lease the base's chunks, then check the base is still there: from then on
+            // garbage collection keeps them (and their blocks) even if retention deletes it.
+            let chunks: Vec<BlockId> = p
+                .disks
+                .iter()
+                .flat_map(|d| d.chunks.iter().copied())
+                .collect();
+            retry_forever(ps, vault, "lease base chunks", || {
+                vault.lease(&header.session, &chunks)
+            })
+            .await?;
+            let k = p.object_key();
+            if !retry_forever(ps, vault, "check base", || vault.has_object(&k)).await? {
+                return Err(SessionError::BaseUnknown(format!(
+                    "point {b} left the vault during the session"
+                )));
+            }
+            Some(p)
         }
     };
     for (i, d) in header.disks.iter().enumerate() {
@@ -204,8 +262,9 @@ async fn resolve_base(
             .and_then(|p| p.disks.iter().find(|x| x.name == d.name))
         {
             if b.block_size == d.block_size {
-                let old =
-                    retry_forever(ps, vault, "read base manifest", || vault.disk_ids(b)).await?;
+                let old = retry_forever(ps, vault, "read base manifest", || vault.disk_ids(b))
+                    .await
+                    .map_err(|e| SessionError::BaseUnknown(format!("base point damaged: {e}")))?;
                 for (j, id) in old.into_iter().take(n).enumerate() {
                     v[j] = id;
                 }
@@ -242,6 +301,8 @@ where
     loop {
         match vault.retry(what, 3, &mut f).await {
             Ok(v) => return Ok(v),
+            // Damage or a missing object is not an outage: waiting will not mend it.
+            Err(e) if !e.is_transient() => return Err(format!("{what}: {e}")),
             Err(e) => {
                 ps.upload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(op = what, cause = %e, "vault unavailable; spool holds the data, retrying");
@@ -251,4 +312,3 @@ where
         }
     }
 }
-
