@@ -51,7 +51,7 @@ impl Default for PeerTableConfig {
 }
 
 /// How a peer became known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     /// mDNS on the local link.
@@ -65,7 +65,7 @@ pub enum Source {
 }
 
 /// A peer's liveness.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Liveness {
     /// Heard from within the unreachable window.

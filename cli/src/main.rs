@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use lifeboat_config::{default_state_dir, StateDir};
 use lifeboat_node::control::{self, Request};
+use lifeboat_node::replies::{self as r, decode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,8 +67,27 @@ fn call(dir: &StateDir, req: Request) -> Result<serde_json::Value> {
     .map_err(|e| anyhow!(e))
 }
 
-fn print_json(v: &serde_json::Value) {
+/// A command's typed reply.
+fn get<T: serde::de::DeserializeOwned>(dir: &StateDir, req: Request) -> Result<T> {
+    decode(call(dir, req)?).map_err(|e| anyhow!(e))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Roles as the CLI takes them (`process-server`), comma-separated, or `-`.
+fn role_names(roles: &[lifeboat_protocol::message::Role]) -> String {
+    let names: Vec<String> = roles
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
 }
 
 /// The registration key from the argument, standard input (`-`) or a file, trimmed.
@@ -93,28 +113,12 @@ fn read_key(arg: Option<String>, file: Option<PathBuf>) -> Result<String> {
     Ok(key)
 }
 
-fn roles_line(v: &serde_json::Value) -> String {
-    let roles: Vec<String> = v["roles"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let note = match v["note"].as_str() {
+fn roles_line(v: &r::RolesReply) -> String {
+    let note = match v.note.as_deref() {
         Some(n) if !n.is_empty() => format!(" ({n})"),
         _ => String::new(),
     };
-    format!(
-        "{}: {}{note}",
-        v["node_id"].as_str().unwrap_or("?"),
-        if roles.is_empty() {
-            "-".into()
-        } else {
-            roles.join(",")
-        }
-    )
+    format!("{}: {}{note}", v.node_id, role_names(&v.roles))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -163,8 +167,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("stopping");
         }
         Cmd::Status { machine, json } => {
-            let v = call(&dir, Request::Status)?;
-            let repl = call(
+            let v: r::NodeStatus = get(&dir, Request::Status)?;
+            let repl: r::ReplStatus = get(
                 &dir,
                 Request::ReplStatus {
                     machine: machine.clone(),
@@ -173,54 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&serde_json::json!({ "node": v, "replication": repl }));
             } else {
-                for m in repl["machines"].as_array().cloned().unwrap_or_default() {
-                    let mut state = m["state"].as_str().unwrap_or("?").to_string();
-                    if matches!(state.as_str(), "initial-replication" | "resyncing") {
-                        if let Some(p) = m["progress_percent"].as_f64() {
-                            state = format!("{state} {p:.0}%");
-                        }
-                    }
-                    println!(
-                        "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
-                        m["machine"].as_str().unwrap_or("?"),
-                        state,
-                        lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0)),
-                        when(m["latest_point"]["captured_ms"].as_u64()),
-                        when(m["latest_app_consistent"]["captured_ms"].as_u64()),
-                        m["pending_bytes"].as_u64().unwrap_or(0),
-                        if m["alert"] == true {
-                            "ALERT: RPO above threshold"
-                        } else {
-                            ""
-                        },
-                        m["last_error"]
-                            .as_str()
-                            .map(|e| format!(" last error: {e}"))
-                            .unwrap_or_default(),
-                    );
-                }
-                if machine.is_some() {
-                    return Ok(());
-                }
-                println!(
-                    "node        {} ({})",
-                    v["node_id"].as_str().unwrap_or("?"),
-                    v["name"].as_str().unwrap_or("?")
-                );
-                println!("fingerprint {}", v["fingerprint"].as_str().unwrap_or("?"));
-                println!(
-                    "roles       {}",
-                    roles_line(&v).split(": ").nth(1).unwrap_or("-")
-                );
-                println!("listen      {}", v["listen"]);
-                println!(
-                    "mesh        {}",
-                    v["mesh_id"]
-                        .as_str()
-                        .unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)")
-                );
-                println!("members     {}", v["members"]);
-                println!("connected   {}", v["connected_peers"]);
+                print_status(&v, &repl, machine.is_some());
             }
         }
         Cmd::Role { cmd } => {
@@ -229,7 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 RoleCmd::Remove { role, node } => (Request::RoleRemove { role, node }, false),
                 RoleCmd::List { node, json } => (Request::RoleList { node }, json),
             };
-            let v = call(&dir, req)?;
+            let v: r::RolesReply = get(&dir, req)?;
             if json {
                 print_json(&v);
             } else {
@@ -239,20 +196,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Mesh {
             cmd: MeshCmd::Create,
         } => {
-            let v = call(&dir, Request::MeshCreate)?;
-            println!("created mesh {}", v["mesh_id"].as_str().unwrap_or("?"));
+            let v: r::Joined = get(&dir, Request::MeshCreate)?;
+            println!("created mesh {}", v.mesh_id);
             println!("next: lifeboat key issue   (one key per joining node)");
         }
         Cmd::Mesh {
             cmd: MeshCmd::Remove { node },
         } => {
-            let v = call(&dir, Request::MeshRemove { node })?;
-            println!(
-                "removed {} ({}) from the mesh",
-                v["name"].as_str().unwrap_or("?"),
-                v["removed"].as_str().unwrap_or("?")
-            );
-            println!("{}", v["advice"].as_str().unwrap_or_default());
+            let v: r::Removed = get(&dir, Request::MeshRemove { node })?;
+            println!("removed {} ({}) from the mesh", v.name, v.removed);
+            println!("{}", v.advice);
         }
         Cmd::Mesh {
             cmd: MeshCmd::RotateSecret { grace },
@@ -264,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("--grace {grace:?}: use a duration like 7d or 12h"))?
                     .as_millis() as u64
             };
-            call(&dir, Request::MeshRotateSecret { grace_ms })?;
+            let _: r::Rotated = get(&dir, Request::MeshRotateSecret { grace_ms })?;
             println!(
                 "mesh secret rotated; the old one is accepted for {}",
                 lifeboat_protocol::time::human_duration(grace_ms)
@@ -276,13 +229,13 @@ fn run(cli: Cli) -> Result<()> {
             let d = humantime::parse_duration(&valid_for).with_context(|| {
                 format!("--valid-for {valid_for:?}: use a duration like 5d, 12h or 30m")
             })?;
-            let v = call(
+            let v: r::KeyIssued = get(
                 &dir,
                 Request::KeyIssue {
                     valid_for_ms: d.as_millis() as u64,
                 },
             )?;
-            println!("{}", v["key"].as_str().unwrap_or_default());
+            println!("{}", v.key);
             eprintln!(
                 "valid for {} (one node, once); on the joining node run: lifeboat register KEY",
                 lifeboat_protocol::time::human_duration(d.as_millis() as u64)
@@ -290,23 +243,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Register { key, key_file } => {
             let key = read_key(key, key_file)?;
-            let v = call(&dir, Request::Register { key })?;
-            if v["already_member"] == true {
-                println!(
-                    "already a member of mesh {}",
-                    v["mesh_id"].as_str().unwrap_or("?")
-                );
+            let v: r::Joined = get(&dir, Request::Register { key })?;
+            if v.already_member {
+                println!("already a member of mesh {}", v.mesh_id);
             } else {
                 println!(
                     "joined mesh {} ({} members, configuration node {})",
-                    v["mesh_id"].as_str().unwrap_or("?"),
-                    v["members"],
-                    v["configuration_node"].as_str().unwrap_or("?")
+                    v.mesh_id,
+                    v.members.unwrap_or(0),
+                    v.configuration_node.as_deref().unwrap_or("?")
                 );
             }
         }
         Cmd::Peers { json } => {
-            let v = call(&dir, Request::Peers)?;
+            let v: Vec<r::PeerView> = get(&dir, Request::Peers)?;
             if json {
                 print_json(&v);
             } else {
@@ -350,7 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
-            let v = call(
+            let v: r::VaultCreated = get(
                 &dir,
                 Request::VaultCreate {
                     name,
@@ -359,32 +309,28 @@ fn run(cli: Cli) -> Result<()> {
                     grant_options,
                 },
             )?;
-            println!(
-                "created vault {} at {}",
-                v["name"].as_str().unwrap_or("?"),
-                v["url"].as_str().unwrap_or("?")
-            );
+            println!("created vault {} at {}", v.name, v.url);
         }
         Cmd::Vault {
             cmd: VaultCmd::Rekey,
         } => {
-            let v = call(&dir, Request::VaultRekey)?;
+            let v: r::Rekeyed = get(&dir, Request::VaultRekey)?;
             println!(
                 "vault key rotated ({} rotation(s)); new writes are sealed with the new key, process servers receive it now",
-                v["rotations"]
+                v.rotations
             );
         }
         Cmd::Vault {
             cmd: VaultCmd::Gc { grace, json },
         } => {
             let grace_ms = secs("grace", &grace)? * 1000;
-            let v = call(&dir, Request::VaultGc { grace_ms })?;
+            let v: lifeboat_node::vault::GcReport = get(&dir, Request::VaultGc { grace_ms })?;
             if json {
                 print_json(&v);
             } else {
                 println!(
                     "garbage collection: {} packs deleted ({} bytes), {} condemned, {} repacked, {} rescued, {} chunks deleted; {} points reference {} blocks",
-                    v["deleted_packs"], v["freed_bytes"], v["condemned"], v["repacked"], v["rescued"], v["deleted_chunks"], v["points"], v["live_blocks"]
+                    v.deleted_packs, v.freed_bytes, v.condemned, v.repacked, v.rescued, v.deleted_chunks, v.points, v.live_blocks
                 );
             }
         }
@@ -406,42 +352,43 @@ fn run(cli: Cli) -> Result<()> {
                     )?,
                     app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
                 };
-                let v = call(&dir, Request::PolicyCreate { policy })?;
-                println!("policy {} saved", v["name"].as_str().unwrap_or("?"));
+                let v: lifeboat_protocol::message::Policy =
+                    get(&dir, Request::PolicyCreate { policy })?;
+                println!("policy {} saved", v.name);
             }
             PolicyCmd::List { json } => {
-                let v = call(&dir, Request::PolicyList)?;
+                let v: r::Policies = get(&dir, Request::PolicyList)?;
                 if json {
                     print_json(&v);
-                } else if let Some(m) = v.as_object() {
+                } else {
                     println!(
                         "{:<16} {:>10} {:>10} {:>12} {:>12}",
                         "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY"
                     );
-                    let h = |x: &serde_json::Value| match x.as_u64().unwrap_or(0) {
+                    let h = |s: u64| match s {
                         0 => "never".to_string(),
                         s => lifeboat_protocol::time::human_duration(s * 1000),
                     };
-                    for (n, p) in m {
+                    for (n, p) in &v {
                         println!(
                             "{n:<16} {:>10} {:>10} {:>12} {:>12}",
-                            h(&p["rpo_threshold_secs"]),
-                            h(&p["retention_secs"]),
-                            h(&p["crash_consistent_every_secs"]),
-                            h(&p["app_consistent_every_secs"])
+                            h(p.rpo_threshold_secs),
+                            h(p.retention_secs),
+                            h(p.crash_consistent_every_secs),
+                            h(p.app_consistent_every_secs)
                         );
                     }
                 }
             }
             PolicyCmd::Show { name } => {
-                let v = call(&dir, Request::PolicyList)?;
+                let v: r::Policies = get(&dir, Request::PolicyList)?;
                 let p = v
                     .get(&name)
                     .ok_or_else(|| anyhow!("no policy named {name}"))?;
                 print_json(p);
             }
             PolicyCmd::Delete { name } => {
-                call(&dir, Request::PolicyDelete { name: name.clone() })?;
+                let _: r::Named = get(&dir, Request::PolicyDelete { name: name.clone() })?;
                 println!("policy {name} deleted");
             }
         },
@@ -463,7 +410,7 @@ fn run(cli: Cli) -> Result<()> {
                 thaw: thaw_hook,
                 snapshot: snapshot_hook,
             };
-            let v = call(
+            let v: r::Protected = get(
                 &dir,
                 Request::Protect {
                     machine,
@@ -476,9 +423,9 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             println!(
                 "protecting {} ({} disks, policy {}); initial replication starts now, see `lifeboat status`",
-                v["machine"].as_str().unwrap_or("?"),
-                v["disks"].as_array().map_or(0, |d| d.len()),
-                v["policy"].as_str().unwrap_or("?")
+                v.machine,
+                v.disks.len(),
+                v.policy
             );
         }
         Cmd::Throttle {
@@ -487,7 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             work_hours,
             off,
         } => {
-            let v = call(
+            let v: r::ThrottleReply = get(
                 &dir,
                 Request::Throttle {
                     work: bandwidth_limit,
@@ -496,14 +443,14 @@ fn run(cli: Cli) -> Result<()> {
                     clear: off,
                 },
             )?;
-            match v["now_bytes_per_sec"].as_u64() {
+            match v.now_bytes_per_sec {
                 Some(r) => println!("upload limit now {:.1} Mbit/s", r as f64 * 8.0 / 1e6),
                 None if off => println!("upload limit removed"),
                 None => println!("no upload limit in force now (outside the limited hours)"),
             }
         }
         Cmd::Unprotect { machine } => {
-            call(
+            let _: r::Named = get(
                 &dir,
                 Request::Unprotect {
                     machine: machine.clone(),
@@ -512,38 +459,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("{machine} is no longer protected (its recovery points stay in the vault)");
         }
         Cmd::Points { machine, json } => {
-            let v = call(&dir, Request::Points { machine })?;
+            let v: Vec<r::PointInfo> = get(&dir, Request::Points { machine })?;
             if json {
                 print_json(&v);
             } else {
-                println!(
-                    "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
-                    "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
-                );
-                for p in v.as_array().cloned().unwrap_or_default() {
-                    let roots: Vec<String> = p["disks"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|d| {
-                            format!(
-                                "{}={}",
-                                d["name"].as_str().unwrap_or("?"),
-                                &d["merkle_root"].as_str().unwrap_or("?")[..16]
-                            )
-                        })
-                        .collect();
-                    println!(
-                        "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
-                        p["id"].as_str().unwrap_or("?"),
-                        when(p["captured_ms"].as_u64()),
-                        p["consistency"].as_str().unwrap_or("?"),
-                        p["stats"]["changed_blocks"],
-                        p["stats"]["stored_bytes"],
-                        roots.join(" ")
-                    );
-                }
+                print_points(&v);
             }
         }
         Cmd::Restore {
@@ -557,7 +477,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 std::env::current_dir()?.join(to)
             };
-            let v = call(
+            let v: r::Restored = get(
                 &dir,
                 Request::Restore {
                     machine,
@@ -568,20 +488,16 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                for d in v["disks"].as_array().cloned().unwrap_or_default() {
+                for d in &v.disks {
                     println!(
                         "{} -> {} ({} bytes, Merkle root {} verified)",
-                        d["name"].as_str().unwrap_or("?"),
-                        d["image"].as_str().unwrap_or("?"),
-                        d["size_bytes"],
-                        d["merkle_root"].as_str().unwrap_or("?")
+                        d.name,
+                        d.image.display(),
+                        d.size_bytes,
+                        d.merkle_root
                     );
                 }
-                println!(
-                    "restored point {} ({})",
-                    v["point"]["id"].as_str().unwrap_or("?"),
-                    v["point"]["consistency"].as_str().unwrap_or("?")
-                );
+                println!("restored point {} ({})", v.point.id, v.point.consistency);
             }
         }
         Cmd::Simulate {
@@ -739,4 +655,82 @@ fn simulate(first: u64, runs: u64, o: SimOpts) -> Result<()> {
         bail!("{failed} of {runs} simulation runs violated invariants");
     }
     Ok(())
+}
+
+/// `status` as text: one line per machine, then this node.
+fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine: bool) {
+    for m in &repl.machines {
+        let mut state = m.state.clone();
+        if matches!(state.as_str(), "initial-replication" | "resyncing") {
+            if let Some(p) = m.progress_percent {
+                state = format!("{state} {p:.0}%");
+            }
+        }
+        println!(
+            "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
+            m.machine,
+            state,
+            lifeboat_protocol::time::human_duration(m.rpo_ms),
+            when(m.latest_point.as_ref().map(|p| p.captured_ms)),
+            when(m.latest_app_consistent.as_ref().map(|p| p.captured_ms)),
+            m.pending_bytes,
+            if m.alert {
+                "ALERT: RPO above threshold"
+            } else {
+                ""
+            },
+            m.last_error
+                .as_deref()
+                .map(|e| format!(" last error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    if one_machine {
+        return;
+    }
+    println!("node        {} ({})", v.node_id, v.name);
+    println!("fingerprint {}", v.fingerprint);
+    println!("roles       {}", role_names(&v.roles));
+    println!(
+        "listen      {}",
+        v.listen.map_or("-".to_string(), |a| a.to_string())
+    );
+    println!(
+        "mesh        {}",
+        v.mesh_id
+            .as_deref()
+            .unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)")
+    );
+    println!("members     {}", v.members);
+    println!("connected   {}", v.connected_peers);
+}
+
+/// `points` as a table.
+fn print_points(v: &[r::PointInfo]) {
+    println!(
+        "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
+        "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
+    );
+    for p in v {
+        let roots: Vec<String> = p
+            .disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}={}",
+                    d.name,
+                    &d.merkle_root[..16.min(d.merkle_root.len())]
+                )
+            })
+            .collect();
+        println!(
+            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
+            p.id,
+            when(Some(p.captured_ms)),
+            p.consistency.to_string(),
+            p.stats.changed_blocks,
+            p.stats.stored_bytes,
+            roots.join(" ")
+        );
+    }
 }

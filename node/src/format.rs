@@ -1,20 +1,26 @@
 //! Human-readable renderings of control-socket answers (tables the CLI prints).
 
+use lifeboat_actors::peers::Liveness;
+use lifeboat_actors::shell::PeerView;
 use lifeboat_protocol::time::human_duration;
-use serde_json::Value;
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Array(a) if a.is_empty() => "-".into(),
-        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+fn list<T: ToString>(v: &[T]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.iter().map(T::to_string).collect::<Vec<_>>().join(",")
     }
 }
 
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Renders `lifeboat peers` as an aligned table.
-pub fn peer_table(peers: &Value) -> String {
+pub fn peer_table(peers: &[PeerView]) -> String {
     let header = [
         "NODE ID",
         "NAME",
@@ -25,21 +31,32 @@ pub fn peer_table(peers: &Value) -> String {
         "LAST CONTACT",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for p in peers.as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
-        let age = p["last_contact_age_ms"]
-            .as_u64()
+    for p in peers {
+        let age = p
+            .last_contact_age_ms
             .map(|ms| format!("{} ago", human_duration(ms)))
             .unwrap_or_else(|| "never".into());
-        let mut state = cell(&p["state"]);
-        if p["member"] == false {
+        let mut state = match p.state {
+            Liveness::Reachable => "reachable",
+            Liveness::Unreachable => "unreachable",
+            Liveness::Seen => "seen",
+        }
+        .to_string();
+        if !p.member {
             state.push_str(" (not a member)");
         }
+        let roles: Vec<String> = p.roles.iter().map(kebab).collect();
+        let found: Vec<String> = p.found_by.iter().map(kebab).collect();
         rows.push(vec![
-            cell(&p["node_id"]),
-            cell(&p["name"]),
-            cell(&p["roles"]),
-            cell(&p["addrs"]),
-            cell(&p["found_by"]),
+            p.node_id.clone(),
+            if p.name.is_empty() {
+                "-".into()
+            } else {
+                p.name.clone()
+            },
+            list(&roles),
+            list(&p.addrs),
+            list(&found),
             state,
             age,
         ]);

@@ -11,6 +11,7 @@ pub mod init;
 pub mod net;
 pub mod quickstart;
 pub mod replication;
+pub mod replies;
 pub mod seams;
 pub mod tls;
 pub mod transport;

@@ -9,7 +9,11 @@
 
 use crate::control::{self, Request};
 use crate::init::{init, InitOptions};
+use crate::replies::{self, NodeStatus, PointInfo, ReplStatus, Restored, VaultCreated};
+use lifeboat_actors::peers::Liveness;
+use lifeboat_actors::shell::PeerView;
 use lifeboat_config::StateDir;
+use lifeboat_protocol::message::Role;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +36,11 @@ impl Daemon {
     fn call(&self, req: Request) -> Result<Value, String> {
         control::call(&self.dir.control_socket(), &self.dir.root, &req, STEP)
             .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// A typed reply.
+    fn get<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, String> {
+        replies::decode(self.call(req)?)
     }
 
     fn stop(&mut self) {
@@ -119,31 +128,21 @@ fn start(
 }
 
 fn listen_addr(d: &Daemon) -> Result<std::net::SocketAddr, String> {
-    let s = d.call(Request::Status)?;
-    serde_json::from_value(s["listen"].clone()).map_err(|e| e.to_string())
+    d.get::<NodeStatus>(Request::Status)?
+        .listen
+        .ok_or_else(|| format!("{} has no listening address", d.name))
 }
 
 fn node_id(d: &Daemon) -> Result<String, String> {
-    Ok(d.call(Request::Status)?["node_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
+    Ok(d.get::<NodeStatus>(Request::Status)?.node_id)
 }
 
 /// True if `d` sees `id` reachable with `role`.
-fn sees(d: &Daemon, id: &str, role: &str) -> bool {
-    d.call(Request::Peers)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
+fn sees(d: &Daemon, id: &str, role: Role) -> bool {
+    d.get::<Vec<PeerView>>(Request::Peers)
         .unwrap_or_default()
         .iter()
-        .any(|p| {
-            p["node_id"] == id
-                && p["state"] == "reachable"
-                && p["roles"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|x| x == role))
-        })
+        .any(|p| p.node_id == id && p.state == Liveness::Reachable && p.roles.contains(&role))
 }
 
 /// Deterministic sample content: random-looking, zero and repeated blocks.
@@ -181,38 +180,34 @@ fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
         .ok_or_else(|| "could not update the sample disk".into())
 }
 
-fn points(cfg: &Daemon) -> Result<Vec<Value>, String> {
-    Ok(cfg
-        .call(Request::Points {
-            machine: "mobility-1".into(),
-        })?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
+fn points(cfg: &Daemon) -> Result<Vec<PointInfo>, String> {
+    cfg.get(Request::Points {
+        machine: "mobility-1".into(),
+    })
 }
 
-fn point_after(cfg: &Daemon, t: u64) -> Result<Value, String> {
+fn point_after(cfg: &Daemon, t: u64) -> Result<PointInfo, String> {
     wait_for("a recovery point", || {
         points(cfg)
             .ok()?
             .into_iter()
-            .filter(|p| p["captured_ms"].as_u64().unwrap_or(0) > t)
-            .min_by_key(|p| p["captured_ms"].as_u64().unwrap_or(0))
+            .filter(|p| p.captured_ms > t)
+            .min_by_key(|p| p.captured_ms)
     })
 }
 
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
+}
+
 fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(), String> {
-    let v = cfg.call(Request::VaultCreate {
+    let v: VaultCreated = cfg.get(Request::VaultCreate {
         name: "quickstart".into(),
         store: None,
         options: vec![],
         grant_options: None,
     })?;
-    out(&format!(
-        "created vault {} at {}",
-        v["name"].as_str().unwrap_or("?"),
-        v["url"].as_str().unwrap_or("?")
-    ));
+    out(&format!("created vault {} at {}", v.name, v.url));
     cfg.call(Request::PolicyCreate {
         policy: lifeboat_protocol::message::Policy {
             name: "quickstart".into(),
@@ -250,11 +245,11 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
     let p = point_after(cfg, t)?;
     out(&format!(
         "initial replication: point {} ({}), {} blocks sent, {} stored, {} deduplicated",
-        &p["id"].as_str().unwrap_or("?")[..12],
-        p["consistency"].as_str().unwrap_or("?"),
-        p["stats"]["changed_blocks"],
-        p["stats"]["new_blocks"],
-        p["stats"]["dedup_blocks"]
+        short(&p.id),
+        p.consistency,
+        p.stats.changed_blocks,
+        p.stats.new_blocks,
+        p.stats.dedup_blocks
     ));
     for round in 1..=2u64 {
         // Change 1% of the blocks.
@@ -268,13 +263,13 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         out(&format!(
             "delta point {}: point {} ({}), {} blocks sent",
             round,
-            &p["id"].as_str().unwrap_or("?")[..12],
-            p["consistency"].as_str().unwrap_or("?"),
-            p["stats"]["changed_blocks"]
+            short(&p.id),
+            p.consistency,
+            p.stats.changed_blocks
         ));
     }
     let to = root.join("restored");
-    let r = cfg.call(Request::Restore {
+    let r: Restored = cfg.get(Request::Restore {
         machine: "mobility-1".into(),
         point: "latest".into(),
         to: to.display().to_string(),
@@ -285,16 +280,16 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
     }
     out(&format!(
         "restored point {} to {}: every block and the Merkle root verified, bit-exact with the source",
-        &r["point"]["id"].as_str().unwrap_or("?")[..12],
+        short(&r.point.id),
         to.join("disk.img").display()
     ));
-    let st = cfg.call(Request::ReplStatus { machine: None })?;
-    if let Some(m) = st["machines"].as_array().and_then(|a| a.first()) {
+    let st: ReplStatus = cfg.get(Request::ReplStatus { machine: None })?;
+    if let Some(m) = st.machines.first() {
         out(&format!(
             "status: {} is {}, RPO {}",
-            m["machine"].as_str().unwrap_or("?"),
-            m["state"].as_str().unwrap_or("?"),
-            lifeboat_protocol::time::human_duration(m["rpo_ms"].as_u64().unwrap_or(0))
+            m.machine,
+            m.state,
+            lifeboat_protocol::time::human_duration(m.rpo_ms)
         ));
     }
     Ok(())
@@ -315,33 +310,29 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         role: "configuration".into(),
         node: None,
     })?;
-    let mesh = cfg.call(Request::MeshCreate)?;
+    let mesh: replies::Joined = cfg.get(Request::MeshCreate)?;
     out(&format!(
         "config-1 ({cfg_addr}) created mesh {}",
-        mesh["mesh_id"].as_str().unwrap_or("?")
+        mesh.mesh_id
     ));
 
     let ps = start(exe, &root, "ps-1", vec![cfg_addr])?;
     let mob = start(exe, &root, "mobility-1", vec![cfg_addr])?;
     for d in [&ps, &mob] {
-        let key = cfg.call(Request::KeyIssue {
+        let key: replies::KeyIssued = cfg.get(Request::KeyIssue {
             valid_for_ms: 3_600_000,
         })?;
-        let key = key["key"].as_str().unwrap_or_default().to_string();
-        let r = d.call(Request::Register { key })?;
+        let r: replies::Joined = d.get(Request::Register { key: key.key })?;
         out(&format!(
             "{} registered with a one-time key (mesh members: {})",
-            d.name, r["members"]
+            d.name,
+            r.members.unwrap_or(0)
         ));
     }
     let (ps_id, mob_id, cfg_id) = (node_id(&ps)?, node_id(&mob)?, node_id(&cfg)?);
     wait_for("the configuration node to connect to both nodes", || {
-        let peers = cfg.call(Request::Peers).ok()?;
-        let n = peers
-            .as_array()?
-            .iter()
-            .filter(|p| p["connected"] == true)
-            .count();
+        let peers: Vec<PeerView> = cfg.get(Request::Peers).ok()?;
+        let n = peers.iter().filter(|p| p.connected).count();
         (n >= 2).then_some(())
     })?;
     cfg.call(Request::RoleAdd {
@@ -353,33 +344,29 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         node: Some(mob_id.clone()),
     })?;
     out("config-1 granted process-server to ps-1 and mobility to mobility-1 (the membership record every node acts on)");
-    for (d, role) in [(&ps, "process-server"), (&mob, "mobility")] {
+    for (d, role) in [(&ps, Role::ProcessServer), (&mob, Role::Mobility)] {
         wait_for(&format!("{} to apply its granted role", d.name), || {
-            let r = d.call(Request::RoleList { node: None }).ok()?;
-            r["roles"]
-                .as_array()?
-                .iter()
-                .any(|x| x == role)
-                .then_some(())
+            let r: replies::RolesReply = d.get(Request::RoleList { node: None }).ok()?;
+            r.roles.contains(&role).then_some(())
         })?;
     }
 
     let all = [
-        (&cfg, &cfg_id, "configuration"),
-        (&ps, &ps_id, "process-server"),
-        (&mob, &mob_id, "mobility"),
+        (&cfg, &cfg_id, Role::Configuration),
+        (&ps, &ps_id, Role::ProcessServer),
+        (&mob, &mob_id, Role::Mobility),
     ];
     for (viewer, vid, _) in all {
         for (_, id, role) in all {
             if id != vid {
-                wait_for(&format!("{} to see {id} as {role}", viewer.name), || {
+                wait_for(&format!("{} to see {id} as {role:?}", viewer.name), || {
                     sees(viewer, id, role).then_some(())
                 })?;
             }
         }
     }
     out("every node sees the other two, authenticated, with their roles:");
-    let peers = cfg.call(Request::Peers)?;
+    let peers: Vec<PeerView> = cfg.get(Request::Peers)?;
     out(&crate::format::peer_table(&peers));
 
     replicate(&root, &cfg, out)?;

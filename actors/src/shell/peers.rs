@@ -53,7 +53,7 @@ pub struct HeartbeatMsg {
 }
 
 /// One row of `lifeboat peers`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PeerView {
     /// Node id.
     pub node_id: String,

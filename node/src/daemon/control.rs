@@ -2,6 +2,7 @@
 //! answered by this daemon or forwarded to the configuration node over the mesh.
 
 use super::*;
+use crate::replies;
 use lifeboat_actors::mesh::MeshError;
 
 pub(super) async fn control_loop(l: tokio::net::UnixListener, ctx: Arc<Ctx>) {
@@ -130,12 +131,15 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 // The mesh's machines from the configuration node, this node's own process-server
                 // health; local view only when the configuration node is out of reach.
                 let local = crate::replication::config_side::ps_health(&ctx.repl);
-                let mut v = match forward(ctx, req).await {
-                    Ok(v) => v,
-                    Err(e) => json!({ "machines": [], "unreachable": e }),
+                let mut v: replies::ReplStatus = match forward(ctx, req).await {
+                    Ok(v) => replies::decode(v)?,
+                    Err(e) => replies::ReplStatus {
+                        unreachable: Some(e),
+                        ..Default::default()
+                    },
                 };
-                v["process_server"] = local;
-                return Ok(v);
+                v.process_server = local;
+                return Ok(replies::encode(&v));
             }
             return forward(ctx, req).await;
         }
@@ -146,28 +150,34 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
             let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
             let kp = &ctx.local.keypair;
-            Ok(json!({
-                "node_id": kp.node_id().to_string(),
-                "name": ctx.cfg.node.name,
-                "fingerprint": kp.public.fingerprint().to_string(),
-                "roles": roles,
-                "listen": ctx.net.local_addr(),
-                "advertise": ctx.advertise,
-                "mesh_id": mesh.mesh_id.as_ref().map(mesh_id_hex),
-                "members": mesh.members.len(),
-                "membership_version": mesh.version,
-                "authority": mesh.local_is_authority,
-                "connected_peers": ctx.net.connected().len(),
-                "state_dir": ctx.dir.root,
-                "version": env!("CARGO_PKG_VERSION"),
-                "protocol": lifeboat_protocol::PROTOCOL_VERSION,
+            Ok(replies::encode(&replies::NodeStatus {
+                node_id: kp.node_id().to_string(),
+                name: ctx.cfg.node.name.clone(),
+                fingerprint: kp.public.fingerprint().to_string(),
+                roles,
+                listen: ctx.net.local_addr(),
+                advertise: ctx.advertise.clone(),
+                mesh_id: mesh.mesh_id.as_ref().map(mesh_id_hex),
+                members: mesh.members.len(),
+                membership_version: mesh.version,
+                authority: mesh.local_is_authority,
+                connected_peers: ctx.net.connected().len(),
+                state_dir: ctx.dir.root.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: lifeboat_protocol::PROTOCOL_VERSION,
             }))
         }
         Request::RoleAdd { role, node } => role_change(ctx, RoleOp::Add, &role, node).await,
         Request::RoleRemove { role, node } => role_change(ctx, RoleOp::Remove, &role, node).await,
         Request::RoleList { node: None } => {
             let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
-            Ok(json!({ "node_id": ctx.local.keypair.node_id().to_string(), "roles": roles }))
+            Ok(replies::encode(&replies::RolesReply {
+                node_id: ctx.local.keypair.node_id().to_string(),
+                roles,
+                applied: None,
+                note: None,
+                state: None,
+            }))
         }
         Request::RoleList { node: Some(n) } => {
             let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
@@ -176,10 +186,15 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             let state = peers
                 .iter()
                 .find(|p| p.node_id == id.to_string())
-                .map(|p| serde_json::to_value(&p.state).unwrap_or_default());
-            Ok(
-                json!({ "node_id": id.to_string(), "roles": mesh.granted_roles(id), "state": state }),
-            )
+                .and_then(|p| serde_json::to_value(p.state).ok())
+                .and_then(|v| v.as_str().map(str::to_string));
+            Ok(replies::encode(&replies::RolesReply {
+                node_id: id.to_string(),
+                roles: mesh.granted_roles(id),
+                applied: None,
+                note: None,
+                state,
+            }))
         }
         Request::MeshRemove { node } => mesh_remove(ctx, &node).await,
         Request::MeshRotateSecret { grace_ms } => {
@@ -188,7 +203,10 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(gone)?
                 .map_err(|e| e.to_string())?;
-            Ok(json!({ "rotated": true, "previous_accepted_for_ms": grace_ms }))
+            Ok(replies::encode(&replies::Rotated {
+                rotated: true,
+                previous_accepted_for_ms: grace_ms,
+            }))
         }
         Request::MeshCreate => {
             let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
@@ -205,7 +223,12 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(gone)?
                 .map_err(|e| e.to_string())?;
-            Ok(json!({ "mesh_id": mesh_id_hex(&id) }))
+            Ok(replies::encode(&replies::Joined {
+                mesh_id: mesh_id_hex(&id),
+                already_member: false,
+                members: None,
+                configuration_node: None,
+            }))
         }
         Request::KeyIssue { valid_for_ms } => {
             let key = ctx
@@ -217,9 +240,11 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(gone)?
                 .map_err(|e| e.to_string())?;
-            Ok(
-                json!({ "key": key.encode(), "expires_ms": key.expires.0, "config_addrs": key.config_addrs }),
-            )
+            Ok(replies::encode(&replies::KeyIssued {
+                key: key.encode(),
+                expires_ms: key.expires.0,
+                config_addrs: key.config_addrs.clone(),
+            }))
         }
         Request::Register { key } => register(ctx, &key).await,
         Request::Peers => {
@@ -298,7 +323,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         | Request::PolicyList) => on_quic(ctx, replication_admin(ctx.repl.clone(), r)).await?,
         Request::Shutdown => {
             let _ = ctx.stop.try_send(());
-            Ok(json!({ "stopping": true }))
+            Ok(replies::encode(&replies::Stopping { stopping: true }))
         }
     }
 }
@@ -326,7 +351,13 @@ async fn role_change(
             .send(ApplyRole { op, role })
             .await
             .map_err(gone)??;
-        return Ok(json!({ "node_id": me.to_string(), "roles": roles, "applied": true }));
+        return Ok(replies::encode(&replies::RolesReply {
+            node_id: me.to_string(),
+            roles,
+            applied: Some(true),
+            note: None,
+            state: None,
+        }));
     }
     if !mesh.local_is_authority {
         return Err(format!(
@@ -345,11 +376,12 @@ async fn role_change(
         .map_err(gone)?
         .map_err(|e| e.to_string())?;
     let delivered = target == me || ctx.net.connected().contains(&target);
-    Ok(json!({
-        "node_id": target.to_string(),
-        "roles": roles,
-        "applied": delivered,
-        "note": if delivered { "" } else { "recorded; the node applies it when it connects" },
+    Ok(replies::encode(&replies::RolesReply {
+        node_id: target.to_string(),
+        roles,
+        applied: Some(delivered),
+        note: (!delivered).then(|| "recorded; the node applies it when it connects".to_string()),
+        state: None,
     }))
 }
 
@@ -371,11 +403,11 @@ async fn mesh_remove(ctx: &Ctx, node: &str) -> Result<serde_json::Value, String>
         .await
         .map_err(gone)?
         .map_err(|e| e.to_string())?;
-    Ok(json!({
-        "removed": target.to_string(),
-        "name": m.name,
-        "roles": m.roles,
-        "advice": "its connections are closed and refused; rotate the mesh secret (`lifeboat mesh rotate-secret`) and, if it was a process server, the vault key (`lifeboat vault rekey`)",
+    Ok(replies::encode(&replies::Removed {
+        removed: target.to_string(),
+        name: m.name,
+        roles: m.roles,
+        advice: "its connections are closed and refused; rotate the mesh secret (`lifeboat mesh rotate-secret`) and, if it was a process server, the vault key (`lifeboat vault rekey`)".into(),
     }))
 }
 
@@ -384,7 +416,12 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
     let mesh = ctx.mesh.send(GetMesh).await.map_err(|e| e.to_string())?;
     if let Some(id) = mesh.mesh_id {
         if id == key.mesh_id {
-            return Ok(json!({ "mesh_id": mesh_id_hex(&id), "already_member": true }));
+            return Ok(replies::encode(&replies::Joined {
+                mesh_id: mesh_id_hex(&id),
+                already_member: true,
+                members: None,
+                configuration_node: None,
+            }));
         }
         return Err(format!(
             "this node already belongs to mesh {}; a node joins one mesh",
@@ -427,9 +464,12 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            Ok(
-                json!({ "mesh_id": mesh_id_hex(&mesh_id), "members": members, "configuration_node": registrar.node_id().to_string() }),
-            )
+            Ok(replies::encode(&replies::Joined {
+                mesh_id: mesh_id_hex(&mesh_id),
+                already_member: false,
+                members: Some(members),
+                configuration_node: Some(registrar.node_id().to_string()),
+            }))
         }
         Message::RegisterRefused(r) => Err(format!("registration refused: {r}")),
         Message::Error { message } => Err(format!("registration failed: {message}")),

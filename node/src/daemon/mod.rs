@@ -38,7 +38,6 @@ use lifeboat_protocol::handshake::PskId;
 use lifeboat_protocol::message::{Hello, RoleOp};
 use lifeboat_protocol::regkey::RegistrationKey;
 use lifeboat_protocol::{Message, NodeId, PublicKey, Role};
-use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};

@@ -5,7 +5,7 @@ use super::*;
 use lifeboat_actors::gc as plan;
 
 /// What a garbage collection did.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct GcReport {
     /// Points in the vault.
     pub points: u64,

@@ -18,7 +18,7 @@ use lifeboat_protocol::{Message, NodeId, Role, UnixMillis};
 pub use points::{points, restore, select_point};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -136,7 +136,12 @@ pub async fn vault_create(
     })?;
     guard(&repl.cfg.granted).clear();
     require_vault(repl).await?;
-    Ok(json!({ "name": name, "url": url, "vault_id": header.id, "key_check": header.key_check }))
+    Ok(crate::replies::encode(&crate::replies::VaultCreated {
+        name: name.to_string(),
+        url,
+        vault_id: header.id,
+        key_check: header.key_check,
+    }))
 }
 
 /// `lifeboat vault rekey`: a new sealing key for everything written from now on. Process
@@ -158,7 +163,9 @@ pub async fn vault_rekey(repl: &Repl) -> Result<Value, String> {
     guard(&repl.cfg.granted).clear();
     require_vault(repl).await?;
     tracing::warn!(rotations = n, "vault data key rotated for new writes");
-    Ok(json!({ "rotations": n }))
+    Ok(crate::replies::encode(&crate::replies::Rekeyed {
+        rotations: n,
+    }))
 }
 
 fn save_policies(repl: &Repl) -> Result<(), String> {
@@ -229,7 +236,9 @@ pub async fn policy_delete(repl: &Repl, name: &str) -> Result<Value, String> {
         return Err(format!("no policy named {name}"));
     }
     save_policies(repl)?;
-    Ok(json!({ "deleted": name }))
+    Ok(crate::replies::encode(&crate::replies::Named {
+        name: name.to_string(),
+    }))
 }
 
 /// Resolves a machine given by node id or name among mesh members.
@@ -361,9 +370,12 @@ pub async fn protect(
     );
     save_protections(repl)?;
     tracing::info!(machine = %name, disks = spec.disks.len(), policy = %spec.policy.name, "protection enabled");
-    Ok(
-        json!({ "machine": name, "node_id": id.to_string(), "disks": spec.disks, "policy": spec.policy.name }),
-    )
+    Ok(crate::replies::encode(&crate::replies::Protected {
+        machine: name.to_string(),
+        node_id: id.to_string(),
+        disks: spec.disks.clone(),
+        policy: spec.policy.name.clone(),
+    }))
 }
 
 /// `lifeboat unprotect MACHINE`.
@@ -383,7 +395,9 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
     {
         tracing::warn!(machine = %name, cause = %e, "could not reach the machine; it stops when it next connects");
     }
-    Ok(json!({ "unprotected": name }))
+    Ok(crate::replies::encode(&crate::replies::Named {
+        name: name.to_string(),
+    }))
 }
 
 /// Handles a `PointNotice` from process server `from` (the caller checked its granted role).
@@ -609,45 +623,71 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
         );
         let (rpo, h, state) = (v.rpo_ms, v.health, v.state);
         let pt = |s: &Option<PointSummary>| {
-            s.as_ref().map(|s| json!({ "id": s.id, "captured_ms": s.captured.0, "consistency": s.consistency }))
+            s.as_ref().map(|s| crate::replies::PointRef {
+                id: s.id.clone(),
+                captured_ms: s.captured.0,
+                consistency: s.consistency,
+            })
         };
-        machines.push(json!({
-            "machine": p.machine_name,
-            "node_id": id.to_string(),
-            "policy": p.spec.policy.name,
-            "disks": p.spec.disks.iter().map(|d| json!({ "name": d.name, "path": d.path })).collect::<Vec<_>>(),
-            "state": state,
-            "rpo_ms": rpo,
-            "rpo_threshold_secs": p.spec.policy.rpo_threshold_secs,
-            "alert": h == Health::Critical,
-            "latest_point": pt(&e.latest),
-            "latest_crash_consistent": pt(&e.latest_crash),
-            "latest_app_consistent": pt(&e.latest_app),
-            "process_server": e.latest.as_ref().map(|s| s.process_server.to_string()),
-            "last_error": e.report.as_ref().and_then(|r| r.last_error.clone()),
-            "progress_percent": e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
-            "pending_bytes": e.report.as_ref().map_or(0, |r| r.pending_bytes),
-        }));
+        machines.push(crate::replies::MachineStatus {
+            machine: p.machine_name.clone(),
+            node_id: id.to_string(),
+            policy: p.spec.policy.name.clone(),
+            disks: p
+                .spec
+                .disks
+                .iter()
+                .map(|d| crate::replies::DiskRef {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                })
+                .collect(),
+            state: serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            rpo_ms: rpo,
+            rpo_threshold_secs: p.spec.policy.rpo_threshold_secs,
+            alert: h == Health::Critical,
+            latest_point: pt(&e.latest),
+            latest_crash_consistent: pt(&e.latest_crash),
+            latest_app_consistent: pt(&e.latest_app),
+            process_server: e.latest.as_ref().map(|s| s.process_server.to_string()),
+            last_error: e.report.as_ref().and_then(|r| r.last_error.clone()),
+            progress_percent: e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
+            pending_bytes: e.report.as_ref().map_or(0, |r| r.pending_bytes),
+        });
     }
-    Ok(json!({ "machines": machines, "process_server": ps_health(repl) }))
+    Ok(crate::replies::encode(&crate::replies::ReplStatus {
+        machines,
+        process_server: ps_health(repl),
+        unreachable: None,
+    }))
 }
 
 /// This node's process-server health (spool use, backlog age, uploads).
-pub fn ps_health(repl: &Repl) -> Value {
+pub fn ps_health(repl: &Repl) -> crate::replies::PsHealth {
     use std::sync::atomic::Ordering::Relaxed;
     let since = repl.ps.backlog_since.load(Relaxed);
-    json!({
-        "spool_segments_used": repl.ps.segments_in_use(),
-        "spool_segments_max": repl.ps.spool_segments,
-        "spooled_bytes": repl.ps.spooled_bytes.load(Relaxed),
-        "backlog_age_ms": if since == 0 { 0 } else { crate::seams::now().0.saturating_sub(since) },
-        "uploaded_bytes": repl.ps.uploaded_bytes.load(Relaxed),
-        "uploading_bytes": repl.ps.uploading_bytes.load(Relaxed),
-        "points_committed": repl.ps.points.load(Relaxed),
-        "upload_failures": repl.ps.upload_failures.load(Relaxed),
-        "throttle": repl.ps.throttle.lock().ok().and_then(|t| t.clone()),
-        "upload_limit_bytes_per_sec_now": repl.ps.throttle.lock().ok().and_then(|t| t.as_ref().and_then(|t| t.rate_at(crate::seams::now()))),
-    })
+    let throttle = repl.ps.throttle.lock().ok().and_then(|t| t.clone());
+    crate::replies::PsHealth {
+        spool_segments_used: repl.ps.segments_in_use(),
+        spool_segments_max: repl.ps.spool_segments,
+        spooled_bytes: repl.ps.spooled_bytes.load(Relaxed),
+        backlog_age_ms: if since == 0 {
+            0
+        } else {
+            crate::seams::now().0.saturating_sub(since)
+        },
+        uploaded_bytes: repl.ps.uploaded_bytes.load(Relaxed),
+        uploading_bytes: repl.ps.uploading_bytes.load(Relaxed),
+        points_committed: repl.ps.points.load(Relaxed),
+        upload_failures: repl.ps.upload_failures.load(Relaxed),
+        upload_limit_bytes_per_sec_now: throttle
+            .as_ref()
+            .and_then(|t| t.rate_at(crate::seams::now())),
+        throttle,
+    }
 }
 
 /// `lifeboat throttle`: this process server's upload bandwidth policy.
@@ -688,7 +728,8 @@ pub fn throttle(
     if let Ok(mut g) = repl.ps.throttle.lock() {
         *g = t.clone();
     }
-    Ok(
-        json!({ "throttle": t, "now_bytes_per_sec": t.as_ref().and_then(|t| t.rate_at(crate::seams::now())) }),
-    )
+    Ok(crate::replies::encode(&crate::replies::ThrottleReply {
+        now_bytes_per_sec: t.as_ref().and_then(|t| t.rate_at(crate::seams::now())),
+        throttle: t,
+    }))
 }

@@ -3,21 +3,25 @@
 
 use super::*;
 
-fn point_json(p: &PointRecord) -> Value {
-    json!({
-        "id": p.id,
-        "machine": p.machine_name,
-        "captured_ms": p.captured.0,
-        "committed_ms": p.committed.0,
-        "consistency": p.consistency,
-        "parent": p.parent,
-        "stats": p.stats,
-        "disks": p.disks.iter().map(|d| json!({
-            "name": d.name,
-            "size_bytes": d.size_bytes,
-            "merkle_root": d.merkle_root.to_hex(),
-        })).collect::<Vec<_>>(),
-    })
+fn point_info(p: &PointRecord) -> crate::replies::PointInfo {
+    crate::replies::PointInfo {
+        id: p.id.clone(),
+        machine: p.machine_name.clone(),
+        captured_ms: p.captured.0,
+        committed_ms: p.committed.0,
+        consistency: p.consistency,
+        parent: p.parent.clone(),
+        stats: p.stats,
+        disks: p
+            .disks
+            .iter()
+            .map(|d| crate::replies::PointDisk {
+                name: d.name.clone(),
+                size_bytes: d.size_bytes,
+                merkle_root: d.merkle_root.to_hex(),
+            })
+            .collect(),
+    }
 }
 
 /// `lifeboat points MACHINE`.
@@ -28,7 +32,9 @@ pub async fn points(repl: &Repl, machine: &str) -> Result<Value, String> {
         .list_points(Some(&id))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Value::Array(pts.iter().map(point_json).collect()))
+    Ok(crate::replies::encode(
+        &pts.iter().map(point_info).collect::<Vec<_>>(),
+    ))
 }
 
 /// Picks a point: `latest`, `latest-app`, `latest-crash`, an id (or unique prefix), or a time
@@ -93,17 +99,22 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
             .restore_disk(d, &out)
             .await
             .map_err(|e| format!("restore of {name} point {} failed: {e}", p.id))?;
-        disks.push(json!({
-            "name": d.name,
-            "image": out,
-            "size_bytes": d.size_bytes,
-            "merkle_root": d.merkle_root.to_hex(),
-            "blocks": stats.blocks,
-            "zero_blocks": stats.zero_blocks,
-            "fetched_bytes": stats.fetched_bytes,
-            "seconds": t0.elapsed().as_secs_f64(),
-        }));
+        disks.push(crate::replies::RestoredDisk {
+            name: d.name.clone(),
+            image: out,
+            size_bytes: d.size_bytes,
+            merkle_root: d.merkle_root.to_hex(),
+            blocks: stats.blocks,
+            zero_blocks: stats.zero_blocks,
+            fetched_bytes: stats.fetched_bytes,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
     }
     tracing::info!(machine = %name, point = %p.id, "restore verified");
-    Ok(json!({ "machine": name, "point": point_json(&p), "disks": disks, "verified": true }))
+    Ok(crate::replies::encode(&crate::replies::Restored {
+        machine: name,
+        point: point_info(&p),
+        disks,
+        verified: true,
+    }))
 }

@@ -1,0 +1,342 @@
+//! The control socket's replies, as typed structs shared by the daemon (which builds them) and
+//! the CLI (which reads them): one definition of every field a command answers with. On the
+//! socket they are JSON (what `--json` prints); neither side reads them by string key.
+
+use lifeboat_protocol::message::{DiskSpec, Policy, Role};
+use lifeboat_protocol::vault::Consistency;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Decodes a reply of type `T` (a daemon of another version answers with one line of error).
+pub fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| format!("unexpected reply from the daemon: {e}"))
+}
+
+/// Encodes a reply for the socket.
+pub fn encode<T: Serialize>(r: &T) -> serde_json::Value {
+    serde_json::to_value(r).unwrap_or_default()
+}
+
+/// `status`: this node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Name.
+    pub name: String,
+    /// Key fingerprint.
+    pub fingerprint: String,
+    /// Roles held.
+    pub roles: Vec<Role>,
+    /// QUIC address bound.
+    pub listen: Option<SocketAddr>,
+    /// Addresses announced to peers.
+    pub advertise: Vec<SocketAddr>,
+    /// Mesh id (hex), if joined.
+    pub mesh_id: Option<String>,
+    /// Members of the mesh.
+    pub members: usize,
+    /// Membership record version.
+    pub membership_version: u64,
+    /// This node is the mesh authority.
+    pub authority: bool,
+    /// Authenticated connections.
+    pub connected_peers: usize,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Software version.
+    pub version: String,
+    /// Wire protocol version.
+    pub protocol: u16,
+}
+
+/// `role add|remove|list`: a node's roles.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolesReply {
+    /// The node.
+    pub node_id: String,
+    /// Its roles (granted, in a mesh).
+    pub roles: Vec<Role>,
+    /// The change is in effect on the node (false: recorded, applied when it connects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+    /// A remark for the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Its liveness, as this node sees it (`role list --node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// `mesh remove`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Removed {
+    /// The member's id.
+    pub removed: String,
+    /// Its name.
+    pub name: String,
+    /// The roles it held.
+    pub roles: Vec<Role>,
+    /// What to do next.
+    pub advice: String,
+}
+
+/// `mesh rotate-secret`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Done.
+    pub rotated: bool,
+    /// How long the previous secret is still accepted, ms.
+    pub previous_accepted_for_ms: u64,
+}
+
+/// `mesh create` and `register`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Joined {
+    /// Mesh id (hex).
+    pub mesh_id: String,
+    /// The node was a member already.
+    #[serde(default)]
+    pub already_member: bool,
+    /// Members after joining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<usize>,
+    /// The configuration node that admitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration_node: Option<String>,
+}
+
+/// `key issue`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyIssued {
+    /// The one-time registration key (a secret: printed once, never logged).
+    pub key: String,
+    /// Expiry, Unix ms.
+    pub expires_ms: u64,
+    /// Where the new node will register.
+    pub config_addrs: Vec<SocketAddr>,
+}
+
+/// `vault create`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VaultCreated {
+    /// Vault name.
+    pub name: String,
+    /// Store URL.
+    pub url: String,
+    /// Vault id.
+    pub vault_id: String,
+    /// Key check value.
+    pub key_check: String,
+}
+
+/// `vault rekey`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rekeyed {
+    /// Sealing keys added so far.
+    pub rotations: usize,
+}
+
+/// `policy create`, `policy delete`, `unprotect`: what was saved or removed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Named {
+    /// The name.
+    #[serde(alias = "deleted", alias = "unprotected")]
+    pub name: String,
+}
+
+/// `protect`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Protected {
+    /// Machine name.
+    pub machine: String,
+    /// Its node id.
+    pub node_id: String,
+    /// Disks.
+    pub disks: Vec<DiskSpec>,
+    /// Policy name.
+    pub policy: String,
+}
+
+/// A point, in replies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointRef {
+    /// Point id.
+    pub id: String,
+    /// Capture time, Unix ms.
+    pub captured_ms: u64,
+    /// Consistency.
+    pub consistency: Consistency,
+}
+
+/// A disk of a protection, in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiskRef {
+    /// Name.
+    pub name: String,
+    /// Path on the machine.
+    pub path: String,
+}
+
+/// One protected machine in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MachineStatus {
+    /// Name.
+    pub machine: String,
+    /// Node id.
+    pub node_id: String,
+    /// Policy.
+    pub policy: String,
+    /// Disks.
+    pub disks: Vec<DiskRef>,
+    /// State (`initial-replication`, `protected`, `error`, ...).
+    pub state: String,
+    /// RPO now, ms.
+    pub rpo_ms: u64,
+    /// Alert threshold, s.
+    pub rpo_threshold_secs: u64,
+    /// RPO above the threshold.
+    pub alert: bool,
+    /// Newest point.
+    pub latest_point: Option<PointRef>,
+    /// Newest crash-consistent point.
+    pub latest_crash_consistent: Option<PointRef>,
+    /// Newest app-consistent point.
+    pub latest_app_consistent: Option<PointRef>,
+    /// Process server of the newest point.
+    pub process_server: Option<String>,
+    /// The mobility node's last error.
+    pub last_error: Option<String>,
+    /// Progress of the cycle under way, percent.
+    pub progress_percent: Option<f64>,
+    /// Bytes waiting to be sent.
+    pub pending_bytes: u64,
+}
+
+/// A process server's health.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PsHealth {
+    /// Spool segments in use.
+    pub spool_segments_used: usize,
+    /// Spool segments allowed.
+    pub spool_segments_max: usize,
+    /// Bytes spooled.
+    pub spooled_bytes: u64,
+    /// Age of the oldest unprocessed segment, ms.
+    pub backlog_age_ms: u64,
+    /// Sealed bytes uploaded since start.
+    pub uploaded_bytes: u64,
+    /// Bytes being uploaded now.
+    pub uploading_bytes: u64,
+    /// Points committed since start.
+    pub points_committed: u64,
+    /// Upload failures since start.
+    pub upload_failures: u64,
+    /// Bandwidth policy.
+    pub throttle: Option<lifeboat_actors::replication::Throttle>,
+    /// The limit in force now, bytes/s.
+    pub upload_limit_bytes_per_sec_now: Option<u64>,
+}
+
+/// `status` (replication): the mesh's machines and this node's process-server health.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReplStatus {
+    /// Protected machines.
+    pub machines: Vec<MachineStatus>,
+    /// This node's process-server health.
+    pub process_server: PsHealth,
+    /// Why the configuration node's view is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+}
+
+/// `throttle`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThrottleReply {
+    /// The policy now.
+    pub throttle: Option<lifeboat_actors::replication::Throttle>,
+    /// The limit in force now, bytes/s.
+    pub now_bytes_per_sec: Option<u64>,
+}
+
+/// One row of `peers`.
+pub use lifeboat_actors::shell::PeerView;
+
+/// `policy list`.
+pub type Policies = BTreeMap<String, Policy>;
+
+/// `node stop`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Stopping.
+    pub stopping: bool,
+}
+
+/// A disk of a point.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointDisk {
+    /// Name.
+    pub name: String,
+    /// Size, bytes.
+    pub size_bytes: u64,
+    /// Merkle root, hex.
+    pub merkle_root: String,
+}
+
+/// A recovery point, in `points` and `restore`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PointInfo {
+    /// Id.
+    pub id: String,
+    /// Machine name.
+    pub machine: String,
+    /// Capture time, Unix ms.
+    pub captured_ms: u64,
+    /// Commit time, Unix ms.
+    pub committed_ms: u64,
+    /// Consistency.
+    pub consistency: Consistency,
+    /// The point its delta was relative to.
+    pub parent: Option<String>,
+    /// Cost.
+    pub stats: lifeboat_protocol::vault::PointStats,
+    /// Disks.
+    pub disks: Vec<PointDisk>,
+}
+
+/// A restored disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestoredDisk {
+    /// Name.
+    pub name: String,
+    /// Image written.
+    pub image: PathBuf,
+    /// Size, bytes.
+    pub size_bytes: u64,
+    /// Merkle root, hex (verified).
+    pub merkle_root: String,
+    /// Blocks.
+    pub blocks: u64,
+    /// All-zero blocks.
+    pub zero_blocks: u64,
+    /// Bytes read from the vault.
+    pub fetched_bytes: u64,
+    /// Time taken.
+    pub seconds: f64,
+}
+
+/// `restore`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Restored {
+    /// Machine name.
+    pub machine: String,
+    /// The point.
+    pub point: PointInfo,
+    /// Disks written.
+    pub disks: Vec<RestoredDisk>,
+    /// Every block verified.
+    pub verified: bool,
+}
