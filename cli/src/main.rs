@@ -166,20 +166,54 @@ fn run(cli: Cli) -> Result<()> {
             call(&dir, Request::Shutdown)?;
             println!("stopping");
         }
-        Cmd::Status { machine, json } => {
-            let v: r::NodeStatus = get(&dir, Request::Status)?;
-            let repl: r::ReplStatus = get(
-                &dir,
-                Request::ReplStatus {
-                    machine: machine.clone(),
-                },
-            )?;
-            if json {
-                print_json(&serde_json::json!({ "node": v, "replication": repl }));
-            } else {
-                print_status(&v, &repl, machine.is_some());
+        Cmd::Simulate {
+            seed,
+            runs,
+            nodes,
+            loss_permille,
+            partitions,
+            trace,
+            mesh_only,
+            data_path: _,
+        } => {
+            if !(2..=64).contains(&nodes) {
+                bail!("--nodes must be between 2 and 64");
             }
+            if loss_permille > 1000 {
+                bail!("--loss-permille must be at most 1000");
+            }
+            let opts = SimOpts {
+                nodes,
+                loss_permille,
+                partitions,
+                trace,
+                data_path: !mesh_only,
+            };
+            simulate(seed, runs.max(1), opts)?;
         }
+        Cmd::Quickstart { keep } => {
+            let exe = std::env::current_exe().context("cannot locate the lifeboat binary")?;
+            lifeboat_node::quickstart::run(&exe, keep, &mut |line| println!("{line}"))
+                .map_err(|e| anyhow!("quickstart failed: {e}"))?;
+            println!("quickstart OK");
+        }
+        cmd @ (Cmd::Role { .. }
+        | Cmd::Mesh { .. }
+        | Cmd::Key { .. }
+        | Cmd::Register { .. }
+        | Cmd::Peers { .. }) => mesh_cmd(&dir, cmd)?,
+        cmd @ (Cmd::Vault { .. } | Cmd::Policy { .. }) => vault_cmd(&dir, cmd)?,
+        cmd @ (Cmd::Protect { .. } | Cmd::Throttle { .. } | Cmd::Unprotect { .. }) => {
+            protect_cmd(&dir, cmd)?
+        }
+        cmd => replication_cmd(&dir, cmd)?,
+    }
+    Ok(())
+}
+
+/// Mesh membership, roles, registration keys and peers.
+fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Role { cmd } => {
             let (req, json) = match cmd {
                 RoleCmd::Add { role, node } => (Request::RoleAdd { role, node }, false),
@@ -263,6 +297,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", lifeboat_node::format::peer_table(&v));
             }
         }
+        _ => bail!("internal: not a mesh command"),
+    }
+    Ok(())
+}
+
+/// The vault and the policies.
+fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Vault {
             cmd:
                 VaultCmd::Create {
@@ -334,129 +376,28 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Policy { cmd } => match cmd {
-            PolicyCmd::Create {
-                name,
-                rpo_threshold,
-                retention,
-                crash_consistent_every,
-                app_consistent_every,
-            } => {
-                let policy = lifeboat_protocol::message::Policy {
-                    name,
-                    rpo_threshold_secs: secs("rpo-threshold", &rpo_threshold)?,
-                    retention_secs: secs("retention", &retention)?,
-                    crash_consistent_every_secs: secs(
-                        "crash-consistent-every",
-                        &crash_consistent_every,
-                    )?,
-                    app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
-                };
-                let v: lifeboat_protocol::message::Policy =
-                    get(&dir, Request::PolicyCreate { policy })?;
-                println!("policy {} saved", v.name);
-            }
-            PolicyCmd::List { json } => {
-                let v: r::Policies = get(&dir, Request::PolicyList)?;
-                if json {
-                    print_json(&v);
-                } else {
-                    println!(
-                        "{:<16} {:>10} {:>10} {:>12} {:>12}",
-                        "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY"
-                    );
-                    let h = |s: u64| match s {
-                        0 => "never".to_string(),
-                        s => lifeboat_protocol::time::human_duration(s * 1000),
-                    };
-                    for (n, p) in &v {
-                        println!(
-                            "{n:<16} {:>10} {:>10} {:>12} {:>12}",
-                            h(p.rpo_threshold_secs),
-                            h(p.retention_secs),
-                            h(p.crash_consistent_every_secs),
-                            h(p.app_consistent_every_secs)
-                        );
-                    }
-                }
-            }
-            PolicyCmd::Show { name } => {
-                let v: r::Policies = get(&dir, Request::PolicyList)?;
-                let p = v
-                    .get(&name)
-                    .ok_or_else(|| anyhow!("no policy named {name}"))?;
-                print_json(p);
-            }
-            PolicyCmd::Delete { name } => {
-                let _: r::Named = get(&dir, Request::PolicyDelete { name: name.clone() })?;
-                println!("policy {name} deleted");
-            }
-        },
-        Cmd::Protect {
-            machine,
-            disks,
-            policy,
-            process_server,
-            freeze_hook,
-            thaw_hook,
-            snapshot_hook,
-            block_size,
-        } => {
-            if freeze_hook.is_some() != thaw_hook.is_some() {
-                bail!("--freeze-hook and --thaw-hook go together (an application frozen without a thaw stays frozen)");
-            }
-            let hooks = lifeboat_protocol::message::Hooks {
-                freeze: freeze_hook,
-                thaw: thaw_hook,
-                snapshot: snapshot_hook,
-            };
-            let v: r::Protected = get(
+        Cmd::Policy { cmd } => policy_cmd(dir, cmd)?,
+        _ => bail!("internal: not a vault command"),
+    }
+    Ok(())
+}
+
+/// Protection, status, points and restores.
+fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Status { machine, json } => {
+            let v: r::NodeStatus = get(&dir, Request::Status)?;
+            let repl: r::ReplStatus = get(
                 &dir,
-                Request::Protect {
-                    machine,
-                    disks,
-                    policy,
-                    process_server,
-                    hooks,
-                    block_size,
-                },
-            )?;
-            println!(
-                "protecting {} ({} disks, policy {}); initial replication starts now, see `lifeboat status`",
-                v.machine,
-                v.disks.len(),
-                v.policy
-            );
-        }
-        Cmd::Throttle {
-            bandwidth_limit,
-            off_hours_limit,
-            work_hours,
-            off,
-        } => {
-            let v: r::ThrottleReply = get(
-                &dir,
-                Request::Throttle {
-                    work: bandwidth_limit,
-                    off: off_hours_limit,
-                    hours: work_hours,
-                    clear: off,
-                },
-            )?;
-            match v.now_bytes_per_sec {
-                Some(r) => println!("upload limit now {:.1} Mbit/s", r as f64 * 8.0 / 1e6),
-                None if off => println!("upload limit removed"),
-                None => println!("no upload limit in force now (outside the limited hours)"),
-            }
-        }
-        Cmd::Unprotect { machine } => {
-            let _: r::Named = get(
-                &dir,
-                Request::Unprotect {
+                Request::ReplStatus {
                     machine: machine.clone(),
                 },
             )?;
-            println!("{machine} is no longer protected (its recovery points stay in the vault)");
+            if json {
+                print_json(&serde_json::json!({ "node": v, "replication": repl }));
+            } else {
+                print_status(&v, &repl, machine.is_some());
+            }
         }
         Cmd::Points { machine, json } => {
             let v: Vec<r::PointInfo> = get(&dir, Request::Points { machine })?;
@@ -500,37 +441,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("restored point {} ({})", v.point.id, v.point.consistency);
             }
         }
-        Cmd::Simulate {
-            seed,
-            runs,
-            nodes,
-            loss_permille,
-            partitions,
-            trace,
-            mesh_only,
-            data_path: _,
-        } => {
-            if !(2..=64).contains(&nodes) {
-                bail!("--nodes must be between 2 and 64");
-            }
-            if loss_permille > 1000 {
-                bail!("--loss-permille must be at most 1000");
-            }
-            let opts = SimOpts {
-                nodes,
-                loss_permille,
-                partitions,
-                trace,
-                data_path: !mesh_only,
-            };
-            simulate(seed, runs.max(1), opts)?;
-        }
-        Cmd::Quickstart { keep } => {
-            let exe = std::env::current_exe().context("cannot locate the lifeboat binary")?;
-            lifeboat_node::quickstart::run(&exe, keep, &mut |line| println!("{line}"))
-                .map_err(|e| anyhow!("quickstart failed: {e}"))?;
-            println!("quickstart OK");
-        }
+        _ => bail!("internal: not a replication command"),
     }
     Ok(())
 }
@@ -733,4 +644,141 @@ fn print_points(v: &[r::PointInfo]) {
             roots.join(" ")
         );
     }
+}
+
+/// The replication policies.
+fn policy_cmd(dir: &StateDir, cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Create {
+            name,
+            rpo_threshold,
+            retention,
+            crash_consistent_every,
+            app_consistent_every,
+        } => {
+            let policy = lifeboat_protocol::message::Policy {
+                name,
+                rpo_threshold_secs: secs("rpo-threshold", &rpo_threshold)?,
+                retention_secs: secs("retention", &retention)?,
+                crash_consistent_every_secs: secs(
+                    "crash-consistent-every",
+                    &crash_consistent_every,
+                )?,
+                app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
+            };
+            let v: lifeboat_protocol::message::Policy =
+                get(&dir, Request::PolicyCreate { policy })?;
+            println!("policy {} saved", v.name);
+        }
+        PolicyCmd::List { json } => {
+            let v: r::Policies = get(&dir, Request::PolicyList)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{:<16} {:>10} {:>10} {:>12} {:>12}",
+                    "NAME", "RPO ALERT", "RETENTION", "CRASH EVERY", "APP EVERY"
+                );
+                let h = |s: u64| match s {
+                    0 => "never".to_string(),
+                    s => lifeboat_protocol::time::human_duration(s * 1000),
+                };
+                for (n, p) in &v {
+                    println!(
+                        "{n:<16} {:>10} {:>10} {:>12} {:>12}",
+                        h(p.rpo_threshold_secs),
+                        h(p.retention_secs),
+                        h(p.crash_consistent_every_secs),
+                        h(p.app_consistent_every_secs)
+                    );
+                }
+            }
+        }
+        PolicyCmd::Show { name } => {
+            let v: r::Policies = get(&dir, Request::PolicyList)?;
+            let p = v
+                .get(&name)
+                .ok_or_else(|| anyhow!("no policy named {name}"))?;
+            print_json(p);
+        }
+        PolicyCmd::Delete { name } => {
+            let _: r::Named = get(&dir, Request::PolicyDelete { name: name.clone() })?;
+            println!("policy {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+/// Protection and the upload bandwidth policy.
+fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Protect {
+            machine,
+            disks,
+            policy,
+            process_server,
+            freeze_hook,
+            thaw_hook,
+            snapshot_hook,
+            block_size,
+        } => {
+            if freeze_hook.is_some() != thaw_hook.is_some() {
+                bail!("--freeze-hook and --thaw-hook go together (an application frozen without a thaw stays frozen)");
+            }
+            let hooks = lifeboat_protocol::message::Hooks {
+                freeze: freeze_hook,
+                thaw: thaw_hook,
+                snapshot: snapshot_hook,
+            };
+            let v: r::Protected = get(
+                &dir,
+                Request::Protect {
+                    machine,
+                    disks,
+                    policy,
+                    process_server,
+                    hooks,
+                    block_size,
+                },
+            )?;
+            println!(
+                "protecting {} ({} disks, policy {}); initial replication starts now, see `lifeboat status`",
+                v.machine,
+                v.disks.len(),
+                v.policy
+            );
+        }
+        Cmd::Throttle {
+            bandwidth_limit,
+            off_hours_limit,
+            work_hours,
+            off,
+        } => {
+            let v: r::ThrottleReply = get(
+                &dir,
+                Request::Throttle {
+                    work: bandwidth_limit,
+                    off: off_hours_limit,
+                    hours: work_hours,
+                    clear: off,
+                },
+            )?;
+            match v.now_bytes_per_sec {
+                Some(r) => println!("upload limit now {:.1} Mbit/s", r as f64 * 8.0 / 1e6),
+                None if off => println!("upload limit removed"),
+                None => println!("no upload limit in force now (outside the limited hours)"),
+            }
+        }
+        Cmd::Unprotect { machine } => {
+            let _: r::Named = get(
+                &dir,
+                Request::Unprotect {
+                    machine: machine.clone(),
+                },
+            )?;
+            println!("{machine} is no longer protected (its recovery points stay in the vault)");
+        }
+        _ => bail!("internal: not a protection command"),
+    }
+    Ok(())
 }

@@ -303,6 +303,30 @@ impl Shared {
         }
     }
 
+    /// The replication stream of `changed` blocks of `snapshot`, as a mobility node sends it.
+    fn delta(&self, snapshot: &[u16], changed: &[usize]) -> VecDeque<Message> {
+        let mut msgs: VecDeque<Message> = changed
+            .chunks(64)
+            .map(|c| Message::DeltaBlocks {
+                disk: 0,
+                blocks: c
+                    .iter()
+                    .map(|i| DeltaBlock {
+                        index: *i as u64,
+                        data: (snapshot[*i] != 0).then(|| {
+                            serde_bytes::ByteBuf::from(self.blocks[snapshot[*i] as usize].0.clone())
+                        }),
+                        zstd: false,
+                    })
+                    .collect(),
+            })
+            .collect();
+        msgs.push_back(Message::DeltaEnd {
+            sent_blocks: changed.len() as u64,
+        });
+        msgs
+    }
+
     /// One point: its manifest is the disk at its capture, its Merkle root matches, and each
     /// block it names opens to its bytes. Returns the block contents it names.
     async fn check_point(&self, v: &Vault, p: &PointRecord) -> Result<BTreeSet<u16>, String> {
@@ -345,6 +369,22 @@ impl Shared {
         }
         Ok(checked)
     }
+}
+
+/// The mobility node's state between cycles.
+struct Mobility {
+    /// The disk, one content value per block.
+    disk: Vec<u16>,
+    /// The change log (shared with the daemon).
+    log: ChangeLog,
+    /// The hash maps kept by point (`hashes/<point>/`).
+    maps: BTreeMap<String, Vec<u16>>,
+    /// The process server, while it is up.
+    ps: Option<(Arc<PsState>, Arc<Vault>)>,
+    /// The last capture time (captures are strictly increasing).
+    last_capture: u64,
+    /// A base left the vault: full copies are expected until one commits.
+    resync_pending: bool,
 }
 
 /// A replication stream held in memory.
@@ -451,7 +491,7 @@ impl World {
     async fn mobility(&mut self) {
         let s = self.shared.clone();
         let blocks = self.cfg.blocks;
-        let mut disk: Vec<u16> = (0..blocks)
+        let disk: Vec<u16> = (0..blocks)
             .map(|i| {
                 if i % 5 == 0 {
                     0
@@ -460,14 +500,14 @@ impl World {
                 }
             })
             .collect();
-        let mut log = ChangeLog::default();
-        // The hash maps the mobility node keeps by point (`hashes/<point>/`).
-        let mut maps: BTreeMap<String, Vec<u16>> = BTreeMap::new();
-        let ps_id = NodeId([9; 10]);
-        let mut ps: Option<(Arc<PsState>, Arc<Vault>)> = None;
-        let mut last_capture = 0;
-        // A base left the vault: full copies are expected until one commits.
-        let mut resync_pending = false;
+        let mut m = Mobility {
+            disk,
+            log: ChangeLog::default(),
+            maps: BTreeMap::new(),
+            ps: None,
+            last_capture: 0,
+            resync_pending: false,
+        };
         for cycle in 0..self.cfg.cycles {
             if s.violated() {
                 return;
@@ -481,7 +521,7 @@ impl World {
             tokio::time::sleep(Duration::from_millis(gap + self.rng.next_u64() % 5_000)).await;
             for _ in 0..(self.rng.next_u64() % 40) {
                 let b = (self.rng.next_u64() % blocks as u64) as usize;
-                disk[b] = if self.rng.next_u64() % 7 == 0 {
+                m.disk[b] = if self.rng.next_u64() % 7 == 0 {
                     0
                 } else {
                     1 + (self.rng.next_u64() % PATTERNS as u64) as u16
@@ -494,127 +534,127 @@ impl World {
             if self.chance(15) {
                 self.lose_newest_point().await;
             }
-            let captured = s.clock.now().max(last_capture + 1);
-            last_capture = captured;
-            let snapshot = disk.clone();
-            if let Ok(mut t) = s.truth.lock() {
-                t.insert(captured, snapshot.clone());
-            }
-            let present = vec![log
-                .last_point
-                .as_ref()
-                .is_some_and(|p| maps.contains_key(p))];
-            let base = log.base(&present);
-            if base.is_none() && log.initial_done && !resync_pending {
-                return s.violate(format!(
-                    "cycle {cycle}: a full copy although no base left the vault"
-                ));
-            }
-            let old = base.as_ref().and_then(|b| maps.get(b));
-            let changed: Vec<usize> = (0..blocks)
-                .filter(|i| old.is_none_or(|o| o[*i] != snapshot[*i]))
-                .collect();
-            let header = DeltaHeader {
-                session: vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2)),
-                machine: s.machine,
-                machine_name: "sim".into(),
-                base: base.clone(),
-                captured: UnixMillis(captured),
-                consistency: Consistency::CrashConsistent,
-                disks: vec![DiskInfo {
-                    name: "disk0".into(),
-                    size_bytes: (blocks * BLOCK) as u64,
-                    block_size: BLOCK as u32,
-                }],
-            };
-            let mut msgs: VecDeque<Message> = changed
-                .chunks(64)
-                .map(|c| Message::DeltaBlocks {
-                    disk: 0,
-                    blocks: c
-                        .iter()
-                        .map(|i| DeltaBlock {
-                            index: *i as u64,
-                            data: (snapshot[*i] != 0).then(|| {
-                                serde_bytes::ByteBuf::from(
-                                    s.blocks[snapshot[*i] as usize].0.clone(),
-                                )
-                            }),
-                            zstd: false,
-                        })
-                        .collect(),
-                })
-                .collect();
-            msgs.push_back(Message::DeltaEnd {
-                sent_blocks: changed.len() as u64,
-            });
-            let mut src = MemStream {
-                msgs,
-                per_msg_ms: 1 + self.rng.next_u64() % 50,
-            };
-            log.handle_sent(&format!("sent-{captured}"));
-            // The process server (reopened after a crash).
-            let (state, v) = match &ps {
-                Some(p) => p.clone(),
-                None => {
-                    let v = Arc::new(s.open(self.rng.next_u64()).await);
-                    let p = (Arc::new(PsState::in_memory(4)), v);
-                    ps = Some(p.clone());
-                    p
-                }
-            };
-            let crash_at = self.chance(60).then(|| self.rng.next_u64() % 1_500);
-            let session = run_session(&state, &v, ps_id, s.machine, header, &mut src);
-            let outcome = match crash_at {
-                Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), session).await {
-                    Ok(o) => o,
-                    Err(_) => {
-                        s.count(|r| r.ps_crashes += 1);
-                        ps = None;
-                        Err(PointFailure::Failed {
-                            reason: "process server crashed".into(),
-                        })
-                    }
-                },
-                None => session.await,
-            };
-            // The answer may never arrive (the mobility node crashed before it persisted it).
-            let outcome = match outcome {
-                Ok(_) if self.chance(30) => Err(PointFailure::Failed {
-                    reason: "answer lost".into(),
-                }),
-                o => o,
-            };
-            match outcome {
-                Ok(summary) => {
-                    log.handle_committed(&summary.id);
-                    maps.clear();
-                    maps.insert(summary.id.clone(), snapshot);
-                    if let Ok(mut a) = s.acknowledged.lock() {
-                        a.insert(summary.id.clone(), captured);
-                    }
-                    s.count(|r| r.committed += 1);
-                    resync_pending = false;
-                }
-                Err(f) => {
-                    s.count(|r| r.failed += 1);
-                    if log.handle_failed(&f) {
-                        maps.clear();
-                        s.count(|r| r.full_resyncs += 1);
-                        let gone = base
-                            .as_ref()
-                            .is_some_and(|b| s.deleting.lock().is_ok_and(|d| d.contains(b)));
-                        resync_pending = true;
-                        if !gone {
-                            s.violate(format!(
-                                "cycle {cycle}: a full resync although base {base:?} was never deleted: {f}"
-                            ));
-                        }
-                    }
-                }
+            if let Err(v) = self.cycle(&mut m, cycle).await {
+                return s.violate(v);
             }
             // Only collection deletes blocks: their check follows each pass.
             s.check_vault(&format!("after cycle {cycle}"), false).await;
+        }
+    }
+
+    /// One cycle: capture, diff against the change log's base, one process-server session,
+    /// and the change log moved (or not) by its outcome.
+    async fn cycle(&mut self, m: &mut Mobility, cycle: u32) -> Result<(), String> {
+        let s = self.shared.clone();
+        let captured = s.clock.now().max(m.last_capture + 1);
+        m.last_capture = captured;
+        let snapshot = m.disk.clone();
+        if let Ok(mut t) = s.truth.lock() {
+            t.insert(captured, snapshot.clone());
+        }
+        let present = vec![m
+            .log
+            .last_point
+            .as_ref()
+            .is_some_and(|p| m.maps.contains_key(p))];
+        let base = m.log.base(&present);
+        if base.is_none() && m.log.initial_done && !m.resync_pending {
+            return Err(format!(
+                "cycle {cycle}: a full copy although no base left the vault"
+            ));
+        }
+        let old = base.as_ref().and_then(|b| m.maps.get(b));
+        let changed: Vec<usize> = (0..snapshot.len())
+            .filter(|i| old.is_none_or(|o| o[*i] != snapshot[*i]))
+            .collect();
+        let header = DeltaHeader {
+            session: vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2)),
+            machine: s.machine,
+            machine_name: "sim".into(),
+            base: base.clone(),
+            captured: UnixMillis(captured),
+            consistency: Consistency::CrashConsistent,
+            disks: vec![DiskInfo {
+                name: "disk0".into(),
+                size_bytes: (snapshot.len() * BLOCK) as u64,
+                block_size: BLOCK as u32,
+            }],
+        };
+        let mut src = MemStream {
+            msgs: s.delta(&snapshot, &changed),
+            per_msg_ms: 1 + self.rng.next_u64() % 50,
+        };
+        m.log.handle_sent(&format!("sent-{captured}"));
+        match self.session(&mut m.ps, header, &mut src).await {
+            Ok(summary) => {
+                m.log.handle_committed(&summary.id);
+                m.maps.clear();
+                m.maps.insert(summary.id.clone(), snapshot);
+                if let Ok(mut a) = s.acknowledged.lock() {
+                    a.insert(summary.id.clone(), captured);
+                }
+                s.count(|r| r.committed += 1);
+                m.resync_pending = false;
+            }
+            Err(f) => {
+                s.count(|r| r.failed += 1);
+                if m.log.handle_failed(&f) {
+                    m.maps.clear();
+                    s.count(|r| r.full_resyncs += 1);
+                    m.resync_pending = true;
+                    let gone = base
+                        .as_ref()
+                        .is_some_and(|b| s.deleting.lock().is_ok_and(|d| d.contains(b)));
+                    if !gone {
+                        return Err(format!(
+                            "cycle {cycle}: a full resync although base {base:?} was never deleted: {f}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One process-server session through the daemon's `run_session`, with the process server
+    /// (re)opened after a crash, a crash at a random moment, and the answer lost on the way
+    /// back (the mobility node crashed before it persisted it).
+    async fn session(
+        &mut self,
+        ps: &mut Option<(Arc<PsState>, Arc<Vault>)>,
+        header: DeltaHeader,
+        src: &mut MemStream,
+    ) -> Result<lifeboat_protocol::message::PointSummary, PointFailure> {
+        let s = self.shared.clone();
+        let (state, v) = match ps.as_ref() {
+            Some(p) => p.clone(),
+            None => {
+                let v = Arc::new(s.open(self.rng.next_u64()).await);
+                let p = (Arc::new(PsState::in_memory(4)), v);
+                *ps = Some(p.clone());
+                p
+            }
+        };
+        let crash_at = self.chance(60).then(|| self.rng.next_u64() % 1_500);
+        let session = run_session(&state, &v, NodeId([9; 10]), s.machine, header, src);
+        let outcome = match crash_at {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), session).await {
+                Ok(o) => o,
+                Err(_) => {
+                    s.count(|r| r.ps_crashes += 1);
+                    *ps = None;
+                    return Err(PointFailure::Failed {
+                        reason: "process server crashed".into(),
+                    });
+                }
+            },
+            None => session.await,
+        };
+        match outcome {
+            Ok(_) if self.chance(30) => Err(PointFailure::Failed {
+                reason: "answer lost".into(),
+            }),
+            o => o,
         }
     }
 
