@@ -121,6 +121,79 @@ pub fn plan_chunks(
         .collect()
 }
 
+/// True if block `i` (hash `hash`, all zero or not) changed since the base whose per-block
+/// hashes are `old`. With no base (the initial copy) unsent blocks are zero at the process
+/// server, so only non-zero blocks count as changed.
+pub fn block_changed(old: Option<&[[u8; 32]]>, i: usize, hash: &[u8; 32], zero: bool) -> bool {
+    match old {
+        Some(o) => o.get(i) != Some(hash),
+        None => !zero,
+    }
+}
+
+/// Cuts a disk's changed blocks into `DeltaBlocks` batches: a batch goes when it holds
+/// `max_blocks` blocks or `max_bytes` of payload, or when the stream has been quiet for
+/// `keepalive_ms` (then even an empty batch goes, so a long scan of an unchanged disk still
+/// tells the process server it is alive). Times are the caller's monotonic milliseconds.
+#[derive(Debug)]
+pub struct Batcher {
+    blocks: Vec<lifeboat_protocol::message::DeltaBlock>,
+    bytes: usize,
+    last_send_ms: u64,
+    max_blocks: usize,
+    max_bytes: usize,
+    keepalive_ms: u64,
+}
+
+impl Batcher {
+    /// An empty batcher at `now_ms`.
+    pub fn new(now_ms: u64, max_blocks: usize, max_bytes: usize, keepalive_ms: u64) -> Self {
+        Batcher {
+            blocks: Vec::new(),
+            bytes: 0,
+            last_send_ms: now_ms,
+            max_blocks,
+            max_bytes,
+            keepalive_ms,
+        }
+    }
+
+    fn take(&mut self, now_ms: u64) -> Vec<lifeboat_protocol::message::DeltaBlock> {
+        self.bytes = 0;
+        self.last_send_ms = now_ms;
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// A changed block with `payload` bytes on the wire; returns the batch to send, if due.
+    pub fn handle_changed(
+        &mut self,
+        b: lifeboat_protocol::message::DeltaBlock,
+        payload: usize,
+        now_ms: u64,
+    ) -> Option<Vec<lifeboat_protocol::message::DeltaBlock>> {
+        self.blocks.push(b);
+        self.bytes += payload;
+        let due = self.blocks.len() >= self.max_blocks
+            || self.bytes >= self.max_bytes
+            || now_ms.saturating_sub(self.last_send_ms) > self.keepalive_ms;
+        due.then(|| self.take(now_ms))
+    }
+
+    /// An unchanged block; returns a batch (possibly empty) when the stream has been quiet for
+    /// the keepalive period.
+    pub fn handle_unchanged(
+        &mut self,
+        now_ms: u64,
+    ) -> Option<Vec<lifeboat_protocol::message::DeltaBlock>> {
+        (now_ms.saturating_sub(self.last_send_ms) > self.keepalive_ms).then(|| self.take(now_ms))
+    }
+
+    /// The last batch, if it holds anything.
+    pub fn finish(mut self) -> Option<Vec<lifeboat_protocol::message::DeltaBlock>> {
+        (!self.blocks.is_empty()).then(|| self.take(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +254,42 @@ mod tests {
                 end: blocks + 1
             })
         );
+    }
+
+    #[test]
+    fn batches_close_on_count_bytes_or_quiet_and_the_rest_goes_at_the_end() {
+        use lifeboat_protocol::message::DeltaBlock;
+        let blk = |i| DeltaBlock {
+            index: i,
+            data: None,
+            zstd: false,
+        };
+        let mut b = Batcher::new(0, 3, 100, 30_000);
+        assert!(b.handle_changed(blk(0), 10, 1).is_none());
+        assert!(b.handle_changed(blk(1), 10, 2).is_none());
+        assert_eq!(b.handle_changed(blk(2), 10, 3).map(|v| v.len()), Some(3));
+        assert_eq!(
+            b.handle_changed(blk(3), 200, 4).map(|v| v.len()),
+            Some(1),
+            "bytes"
+        );
+        assert!(b.handle_unchanged(30_004).is_none());
+        assert_eq!(b.handle_unchanged(30_005), Some(vec![]), "keepalive");
+        assert!(b.handle_changed(blk(4), 1, 30_006).is_none());
+        assert_eq!(b.finish().map(|v| v[0].index), Some(4));
+        assert!(Batcher::new(0, 3, 100, 1).finish().is_none());
+    }
+
+    #[test]
+    fn a_block_changed_if_its_hash_differs_or_on_the_initial_copy_if_not_zero() {
+        let old = [[1u8; 32], [2u8; 32]];
+        assert!(!block_changed(Some(&old), 0, &[1; 32], false));
+        assert!(block_changed(Some(&old), 1, &[1; 32], false));
+        assert!(
+            block_changed(Some(&old), 2, &[1; 32], true),
+            "beyond the old end"
+        );
+        assert!(block_changed(None, 0, &[1; 32], false));
+        assert!(!block_changed(None, 0, &[0; 32], true));
     }
 }

@@ -220,7 +220,7 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 RoleCmd::Remove { role, node } => (Request::RoleRemove { role, node }, false),
                 RoleCmd::List { node, json } => (Request::RoleList { node }, json),
             };
-            let v: r::RolesReply = get(&dir, req)?;
+            let v: r::RolesReply = get(dir, req)?;
             if json {
                 print_json(&v);
             } else {
@@ -230,14 +230,14 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         Cmd::Mesh {
             cmd: MeshCmd::Create,
         } => {
-            let v: r::Joined = get(&dir, Request::MeshCreate)?;
+            let v: r::Joined = get(dir, Request::MeshCreate)?;
             println!("created mesh {}", v.mesh_id);
             println!("next: lifeboat key issue   (one key per joining node)");
         }
         Cmd::Mesh {
             cmd: MeshCmd::Remove { node },
         } => {
-            let v: r::Removed = get(&dir, Request::MeshRemove { node })?;
+            let v: r::Removed = get(dir, Request::MeshRemove { node })?;
             println!("removed {} ({}) from the mesh", v.name, v.removed);
             println!("{}", v.advice);
         }
@@ -251,7 +251,7 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     .with_context(|| format!("--grace {grace:?}: use a duration like 7d or 12h"))?
                     .as_millis() as u64
             };
-            let _: r::Rotated = get(&dir, Request::MeshRotateSecret { grace_ms })?;
+            let _: r::Rotated = get(dir, Request::MeshRotateSecret { grace_ms })?;
             println!(
                 "mesh secret rotated; the old one is accepted for {}",
                 lifeboat_protocol::time::human_duration(grace_ms)
@@ -264,7 +264,7 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 format!("--valid-for {valid_for:?}: use a duration like 5d, 12h or 30m")
             })?;
             let v: r::KeyIssued = get(
-                &dir,
+                dir,
                 Request::KeyIssue {
                     valid_for_ms: d.as_millis() as u64,
                 },
@@ -277,7 +277,7 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         }
         Cmd::Register { key, key_file } => {
             let key = read_key(key, key_file)?;
-            let v: r::Joined = get(&dir, Request::Register { key })?;
+            let v: r::Joined = get(dir, Request::Register { key })?;
             if v.already_member {
                 println!("already a member of mesh {}", v.mesh_id);
             } else {
@@ -290,7 +290,7 @@ fn mesh_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Peers { json } => {
-            let v: Vec<r::PeerView> = get(&dir, Request::Peers)?;
+            let v: Vec<r::PeerView> = get(dir, Request::Peers)?;
             if json {
                 print_json(&v);
             } else {
@@ -343,7 +343,7 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 None => None,
             };
             let v: r::VaultCreated = get(
-                &dir,
+                dir,
                 Request::VaultCreate {
                     name,
                     store,
@@ -356,7 +356,7 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         Cmd::Vault {
             cmd: VaultCmd::Rekey,
         } => {
-            let v: r::Rekeyed = get(&dir, Request::VaultRekey)?;
+            let v: r::Rekeyed = get(dir, Request::VaultRekey)?;
             println!(
                 "vault key rotated ({} rotation(s)); new writes are sealed with the new key, process servers receive it now",
                 v.rotations
@@ -366,7 +366,7 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             cmd: VaultCmd::Gc { grace, json },
         } => {
             let grace_ms = secs("grace", &grace)? * 1000;
-            let v: lifeboat_node::vault::GcReport = get(&dir, Request::VaultGc { grace_ms })?;
+            let v: lifeboat_node::vault::GcReport = get(dir, Request::VaultGc { grace_ms })?;
             if json {
                 print_json(&v);
             } else {
@@ -386,9 +386,9 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
 fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Status { machine, json } => {
-            let v: r::NodeStatus = get(&dir, Request::Status)?;
+            let v: r::NodeStatus = get(dir, Request::Status)?;
             let repl: r::ReplStatus = get(
-                &dir,
+                dir,
                 Request::ReplStatus {
                     machine: machine.clone(),
                 },
@@ -400,7 +400,7 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Points { machine, json } => {
-            let v: Vec<r::PointInfo> = get(&dir, Request::Points { machine })?;
+            let v: Vec<r::PointInfo> = get(dir, Request::Points { machine })?;
             if json {
                 print_json(&v);
             } else {
@@ -419,7 +419,7 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 std::env::current_dir()?.join(to)
             };
             let v: r::Restored = get(
-                &dir,
+                dir,
                 Request::Restore {
                     machine,
                     point,
@@ -666,12 +666,11 @@ fn policy_cmd(dir: &StateDir, cmd: PolicyCmd) -> Result<()> {
                 )?,
                 app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
             };
-            let v: lifeboat_protocol::message::Policy =
-                get(&dir, Request::PolicyCreate { policy })?;
+            let v: lifeboat_protocol::message::Policy = get(dir, Request::PolicyCreate { policy })?;
             println!("policy {} saved", v.name);
         }
         PolicyCmd::List { json } => {
-            let v: r::Policies = get(&dir, Request::PolicyList)?;
+            let v: r::Policies = get(dir, Request::PolicyList)?;
             if json {
                 print_json(&v);
             } else {
@@ -695,14 +694,14 @@ fn policy_cmd(dir: &StateDir, cmd: PolicyCmd) -> Result<()> {
             }
         }
         PolicyCmd::Show { name } => {
-            let v: r::Policies = get(&dir, Request::PolicyList)?;
+            let v: r::Policies = get(dir, Request::PolicyList)?;
             let p = v
                 .get(&name)
                 .ok_or_else(|| anyhow!("no policy named {name}"))?;
             print_json(p);
         }
         PolicyCmd::Delete { name } => {
-            let _: r::Named = get(&dir, Request::PolicyDelete { name: name.clone() })?;
+            let _: r::Named = get(dir, Request::PolicyDelete { name: name.clone() })?;
             println!("policy {name} deleted");
         }
     }
@@ -731,7 +730,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 snapshot: snapshot_hook,
             };
             let v: r::Protected = get(
-                &dir,
+                dir,
                 Request::Protect {
                     machine,
                     disks,
@@ -755,7 +754,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             off,
         } => {
             let v: r::ThrottleReply = get(
-                &dir,
+                dir,
                 Request::Throttle {
                     work: bandwidth_limit,
                     off: off_hours_limit,
@@ -771,7 +770,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         }
         Cmd::Unprotect { machine } => {
             let _: r::Named = get(
-                &dir,
+                dir,
                 Request::Unprotect {
                     machine: machine.clone(),
                 },

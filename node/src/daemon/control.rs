@@ -146,169 +146,25 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
     }
     let gone = |_| "daemon is shutting down".to_string();
     match req {
-        Request::Status => {
-            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
-            let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
-            let kp = &ctx.local.keypair;
-            Ok(replies::encode(&replies::NodeStatus {
-                node_id: kp.node_id().to_string(),
-                name: ctx.cfg.node.name.clone(),
-                fingerprint: kp.public.fingerprint().to_string(),
-                roles,
-                listen: ctx.net.local_addr(),
-                advertise: ctx.advertise.clone(),
-                mesh_id: mesh.mesh_id.as_ref().map(mesh_id_hex),
-                members: mesh.members.len(),
-                membership_version: mesh.version,
-                authority: mesh.local_is_authority,
-                connected_peers: ctx.net.connected().len(),
-                state_dir: ctx.dir.root.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                protocol: lifeboat_protocol::PROTOCOL_VERSION,
-            }))
-        }
+        Request::Status => node_status(ctx).await,
         Request::RoleAdd { role, node } => role_change(ctx, RoleOp::Add, &role, node).await,
         Request::RoleRemove { role, node } => role_change(ctx, RoleOp::Remove, &role, node).await,
-        Request::RoleList { node: None } => {
-            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
-            Ok(replies::encode(&replies::RolesReply {
-                node_id: ctx.local.keypair.node_id().to_string(),
-                roles,
-                applied: None,
-                note: None,
-                state: None,
-            }))
-        }
-        Request::RoleList { node: Some(n) } => {
-            let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
-            let id = resolve_member(&mesh, &n)?;
-            let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
-            let state = peers
-                .iter()
-                .find(|p| p.node_id == id.to_string())
-                .and_then(|p| serde_json::to_value(p.state).ok())
-                .and_then(|v| v.as_str().map(str::to_string));
-            Ok(replies::encode(&replies::RolesReply {
-                node_id: id.to_string(),
-                roles: mesh.granted_roles(id),
-                applied: None,
-                note: None,
-                state,
-            }))
-        }
         Request::MeshRemove { node } => mesh_remove(ctx, &node).await,
-        Request::MeshRotateSecret { grace_ms } => {
-            ctx.mesh
-                .send(RotateSecret { grace_ms })
-                .await
-                .map_err(gone)?
-                .map_err(|e| e.to_string())?;
-            Ok(replies::encode(&replies::Rotated {
-                rotated: true,
-                previous_accepted_for_ms: grace_ms,
-            }))
-        }
-        Request::MeshCreate => {
-            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
-            if !roles.contains(&Role::Configuration) {
-                return Err("only a configuration node can create a mesh; run `lifeboat role add configuration` first".into());
-            }
-            let id = ctx
-                .mesh
-                .send(CreateMesh {
-                    name: ctx.cfg.node.name.clone(),
-                    addrs: ctx.advertise.clone(),
-                    roles,
-                })
-                .await
-                .map_err(gone)?
-                .map_err(|e| e.to_string())?;
-            Ok(replies::encode(&replies::Joined {
-                mesh_id: mesh_id_hex(&id),
-                already_member: false,
-                members: None,
-                configuration_node: None,
-            }))
-        }
-        Request::KeyIssue { valid_for_ms } => {
-            let key = ctx
-                .mesh
-                .send(IssueKey {
-                    validity_ms: valid_for_ms,
-                    addrs: ctx.advertise.clone(),
-                })
-                .await
-                .map_err(gone)?
-                .map_err(|e| e.to_string())?;
-            Ok(replies::encode(&replies::KeyIssued {
-                key: key.encode(),
-                expires_ms: key.expires.0,
-                config_addrs: key.config_addrs.clone(),
-            }))
-        }
+        r @ (Request::RoleList { .. }
+        | Request::MeshRotateSecret { .. }
+        | Request::MeshCreate
+        | Request::KeyIssue { .. }) => mesh_request(ctx, r).await,
         Request::Register { key } => register(ctx, &key).await,
         Request::Peers => {
             let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
             Ok(serde_json::to_value(peers).unwrap_or_default())
         }
-        Request::VaultCreate {
-            name,
-            store,
-            options,
-            grant_options,
-        } => {
-            let repl = ctx.repl.clone();
-            let mut opts: std::collections::BTreeMap<String, String> =
-                options.into_iter().collect();
-            // Store settings in this daemon's environment travel with the grant to process servers.
-            for (k, v) in std::env::vars() {
-                let lk = k.to_ascii_lowercase();
-                if lk.starts_with("azure_") || lk.starts_with("aws_") {
-                    opts.entry(lk).or_insert(v);
-                }
-            }
-            on_quic(ctx, async move {
-                let grant = grant_options.map(|g| g.into_iter().collect());
-                crate::replication::config_side::vault_create(&repl, &name, store, opts, grant)
-                    .await
-            })
-            .await?
-        }
-        Request::VaultRekey => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::vault_rekey(&repl).await
-            })
-            .await?
-        }
-        Request::VaultGc { grace_ms } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::gc(&repl, grace_ms).await
-            })
-            .await?
-        }
-        Request::PolicyCreate { policy } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::policy_create(&repl, policy).await
-            })
-            .await?
-        }
-        Request::PolicyDelete { name } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::policy_delete(&repl, &name).await
-            })
-            .await?
-        }
-        Request::Restore { machine, point, to } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::restore(&repl, &machine, &point, &to).await
-            })
-            .await?
-        }
+        r @ (Request::VaultCreate { .. }
+        | Request::VaultRekey
+        | Request::VaultGc { .. }
+        | Request::PolicyCreate { .. }
+        | Request::PolicyDelete { .. }
+        | Request::Restore { .. }) => config_request(ctx, r).await,
         Request::Throttle {
             work,
             off,
@@ -477,5 +333,179 @@ async fn register(ctx: &Ctx, text: &str) -> Result<serde_json::Value, String> {
             "unexpected reply to registration: {}",
             other.kind()
         )),
+    }
+}
+
+/// `status`: this node.
+async fn node_status(ctx: &Ctx) -> Result<serde_json::Value, String> {
+    let gone = |_| "daemon is shutting down".to_string();
+    let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+    let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+    let kp = &ctx.local.keypair;
+    Ok(replies::encode(&replies::NodeStatus {
+        node_id: kp.node_id().to_string(),
+        name: ctx.cfg.node.name.clone(),
+        fingerprint: kp.public.fingerprint().to_string(),
+        roles,
+        listen: ctx.net.local_addr(),
+        advertise: ctx.advertise.clone(),
+        mesh_id: mesh.mesh_id.as_ref().map(mesh_id_hex),
+        members: mesh.members.len(),
+        membership_version: mesh.version,
+        authority: mesh.local_is_authority,
+        connected_peers: ctx.net.connected().len(),
+        state_dir: ctx.dir.root.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: lifeboat_protocol::PROTOCOL_VERSION,
+    }))
+}
+
+/// The configuration node's own commands: vault, policies, restore (run off the control
+/// socket's task, on the network runtime).
+async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, String> {
+    match req {
+        Request::VaultCreate {
+            name,
+            store,
+            options,
+            grant_options,
+        } => {
+            let repl = ctx.repl.clone();
+            let mut opts: std::collections::BTreeMap<String, String> =
+                options.into_iter().collect();
+            // Store settings in this daemon's environment travel with the grant to process servers.
+            for (k, v) in std::env::vars() {
+                let lk = k.to_ascii_lowercase();
+                if lk.starts_with("azure_") || lk.starts_with("aws_") {
+                    opts.entry(lk).or_insert(v);
+                }
+            }
+            on_quic(ctx, async move {
+                let grant = grant_options.map(|g| g.into_iter().collect());
+                crate::replication::config_side::vault_create(&repl, &name, store, opts, grant)
+                    .await
+            })
+            .await?
+        }
+        Request::VaultRekey => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::vault_rekey(&repl).await
+            })
+            .await?
+        }
+        Request::VaultGc { grace_ms } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::gc(&repl, grace_ms).await
+            })
+            .await?
+        }
+        Request::PolicyCreate { policy } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::policy_create(&repl, policy).await
+            })
+            .await?
+        }
+        Request::PolicyDelete { name } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::policy_delete(&repl, &name).await
+            })
+            .await?
+        }
+        Request::Restore { machine, point, to } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::restore(&repl, &machine, &point, &to).await
+            })
+            .await?
+        }
+        _ => Err("internal: not a configuration command".into()),
+    }
+}
+
+/// Role listing, mesh creation, secret rotation, registration keys.
+async fn mesh_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, String> {
+    let gone = |_| "daemon is shutting down".to_string();
+    match req {
+        Request::RoleList { node: None } => {
+            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+            Ok(replies::encode(&replies::RolesReply {
+                node_id: ctx.local.keypair.node_id().to_string(),
+                roles,
+                applied: None,
+                note: None,
+                state: None,
+            }))
+        }
+        Request::RoleList { node: Some(n) } => {
+            let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
+            let id = resolve_member(&mesh, &n)?;
+            let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
+            let state = peers
+                .iter()
+                .find(|p| p.node_id == id.to_string())
+                .and_then(|p| serde_json::to_value(p.state).ok())
+                .and_then(|v| v.as_str().map(str::to_string));
+            Ok(replies::encode(&replies::RolesReply {
+                node_id: id.to_string(),
+                roles: mesh.granted_roles(id),
+                applied: None,
+                note: None,
+                state,
+            }))
+        }
+        Request::MeshRotateSecret { grace_ms } => {
+            ctx.mesh
+                .send(RotateSecret { grace_ms })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(replies::encode(&replies::Rotated {
+                rotated: true,
+                previous_accepted_for_ms: grace_ms,
+            }))
+        }
+        Request::MeshCreate => {
+            let roles = ctx.roles.send(GetRoles).await.map_err(gone)?;
+            if !roles.contains(&Role::Configuration) {
+                return Err("only a configuration node can create a mesh; run `lifeboat role add configuration` first".into());
+            }
+            let id = ctx
+                .mesh
+                .send(CreateMesh {
+                    name: ctx.cfg.node.name.clone(),
+                    addrs: ctx.advertise.clone(),
+                    roles,
+                })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(replies::encode(&replies::Joined {
+                mesh_id: mesh_id_hex(&id),
+                already_member: false,
+                members: None,
+                configuration_node: None,
+            }))
+        }
+        Request::KeyIssue { valid_for_ms } => {
+            let key = ctx
+                .mesh
+                .send(IssueKey {
+                    validity_ms: valid_for_ms,
+                    addrs: ctx.advertise.clone(),
+                })
+                .await
+                .map_err(gone)?
+                .map_err(|e| e.to_string())?;
+            Ok(replies::encode(&replies::KeyIssued {
+                key: key.encode(),
+                expires_ms: key.expires.0,
+                config_addrs: key.config_addrs.clone(),
+            }))
+        }
+        _ => Err("internal: not a mesh command".into()),
     }
 }

@@ -405,55 +405,21 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             roles: roles_addr.clone(),
         }
         .start();
-        // A mesh file from before roles were recorded: the authority's own roles become its
-        // first entries (its members' roles must be granted again).
-        if let Ok(m) = mesh.send(GetMesh).await {
-            let me = keypair.node_id();
-            if m.local_is_authority && m.granted_roles(me).is_empty() {
-                for role in roles.roles.iter().copied() {
-                    let _ = mesh
-                        .send(AssignRole {
-                            target: me,
-                            op: RoleOp::Add,
-                            role,
-                        })
-                        .await;
-                }
-            }
-        }
+        seed_authority_roles(&mesh, keypair.node_id(), &roles.roles).await;
         // Subscriptions: membership first so the mesh secret is set before peers dial.
         mesh.do_send(SubscribeMembers(sync.clone().recipient()));
         mesh.do_send(SubscribeMembers(peers.clone().recipient()));
         roles_addr.do_send(SubscribeRoles(sync.recipient()));
         roles_addr.do_send(SubscribeRoles(peers.clone().recipient()));
-        let discovery = if cfg.discovery.mdns {
-            let p = peers.clone();
-            match MdnsDiscovery::start(keypair.node_id(), move |found| {
-                let _ = p.try_send(DiscoveredMsg(found));
-            }) {
-                Ok(md) => {
-                    let ann = Announcement {
-                        node_id: keypair.node_id(),
-                        fingerprint: keypair.public.fingerprint().to_string(),
-                        name: cfg.node.name.clone(),
-                        roles: roles.roles.iter().copied().collect(),
-                        port: bound.port(),
-                        mesh: None,
-                    };
-                    let boxed: Box<dyn Discovery> = Box::new(md);
-                    let a = DiscoveryActor::new(boxed, ann).start();
-                    roles_addr.do_send(SubscribeRoles(a.clone().recipient()));
-                    mesh.do_send(SubscribeMembers(a.clone().recipient()));
-                    Some(a)
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "mDNS unavailable; only static peers will be found");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let discovery = start_discovery(
+            &cfg,
+            &keypair,
+            bound.port(),
+            &roles.roles,
+            &peers,
+            &roles_addr,
+            &mesh,
+        );
         let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(4);
         let ctx = Arc::new(Ctx {
             dir: dir.clone(),
@@ -490,6 +456,69 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
     });
     quic.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// A mesh file from before roles were recorded: the authority's own roles become its first
+/// entries in the membership record (its members' roles must be granted again).
+async fn seed_authority_roles(
+    mesh: &Addr<MeshActor>,
+    me: NodeId,
+    roles: &std::collections::BTreeSet<Role>,
+) {
+    if let Ok(m) = mesh.send(GetMesh).await {
+        if m.local_is_authority && m.granted_roles(me).is_empty() {
+            for role in roles.iter().copied() {
+                let _ = mesh
+                    .send(AssignRole {
+                        target: me,
+                        op: RoleOp::Add,
+                        role,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// Starts mDNS discovery (if configured and available) and subscribes it to role and
+/// membership changes.
+fn start_discovery(
+    cfg: &Config,
+    keypair: &lifeboat_protocol::StaticKeypair,
+    port: u16,
+    roles: &std::collections::BTreeSet<Role>,
+    peers: &Addr<PeersActor>,
+    roles_addr: &Addr<RolesActor>,
+    mesh: &Addr<MeshActor>,
+) -> Option<Addr<DiscoveryActor>> {
+    if cfg.discovery.mdns {
+        let p = peers.clone();
+        match MdnsDiscovery::start(keypair.node_id(), move |found| {
+            let _ = p.try_send(DiscoveredMsg(found));
+        }) {
+            Ok(md) => {
+                let ann = Announcement {
+                    node_id: keypair.node_id(),
+                    fingerprint: keypair.public.fingerprint().to_string(),
+                    name: cfg.node.name.clone(),
+                    roles: roles.iter().copied().collect(),
+                    port,
+                    mesh: None,
+                };
+                let boxed: Box<dyn Discovery> = Box::new(md);
+                let a = DiscoveryActor::new(boxed, ann).start();
+                roles_addr.do_send(SubscribeRoles(a.clone().recipient()));
+                mesh.do_send(SubscribeMembers(a.clone().recipient()));
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "mDNS unavailable; only static peers will be found");
+                None
+            }
+        }
+    } else {
+        None
+    }
 }
 
 fn bind_control(dir: &StateDir) -> Result<tokio::net::UnixListener, String> {

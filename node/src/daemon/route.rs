@@ -106,8 +106,26 @@ pub async fn route(
         }
         Message::MembershipRequest => mesh.send(MembershipMessage).await.ok().flatten(),
         Message::Bulk(b) => Some(Message::Bulk(b[..b.len().min(8)].to_vec())),
+        m @ (Message::VaultGrant(_)
+        | Message::Protect(_)
+        | Message::Unprotect { .. }
+        | Message::PointNotice(_)
+        | Message::Admin { .. }
+        | Message::Report(_)) => route_replication(from_id, &members, m, repl?).await,
+        _ => err("unexpected message"),
+    }
+}
+
+/// The replication messages (already authorized): vault grants and protections to this node,
+/// point notices, forwarded commands and reports to the configuration node.
+async fn route_replication(
+    from_id: NodeId,
+    members: &MembersChanged,
+    msg: Message,
+    repl: Arc<Repl>,
+) -> Option<Message> {
+    match msg {
         Message::VaultGrant(g) => {
-            let repl = repl?;
             let cfg = crate::vault::VaultConfig {
                 name: g.name,
                 url: g.url,
@@ -132,7 +150,6 @@ pub async fn route(
             }
         }
         Message::Protect(spec) => {
-            let repl = repl?;
             if spec.machine != repl.local {
                 return err("this protection is for another machine");
             }
@@ -142,7 +159,6 @@ pub async fn route(
             }
         }
         Message::Unprotect { machine } => {
-            let repl = repl?;
             if machine != repl.local {
                 return err("this protection is for another machine");
             }
@@ -150,7 +166,6 @@ pub async fn route(
             Some(Message::Accept)
         }
         Message::PointNotice(s) => {
-            let repl = repl?;
             // Verified against the vault (the source of truth), off this stream's handler, a
             // few at a time: a flood of notices is dropped, not queued (the catalog takes the
             // next genuine notice; the vault stays the source of truth either way).
@@ -169,7 +184,6 @@ pub async fn route(
             None
         }
         Message::Admin { request } => {
-            let repl = repl?;
             let req: Request = match serde_json::from_str(&request) {
                 Ok(r) => r,
                 Err(e) => return err(format!("malformed admin request: {e}")),
@@ -179,7 +193,7 @@ pub async fn route(
             }
             // Bound to the authenticated sender: a member may only ask about or change its own
             // machine (names are display; they resolve to ids first, and are unique).
-            let req = match own_machine_only(req, from_id, &members) {
+            let req = match own_machine_only(req, from_id, members) {
                 Ok(r) => r,
                 Err(why) => {
                     tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
@@ -199,7 +213,6 @@ pub async fn route(
             })
         }
         Message::Report(r) => {
-            let repl = repl?;
             crate::replication::config_side::report(&repl, from_id, r);
             None
         }

@@ -25,7 +25,7 @@
 pub mod blobs;
 
 use blobs::{CleanView, SimBlobStore, SimClock, StoreFaults};
-use lifeboat_actors::datapath::ChangeLog;
+use lifeboat_actors::datapath::{block_changed, Batcher, ChangeLog};
 use lifeboat_actors::plant::Plant;
 use lifeboat_actors::replication::{thin, PointAge, KEEP_ALL_MS};
 use lifeboat_actors::seams::{BlobStore, BoxFuture, MessageSource};
@@ -305,22 +305,24 @@ impl Shared {
 
     /// The replication stream of `changed` blocks of `snapshot`, as a mobility node sends it.
     fn delta(&self, snapshot: &[u16], changed: &[usize]) -> VecDeque<Message> {
-        let mut msgs: VecDeque<Message> = changed
-            .chunks(64)
-            .map(|c| Message::DeltaBlocks {
-                disk: 0,
-                blocks: c
-                    .iter()
-                    .map(|i| DeltaBlock {
-                        index: *i as u64,
-                        data: (snapshot[*i] != 0).then(|| {
-                            serde_bytes::ByteBuf::from(self.blocks[snapshot[*i] as usize].0.clone())
-                        }),
-                        zstd: false,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let mut msgs = VecDeque::new();
+        let mut batcher = Batcher::new(0, 64, 1 << 20, u64::MAX);
+        for i in changed {
+            let data = (snapshot[*i] != 0)
+                .then(|| serde_bytes::ByteBuf::from(self.blocks[snapshot[*i] as usize].0.clone()));
+            let len = data.as_ref().map_or(0, |d| d.len());
+            let b = DeltaBlock {
+                index: *i as u64,
+                data,
+                zstd: false,
+            };
+            if let Some(blocks) = batcher.handle_changed(b, len, 0) {
+                msgs.push_back(Message::DeltaBlocks { disk: 0, blocks });
+            }
+        }
+        if let Some(blocks) = batcher.finish() {
+            msgs.push_back(Message::DeltaBlocks { disk: 0, blocks });
+        }
         msgs.push_back(Message::DeltaEnd {
             sent_blocks: changed.len() as u64,
         });
@@ -378,7 +380,7 @@ struct Mobility {
     /// The change log (shared with the daemon).
     log: ChangeLog,
     /// The hash maps kept by point (`hashes/<point>/`).
-    maps: BTreeMap<String, Vec<u16>>,
+    maps: BTreeMap<String, Vec<[u8; 32]>>,
     /// The process server, while it is up.
     ps: Option<(Arc<PsState>, Arc<Vault>)>,
     /// The last capture time (captures are strictly increasing).
@@ -513,7 +515,7 @@ impl World {
                 return;
             }
             // Mostly ten minutes between cycles; now and then an hour.
-            let gap = if self.rng.next_u64() % 10 == 0 {
+            let gap = if self.rng.next_u64().is_multiple_of(10) {
                 3_600_000
             } else {
                 600_000
@@ -521,7 +523,7 @@ impl World {
             tokio::time::sleep(Duration::from_millis(gap + self.rng.next_u64() % 5_000)).await;
             for _ in 0..(self.rng.next_u64() % 40) {
                 let b = (self.rng.next_u64() % blocks as u64) as usize;
-                m.disk[b] = if self.rng.next_u64() % 7 == 0 {
+                m.disk[b] = if self.rng.next_u64().is_multiple_of(7) {
                     0
                 } else {
                     1 + (self.rng.next_u64() % PATTERNS as u64) as u16
@@ -563,9 +565,14 @@ impl World {
                 "cycle {cycle}: a full copy although no base left the vault"
             ));
         }
-        let old = base.as_ref().and_then(|b| m.maps.get(b));
+        // The block diff and the batching are the daemon's (`actors::datapath`).
+        let hashes: Vec<[u8; 32]> = snapshot
+            .iter()
+            .map(|v| s.blocks[*v as usize].1 .0)
+            .collect();
+        let old = base.as_ref().and_then(|b| m.maps.get(b)).map(Vec::as_slice);
         let changed: Vec<usize> = (0..snapshot.len())
-            .filter(|i| old.is_none_or(|o| o[*i] != snapshot[*i]))
+            .filter(|i| block_changed(old, *i, &hashes[*i], snapshot[*i] == 0))
             .collect();
         let header = DeltaHeader {
             session: vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2)),
@@ -589,7 +596,7 @@ impl World {
             Ok(summary) => {
                 m.log.handle_committed(&summary.id);
                 m.maps.clear();
-                m.maps.insert(summary.id.clone(), snapshot);
+                m.maps.insert(summary.id.clone(), hashes);
                 if let Ok(mut a) = s.acknowledged.lock() {
                     a.insert(summary.id.clone(), captured);
                 }

@@ -19,6 +19,7 @@ mod views;
 use super::{load, save, Repl};
 use crate::direct_io::Aligned;
 use crate::transport::FrameWriter;
+use lifeboat_actors::datapath::{block_changed, Batcher};
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
@@ -40,6 +41,9 @@ use views::take_views;
 const BATCH_BYTES: usize = 1 << 20;
 /// ...or this many blocks (zero markers and well-compressed blocks are small).
 const BATCH_BLOCKS: usize = 1024;
+/// A scan that found nothing to send for this long sends an empty batch (the process server
+/// then knows the mobility node is alive).
+const KEEPALIVE_MS: u64 = 30_000;
 /// zstd level for blocks compressed at the source: the fastest, so the protected machine
 /// spends little CPU and the network and the process server carry the block once, small.
 const WIRE_ZSTD_LEVEL: i32 = 1;
@@ -264,25 +268,18 @@ async fn pick_ps(repl: &Repl, preferred: Option<NodeId>) -> Result<NodeId, Strin
         .ok_or_else(|| "no process server is reachable (assign one with `lifeboat role add process-server --node ID`)".into())
 }
 
-async fn cycle(
-    repl: &Arc<Repl>,
+/// Each disk's geometry, and the hash map of the last committed point for each (`None`: a
+/// missing or mismatched map, which means a full copy).
+#[allow(clippy::type_complexity)]
+fn geometry(
+    repl: &Repl,
     spec: &ProtectionSpec,
-    kind: CycleKind,
-) -> Result<PointSummary, String> {
-    let ps = pick_ps(repl, spec.process_server).await?;
-    let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
-    // The capture time is taken before the view: every write completed before it is in the
-    // point (a snapshot taken later may contain later writes too, never fewer).
-    let captured = crate::seams::now();
-    let (r2, s2) = (repl.clone(), spec.clone());
-    let (views, consistency, mut frozen) =
-        tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
-            .await
-            .map_err(|e| e.to_string())??;
-    // Geometry, and the old hash maps (a missing or mismatched map means a full copy).
+    paths: &[PathBuf],
+    replica: &Replica,
+) -> Result<(Vec<DiskInfo>, Vec<Option<Vec<[u8; 32]>>>), String> {
     let mut infos = Vec::new();
     let mut olds = Vec::new();
-    for (d, p) in spec.disks.iter().zip(&views.paths) {
+    for (d, p) in spec.disks.iter().zip(paths) {
         let (_, size, _) = open_disk(p)?;
         if size == 0 {
             return Err(format!("disk {} ({}) is empty", d.name, p.display()));
@@ -300,6 +297,56 @@ async fn cycle(
             block_size: spec.block_size,
         });
     }
+    Ok((infos, olds))
+}
+
+/// The process server committed `point`: only now does the change log move forward. The
+/// maps of the new point first, then the atomic switch in `replica.json`, then the old maps go.
+fn advance(
+    repl: &Repl,
+    spec: &ProtectionSpec,
+    replica: &mut Replica,
+    point: &str,
+    new_hashes: &[Vec<[u8; 32]>],
+) -> Result<(), String> {
+    if vault::from_hex::<16>(point).is_none() {
+        return Err("process server returned an invalid point id".into());
+    }
+    std::fs::create_dir_all(repl.dir.root.join("hashes").join(point)).map_err(|e| e.to_string())?;
+    for (d, h) in spec.disks.iter().zip(new_hashes) {
+        let mut b = Vec::with_capacity(h.len() * 32);
+        h.iter().for_each(|x| b.extend_from_slice(x));
+        lifeboat_config::state::write_file_atomic(&hashes_path(repl, point, &d.name), &b, 0o600)
+            .map_err(|e| e.to_string())?;
+    }
+    let lifeboat_actors::datapath::Advance::To(point) = replica.handle_committed(point);
+    save(&replica_path(repl), replica, 0o600)?;
+    if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
+        for e in rd.flatten() {
+            if e.file_name().to_str() != Some(point.as_str()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cycle(
+    repl: &Arc<Repl>,
+    spec: &ProtectionSpec,
+    kind: CycleKind,
+) -> Result<PointSummary, String> {
+    let ps = pick_ps(repl, spec.process_server).await?;
+    let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
+    // The capture time is taken before the view: every write completed before it is in the
+    // point (a snapshot taken later may contain later writes too, never fewer).
+    let captured = crate::seams::now();
+    let (r2, s2) = (repl.clone(), spec.clone());
+    let (views, consistency, mut frozen) =
+        tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
+            .await
+            .map_err(|e| e.to_string())??;
+    let (infos, mut olds) = geometry(repl, spec, &views.paths, &replica)?;
     let maps: Vec<bool> = olds.iter().map(Option::is_some).collect();
     let base = replica.base(&maps);
     if base.is_none() {
@@ -314,8 +361,9 @@ async fn cycle(
     pr.running.store(true, Ordering::Relaxed);
     let mut session = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
+    let header_session = vault::hex(&session);
     let header = DeltaHeader {
-        session: vault::hex(&session),
+        session: header_session.clone(),
         machine: repl.local,
         machine_name: repl.name.clone(),
         base: base.clone(),
@@ -357,6 +405,7 @@ async fn cycle(
         .await
         .map_err(|e| e.to_string())?;
     w.finish();
+    replica.handle_sent(&header_session);
     repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
     let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
         .await
@@ -364,32 +413,7 @@ async fn cycle(
         .map_err(|e| format!("process server {ps}: {e}"))?;
     match reply {
         Message::PointCommitted(s) => {
-            // Only now does the change log move forward: maps of the new point first, then the
-            // atomic switch in replica.json, then the old maps go.
-            if vault::from_hex::<16>(&s.id).is_none() {
-                return Err("process server returned an invalid point id".into());
-            }
-            std::fs::create_dir_all(repl.dir.root.join("hashes").join(&s.id))
-                .map_err(|e| e.to_string())?;
-            for (d, h) in spec.disks.iter().zip(&new_hashes) {
-                let mut b = Vec::with_capacity(h.len() * 32);
-                h.iter().for_each(|x| b.extend_from_slice(x));
-                lifeboat_config::state::write_file_atomic(
-                    &hashes_path(repl, &s.id, &d.name),
-                    &b,
-                    0o600,
-                )
-                .map_err(|e| e.to_string())?;
-            }
-            let lifeboat_actors::datapath::Advance::To(point) = replica.handle_committed(&s.id);
-            save(&replica_path(repl), &replica, 0o600)?;
-            if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
-                for e in rd.flatten() {
-                    if e.file_name().to_str() != Some(point.as_str()) {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                }
-            }
+            advance(repl, spec, &mut replica, &s.id, &new_hashes)?;
             tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
             Ok(s)
         }

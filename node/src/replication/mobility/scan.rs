@@ -371,13 +371,17 @@ fn scan_disk(
         let mut spans = ReadAhead::start(path.clone(), f, size, direct);
         let mut hashes = Vec::with_capacity(n);
         let zero_hash = *blake3::hash(&vec![0u8; bs]).as_bytes();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut sent = 0u64;
-        // A long scan of an unchanged disk still tells the process server it is alive.
-        let mut last_send = std::time::Instant::now();
-        let (mut wait_read, mut wait_send) = (Duration::ZERO, Duration::ZERO);
         let began = std::time::Instant::now();
+        let now = || began.elapsed().as_millis() as u64;
+        let mut batcher = Batcher::new(0, BATCH_BLOCKS, BATCH_BYTES, KEEPALIVE_MS);
+        let mut sent = 0u64;
+        let (mut wait_read, mut wait_send) = (Duration::ZERO, Duration::ZERO);
+        let mut send = |batch: Vec<DeltaBlock>, sealer: &mut FrameSealer| {
+            let t = std::time::Instant::now();
+            let r = tx.blocking_send(seal_batch(sealer, disk, batch));
+            wait_send += t.elapsed();
+            r.map_err(|_| "sender stopped".to_string())
+        };
         while hashes.len() < n {
             let t0 = std::time::Instant::now();
             let Span { at, len: span, buf } = spans.next()?;
@@ -394,68 +398,38 @@ fn scan_disk(
                 } else {
                     *blake3::hash(data).as_bytes()
                 };
-                let changed = match &old {
-                    Some(o) => o.get(i) != Some(&h),
-                    // Initial replication: unsent blocks are zero, so zero blocks need no marker.
-                    None => !zero,
-                };
+                let changed = block_changed(old.as_deref(), i, &h, zero);
                 hashes.push(h);
-                if !changed && last_send.elapsed() > Duration::from_secs(30) {
-                    last_send = std::time::Instant::now();
-                    batch_bytes = 0;
-                    if tx
-                        .blocking_send(seal_batch(&mut sealer, disk, std::mem::take(&mut batch)))
-                        .is_err()
-                    {
-                        return Err("sender stopped".into());
-                    }
-                }
-                if changed {
+                let due = if changed {
                     sent += 1;
                     progress.pending.fetch_add(want as u64, Ordering::Relaxed);
                     let (payload, zstd) = if zero {
                         (None, false)
                     } else {
                         let (mode, p) = vault::encode_block(data, WIRE_ZSTD_LEVEL);
-                        batch_bytes += p.len();
                         (
                             Some(serde_bytes::ByteBuf::from(p.into_owned())),
                             mode == vault::MODE_ZSTD,
                         )
                     };
-                    batch.push(DeltaBlock {
+                    let len = payload.as_ref().map_or(0, |p| p.len());
+                    let b = DeltaBlock {
                         index: i as u64,
                         data: payload,
                         zstd,
-                    });
-                    if batch.len() >= BATCH_BLOCKS
-                        || batch_bytes >= BATCH_BYTES
-                        || last_send.elapsed() > Duration::from_secs(30)
-                    {
-                        batch_bytes = 0;
-                        last_send = std::time::Instant::now();
-                        if tx
-                            .blocking_send(seal_batch(
-                                &mut sealer,
-                                disk,
-                                std::mem::take(&mut batch),
-                            ))
-                            .is_err()
-                        {
-                            return Err("sender stopped".into());
-                        }
-                        wait_send += last_send.elapsed();
-                    }
+                    };
+                    batcher.handle_changed(b, len, now())
+                } else {
+                    batcher.handle_unchanged(now())
+                };
+                if let Some(batch) = due {
+                    send(batch, &mut sealer)?;
                 }
             }
             spans.recycle(at, buf);
         }
-        if !batch.is_empty()
-            && tx
-                .blocking_send(seal_batch(&mut sealer, disk, batch))
-                .is_err()
-        {
-            return Err("sender stopped".into());
+        if let Some(batch) = batcher.finish() {
+            send(batch, &mut sealer)?;
         }
         tracing::debug!(
             disk = %path.display(),

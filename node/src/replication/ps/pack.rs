@@ -10,34 +10,38 @@ pub(super) async fn process(
     ps: Arc<PsState>,
     vault: Arc<Vault>,
     h: DeltaHeader,
-    mut ids: Vec<Vec<BlockId>>,
+    ids: Vec<Vec<BlockId>>,
     mut rx: mpsc::Receiver<Segment>,
 ) -> Result<Processed, String> {
-    let mut stats = PointStats::default();
-    let mut own: BTreeSet<String> = BTreeSet::new();
-    let mut touched: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); ids.len()];
-    // Packs the new point depends on through this session (GC rescue before commit).
-    let mut packs: BTreeSet<String> = BTreeSet::new();
-    let mut pack = PackBuilder::with_capacity(PACK_ROOM);
-    // Blocks this session already packed (shared read-only with the sealing thread).
-    let pending: Arc<std::sync::RwLock<HashSet<BlockId>>> = Arc::default();
+    let geometry: Vec<(u64, u32)> = h
+        .disks
+        .iter()
+        .map(|d| (d.size_bytes, d.block_size))
+        .collect();
+    let mut p = Packer {
+        out: Processed {
+            touched: vec![Default::default(); ids.len()],
+            ids,
+            stats: PointStats::default(),
+            packs: BTreeSet::new(),
+            own: BTreeSet::new(),
+        },
+        pack: PackBuilder::with_capacity(PACK_ROOM),
+        pending: Arc::default(),
+        inflight: Default::default(),
+        ps: ps.clone(),
+        vault: vault.clone(),
+    };
     let mut failure: Option<String> = None;
-    let mut inflight: std::collections::VecDeque<session::AbortOnDrop<Result<String, String>>> =
-        Default::default();
     while let Some(seg) = rx.recv().await {
         if failure.is_some() {
             // Keep draining so the receiver never blocks on a dead processor.
             continue;
         }
-        let v = vault.clone();
-        let geometry: Vec<(u64, u32)> = h
-            .disks
-            .iter()
-            .map(|d| (d.size_bytes, d.block_size))
-            .collect();
+        let (v, geometry) = (vault.clone(), geometry.clone());
         let bytes = seg.bytes;
         let sealed = {
-            let pending = pending.clone();
+            let pending = p.pending.clone();
             tokio::task::spawn_blocking(move || {
                 let r = seal_segment(&v, &geometry, &seg.data, &pending);
                 drop(seg);
@@ -50,52 +54,13 @@ pub(super) async fn process(
             bytes.min(ps.spooled_bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        let sealed = match sealed {
-            Ok(s) => s,
-            Err(e) => {
-                failure = Some(e);
-                continue;
-            }
-        };
-        for (disk, index, id, blob, raw_len, in_pack) in sealed {
-            if let Some(p) = in_pack {
-                packs.insert(p);
-            }
-            let d = disk as usize;
-            if d >= ids.len() || index as usize >= ids[d].len() {
-                failure = Some("spool record out of range".into());
-                break;
-            }
-            ids[d][index as usize] = id;
-            touched[d].insert(index as usize / CHUNK_ENTRIES);
-            stats.changed_blocks += 1;
-            stats.received_bytes += raw_len;
-            if id.is_zero() {
-                stats.zero_blocks += 1;
-                continue;
-            }
-            match blob {
-                Some(b) if pending.write().map(|mut p| p.insert(id)).unwrap_or(false) => {
-                    stats.new_blocks += 1;
-                    stats.stored_bytes += b.len() as u64;
-                    pack.add(id, &b);
+        match sealed {
+            Ok(sealed) => {
+                if let Err(e) = p.add(sealed).await? {
+                    failure = Some(e);
                 }
-                _ => stats.dedup_blocks += 1,
             }
-            if pack.len() >= PACK_BYTES {
-                // Upload in the background while the next segment is sealed. A few uploads in
-                // flight hide each one's latency (a durable local write waits for the disk,
-                // a cloud put for a round trip); the bound keeps memory to a few packs.
-                if inflight.len() >= UPLOADS_IN_FLIGHT {
-                    if let Some(prev) = inflight.pop_front() {
-                        let p = prev.join().await.map_err(|e| e.to_string())??;
-                        own.insert(p.clone());
-                        packs.insert(p);
-                    }
-                }
-                let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_ROOM));
-                inflight.push_back(spawn_upload(ps.clone(), vault.clone(), full));
-            }
+            Err(e) => failure = Some(e),
         }
         if rx.is_empty() {
             ps.backlog_since.store(0, Ordering::Relaxed);
@@ -104,26 +69,102 @@ pub(super) async fn process(
     if let Some(f) = failure {
         return Err(f);
     }
-    for prev in inflight {
-        own.insert(prev.join().await.map_err(|e| e.to_string())??);
+    p.finish().await
+}
+
+/// The processor's state: the new id vectors, the pack being filled, the uploads in flight.
+struct Packer {
+    /// What the commit will need.
+    out: Processed,
+    /// The pack being filled.
+    pack: PackBuilder,
+    /// Blocks this session already packed (shared read-only with the sealing thread).
+    pending: Arc<std::sync::RwLock<HashSet<BlockId>>>,
+    /// Pack uploads in flight, oldest first.
+    inflight: std::collections::VecDeque<session::AbortOnDrop<Result<String, String>>>,
+    ps: Arc<PsState>,
+    vault: Arc<Vault>,
+}
+
+impl Packer {
+    /// Accounts a sealed segment: ids, dedup, the pack, uploads of full packs. The outer error
+    /// ends the session at once (an upload failed); the inner one is a bad record.
+    async fn add(&mut self, sealed: Vec<Sealed>) -> Result<Result<(), String>, String> {
+        for (disk, index, id, blob, raw_len, in_pack) in sealed {
+            let o = &mut self.out;
+            if let Some(p) = in_pack {
+                o.packs.insert(p);
+            }
+            let d = disk as usize;
+            if d >= o.ids.len() || index as usize >= o.ids[d].len() {
+                return Ok(Err("spool record out of range".into()));
+            }
+            o.ids[d][index as usize] = id;
+            o.touched[d].insert(index as usize / CHUNK_ENTRIES);
+            o.stats.changed_blocks += 1;
+            o.stats.received_bytes += raw_len;
+            if id.is_zero() {
+                o.stats.zero_blocks += 1;
+                continue;
+            }
+            match blob {
+                Some(b)
+                    if self
+                        .pending
+                        .write()
+                        .map(|mut p| p.insert(id))
+                        .unwrap_or(false) =>
+                {
+                    o.stats.new_blocks += 1;
+                    o.stats.stored_bytes += b.len() as u64;
+                    self.pack.add(id, &b);
+                }
+                _ => o.stats.dedup_blocks += 1,
+            }
+            if self.pack.len() >= PACK_BYTES {
+                self.upload_full().await?;
+            }
+        }
+        Ok(Ok(()))
     }
-    if !pack.is_empty() {
-        own.insert(
-            spawn_upload(ps.clone(), vault.clone(), pack)
-                .join()
-                .await
-                .map_err(|e| e.to_string())??,
-        );
+
+    /// Uploads the full pack in the background while the next segment is sealed. A few uploads
+    /// in flight hide each one's latency (a durable local write waits for the disk, a cloud
+    /// put for a round trip); the bound keeps memory to a few packs.
+    async fn upload_full(&mut self) -> Result<(), String> {
+        if self.inflight.len() >= UPLOADS_IN_FLIGHT {
+            if let Some(prev) = self.inflight.pop_front() {
+                let p = prev.join().await.map_err(|e| e.to_string())??;
+                self.out.own.insert(p.clone());
+                self.out.packs.insert(p);
+            }
+        }
+        let full = std::mem::replace(&mut self.pack, PackBuilder::with_capacity(PACK_ROOM));
+        self.inflight
+            .push_back(spawn_upload(self.ps.clone(), self.vault.clone(), full));
+        Ok(())
     }
-    packs.extend(own.iter().cloned());
-    let _ = h;
-    Ok(Processed {
-        ids,
-        stats,
-        packs,
-        own,
-        touched,
-    })
+
+    /// Waits for the uploads and sends the last pack.
+    async fn finish(mut self) -> Result<Processed, String> {
+        for prev in std::mem::take(&mut self.inflight) {
+            self.out
+                .own
+                .insert(prev.join().await.map_err(|e| e.to_string())??);
+        }
+        if !self.pack.is_empty() {
+            let last = std::mem::take(&mut self.pack);
+            self.out.own.insert(
+                spawn_upload(self.ps.clone(), self.vault.clone(), last)
+                    .join()
+                    .await
+                    .map_err(|e| e.to_string())??,
+            );
+        }
+        let own = self.out.own.clone();
+        self.out.packs.extend(own);
+        Ok(self.out)
+    }
 }
 
 /// What the processor hands back for the commit.

@@ -57,8 +57,58 @@ async fn session(
     if let Err(e) = vault.refresh_condemned().await {
         tracing::debug!(cause = %e, "could not refresh condemned packs");
     }
-    // Receive into the spool at once; the processor resolves the base (which needs the vault)
-    // and consumes the spool, so a vault outage fills the spool instead of stalling the stream.
+    let (base, out) = receive_and_process(ps, vault, from, &header, src).await?;
+    let Processed {
+        ids,
+        stats,
+        packs,
+        own,
+        touched,
+    } = out;
+    // Make the packs durable while the manifest is written (the commit's barrier then only
+    // waits for what is left: the chunks). A failure here is retried by that barrier.
+    let packs_synced = {
+        let v = vault.clone();
+        AbortOnDrop(tokio::spawn(async move { v.barrier().await }))
+    };
+    let disks = write_manifest(ps, vault, &header, &base, &ids, &touched).await?;
+    let rec = PointRecord {
+        format: VAULT_FORMAT,
+        id: vault::hex(&vault.fresh_id()),
+        machine: header.machine,
+        machine_name: header.machine_name.clone(),
+        captured: header.captured,
+        committed: crate::seams::now(),
+        consistency: header.consistency,
+        parent: header.base.clone(),
+        disks,
+        stats,
+    };
+    let _ = packs_synced.join().await;
+    commit(ps, vault, &header.session, &rec, &packs, &own).await?;
+    tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
+        changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
+    Ok(PointSummary {
+        id: rec.id,
+        machine: rec.machine,
+        captured: rec.captured,
+        committed: rec.committed,
+        consistency: rec.consistency,
+        stats: rec.stats,
+        process_server: local,
+    })
+}
+
+/// Receives the stream into the spool while the processor (on its own task) resolves the base
+/// and turns segments into packs: a vault outage fills the spool instead of stalling the
+/// stream. Returns the base disks and what the processor made of the delta.
+async fn receive_and_process(
+    ps: &Arc<PsState>,
+    vault: &Arc<Vault>,
+    from: NodeId,
+    header: &DeltaHeader,
+    src: &mut dyn MessageSource,
+) -> Result<(Vec<Option<DiskRecord>>, Processed), SessionError> {
     let (seg_tx, seg_rx) = mpsc::channel::<Segment>(ps.spool_segments);
     let processor = {
         let (ps, vault, header) = (ps.clone(), vault.clone(), header.clone());
@@ -69,58 +119,39 @@ async fn session(
         }))
     };
     let t0 = std::time::Instant::now();
-    let received = receive(ps, &header, src, seg_tx).await;
+    let received = receive(ps, header, src, seg_tx).await;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stream received");
     let processed = processor
         .join()
         .await
         .map_err(|e| format!("processor failed: {e}"))?;
-    let (base, out) = match (received, processed) {
-        (_, Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e.into()),
-        (Ok(sent), Ok((base, out))) => {
-            if out.stats.changed_blocks != sent {
-                return Err(SessionError::Failed(format!(
-                    "stream announced {sent} blocks but carried {}",
-                    out.stats.changed_blocks
-                )));
-            }
-            (base, out)
-        }
-    };
-    let Processed {
-        ids,
-        mut stats,
-        packs,
-        own,
-        touched,
-    } = out;
-
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "segments processed");
-    // Make the packs durable while the manifest is written (the commit's barrier then only
-    // waits for what is left: the chunks). A failure here is retried by that barrier.
-    let packs_synced = {
-        let v = vault.clone();
-        tokio::spawn(async move { v.barrier().await })
-    };
-    let disks = write_manifest(ps, vault, &header, &base, &ids, &touched).await?;
-    let id = vault.fresh_id();
-    let rec = PointRecord {
-        format: VAULT_FORMAT,
-        id: vault::hex(&id),
-        machine: header.machine,
-        machine_name: header.machine_name.clone(),
-        captured: header.captured,
-        committed: crate::seams::now(),
-        consistency: header.consistency,
-        parent: header.base.clone(),
-        disks,
-        stats,
-    };
-    let _ = packs_synced.await;
-    // Garbage-collection handshake: rescue any pack this point depends on that GC condemned.
+    match (received, processed) {
+        (_, Err(e)) => Err(e),
+        (Err(e), _) => Err(e.into()),
+        (Ok(sent), Ok((_, out))) if out.stats.changed_blocks != sent => {
+            Err(SessionError::Failed(format!(
+                "stream announced {sent} blocks but carried {}",
+                out.stats.changed_blocks
+            )))
+        }
+        (Ok(_), Ok(done)) => Ok(done),
+    }
+}
+
+/// The commit, in its order: rescue every condemned pack the point depends on (failing if
+/// garbage collection got there first), then the point itself (barrier, create-if-absent,
+/// barrier), then the upload leases end.
+async fn commit(
+    ps: &PsState,
+    vault: &Vault,
+    session: &str,
+    rec: &PointRecord,
+    packs: &BTreeSet<String>,
+    own: &BTreeSet<String>,
+) -> Result<(), SessionError> {
     let raced = retry_forever(ps, vault, "gc rescue", || async {
-        match vault.rescue(&header.session, &packs).await {
+        match vault.rescue(session, packs).await {
             Ok(()) => Ok(None),
             Err(crate::vault::VaultError::Exists(m)) => Ok(Some(m)),
             Err(e) => Err(e),
@@ -130,21 +161,10 @@ async fn session(
     if let Some(m) = raced {
         return Err(SessionError::Failed(m));
     }
-    retry_forever(ps, vault, "commit point", || vault.commit_point(&rec)).await?;
-    vault.release(&own).await;
+    retry_forever(ps, vault, "commit point", || vault.commit_point(rec)).await?;
+    vault.release(own).await;
     ps.points.fetch_add(1, Ordering::Relaxed);
-    stats = rec.stats;
-    tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
-        changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
-    Ok(PointSummary {
-        id: rec.id,
-        machine: rec.machine,
-        captured: rec.captured,
-        committed: rec.committed,
-        consistency: rec.consistency,
-        stats,
-        process_server: local,
-    })
+    Ok(())
 }
 
 /// Writes the new point's manifest chunks (sharing the base's unchanged ones) and returns its
