@@ -8,7 +8,8 @@
 //! simulated time (tokio's paused clock: hours pass in milliseconds), from one seed.
 //!
 //! What goes wrong, by the seed: slow, failed and half-done (answer lost) store operations,
-//! store outages of up to ten minutes, process-server crashes mid-session, answers that never
+//! store outages of up to ten minutes, process-server crashes mid-session, partitions that cut
+//! a replication stream, answers that never
 //! reach the mobility node (its crash), garbage-collection passes cut short (the configuration
 //! node's crash), its clock stepping, and the newest point deleted behind everyone's back.
 //!
@@ -91,6 +92,8 @@ pub struct DataPathReport {
     pub full_resyncs: u32,
     /// Process-server crashes mid-session.
     pub ps_crashes: u32,
+    /// Replication streams cut by a partition.
+    pub partitions: u32,
     /// Collection passes completed.
     pub gc_passes: u32,
     /// Packs collection deleted.
@@ -394,12 +397,19 @@ struct MemStream {
     msgs: VecDeque<Message>,
     /// Simulated network time per message, ms.
     per_msg_ms: u64,
+    /// A partition cuts the stream after this many more messages.
+    cut_after: Option<usize>,
 }
 
 impl MessageSource for MemStream {
     fn next_message(&mut self) -> BoxFuture<'_, Result<Option<Message>, String>> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(self.per_msg_ms)).await;
+            match &mut self.cut_after {
+                Some(0) => return Err("connection lost (simulated partition)".into()),
+                Some(n) => *n -= 1,
+                None => {}
+            }
             Ok(self.msgs.pop_front())
         })
     }
@@ -587,9 +597,17 @@ impl World {
                 block_size: BLOCK as u32,
             }],
         };
+        let msgs = s.delta(&snapshot, &changed);
+        let cut_after = self
+            .chance(40)
+            .then(|| (self.rng.next_u64() % msgs.len() as u64) as usize);
+        if cut_after.is_some() {
+            s.count(|r| r.partitions += 1);
+        }
         let mut src = MemStream {
-            msgs: s.delta(&snapshot, &changed),
+            msgs,
             per_msg_ms: 1 + self.rng.next_u64() % 50,
+            cut_after,
         };
         m.log.handle_sent(&format!("sent-{captured}"));
         match self.session(&mut m.ps, header, &mut src).await {

@@ -9,6 +9,7 @@ fn the_data_path_keeps_every_invariant_under_faults() {
         totals.committed += r.committed;
         totals.failed += r.failed;
         totals.ps_crashes += r.ps_crashes;
+        totals.partitions += r.partitions;
         totals.gc_passes += r.gc_passes;
         totals.deleted_packs += r.deleted_packs;
         totals.retention_deleted += r.retention_deleted;
@@ -18,6 +19,7 @@ fn the_data_path_keeps_every_invariant_under_faults() {
     assert!(totals.committed > 40 * 20, "{totals:?}");
     assert!(totals.failed > 40, "{totals:?}");
     assert!(totals.ps_crashes > 10, "{totals:?}");
+    assert!(totals.partitions > 10, "{totals:?}");
     assert!(totals.gc_passes > 40 * 20, "{totals:?}");
     assert!(totals.deleted_packs > 0, "{totals:?}");
     assert!(totals.retention_deleted > 40 * 5, "{totals:?}");
