@@ -185,12 +185,8 @@ impl BlobStore for SimBlobStore {
     ) -> BoxFuture<'a, Result<Bytes, BlobError>> {
         Box::pin(async move {
             self.roll(Op::Read, key).await?;
-            let s = self.lock();
-            let v = &s.objects.get(key).ok_or(BlobError::NotFound)?.0;
-            if range.end > v.len() as u64 || range.start > range.end {
-                return Err(BlobError::Failed(format!("{key}: range beyond the object")));
-            }
-            Ok(v.slice(range.start as usize..range.end as usize))
+            let v = self.lock().objects.get(key).map(|v| v.0.clone());
+            slice(key, v, range)
         })
     }
 
@@ -257,6 +253,15 @@ impl BlobStore for SimBlobStore {
     }
 }
 
+/// Bytes `range` of object `key` (`None`: absent).
+fn slice(key: &str, v: Option<Bytes>, range: Range<u64>) -> Result<Bytes, BlobError> {
+    let v = v.ok_or(BlobError::NotFound)?;
+    if range.end > v.len() as u64 || range.start > range.end {
+        return Err(BlobError::Failed(format!("{key}: range beyond the object")));
+    }
+    Ok(v.slice(range.start as usize..range.end as usize))
+}
+
 /// The same objects seen without faults or latency: what the invariant checks read through
 /// (a check must not fail because the simulated store did).
 #[derive(Debug)]
@@ -278,13 +283,7 @@ impl BlobStore for CleanView {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, BlobError>> {
         let r = self.0.lock().objects.get(key).map(|v| v.0.clone());
-        Box::pin(async move {
-            let v = r.ok_or(BlobError::NotFound)?;
-            if range.end > v.len() as u64 || range.start > range.end {
-                return Err(BlobError::Failed(format!("{key}: range beyond the object")));
-            }
-            Ok(v.slice(range.start as usize..range.end as usize))
-        })
+        Box::pin(async move { slice(key, r, range) })
     }
 
     fn put<'a>(

@@ -97,38 +97,40 @@ impl PsState {
         let _ = std::fs::remove_dir_all(&spool_dir);
         std::fs::create_dir_all(&spool_dir).map_err(|e| format!("{}: {e}", spool_dir.display()))?;
         let segs = (max_bytes / SEGMENT_BYTES).max(2) as usize;
-        Ok(PsState {
+        let throttle = super::load(&dir.root.join("throttle.json"))?;
+        Ok(PsState::with(
             spool_dir,
-            budget: Arc::new(Semaphore::new(segs)),
-            mem_budget: Arc::new(Semaphore::new((memory_bytes / SEGMENT_BYTES) as usize)),
-            spool_segments: segs,
-            spooled_bytes: AtomicU64::new(0),
-            uploaded_bytes: AtomicU64::new(0),
-            points: AtomicU64::new(0),
-            backlog_since: AtomicU64::new(0),
-            upload_failures: AtomicU64::new(0),
-            uploading_bytes: AtomicU64::new(0),
-            throttle: std::sync::Mutex::new(super::load(&dir.root.join("throttle.json"))?),
-            bucket: tokio::sync::Mutex::new(Default::default()),
-        })
+            segs,
+            (memory_bytes / SEGMENT_BYTES) as usize,
+            throttle,
+        ))
     }
 
     /// A process server whose spool is all in memory (`segments` of [`SEGMENT_BYTES`] at
     /// most; it never spills to a directory): the simulation's.
     pub fn in_memory(segments: usize) -> Self {
         let segs = segments.max(2);
+        PsState::with(PathBuf::new(), segs, segs, None)
+    }
+
+    fn with(
+        spool_dir: PathBuf,
+        segments: usize,
+        in_memory: usize,
+        throttle: Option<lifeboat_actors::replication::Throttle>,
+    ) -> Self {
         PsState {
-            spool_dir: PathBuf::new(),
-            budget: Arc::new(Semaphore::new(segs)),
-            mem_budget: Arc::new(Semaphore::new(segs)),
-            spool_segments: segs,
+            spool_dir,
+            budget: Arc::new(Semaphore::new(segments)),
+            mem_budget: Arc::new(Semaphore::new(in_memory)),
+            spool_segments: segments,
             spooled_bytes: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
             points: AtomicU64::new(0),
             backlog_since: AtomicU64::new(0),
             upload_failures: AtomicU64::new(0),
             uploading_bytes: AtomicU64::new(0),
-            throttle: std::sync::Mutex::new(None),
+            throttle: std::sync::Mutex::new(throttle),
             bucket: tokio::sync::Mutex::new(Default::default()),
         }
     }
