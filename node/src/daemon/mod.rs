@@ -278,13 +278,27 @@ fn advertise_addrs(cfg: &Config, bound: SocketAddr) -> Vec<SocketAddr> {
     out
 }
 
-/// Runs the daemon of `dir` until a signal or a shutdown request.
-pub fn run(dir: StateDir) -> Result<(), DaemonError> {
+/// What the daemon has before its actors start.
+struct Prepared {
+    cfg: Config,
+    keypair: lifeboat_protocol::StaticKeypair,
+    roles: state::RolesFile,
+    mesh_file: Option<state::MeshFile>,
+    quic: tokio::runtime::Runtime,
+    ep: quinn::Endpoint,
+    bound: SocketAddr,
+    advertise: Vec<SocketAddr>,
+    local: Arc<Local>,
+}
+
+/// Loads the node's configuration and identity, refuses a second daemon on the same state
+/// directory, and binds the QUIC endpoint.
+fn prepare(dir: &StateDir) -> Result<Prepared, DaemonError> {
     dir.ensure_initialized()?;
     let cfg = Config::load(&dir.config_path())?;
-    let keypair = state::load_identity(&dir)?;
-    let roles = state::load_roles(&dir)?;
-    let mesh_file = state::load_mesh(&dir)?;
+    let keypair = state::load_identity(dir)?;
+    let roles = state::load_roles(dir)?;
+    let mesh_file = state::load_mesh(dir)?;
     let sock = dir.control_socket();
     if crate::control::is_running(&sock) {
         return Err(DaemonError::AlreadyRunning(dir.root.display().to_string()));
@@ -293,21 +307,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
     let tls_id = TlsIdentity::load_or_create(&dir.tls_cert_path(), &dir.tls_key_path())
         .map_err(DaemonError::Start)?;
 
-    let quic = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("lifeboat-quic")
-        .enable_all()
-        .build()
-        .map_err(|e| DaemonError::Start(e.to_string()))?;
-    let tuning = Tuning {
-        idle_timeout: Duration::from_secs(cfg.discovery.unreachable_after_secs.max(4)),
-        keep_alive: Duration::from_secs(cfg.discovery.heartbeat_interval_secs.max(1)),
-        ..Tuning::default()
-    };
-    let ep = {
-        let _g = quic.enter();
-        tls::endpoint(cfg.node.listen, &tls_id, &tuning).map_err(DaemonError::Start)?
-    };
+    let (quic, ep, tuning) = quic_endpoint(&cfg, &tls_id)?;
     let bound = ep
         .local_addr()
         .map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -324,7 +324,32 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         tuning: tuning.clone(),
     });
     tracing::info!(node = %keypair.node_id(), name = %cfg.node.name, listen = %bound, "lifeboat node starting");
+    Ok(Prepared {
+        cfg,
+        keypair,
+        roles,
+        mesh_file,
+        quic,
+        ep,
+        bound,
+        advertise,
+        local,
+    })
+}
 
+/// Runs the daemon of `dir` until a signal or a shutdown request.
+pub fn run(dir: StateDir) -> Result<(), DaemonError> {
+    let Prepared {
+        cfg,
+        keypair,
+        roles,
+        mesh_file,
+        quic,
+        ep,
+        bound,
+        advertise,
+        local,
+    } = prepare(&dir)?;
     let sys = actix::System::new();
     let quic_handle = quic.handle().clone();
     let result = sys.block_on(async move {
@@ -351,24 +376,8 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             inbound.clone(),
             quic_handle.clone(),
         );
-        let d = &cfg.discovery;
-        let table = PeerTable::new(
-            keypair.node_id(),
-            PeerTableConfig {
-                heartbeat_interval_ms: d.heartbeat_interval_secs * 1000,
-                unreachable_after_ms: d.unreachable_after_secs * 1000,
-                forget_after_ms: d.forget_after_secs * 1000,
-                static_peers: d.peers.clone(),
-                ..PeerTableConfig::default()
-            },
-            u64::from_le_bytes(
-                lifeboat_actors::seams::Rng::seed32(&mut OsRng)[..8]
-                    .try_into()
-                    .unwrap_or([0; 8]),
-            ),
-        );
         let peers = PeersActor::new(
-            table,
+            peer_table(&cfg, keypair.node_id()),
             cfg.node.name.clone(),
             bound.port(),
             Arc::new(net.clone()),
@@ -378,7 +387,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         )
         .start();
         let _ = inbound.peers.set(peers.clone());
-        let repl = match Repl::new(
+        let repl = Repl::new(
             dir.clone(),
             net.clone(),
             keypair.node_id(),
@@ -388,10 +397,8 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             peers.clone(),
             cfg.replication.spool_max_bytes,
             cfg.replication.spool_memory_bytes,
-        ) {
-            Ok(r) => r,
-            Err(e) => return Err(DaemonError::Start(e)),
-        };
+        )
+        .map_err(DaemonError::Start)?;
         let _ = inbound.repl.set(repl.clone());
         {
             let _g = quic_handle.enter();
@@ -434,25 +441,7 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             stop: stop_tx,
             repl,
         });
-        let listener = match bind_control(&dir) {
-            Ok(l) => l,
-            Err(e) => return Err(DaemonError::Start(e)),
-        };
-        actix_rt::spawn(control_loop(listener, ctx.clone()));
-        actix_rt::spawn(signals(ctx.stop.clone()));
-        tracing::info!(socket = %dir.control_socket().display(), "control socket ready");
-        let _ = stop_rx.recv().await;
-        tracing::info!("shutting down");
-        if let Some(a) = discovery {
-            // Stopping the actor withdraws the mDNS record.
-            let _ = a.send(StopDiscovery).await;
-        }
-        net.shutdown();
-        let n = net.clone();
-        let _ = ctx.quic.spawn(async move { n.wait_idle().await }).await;
-        let _ = std::fs::remove_file(dir.control_socket());
-        System::current().stop();
-        Ok(())
+        serve_until_stopped(ctx, &mut stop_rx, discovery).await
     });
     quic.shutdown_timeout(Duration::from_secs(2));
     result
@@ -519,6 +508,74 @@ fn start_discovery(
     } else {
         None
     }
+}
+
+/// Serves the control socket until a signal or a shutdown request, then shuts down in order:
+/// the mDNS record withdrawn, connections closed (and waited for), the socket removed.
+async fn serve_until_stopped(
+    ctx: Arc<Ctx>,
+    stop_rx: &mut tokio::sync::mpsc::Receiver<()>,
+    discovery: Option<Addr<DiscoveryActor>>,
+) -> Result<(), DaemonError> {
+    let listener = bind_control(&ctx.dir).map_err(DaemonError::Start)?;
+    actix_rt::spawn(control_loop(listener, ctx.clone()));
+    actix_rt::spawn(signals(ctx.stop.clone()));
+    tracing::info!(socket = %ctx.dir.control_socket().display(), "control socket ready");
+    let _ = stop_rx.recv().await;
+    tracing::info!("shutting down");
+    if let Some(a) = discovery {
+        // Stopping the actor withdraws the mDNS record.
+        let _ = a.send(StopDiscovery).await;
+    }
+    ctx.net.shutdown();
+    let n = ctx.net.clone();
+    let _ = ctx.quic.spawn(async move { n.wait_idle().await }).await;
+    let _ = std::fs::remove_file(ctx.dir.control_socket());
+    System::current().stop();
+    Ok(())
+}
+
+/// The QUIC runtime (its own two threads) and the bound endpoint.
+fn quic_endpoint(
+    cfg: &Config,
+    tls_id: &TlsIdentity,
+) -> Result<(tokio::runtime::Runtime, quinn::Endpoint, Tuning), DaemonError> {
+    let quic = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lifeboat-quic")
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Start(e.to_string()))?;
+    let tuning = Tuning {
+        idle_timeout: Duration::from_secs(cfg.discovery.unreachable_after_secs.max(4)),
+        keep_alive: Duration::from_secs(cfg.discovery.heartbeat_interval_secs.max(1)),
+        ..Tuning::default()
+    };
+    let ep = {
+        let _g = quic.enter();
+        tls::endpoint(cfg.node.listen, tls_id, &tuning).map_err(DaemonError::Start)?
+    };
+    Ok((quic, ep, tuning))
+}
+
+/// The peer table with the configured discovery timings and static peers, seeded by the OS.
+fn peer_table(cfg: &Config, me: NodeId) -> PeerTable {
+    let d = &cfg.discovery;
+    PeerTable::new(
+        me,
+        PeerTableConfig {
+            heartbeat_interval_ms: d.heartbeat_interval_secs * 1000,
+            unreachable_after_ms: d.unreachable_after_secs * 1000,
+            forget_after_ms: d.forget_after_secs * 1000,
+            static_peers: d.peers.clone(),
+            ..PeerTableConfig::default()
+        },
+        u64::from_le_bytes(
+            lifeboat_actors::seams::Rng::seed32(&mut OsRng)[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ),
+    )
 }
 
 fn bind_control(dir: &StateDir) -> Result<tokio::net::UnixListener, String> {
