@@ -452,3 +452,42 @@ fn initial_replication_reports_progress_and_pending_bytes() {
         cfg.json(&["status", "web"])["replication"]["machines"][0]["state"] == "protected"
     });
 }
+
+#[test]
+fn a_process_server_stopped_mid_session_drains_it_exits_cleanly_and_nothing_is_lost() {
+    let (mut nodes, work) = web_site();
+    let c0 = big_disk(3);
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    let t0 = now_ms();
+    // A slow link to the vault: the initial copy is still uploading when the stop comes.
+    nodes[1].ok(&["throttle", "--bandwidth-limit", "16Mbit"]);
+    protect(&nodes[0], "web", &disk, Some("ps"));
+    wait_until("ps to be uploading the initial copy", WAIT, || {
+        nodes[1].json(&["status"])["replication"]["process_server"]["uploading_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let started = std::time::Instant::now();
+    let status = nodes[1].stop().expect("the process server was running");
+    let took = started.elapsed();
+    assert!(status.success(), "SIGTERM mid-session exits 0: {status:?}");
+    // The drain's grace period (3 s) and then a prompt stop: well inside the 10 s the harness
+    // (like systemd) gives before SIGKILL.
+    assert!(took < Duration::from_secs(9), "stopped in {took:?}");
+    let log = nodes[1].log();
+    assert!(
+        log.contains("draining replication sessions"),
+        "the stop waited for the session: {log}"
+    );
+    // Nothing was acknowledged for the abandoned session; back up, the process server takes
+    // the copy again and the point restores bit-exact.
+    nodes[1].start();
+    nodes[1].ok(&["throttle", "--off"]);
+    let p = point_after(&nodes[0], "web", t0);
+    let out = work.path().join("r");
+    assert!(
+        restore(&nodes[0], "web", p["id"].as_str().unwrap(), &out) == c0,
+        "the point after the interrupted session restores bit-exact"
+    );
+}

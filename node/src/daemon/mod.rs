@@ -523,6 +523,14 @@ async fn serve_until_stopped(
     tracing::info!(socket = %ctx.dir.control_socket().display(), "control socket ready");
     let _ = stop_rx.recv().await;
     tracing::info!("shutting down");
+    // Replication sessions in flight get a few seconds to commit before connections close.
+    let _ = ctx
+        .repl
+        .ps_actor
+        .send(crate::replication::ps::Drain {
+            grace: Duration::from_secs(3),
+        })
+        .await;
     if let Some(a) = discovery {
         // Stopping the actor withdraws the mDNS record.
         let _ = a.send(StopDiscovery).await;

@@ -69,6 +69,8 @@ pub struct Repl {
     pub mob: mobility::MobilityState,
     /// Process-server-side state.
     pub ps: Arc<ps::PsState>,
+    /// The process-server role's actor: admits sessions, drains them at shutdown.
+    pub ps_actor: Addr<ps::ProcessServerActor>,
     /// Weak self-reference, for tasks started from `&Repl`.
     pub me: Mutex<std::sync::Weak<Repl>>,
 }
@@ -109,6 +111,7 @@ impl Repl {
             cfg,
             mob: mobility::MobilityState::default(),
             ps: Arc::new(ps),
+            ps_actor: actix::Actor::start(ps::ProcessServerActor::default()),
             me: Mutex::new(std::sync::Weak::new()),
         });
         if let Ok(mut m) = r.me.lock() {

@@ -11,6 +11,7 @@
 //! is a performance buffer, not a durability boundary: a process server that dies loses only
 //! work the mobility node will send again.
 
+mod actor;
 mod pack;
 mod session;
 mod spool;
@@ -18,6 +19,7 @@ mod spool;
 use super::Repl;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
+pub use actor::{Admit, Drain, ProcessServerActor, Ticket, MAX_SESSIONS};
 use lifeboat_actors::datapath;
 use lifeboat_actors::seams::MessageSource;
 use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
@@ -216,8 +218,22 @@ pub async fn serve(
     mut w: FrameWriter,
     mut r: FrameReader,
 ) {
+    let mut ticket = match repl.ps_actor.send(Admit).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(reason)) => return refuse(w, reason).await,
+        Err(_) => return refuse(w, "this process server is shutting down".into()).await,
+    };
     let outcome = match repl.open_vault().await {
-        Ok(Some(vault)) => run_session(&repl.ps, &vault, repl.local, from, header, &mut r).await,
+        Ok(Some(vault)) => {
+            tokio::select! {
+                out = run_session(&repl.ps, &vault, repl.local, from, header, &mut r) => out,
+                // Shutting down past the drain's grace period: the session is abandoned
+                // (nothing was acknowledged; the mobility node sends it again).
+                _ = ticket.stopped() => Err(PointFailure::Failed {
+                    reason: "the process server is shutting down".into(),
+                }),
+            }
+        }
         Ok(None) => Err(PointFailure::Failed {
             reason: "this process server has no vault yet (create one on the configuration node)"
                 .into(),
@@ -237,7 +253,20 @@ pub async fn serve(
             Message::PointFailed(failure)
         }
     };
+    drop(ticket);
     if w.send(reply).await.is_ok() {
+        w.finish();
+    }
+}
+
+/// Answers a stream this process server does not take now (the mobility node retries later,
+/// with the same base).
+async fn refuse(mut w: FrameWriter, reason: String) {
+    tracing::debug!(cause = %reason, "replication session refused");
+    if w.send(Message::PointFailed(PointFailure::Failed { reason }))
+        .await
+        .is_ok()
+    {
         w.finish();
     }
 }

@@ -1,0 +1,198 @@
+//! The process-server role's actor: it admits replication sessions (at most
+//! [`MAX_SESSIONS`] at once), knows which are in flight, and at shutdown drains them: no new
+//! session is admitted, the running ones get a grace period to commit, and whatever is still
+//! running then is told to stop (it is abandoned safely: nothing was acknowledged, and the
+//! mobility node sends the same changes again to whichever process server it reaches next).
+
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Sessions served at once; more are refused (the mobility node retries with backoff).
+pub const MAX_SESSIONS: usize = 64;
+
+/// Admits one session, or says why not.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Ticket, String>")]
+pub struct Admit;
+
+/// A session ended (sent by its [`Ticket`] when dropped).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Done(u64);
+
+/// Stops admitting sessions; lets the running ones finish for up to `grace`, then tells the
+/// rest to stop. Answers once none is left (or a further `grace` has passed).
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Drain {
+    /// How long running sessions may take to finish.
+    pub grace: Duration,
+}
+
+/// A running session's admission: holding it is being in flight; dropping it ends it.
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    addr: Addr<ProcessServerActor>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ticket {
+    /// Resolves when the session must stop (the daemon is shutting down).
+    pub async fn stopped(&mut self) {
+        let _ = self.stop.wait_for(|s| *s).await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.addr.do_send(Done(self.id));
+    }
+}
+
+/// The actor.
+#[derive(Debug, Default)]
+pub struct ProcessServerActor {
+    next: u64,
+    /// Sessions in flight and their stop signals.
+    live: HashMap<u64, watch::Sender<bool>>,
+    /// Draining: no new session is admitted.
+    draining: bool,
+    /// Who waits for the last session to end.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Actor for ProcessServerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(2 * MAX_SESSIONS);
+    }
+}
+
+impl ProcessServerActor {
+    /// Sessions in flight.
+    pub fn in_flight(&self) -> usize {
+        self.live.len()
+    }
+
+    fn wake_if_idle(&mut self) {
+        if self.live.is_empty() {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+impl Handler<Admit> for ProcessServerActor {
+    type Result = Result<Ticket, String>;
+
+    fn handle(&mut self, _: Admit, ctx: &mut Self::Context) -> Self::Result {
+        if self.draining {
+            return Err("this process server is shutting down".into());
+        }
+        if self.live.len() >= MAX_SESSIONS {
+            return Err(format!(
+                "this process server already serves {MAX_SESSIONS} sessions; retry later"
+            ));
+        }
+        self.next += 1;
+        let (tx, rx) = watch::channel(false);
+        self.live.insert(self.next, tx);
+        Ok(Ticket {
+            id: self.next,
+            addr: ctx.address(),
+            stop: rx,
+        })
+    }
+}
+
+impl Handler<Done> for ProcessServerActor {
+    type Result = ();
+
+    fn handle(&mut self, d: Done, _: &mut Self::Context) {
+        self.live.remove(&d.0);
+        self.wake_if_idle();
+    }
+}
+
+impl Handler<Drain> for ProcessServerActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, d: Drain, ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let running = self.live.len();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        self.wake_if_idle();
+        if running > 0 {
+            tracing::info!(
+                sessions = running,
+                "draining replication sessions before shutdown"
+            );
+            // Past the grace period, whatever still runs is told to stop.
+            ctx.run_later(d.grace, |a, _| {
+                for stop in a.live.values() {
+                    let _ = stop.send(true);
+                }
+            });
+        }
+        let limit = d.grace * 2;
+        Box::pin(async move {
+            let _ = tokio::time::timeout(limit, rx).await;
+            running
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix::test]
+    async fn a_drain_waits_for_running_sessions_then_stops_the_rest() {
+        let a = ProcessServerActor::default().start();
+        let quick = a.send(Admit).await.unwrap().unwrap();
+        let mut slow = a.send(Admit).await.unwrap().unwrap();
+        // The quick session ends within the grace period; the slow one is told to stop.
+        let stopped = tokio::spawn(async move {
+            slow.stopped().await;
+            drop(slow);
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(quick);
+        });
+        let running = a
+            .send(Drain {
+                grace: Duration::from_millis(300),
+            })
+            .await
+            .unwrap();
+        assert_eq!(running, 2);
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("the slow session was told to stop")
+            .unwrap();
+        // Draining: nothing new is admitted.
+        let e = a.send(Admit).await.unwrap().unwrap_err();
+        assert!(e.contains("shutting down"), "{e}");
+    }
+
+    #[actix::test]
+    async fn sessions_beyond_the_bound_are_refused() {
+        let a = ProcessServerActor::default().start();
+        let mut held = Vec::new();
+        for _ in 0..MAX_SESSIONS {
+            held.push(a.send(Admit).await.unwrap().unwrap());
+        }
+        let e = a.send(Admit).await.unwrap().unwrap_err();
+        assert!(e.contains("retry later"), "{e}");
+        held.pop();
+        // The ended session's slot is free again (its Done arrives before the next Admit).
+        assert!(a.send(Admit).await.unwrap().is_ok());
+    }
+}
