@@ -702,9 +702,10 @@ pub fn index_key(pack: &str) -> String {
     format!("packs/{}/{pack}.idx", &pack[..2.min(pack.len())])
 }
 
-/// Object key of a process-server session's lease on the chunks it will reference.
-pub fn lease_key(session: &str) -> String {
-    format!("gc/leases/{session}")
+/// Object key of a process-server session's lease on the chunks it will reference (`name` is
+/// `<machine id>-<session id>`).
+pub fn lease_key(name: &str) -> String {
+    format!("gc/leases/{name}")
 }
 
 /// Object key of a chunk.

@@ -32,16 +32,19 @@ pub async fn run_session(
     header: DeltaHeader,
     src: &mut dyn MessageSource,
 ) -> Result<PointSummary, PointFailure> {
-    let id = header.session.clone();
+    let lease = lease_name(&header);
     let out = session(ps, vault, local, from, header, src).await;
-    if validate_session_id(&id) {
-        vault.end_lease(&id).await;
+    if let Some(l) = lease {
+        vault.end_lease(&l).await;
     }
     out.map_err(PointFailure::from)
 }
 
-fn validate_session_id(s: &str) -> bool {
-    vault::from_hex::<16>(s).is_some()
+/// The name of a session's chunk lease: its machine and session id, so a mobility node (only
+/// ever sending for its own machine) can neither take nor end another machine's lease. `None`
+/// for a session id that is not 16 bytes of hex (such a header is refused anyway).
+fn lease_name(h: &DeltaHeader) -> Option<String> {
+    vault::from_hex::<16>(&h.session).map(|_| format!("{}-{}", h.machine, h.session))
 }
 
 async fn session(
@@ -221,10 +224,8 @@ async fn write_manifest(
         .iter()
         .flat_map(|d| d.chunks.iter().copied())
         .collect();
-    retry_forever(ps, vault, "lease chunks", || {
-        vault.lease(&header.session, &all)
-    })
-    .await?;
+    let lease = lease_name(header).ok_or("invalid session id")?;
+    retry_forever(ps, vault, "lease chunks", || vault.lease(&lease, &all)).await?;
     for (id, sealed) in new_chunks {
         retry_forever(ps, vault, "put chunk", || {
             vault.put_sealed_chunk(&id, sealed.clone())
@@ -261,8 +262,9 @@ async fn resolve_base(
                 .iter()
                 .flat_map(|d| d.chunks.iter().copied())
                 .collect();
+            let lease = lease_name(header).ok_or("invalid session id")?;
             retry_forever(ps, vault, "lease base chunks", || {
-                vault.lease(&header.session, &chunks)
+                vault.lease(&lease, &chunks)
             })
             .await?;
             let k = p.object_key();
