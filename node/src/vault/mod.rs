@@ -348,13 +348,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Ends the leases of a committed session's packs.
-    pub async fn release(&self, packs: &std::collections::BTreeSet<String>) {
-        for p in packs {
-            let _ = self.delete_key(&format!("gc/inflight/{p}")).await;
-        }
-    }
-
     /// True if an object exists (names come from validated fields, never raw network text).
     pub async fn has_object(&self, key: &str) -> Result<bool, VaultError> {
         self.head_exists(key).await

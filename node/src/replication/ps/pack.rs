@@ -24,7 +24,6 @@ pub(super) async fn process(
             ids,
             stats: PointStats::default(),
             packs: BTreeSet::new(),
-            own: BTreeSet::new(),
         },
         pack: PackBuilder::with_capacity(PACK_ROOM),
         pending: Arc::default(),
@@ -135,7 +134,6 @@ impl Packer {
         if self.inflight.len() >= UPLOADS_IN_FLIGHT {
             if let Some(prev) = self.inflight.pop_front() {
                 let p = prev.join().await.map_err(|e| e.to_string())??;
-                self.out.own.insert(p.clone());
                 self.out.packs.insert(p);
             }
         }
@@ -149,20 +147,18 @@ impl Packer {
     async fn finish(mut self) -> Result<Processed, String> {
         for prev in std::mem::take(&mut self.inflight) {
             self.out
-                .own
+                .packs
                 .insert(prev.join().await.map_err(|e| e.to_string())??);
         }
         if !self.pack.is_empty() {
             let last = std::mem::take(&mut self.pack);
-            self.out.own.insert(
+            self.out.packs.insert(
                 spawn_upload(self.ps.clone(), self.vault.clone(), last)
                     .join()
                     .await
                     .map_err(|e| e.to_string())??,
             );
         }
-        let own = self.out.own.clone();
-        self.out.packs.extend(own);
         Ok(self.out)
     }
 }
@@ -175,8 +171,6 @@ pub(super) struct Processed {
     pub(super) stats: PointStats,
     /// Packs the point depends on through this session (uploaded or deduplicated).
     pub(super) packs: BTreeSet<String>,
-    /// Packs this session uploaded (their leases end at commit).
-    pub(super) own: BTreeSet<String>,
     /// Manifest chunks (per disk) with a changed block.
     pub(super) touched: Vec<std::collections::BTreeSet<usize>>,
 }

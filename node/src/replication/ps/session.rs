@@ -1,5 +1,5 @@
 //! The process-server session: validation, the spool, the processor, the manifest and the
-//! commit in its order (barrier, GC rescue, create-if-absent, lease release), then the summary.
+//! commit in its order (chunk lease, barrier, GC rescue, create-if-absent), then the summary.
 
 use super::*;
 
@@ -65,7 +65,6 @@ async fn session(
         ids,
         stats,
         packs,
-        own,
         touched,
     } = out;
     // Make the packs durable while the manifest is written (the commit's barrier then only
@@ -88,7 +87,7 @@ async fn session(
         stats,
     };
     let _ = packs_synced.join().await;
-    commit(ps, vault, &header.session, &rec, &packs, &own).await?;
+    commit(ps, vault, &header.session, &rec, &packs).await?;
     tracing::info!(machine = %rec.machine_name, point = %rec.id, consistency = %rec.consistency,
         changed = stats.changed_blocks, new = stats.new_blocks, dedup = stats.dedup_blocks, "recovery point committed");
     Ok(PointSummary {
@@ -144,14 +143,14 @@ async fn receive_and_process(
 
 /// The commit, in its order: rescue every condemned pack the point depends on (failing if
 /// garbage collection got there first), then the point itself (barrier, create-if-absent,
-/// barrier), then the upload leases end.
+/// barrier). (No per-pack lease is ended here: none is taken. A session's own packs are
+/// protected by the grace period and, past it, by the rescue, as the simulation checks.)
 async fn commit(
     ps: &PsState,
     vault: &Vault,
     session: &str,
     rec: &PointRecord,
     packs: &BTreeSet<String>,
-    own: &BTreeSet<String>,
 ) -> Result<(), SessionError> {
     let raced = retry_forever(ps, vault, "gc rescue", || async {
         match vault.rescue(session, packs).await {
@@ -165,7 +164,6 @@ async fn commit(
         return Err(SessionError::Failed(m));
     }
     retry_forever(ps, vault, "commit point", || vault.commit_point(rec)).await?;
-    vault.release(own).await;
     ps.points.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
