@@ -194,6 +194,118 @@ impl Batcher {
     }
 }
 
+/// zstd level of blocks compressed at the source: the fastest, so the protected machine spends
+/// little CPU and the network and the process server carry the block once, small.
+pub const WIRE_ZSTD_LEVEL: i32 = 1;
+
+/// One disk's scan, fed its blocks in order by the shell (the daemon's read-ahead threads, the
+/// simulation's disk in memory): each block is hashed (BLAKE3) and compared with the base's
+/// hash ([`block_changed`]); a changed block is compressed for the wire (all-zero ones go as
+/// markers) and batched ([`Batcher`]). The new hash map is what the change log moves to once
+/// the point commits.
+#[derive(Debug)]
+pub struct DiskScan {
+    old: Option<Vec<[u8; 32]>>,
+    hashes: Vec<[u8; 32]>,
+    batcher: Batcher,
+    block_size: usize,
+    zero_hash: [u8; 32],
+    sent: u64,
+}
+
+/// What one block did.
+#[derive(Debug)]
+pub struct Scanned {
+    /// It changed since the base (it is in the delta).
+    pub changed: bool,
+    /// A batch due to be sent.
+    pub batch: Option<Vec<lifeboat_protocol::message::DeltaBlock>>,
+}
+
+/// A finished scan.
+#[derive(Debug)]
+pub struct ScanDone {
+    /// The last batch, if it holds anything.
+    pub batch: Option<Vec<lifeboat_protocol::message::DeltaBlock>>,
+    /// Every block's hash: the disk's map once the point commits.
+    pub hashes: Vec<[u8; 32]>,
+    /// Blocks in the delta.
+    pub sent: u64,
+}
+
+impl DiskScan {
+    /// A scan of a disk of `blocks` blocks of `block_size` against the base's hashes `old`
+    /// (`None`: a full copy), batching as `batcher` does.
+    pub fn new(
+        blocks: usize,
+        block_size: u32,
+        old: Option<Vec<[u8; 32]>>,
+        batcher: Batcher,
+    ) -> Self {
+        let bs = block_size as usize;
+        DiskScan {
+            old,
+            hashes: Vec::with_capacity(blocks),
+            batcher,
+            block_size: bs,
+            zero_hash: *blake3::hash(&vec![0u8; bs]).as_bytes(),
+            sent: 0,
+        }
+    }
+
+    /// Blocks seen so far (the index of the next one).
+    pub fn seen(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// The next block's bytes (short only at the end of the disk), at the shell's monotonic
+    /// `now_ms`.
+    pub fn handle_block(&mut self, data: &[u8], now_ms: u64) -> Scanned {
+        use lifeboat_protocol::vault;
+        let i = self.hashes.len();
+        // One zero check per block; a full-size zero block's hash is a constant.
+        let zero = vault::is_zero_block(data);
+        let h = if zero && data.len() == self.block_size {
+            self.zero_hash
+        } else {
+            *blake3::hash(data).as_bytes()
+        };
+        let changed = block_changed(self.old.as_deref(), i, &h, zero);
+        self.hashes.push(h);
+        let batch = if changed {
+            self.sent += 1;
+            let (payload, zstd) = if zero {
+                (None, false)
+            } else {
+                let (mode, p) = vault::encode_block(data, WIRE_ZSTD_LEVEL);
+                (
+                    Some(serde_bytes::ByteBuf::from(p.into_owned())),
+                    mode == vault::MODE_ZSTD,
+                )
+            };
+            let len = payload.as_ref().map_or(0, |p| p.len());
+            let b = lifeboat_protocol::message::DeltaBlock {
+                index: i as u64,
+                data: payload,
+                zstd,
+            };
+            self.batcher.handle_changed(b, len, now_ms)
+        } else {
+            self.batcher.handle_unchanged(now_ms)
+        };
+        Scanned { changed, batch }
+    }
+
+    /// The end of the disk.
+    pub fn finish(self) -> ScanDone {
+        ScanDone {
+            batch: self.batcher.finish(),
+            hashes: self.hashes,
+            sent: self.sent,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

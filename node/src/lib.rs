@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod direct_io;
 pub mod discovery;
+pub mod disk;
 pub mod format;
 pub mod init;
 pub mod net;

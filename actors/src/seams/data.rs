@@ -97,3 +97,32 @@ pub trait MessageSource: Send {
     fn next_message(&mut self)
         -> BoxFuture<'_, Result<Option<lifeboat_protocol::Message>, String>>;
 }
+
+/// A protected disk, or a frozen view of it: what a scan reads. The daemon's reads a block
+/// device or an image file with `O_DIRECT` and the page cache's help
+/// (`node::disk::Disk`); the simulation's is a disk in memory that its applications write.
+pub trait BlockDevice: Send + Sync {
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` with the bytes at `at` (`at + buf.len()` is at most the size). Reads of
+    /// 4 KiB-aligned spans into 4 KiB-aligned buffers are the fast path of a real disk; any
+    /// other read is served too, more slowly.
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<(), String>;
+}
+
+/// Where a process server puts the segments of replication streams that wait for its
+/// processor beyond the memory budget (the spool directory). A segment is written once, read
+/// once and removed; a segment of a session that died is swept at start. The budget (how many
+/// segments may wait at all; the point where the receiver stops reading and QUIC pushes back)
+/// is the process server's logic, not the seam's.
+pub trait Spool: Send + Sync {
+    /// Stores segment `name` (a full disk is an error, and the session fails: nothing it
+    /// received was acknowledged).
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String>;
+    /// Reads segment `name` back.
+    fn read(&self, name: &str) -> Result<Vec<u8>, String>;
+    /// Removes segment `name` (absent is success).
+    fn remove(&self, name: &str);
+}

@@ -24,15 +24,16 @@
 //! - a transient fault never forces a full resync: only a base that left the vault does.
 
 pub mod blobs;
+mod disk;
 
 use blobs::{CleanView, SimBlobStore, SimClock, StoreFaults};
-use lifeboat_actors::datapath::{block_changed, Batcher, ChangeLog};
+use lifeboat_actors::datapath::ChangeLog;
 use lifeboat_actors::plant::Plant;
 use lifeboat_actors::replication::{thin, PointAge, KEEP_ALL_MS};
 use lifeboat_actors::seams::{BlobStore, BoxFuture, MessageSource};
 use lifeboat_node::replication::ps::{run_session, PsState};
 use lifeboat_node::vault::Vault;
-use lifeboat_protocol::message::{DeltaBlock, DeltaHeader, DiskInfo, PointFailure};
+use lifeboat_protocol::message::{DeltaHeader, DiskInfo, PointFailure};
 use lifeboat_protocol::vault::{self, BlockId, Consistency, DataKey, PointRecord, CHUNK_ENTRIES};
 use lifeboat_protocol::{Message, NodeId, UnixMillis};
 use rand_chacha::ChaCha8Rng;
@@ -69,12 +70,12 @@ pub struct DataPathConfig {
 }
 
 impl DataPathConfig {
-    /// Defaults for `seed`: 32 cycles over a disk of 1.5 manifest chunks, all faults on.
+    /// Defaults for `seed`: 24 cycles over a disk of a manifest chunk and 64 blocks, all faults on.
     pub fn new(seed: u64) -> Self {
         DataPathConfig {
             seed,
-            cycles: 32,
-            blocks: CHUNK_ENTRIES + CHUNK_ENTRIES / 2,
+            cycles: 24,
+            blocks: CHUNK_ENTRIES + 64,
             faults: true,
             plant: Plant::None,
         }
@@ -146,19 +147,6 @@ pub fn run_many(
         .find(|r| r.violation.is_some())
 }
 
-/// The bytes of block content `v` (0 is the zero block).
-fn pattern(v: u16) -> Vec<u8> {
-    if v == 0 {
-        return vec![0; BLOCK];
-    }
-    let mut out = vec![0u8; BLOCK];
-    blake3::Hasher::new()
-        .update(&v.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
 /// What every part of the world shares: the store, the truth, the record of what happened.
 struct Shared {
     clock: SimClock,
@@ -166,7 +154,7 @@ struct Shared {
     key: DataKey,
     machine: NodeId,
     /// Each block content's bytes and id, by value.
-    blocks: Vec<(Vec<u8>, BlockId)>,
+    blocks: Arc<Vec<(Vec<u8>, BlockId)>>,
     /// The disk at each capture (by capture time): what a point of that capture must restore to.
     truth: Mutex<BTreeMap<u64, Vec<u16>>>,
     /// Points the mobility node was told are committed (id → capture).
@@ -306,32 +294,6 @@ impl Shared {
         }
     }
 
-    /// The replication stream of `changed` blocks of `snapshot`, as a mobility node sends it.
-    fn delta(&self, snapshot: &[u16], changed: &[usize]) -> VecDeque<Message> {
-        let mut msgs = VecDeque::new();
-        let mut batcher = Batcher::new(0, 64, 1 << 20, u64::MAX);
-        for i in changed {
-            let data = (snapshot[*i] != 0)
-                .then(|| serde_bytes::ByteBuf::from(self.blocks[snapshot[*i] as usize].0.clone()));
-            let len = data.as_ref().map_or(0, |d| d.len());
-            let b = DeltaBlock {
-                index: *i as u64,
-                data,
-                zstd: false,
-            };
-            if let Some(blocks) = batcher.handle_changed(b, len, 0) {
-                msgs.push_back(Message::DeltaBlocks { disk: 0, blocks });
-            }
-        }
-        if let Some(blocks) = batcher.finish() {
-            msgs.push_back(Message::DeltaBlocks { disk: 0, blocks });
-        }
-        msgs.push_back(Message::DeltaEnd {
-            sent_blocks: changed.len() as u64,
-        });
-        msgs
-    }
-
     /// One point: its manifest is the disk at its capture, its Merkle root matches, and each
     /// block it names opens to its bytes. Returns the block contents it names.
     async fn check_point(&self, v: &Vault, p: &PointRecord) -> Result<BTreeSet<u16>, String> {
@@ -390,6 +352,8 @@ struct Mobility {
     last_capture: u64,
     /// A base left the vault: full copies are expected until one commits.
     resync_pending: bool,
+    /// The scanner's read buffers, kept between cycles.
+    buffers: Arc<lifeboat_node::replication::mobility::ScanBuffers>,
 }
 
 /// A replication stream held in memory.
@@ -441,17 +405,7 @@ impl World {
         let mut master = [0u8; 32];
         rng.fill_bytes(&mut master);
         let key = DataKey::from_master(master);
-        let blocks = (0..=PATTERNS)
-            .map(|v| {
-                let b = pattern(v);
-                let id = if v == 0 {
-                    BlockId::ZERO
-                } else {
-                    key.block_id(&b)
-                };
-                (b, id)
-            })
-            .collect();
+        let blocks = Arc::new(disk::contents(PATTERNS, &key));
         let shared = Arc::new(Shared {
             clock,
             store,
@@ -519,6 +473,7 @@ impl World {
             ps: None,
             last_capture: 0,
             resync_pending: false,
+            buffers: Arc::default(),
         };
         for cycle in 0..self.cfg.cycles {
             if s.violated() {
@@ -575,15 +530,15 @@ impl World {
                 "cycle {cycle}: a full copy although no base left the vault"
             ));
         }
-        // The block diff and the batching are the daemon's (`actors::datapath`).
-        let hashes: Vec<[u8; 32]> = snapshot
-            .iter()
-            .map(|v| s.blocks[*v as usize].1 .0)
-            .collect();
-        let old = base.as_ref().and_then(|b| m.maps.get(b)).map(Vec::as_slice);
-        let changed: Vec<usize> = (0..snapshot.len())
-            .filter(|i| block_changed(old, *i, &hashes[*i], snapshot[*i] == 0))
-            .collect();
+        // The scan is the daemon's: its reader threads over a frozen view, its hashing, diff,
+        // wire compression and batching.
+        let old = base.as_ref().and_then(|b| m.maps.get(b)).cloned();
+        let view = disk::View {
+            values: snapshot.clone(),
+            contents: s.blocks.clone(),
+        };
+        let (msgs, hashes) =
+            disk::delta(view, &m.buffers, old).map_err(|e| format!("cycle {cycle}: {e}"))?;
         let header = DeltaHeader {
             session: vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2)),
             machine: s.machine,
@@ -597,7 +552,6 @@ impl World {
                 block_size: BLOCK as u32,
             }],
         };
-        let msgs = s.delta(&snapshot, &changed);
         let cut_after = self
             .chance(40)
             .then(|| (self.rng.next_u64() % msgs.len() as u64) as usize);

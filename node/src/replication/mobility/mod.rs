@@ -19,7 +19,7 @@ mod views;
 use super::{load, save, Repl};
 use crate::direct_io::Aligned;
 use crate::transport::FrameWriter;
-use lifeboat_actors::datapath::{block_changed, Batcher};
+use lifeboat_actors::datapath::Batcher;
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
@@ -27,8 +27,8 @@ use lifeboat_protocol::message::{
 };
 use lifeboat_protocol::vault::{self, Consistency};
 use lifeboat_protocol::{Envelope, Message, NodeId, Role};
-use scan::{load_hashes, open_disk, send_disk};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use scan::{load_hashes, send_disk};
+pub use scan::{scan_device, ScanBuffers};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +44,6 @@ const BATCH_BLOCKS: usize = 1024;
 /// A scan that found nothing to send for this long sends an empty batch (the process server
 /// then knows the mobility node is alive).
 const KEEPALIVE_MS: u64 = 30_000;
-/// zstd level for blocks compressed at the source: the fastest, so the protected machine
-/// spends little CPU and the network and the process server carry the block once, small.
-const WIRE_ZSTD_LEVEL: i32 = 1;
 /// How long a cycle waits for the process server's commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -280,7 +277,7 @@ fn geometry(
     let mut infos = Vec::new();
     let mut olds = Vec::new();
     for (d, p) in spec.disks.iter().zip(paths) {
-        let (_, size, _) = open_disk(p)?;
+        let size = lifeboat_actors::seams::BlockDevice::size(&crate::disk::Disk::open(p)?);
         if size == 0 {
             return Err(format!("disk {} ({}) is empty", d.name, p.display()));
         }

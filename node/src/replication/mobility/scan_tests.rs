@@ -4,8 +4,9 @@ use super::*;
 
 /// Reads a whole image through the scan's readers.
 fn read_all(path: &Path) -> Vec<u8> {
-    let (f, size, direct) = open_disk(path).unwrap();
-    let mut ra = ReadAhead::start(path.to_path_buf(), f, size, direct);
+    let dev = Disk::open(path).unwrap();
+    let size = dev.size();
+    let mut ra = ReadAhead::start(Arc::new(dev), &Arc::default());
     let mut out = Vec::new();
     while (out.len() as u64) < size {
         let Span { at, len, buf } = ra.next().unwrap();
@@ -39,7 +40,7 @@ fn a_scan_reads_partly_cached_image_files_exactly() {
         }
     }
     // The second span really is split: its head comes from the cache, the rest is not there.
-    let second = cached_chunks(&f, READ_BYTES as u64, READ_BYTES).unwrap();
+    let second = crate::disk::cached_chunks(&f, READ_BYTES as u64, READ_BYTES).unwrap();
     assert!(
         second.iter().any(|&c| c) && second.iter().any(|&c| !c),
         "expected a partly cached span, got {second:?}"
@@ -51,7 +52,7 @@ fn a_scan_reads_partly_cached_image_files_exactly() {
     );
     // Reading the evicted part direct brought none of it into the cache (a probing read
     // would have started readahead there, reading the disk twice).
-    let third = cached_chunks(&f, 2 * READ_BYTES as u64, READ_BYTES).unwrap();
+    let third = crate::disk::cached_chunks(&f, 2 * READ_BYTES as u64, READ_BYTES).unwrap();
     assert!(
         third.iter().all(|&c| !c),
         "the scan filled the page cache: {third:?}"
