@@ -506,8 +506,8 @@ fn simulate_seed(s: u64, o: SimOpts) -> (Vec<String>, u64, bool) {
     }
     let dp = dp.map_or(String::new(), |d| {
         format!(
-            "; data path: {} points, {} failed cycles, {} crashes, {} cut streams, {} full resyncs, {} collections, {} packs and {} points deleted",
-            d.committed, d.failed, d.ps_crashes, d.partitions, d.full_resyncs, d.gc_passes, d.deleted_packs, d.retention_deleted
+            "; data path: {} points, {} failed cycles, {} crashes, {} cut streams, {} spilled segments, {} full resyncs, {} collections, {} packs and {} points deleted",
+            d.committed, d.failed, d.ps_crashes, d.partitions, d.spilled_segments, d.full_resyncs, d.gc_passes, d.deleted_packs, d.retention_deleted
         )
     });
     out.push(format!(

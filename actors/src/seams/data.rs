@@ -117,7 +117,7 @@ pub trait BlockDevice: Send + Sync {
 /// once and removed; a segment of a session that died is swept at start. The budget (how many
 /// segments may wait at all; the point where the receiver stops reading and QUIC pushes back)
 /// is the process server's logic, not the seam's.
-pub trait Spool: Send + Sync {
+pub trait Spool: Send + Sync + std::fmt::Debug {
     /// Stores segment `name` (a full disk is an error, and the session fails: nothing it
     /// received was acknowledged).
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String>;

@@ -7,7 +7,7 @@
 use super::BLOCK;
 use lifeboat_actors::seams::BlockDevice;
 use lifeboat_node::replication::mobility::{scan_device, Progress, ScanBuffers};
-use lifeboat_protocol::vault::{self, BlockId, DataKey};
+use lifeboat_protocol::vault::{BlockId, DataKey};
 use lifeboat_protocol::Message;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -108,6 +108,7 @@ pub(super) fn delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lifeboat_protocol::vault;
 
     /// The daemon's scanner over a view sends exactly the blocks that differ from the base,
     /// each with its bytes (zero blocks as markers), and the full copy every non-zero block.

@@ -25,6 +25,7 @@
 
 pub mod blobs;
 mod disk;
+pub mod spool;
 
 use blobs::{CleanView, SimBlobStore, SimClock, StoreFaults};
 use lifeboat_actors::datapath::ChangeLog;
@@ -38,6 +39,7 @@ use lifeboat_protocol::vault::{self, BlockId, Consistency, DataKey, PointRecord,
 use lifeboat_protocol::{Message, NodeId, UnixMillis};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use spool::SimSpool;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,6 +105,8 @@ pub struct DataPathReport {
     pub retention_deleted: u32,
     /// Store operations served.
     pub store_ops: u64,
+    /// Segments the process servers spilled to their spool.
+    pub spilled_segments: u64,
     /// Simulated time, ms.
     pub sim_ms: u64,
     /// The first invariant violation, if any.
@@ -347,13 +351,29 @@ struct Mobility {
     /// The hash maps kept by point (`hashes/<point>/`).
     maps: BTreeMap<String, Vec<[u8; 32]>>,
     /// The process server, while it is up.
-    ps: Option<(Arc<PsState>, Arc<Vault>)>,
+    ps: Option<ProcessServer>,
     /// The last capture time (captures are strictly increasing).
     last_capture: u64,
     /// A base left the vault: full copies are expected until one commits.
     resync_pending: bool,
     /// The scanner's read buffers, kept between cycles.
     buffers: Arc<lifeboat_node::replication::mobility::ScanBuffers>,
+}
+
+/// A process server: its state, its vault client, its spool.
+type ProcessServer = (Arc<PsState>, Arc<Vault>, Arc<SimSpool>);
+
+/// A segment a finished session left in the spool, if any. Segments go with the session's
+/// processor, whose last sealing may still be running on a blocking thread: a bounded wait.
+async fn spool_leak(spool: &SimSpool) -> Option<String> {
+    for _ in 0..2_000 {
+        if spool.names().is_empty() {
+            return None;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    spool.names().into_iter().next()
 }
 
 /// A replication stream held in memory.
@@ -600,16 +620,26 @@ impl World {
     /// back (the mobility node crashed before it persisted it).
     async fn session(
         &mut self,
-        ps: &mut Option<(Arc<PsState>, Arc<Vault>)>,
+        ps: &mut Option<ProcessServer>,
         header: DeltaHeader,
         src: &mut MemStream,
     ) -> Result<lifeboat_protocol::message::PointSummary, PointFailure> {
         let s = self.shared.clone();
-        let (state, v) = match ps.as_ref() {
+        let (state, v, spool) = match ps.as_ref() {
             Some(p) => p.clone(),
             None => {
                 let v = Arc::new(s.open(self.rng.next_u64()).await);
-                let p = (Arc::new(PsState::in_memory(4)), v);
+                // Half the process servers keep segments in memory, half spill every one to
+                // a spool whose disk fills up now and then.
+                let full = if self.cfg.faults { 20 } else { 0 };
+                let spool = Arc::new(SimSpool::new(self.rng.next_u64(), full));
+                let in_memory = if self.rng.next_u64().is_multiple_of(2) {
+                    4
+                } else {
+                    0
+                };
+                let state = Arc::new(PsState::with_spool(spool.clone(), 4, in_memory));
+                let p = (state, v, spool);
                 *ps = Some(p.clone());
                 p
             }
@@ -629,6 +659,10 @@ impl World {
             },
             None => session.await,
         };
+        s.count(|r| r.spilled_segments += spool.take_writes());
+        if let Some(leak) = spool_leak(&spool).await {
+            s.violate(format!("a session left segment {leak} in the spool"));
+        }
         match outcome {
             Ok(_) if self.chance(30) => Err(PointFailure::Failed {
                 reason: "answer lost".into(),

@@ -21,7 +21,7 @@ use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
 pub use actor::{Admit, Drain, ProcessServerActor, Ticket, MAX_SESSIONS};
 use lifeboat_actors::datapath;
-use lifeboat_actors::seams::MessageSource;
+use lifeboat_actors::seams::{MessageSource, Spool};
 use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
 use lifeboat_protocol::vault::{
     self, BlockId, DiskRecord, PackBuilder, PointRecord, PointStats, CHUNK_ENTRIES, MAX_BLOCK_SIZE,
@@ -31,6 +31,7 @@ use lifeboat_protocol::{Message, NodeId};
 use pack::{process, Processed};
 use serde::{Deserialize, Serialize};
 pub use session::run_session;
+pub use spool::DirSpool;
 use spool::{receive, Segment, SegmentData, SpoolRecord};
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
@@ -62,8 +63,8 @@ const MAX_SESSION_BLOCKS: u64 = 1 << 24;
 /// Process-server state and counters.
 #[derive(Debug)]
 pub struct PsState {
-    /// Spool directory.
-    pub spool_dir: PathBuf,
+    /// Where segments beyond the memory budget wait.
+    spool: Arc<dyn Spool>,
     /// Spool budget in segments.
     budget: Arc<Semaphore>,
     /// Segments that may wait in memory instead of the spool directory.
@@ -95,34 +96,31 @@ impl PsState {
         max_bytes: u64,
         memory_bytes: u64,
     ) -> Result<Self, String> {
-        let spool_dir = dir.root.join("spool");
-        let _ = std::fs::remove_dir_all(&spool_dir);
-        std::fs::create_dir_all(&spool_dir).map_err(|e| format!("{}: {e}", spool_dir.display()))?;
+        let spool = Arc::new(DirSpool::open(dir.root.join("spool"))?);
         let segs = (max_bytes / SEGMENT_BYTES).max(2) as usize;
         let throttle = super::load(&dir.root.join("throttle.json"))?;
         Ok(PsState::with(
-            spool_dir,
+            spool,
             segs,
             (memory_bytes / SEGMENT_BYTES) as usize,
             throttle,
         ))
     }
 
-    /// A process server whose spool is all in memory (`segments` of [`SEGMENT_BYTES`] at
-    /// most; it never spills to a directory): the simulation's.
-    pub fn in_memory(segments: usize) -> Self {
-        let segs = segments.max(2);
-        PsState::with(PathBuf::new(), segs, segs, None)
+    /// A process server over `spool` with room for `segments` of [`SEGMENT_BYTES`], of which
+    /// `in_memory` wait in memory: the simulation's.
+    pub fn with_spool(spool: Arc<dyn Spool>, segments: usize, in_memory: usize) -> Self {
+        PsState::with(spool, segments.max(2), in_memory, None)
     }
 
     fn with(
-        spool_dir: PathBuf,
+        spool: Arc<dyn Spool>,
         segments: usize,
         in_memory: usize,
         throttle: Option<lifeboat_actors::replication::Throttle>,
     ) -> Self {
         PsState {
-            spool_dir,
+            spool,
             budget: Arc::new(Semaphore::new(segments)),
             mem_budget: Arc::new(Semaphore::new(in_memory)),
             spool_segments: segments,

@@ -282,8 +282,8 @@ pub(super) fn seal_segment(
                 one(r.disk, r.index, r.data.as_deref().map(|d| &d[..]), r.zstd)?;
             }
         }
-        SegmentData::File(p) => {
-            let file = std::fs::read(p).map_err(|e| format!("spool read: {e}"))?;
+        SegmentData::Spilled(spool, name) => {
+            let file = spool.read(name)?;
             let mut r: &[u8] = &file;
             let mut len = [0u8; 4];
             loop {

@@ -28,46 +28,80 @@ pub(super) struct Segment {
     pub(super) _mem: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// A segment's records: in memory while the processor keeps up, on disk when it falls behind.
+/// A segment's records: in memory while the processor keeps up, in the spool when it falls
+/// behind.
 pub(super) enum SegmentData {
     /// Records in memory, as received (no serialization on the fast path).
     Mem(Vec<SpoolRecord>),
-    /// Records in a spool file.
-    File(PathBuf),
+    /// Records in the spool, under a name.
+    Spilled(Arc<dyn Spool>, String),
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if let SegmentData::File(p) = &self.data {
-            let _ = std::fs::remove_file(p);
+        if let SegmentData::Spilled(spool, name) = &self.data {
+            spool.remove(name);
         }
     }
 }
 
-/// Reads the stream into spool segments. Returns the announced block count. On failure the
-/// segment being written is removed (closed ones go with their `Segment`).
+/// The daemon's spool: segment files in the state directory's `spool/`, which is emptied at
+/// start (segments of sessions that died with a previous process are never resumed: their
+/// mobility nodes send the changes again). Not synced: a segment matters only to the live
+/// session that wrote it, so forcing it to the platter would cost throughput and buy no
+/// durability.
+#[derive(Debug)]
+pub struct DirSpool {
+    dir: PathBuf,
+}
+
+impl DirSpool {
+    /// Creates (or empties) the spool directory.
+    pub fn open(dir: PathBuf) -> Result<DirSpool, String> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(DirSpool { dir })
+    }
+}
+
+impl Spool for DirSpool {
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            format!("spool write failed (disk full?): {e}")
+        })
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, String> {
+        std::fs::read(self.dir.join(name)).map_err(|e| format!("spool read: {e}"))
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(name));
+    }
+}
+
+/// Encodes a segment's records for the spool: each as its length (4 bytes, big-endian) and
+/// its MessagePack.
+pub(super) fn encode_records(recs: &[SpoolRecord], bytes: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(bytes as usize);
+    for r in recs {
+        let rec = vault::to_rmp(r);
+        buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&rec);
+    }
+    buf
+}
+
+/// Reads the stream into spool segments. Returns the announced block count. A segment goes
+/// from the spool with its `Segment`, whatever happens to the session; a failed write leaves
+/// nothing behind.
 pub(super) async fn receive(
     ps: &PsState,
     h: &DeltaHeader,
     r: &mut dyn MessageSource,
     tx: mpsc::Sender<Segment>,
-) -> Result<u64, String> {
-    let mut current: Option<PathBuf> = None;
-    let res = receive_inner(ps, h, r, tx, &mut current).await;
-    if res.is_err() {
-        if let Some(p) = current {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    res
-}
-
-async fn receive_inner(
-    ps: &PsState,
-    h: &DeltaHeader,
-    r: &mut dyn MessageSource,
-    tx: mpsc::Sender<Segment>,
-    current: &mut Option<PathBuf>,
 ) -> Result<u64, String> {
     let mut seg: Option<(
         Vec<SpoolRecord>,
@@ -132,12 +166,12 @@ async fn receive_inner(
                         });
                     }
                     if seg.as_ref().is_some_and(|s| s.1 >= SEGMENT_BYTES) {
-                        close_segment(ps, h, seg.take(), &tx, current).await?;
+                        close_segment(ps, h, seg.take(), &tx).await?;
                     }
                 }
             }
             Message::DeltaEnd { sent_blocks } => {
-                close_segment(ps, h, seg.take(), &tx, current).await?;
+                close_segment(ps, h, seg.take(), &tx).await?;
                 return Ok(sent_blocks);
             }
             other => {
@@ -160,31 +194,18 @@ async fn close_segment(
         tokio::sync::OwnedSemaphorePermit,
     )>,
     tx: &mpsc::Sender<Segment>,
-    current: &mut Option<PathBuf>,
 ) -> Result<(), String> {
     let Some((recs, bytes, n, permit)) = seg else {
         return Ok(());
     };
     ps.spooled_bytes.fetch_add(bytes, Ordering::Relaxed);
-    // Kept in memory while the processor keeps up (a few segments), else spilled to the spool
-    // directory. No fsync: a segment matters only to the live session that wrote it (segments of
-    // a crashed process are discarded at start and the mobility node re-sends), so forcing it to
-    // the platter would cost throughput and buy no durability.
+    // Kept in memory while the processor keeps up (a few segments), else spilled to the spool.
     let (data, mem) = match ps.mem_budget.clone().try_acquire_owned() {
         Ok(m) => (SegmentData::Mem(recs), Some(m)),
         Err(_) => {
-            let path = ps.spool_dir.join(format!("{}-{n:06}.seg", h.session));
-            *current = Some(path.clone());
-            let mut buf = Vec::with_capacity(bytes as usize);
-            for r in &recs {
-                let rec = vault::to_rmp(r);
-                buf.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-                buf.extend_from_slice(&rec);
-            }
-            std::fs::write(&path, &buf)
-                .map_err(|e| format!("spool write failed (disk full?): {e}"))?;
-            *current = None;
-            (SegmentData::File(path), None)
+            let name = format!("{}-{n:06}.seg", h.session);
+            ps.spool.write(&name, &encode_records(&recs, bytes))?;
+            (SegmentData::Spilled(ps.spool.clone(), name), None)
         }
     };
     let _ = ps.backlog_since.compare_exchange(
