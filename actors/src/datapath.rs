@@ -68,6 +68,110 @@ impl ChangeLog {
     }
 }
 
+/// Picks the process server of a cycle: the protection's preferred one if it is connected,
+/// else the first connected one (the list is the members the configuration node granted the
+/// role, never what a peer says of itself).
+pub fn pick_process_server(
+    preferred: Option<lifeboat_protocol::NodeId>,
+    connected: &[lifeboat_protocol::NodeId],
+) -> Option<lifeboat_protocol::NodeId> {
+    preferred
+        .filter(|p| connected.contains(p))
+        .or_else(|| connected.first().copied())
+}
+
+/// One replication cycle of the mobility side, between the view and the process server's
+/// answer. The shell (the daemon's `mobility::cycle`, the simulation's) drives it:
+///
+/// 1. [`Cycle::begin`] with the change log and which hash maps of its point are present:
+///    the base of the delta ([`Cycle::base`]; `None` is a full copy, and the shell must then
+///    compare with no map at all).
+/// 2. The shell scans ([`DiskScan`]) and sends; [`Cycle::handle_sent`] when the stream was
+///    finished whole.
+/// 3. [`Cycle::handle_reply`] with the process server's answer (or the failure to get one):
+///    the [`CycleOutcome`] says what the shell must persist, in order.
+#[derive(Debug)]
+pub struct Cycle {
+    base: Option<String>,
+    session: String,
+    sent: bool,
+}
+
+/// What the shell must do after a cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CycleOutcome {
+    /// The point committed: persist the cycle's hash maps under `point`, then the change log
+    /// (one atomic write: it has moved to `point`), then drop every other point's maps.
+    Committed {
+        /// The new point.
+        point: String,
+    },
+    /// The vault lost the base: drop every hash map and persist the change log (reset); the
+    /// next cycle is a full copy.
+    Reset(String),
+    /// Anything else: nothing moves; every change not yet in a committed point is found again
+    /// by the next cycle.
+    Failed(String),
+}
+
+impl Cycle {
+    /// Starts a cycle of session `session` against `log`, whose point's hash map is present
+    /// for each disk as `maps` says.
+    pub fn begin(log: &ChangeLog, maps: &[bool], session: String) -> Cycle {
+        Cycle {
+            base: log.base(maps),
+            session,
+            sent: false,
+        }
+    }
+
+    /// The base of the delta (`None`: a full copy).
+    pub fn base(&self) -> Option<&str> {
+        self.base.as_deref()
+    }
+
+    /// The session id (the candidate point until it commits).
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The delta was sent whole; its commit is not known yet.
+    pub fn handle_sent(&mut self, log: &mut ChangeLog) {
+        self.sent = true;
+        log.handle_sent(&self.session);
+    }
+
+    /// The process server's answer (or `Err` with why there is none). A committed point
+    /// whose id is malformed, or an answer to a delta that was never sent whole, moves nothing.
+    pub fn handle_reply(
+        self,
+        log: &mut ChangeLog,
+        reply: Result<lifeboat_protocol::message::PointSummary, PointFailure>,
+    ) -> CycleOutcome {
+        match reply {
+            Ok(s) if !self.sent => CycleOutcome::Failed(format!(
+                "point {} reported committed before its delta was sent",
+                s.id
+            )),
+            Ok(s) if lifeboat_protocol::vault::from_hex::<16>(&s.id).is_none() => {
+                CycleOutcome::Failed("process server returned an invalid point id".into())
+            }
+            Ok(s) => {
+                let Advance::To(point) = log.handle_committed(&s.id);
+                CycleOutcome::Committed { point }
+            }
+            Err(f) => {
+                let why = f.to_string();
+                if log.handle_failed(&f) {
+                    CycleOutcome::Reset(why)
+                } else {
+                    CycleOutcome::Failed(why)
+                }
+            }
+        }
+    }
+}
+
 /// One chunk of a new point's manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkPlan {
@@ -331,6 +435,66 @@ mod tests {
         }));
         assert_eq!(log.base(&[true]), None);
         assert!(log.initial_done, "the initial copy stays done");
+    }
+
+    #[test]
+    fn a_cycle_moves_the_log_only_on_a_well_formed_commit_of_a_sent_delta() {
+        use lifeboat_protocol::message::PointSummary;
+        use lifeboat_protocol::NodeId;
+        let summary = |id: &str| PointSummary {
+            id: id.into(),
+            machine: NodeId([2; 10]),
+            captured: lifeboat_protocol::UnixMillis(1),
+            committed: lifeboat_protocol::UnixMillis(2),
+            consistency: lifeboat_protocol::vault::Consistency::CrashConsistent,
+            stats: Default::default(),
+            process_server: NodeId([1; 10]),
+        };
+        let good = "00112233445566778899aabbccddeeff";
+        let mut log = ChangeLog::default();
+        let c = Cycle::begin(&log, &[true], "s1".into());
+        assert_eq!(c.base(), None, "nothing committed: a full copy");
+        assert!(
+            matches!(
+                c.handle_reply(&mut log, Ok(summary(good))),
+                CycleOutcome::Failed(_)
+            ),
+            "an answer to a delta never sent whole"
+        );
+        assert_eq!(log.last_point, None);
+        let mut c = Cycle::begin(&log, &[true], "s2".into());
+        c.handle_sent(&mut log);
+        assert!(matches!(
+            c.handle_reply(&mut log, Ok(summary("zz"))),
+            CycleOutcome::Failed(_)
+        ));
+        assert_eq!(log.last_point, None, "a malformed id moves nothing");
+        let mut c = Cycle::begin(&log, &[true], "s3".into());
+        c.handle_sent(&mut log);
+        assert_eq!(
+            c.handle_reply(&mut log, Ok(summary(good))),
+            CycleOutcome::Committed { point: good.into() }
+        );
+        let mut c = Cycle::begin(&log, &[true], "s4".into());
+        assert_eq!(c.base(), Some(good));
+        c.handle_sent(&mut log);
+        let lost = PointFailure::BaseUnknown {
+            detail: "gone".into(),
+        };
+        assert!(matches!(
+            c.handle_reply(&mut log, Err(lost)),
+            CycleOutcome::Reset(_)
+        ));
+        assert_eq!(Cycle::begin(&log, &[true], "s5".into()).base(), None);
+    }
+
+    #[test]
+    fn the_preferred_process_server_is_used_only_while_connected() {
+        use lifeboat_protocol::NodeId;
+        let (a, b) = (NodeId([1; 10]), NodeId([2; 10]));
+        assert_eq!(pick_process_server(Some(b), &[a, b]), Some(b));
+        assert_eq!(pick_process_server(Some(b), &[a]), Some(a));
+        assert_eq!(pick_process_server(None, &[]), None);
     }
 
     #[test]

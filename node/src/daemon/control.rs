@@ -130,7 +130,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             if let Request::ReplStatus { .. } = req {
                 // The mesh's machines from the configuration node, this node's own process-server
                 // health; local view only when the configuration node is out of reach.
-                let local = crate::replication::config_side::ps_health(&ctx.repl);
+                let local = crate::replication::config_side::ps_health(&ctx.repl).await;
                 let mut v: replies::ReplStatus = match forward(ctx, req).await {
                     Ok(v) => replies::decode(v)?,
                     Err(e) => replies::ReplStatus {
@@ -170,7 +170,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             off,
             hours,
             clear,
-        } => crate::replication::config_side::throttle(&ctx.repl, work, off, hours, clear),
+        } => crate::replication::config_side::throttle(&ctx.repl, work, off, hours, clear).await,
         // The commands a member may also forward here: one implementation for both paths.
         r @ (Request::Protect { .. }
         | Request::Unprotect { .. }

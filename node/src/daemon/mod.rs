@@ -397,13 +397,11 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
             peers.clone(),
             cfg.replication.spool_max_bytes,
             cfg.replication.spool_memory_bytes,
+            quic_handle.clone(),
         )
         .map_err(DaemonError::Start)?;
         let _ = inbound.repl.set(repl.clone());
-        {
-            let _g = quic_handle.enter();
-            crate::replication::mobility::resume(&repl);
-        }
+        repl.mobility.do_send(crate::replication::mobility::Resume);
         quic_handle.spawn(replication_duties(repl.clone()));
         let sync = HelloSync {
             local: local.clone(),
@@ -523,14 +521,16 @@ async fn serve_until_stopped(
     tracing::info!(socket = %ctx.dir.control_socket().display(), "control socket ready");
     let _ = stop_rx.recv().await;
     tracing::info!("shutting down");
-    // Replication sessions in flight get a few seconds to commit before connections close.
-    let _ = ctx
-        .repl
-        .ps_actor
-        .send(crate::replication::ps::Drain {
-            grace: Duration::from_secs(3),
-        })
-        .await;
+    // Replication sessions in flight (served here, and this machine's own cycle) get a few
+    // seconds to commit before connections close.
+    let grace = Duration::from_secs(3);
+    let (_, abandoned) = tokio::join!(
+        ctx.repl.ps_actor.send(crate::replication::ps::Drain { grace }),
+        ctx.repl.mobility.send(crate::replication::mobility::Shutdown { grace }),
+    );
+    if abandoned.unwrap_or(false) {
+        tracing::info!("this machine's replication cycle was abandoned; the next point carries its changes");
+    }
     if let Some(a) = discovery {
         // Stopping the actor withdraws the mDNS record.
         let _ = a.send(StopDiscovery).await;

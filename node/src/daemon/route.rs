@@ -153,16 +153,17 @@ async fn route_replication(
             if spec.machine != repl.local {
                 return err("this protection is for another machine");
             }
-            match crate::replication::mobility::start(&repl, spec) {
-                Ok(()) => Some(Message::Accept),
-                Err(e) => err(e),
+            match repl.mobility.send(crate::replication::mobility::Protect(spec)).await {
+                Ok(Ok(())) => Some(Message::Accept),
+                Ok(Err(e)) => err(e),
+                Err(_) => err("this node is shutting down"),
             }
         }
         Message::Unprotect { machine } => {
             if machine != repl.local {
                 return err("this protection is for another machine");
             }
-            crate::replication::mobility::stop(&repl);
+            let _ = repl.mobility.send(crate::replication::mobility::Unprotect).await;
             Some(Message::Accept)
         }
         Message::PointNotice(s) => {

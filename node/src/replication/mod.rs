@@ -67,9 +67,10 @@ pub struct Repl {
     pub cfg: config_side::ConfigState,
     /// Mobility-side state.
     pub mob: mobility::MobilityState,
-    /// Process-server-side state.
-    pub ps: Arc<ps::PsState>,
-    /// The process-server role's actor: admits sessions, drains them at shutdown.
+    /// The mobility role's actor: owns this machine's protection job.
+    pub mobility: Addr<mobility::MobilityActor>,
+    /// The process-server role's actor: owns its state, admits sessions, drains them at
+    /// shutdown.
     pub ps_actor: Addr<ps::ProcessServerActor>,
     /// Weak self-reference, for tasks started from `&Repl`.
     pub me: Mutex<std::sync::Weak<Repl>>,
@@ -94,11 +95,13 @@ impl Repl {
         peers: Addr<PeersActor>,
         spool_max_bytes: u64,
         spool_memory_bytes: u64,
+        rt: tokio::runtime::Handle,
     ) -> Result<Arc<Repl>, String> {
         let vault_cfg: Option<VaultConfig> = load(&dir.root.join("vault.json"))?;
         let cfg = config_side::ConfigState::load(&dir)?;
         let ps = ps::PsState::new(&dir, spool_max_bytes, spool_memory_bytes)?;
-        let r = Arc::new(Repl {
+        let r = Arc::new_cyclic(|me| Repl {
+            mobility: actix::Actor::start(mobility::MobilityActor::new(me.clone(), rt)),
             dir,
             net,
             local,
@@ -110,8 +113,7 @@ impl Repl {
             vault_cfg: Mutex::new(vault_cfg),
             cfg,
             mob: mobility::MobilityState::default(),
-            ps: Arc::new(ps),
-            ps_actor: actix::Actor::start(ps::ProcessServerActor::default()),
+            ps_actor: actix::Actor::start(ps::ProcessServerActor::new(ps)),
             me: Mutex::new(std::sync::Weak::new()),
         });
         if let Ok(mut m) = r.me.lock() {

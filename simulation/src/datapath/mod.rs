@@ -28,9 +28,9 @@ mod disk;
 pub mod spool;
 
 use blobs::{CleanView, SimBlobStore, SimClock, StoreFaults};
-use lifeboat_actors::datapath::ChangeLog;
+use lifeboat_actors::datapath::{ChangeLog, Cycle, CycleOutcome};
 use lifeboat_actors::plant::Plant;
-use lifeboat_actors::replication::{thin, PointAge, KEEP_ALL_MS};
+use lifeboat_actors::replication::{thin, CycleKind, PointAge, Scheduler, KEEP_ALL_MS};
 use lifeboat_actors::seams::{BlobStore, BoxFuture, MessageSource};
 use lifeboat_node::replication::ps::{run_session, PsState};
 use lifeboat_node::vault::Vault;
@@ -46,15 +46,17 @@ use std::time::Duration;
 
 /// Block size of the simulated disk.
 const BLOCK: usize = 4096;
-/// Distinct block contents the applications write (few, so dedup is everywhere, and contents
-/// come and go, so packs die and are collected).
-const PATTERNS: u16 = 160;
+/// Distinct block contents the applications write (see the write mix in `World::mobility`).
+const PATTERNS: u16 = 240;
+/// The hot region the applications write most: its first block and length.
+const HOT_START: usize = 300;
+const HOT_BLOCKS: u64 = 64;
 /// Distinct contents of the disk at the start.
 const FIRST_PATTERNS: u64 = 40;
 /// Garbage-collection grace period, ms.
 const GRACE_MS: u64 = 30_000;
 /// Retention of the simulated policy, s.
-const RETENTION_SECS: u64 = 4 * 3600;
+const RETENTION_SECS: u64 = 3 * 3600;
 
 /// One run's parameters.
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +97,8 @@ pub struct DataPathReport {
     pub full_resyncs: u32,
     /// Process-server crashes mid-session.
     pub ps_crashes: u32,
+    /// Mobility-node crashes (down an hour, then back from what it persisted).
+    pub mobility_restarts: u32,
     /// Replication streams cut by a partition.
     pub partitions: u32,
     /// Collection passes completed.
@@ -495,23 +499,49 @@ impl World {
             resync_pending: false,
             buffers: Arc::default(),
         };
-        for cycle in 0..self.cfg.cycles {
+        // The daemon's scheduler, on the daemon's default periods scaled to the simulation:
+        // a crash-consistent point every fifteen minutes, an app-consistent one every hour.
+        let policy = lifeboat_protocol::message::Policy {
+            crash_consistent_every_secs: 900,
+            app_consistent_every_secs: 3600,
+            ..lifeboat_protocol::message::Policy::default_policy()
+        };
+        let mut sched = Scheduler::new(&policy, true);
+        let mut cycle = 0;
+        while cycle < self.cfg.cycles {
             if s.violated() {
                 return;
             }
-            // Mostly ten minutes between cycles; now and then an hour.
-            let gap = if self.rng.next_u64().is_multiple_of(10) {
-                3_600_000
-            } else {
-                600_000
+            tokio::time::sleep(Duration::from_millis(1_000 + self.rng.next_u64() % 30_000)).await;
+            // The mobility node crashes and is back an hour later: what it persisted (the
+            // change log, the hash maps) survives; its scheduler and buffers do not.
+            if self.chance(1) {
+                tokio::time::sleep(Duration::from_millis(3_600_000)).await;
+                sched = Scheduler::new(&policy, true);
+                m.buffers = Arc::default();
+                s.count(|r| r.mobility_restarts += 1);
+            }
+            let started = UnixMillis(s.clock.now());
+            let Some(kind) = sched.poll(started) else {
+                continue;
             };
-            tokio::time::sleep(Duration::from_millis(gap + self.rng.next_u64() % 5_000)).await;
-            for _ in 0..(self.rng.next_u64() % 40) {
-                let b = (self.rng.next_u64() % blocks as u64) as usize;
-                m.disk[b] = if self.rng.next_u64().is_multiple_of(7) {
-                    0
+            // What the applications wrote since the last cycle.
+            // Half the writes come from the few contents the disk started with (dedup
+            // everywhere), half from many (contents that come and go, so packs die).
+            // Most writes land in a hot region (a database's busy pages, a log), so what one
+            // cycle wrote is soon overwritten and its pack dies.
+            for _ in 0..(self.rng.next_u64() % 60) {
+                let at = self.rng.next_u64();
+                let b = if at % 10 < 7 {
+                    HOT_START + (at / 10 % HOT_BLOCKS) as usize
                 } else {
-                    1 + (self.rng.next_u64() % PATTERNS as u64) as u16
+                    (at / 10 % blocks as u64) as usize
+                };
+                let r = self.rng.next_u64();
+                m.disk[b] = match r % 14 {
+                    0 => 0,
+                    1..=6 => 1 + (r / 14 % FIRST_PATTERNS) as u16,
+                    _ => 1 + (r / 14 % PATTERNS as u64) as u16,
                 };
             }
             if self.chance(30) {
@@ -521,17 +551,26 @@ impl World {
             if self.chance(15) {
                 self.lose_newest_point().await;
             }
-            if let Err(v) = self.cycle(&mut m, cycle).await {
-                return s.violate(v);
+            match self.cycle(&mut m, cycle, kind).await {
+                Ok(true) => sched.handle_done(started, kind),
+                Ok(false) => sched.handle_failed(UnixMillis(s.clock.now()), self.rng.next_u64()),
+                Err(v) => return s.violate(v),
             }
             // Only collection deletes blocks: their check follows each pass.
             s.check_vault(&format!("after cycle {cycle}"), false).await;
+            cycle += 1;
         }
     }
 
-    /// One cycle: capture, diff against the change log's base, one process-server session,
-    /// and the change log moved (or not) by its outcome.
-    async fn cycle(&mut self, m: &mut Mobility, cycle: u32) -> Result<(), String> {
+    /// One cycle, through the daemon's cycle state machine (`actors::datapath::Cycle`): capture,
+    /// the base, the daemon's scan, one process-server session, and the change log moved (or
+    /// not) by its outcome. Returns whether a point committed.
+    async fn cycle(
+        &mut self,
+        m: &mut Mobility,
+        cycle: u32,
+        kind: CycleKind,
+    ) -> Result<bool, String> {
         let s = self.shared.clone();
         let captured = s.clock.now().max(m.last_capture + 1);
         m.last_capture = captured;
@@ -544,7 +583,9 @@ impl World {
             .last_point
             .as_ref()
             .is_some_and(|p| m.maps.contains_key(p))];
-        let base = m.log.base(&present);
+        let session = vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2));
+        let mut cyc = Cycle::begin(&m.log, &present, session);
+        let base = cyc.base().map(str::to_string);
         if base.is_none() && m.log.initial_done && !m.resync_pending {
             return Err(format!(
                 "cycle {cycle}: a full copy although no base left the vault"
@@ -560,12 +601,16 @@ impl World {
         let (msgs, hashes) =
             disk::delta(view, &m.buffers, old).map_err(|e| format!("cycle {cycle}: {e}"))?;
         let header = DeltaHeader {
-            session: vault::hex(&self.rng.next_u64().to_le_bytes().repeat(2)),
+            session: cyc.session().to_string(),
             machine: s.machine,
             machine_name: "sim".into(),
             base: base.clone(),
             captured: UnixMillis(captured),
-            consistency: Consistency::CrashConsistent,
+            consistency: if kind.app {
+                Consistency::AppConsistent
+            } else {
+                Consistency::CrashConsistent
+            },
             disks: vec![DiskInfo {
                 name: "disk0".into(),
                 size_bytes: (snapshot.len() * BLOCK) as u64,
@@ -580,39 +625,50 @@ impl World {
         }
         let mut src = MemStream {
             msgs,
-            per_msg_ms: 1 + self.rng.next_u64() % 50,
+            // Mostly a fast link; now and then a slow or throttled one, so sessions overlap
+            // collection passes (the race the rescue protocol exists for).
+            per_msg_ms: if self.chance(200) {
+                10_000 + self.rng.next_u64() % 110_000
+            } else {
+                1 + self.rng.next_u64() % 50
+            },
             cut_after,
         };
-        m.log.handle_sent(&format!("sent-{captured}"));
-        match self.session(&mut m.ps, header, &mut src).await {
-            Ok(summary) => {
-                m.log.handle_committed(&summary.id);
+        cyc.handle_sent(&mut m.log);
+        let answer = self.session(&mut m.ps, header, &mut src).await;
+        match cyc.handle_reply(&mut m.log, answer) {
+            CycleOutcome::Committed { point } => {
                 m.maps.clear();
-                m.maps.insert(summary.id.clone(), hashes);
+                m.maps.insert(point.clone(), hashes);
                 if let Ok(mut a) = s.acknowledged.lock() {
-                    a.insert(summary.id.clone(), captured);
+                    a.insert(point, captured);
                 }
                 s.count(|r| r.committed += 1);
                 m.resync_pending = false;
+                Ok(true)
             }
-            Err(f) => {
-                s.count(|r| r.failed += 1);
-                if m.log.handle_failed(&f) {
-                    m.maps.clear();
-                    s.count(|r| r.full_resyncs += 1);
-                    m.resync_pending = true;
-                    let gone = base
-                        .as_ref()
-                        .is_some_and(|b| s.deleting.lock().is_ok_and(|d| d.contains(b)));
-                    if !gone {
-                        return Err(format!(
-                            "cycle {cycle}: a full resync although base {base:?} was never deleted: {f}"
-                        ));
-                    }
+            CycleOutcome::Reset(why) => {
+                s.count(|r| {
+                    r.failed += 1;
+                    r.full_resyncs += 1;
+                });
+                m.maps.clear();
+                m.resync_pending = true;
+                let gone = base
+                    .as_ref()
+                    .is_some_and(|b| s.deleting.lock().is_ok_and(|d| d.contains(b)));
+                if !gone {
+                    return Err(format!(
+                        "cycle {cycle}: a full resync although base {base:?} was never deleted: {why}"
+                    ));
                 }
+                Ok(false)
+            }
+            CycleOutcome::Failed(_) => {
+                s.count(|r| r.failed += 1);
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// One process-server session through the daemon's `run_session`, with the process server

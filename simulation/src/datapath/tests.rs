@@ -14,11 +14,15 @@ fn the_data_path_keeps_every_invariant_under_faults() {
         totals.deleted_packs += r.deleted_packs;
         totals.retention_deleted += r.retention_deleted;
         totals.full_resyncs += r.full_resyncs;
+        totals.mobility_restarts += r.mobility_restarts;
+        totals.spilled_segments += r.spilled_segments;
     }
     // The faults happened and the machinery ran: this checked something.
     assert!(totals.committed > 40 * 20, "{totals:?}");
     assert!(totals.failed > 40, "{totals:?}");
     assert!(totals.ps_crashes > 10, "{totals:?}");
+    assert!(totals.mobility_restarts > 5, "{totals:?}");
+    assert!(totals.spilled_segments > 40, "{totals:?}");
     assert!(totals.partitions > 10, "{totals:?}");
     assert!(totals.gc_passes > 40 * 20, "{totals:?}");
     assert!(totals.deleted_packs > 0, "{totals:?}");

@@ -347,7 +347,10 @@ pub async fn protect(
                 "this node lacks the mobility role; run `lifeboat role add mobility`".into(),
             );
         }
-        super::mobility::start_arc(repl, spec.clone())?;
+        repl.mobility
+            .send(super::mobility::Protect(spec.clone()))
+            .await
+            .map_err(|_| "this node is shutting down".to_string())??;
     } else {
         let net = repl.net.clone();
         match net
@@ -387,7 +390,7 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
     }
     save_protections(repl)?;
     if id == repl.local {
-        super::mobility::stop(repl);
+        let _ = repl.mobility.send(super::mobility::Unprotect).await;
     } else if let Err(e) = repl
         .net
         .request(id, Message::Unprotect { machine: id })
@@ -660,38 +663,21 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
     }
     Ok(crate::replies::encode(&crate::replies::ReplStatus {
         machines,
-        process_server: ps_health(repl),
+        process_server: ps_health(repl).await,
         unreachable: None,
     }))
 }
 
-/// This node's process-server health (spool use, backlog age, uploads).
-pub fn ps_health(repl: &Repl) -> crate::replies::PsHealth {
-    use std::sync::atomic::Ordering::Relaxed;
-    let since = repl.ps.backlog_since.load(Relaxed);
-    let throttle = repl.ps.throttle.lock().ok().and_then(|t| t.clone());
-    crate::replies::PsHealth {
-        spool_segments_used: repl.ps.segments_in_use(),
-        spool_segments_max: repl.ps.spool_segments,
-        spooled_bytes: repl.ps.spooled_bytes.load(Relaxed),
-        backlog_age_ms: if since == 0 {
-            0
-        } else {
-            crate::seams::now().0.saturating_sub(since)
-        },
-        uploaded_bytes: repl.ps.uploaded_bytes.load(Relaxed),
-        uploading_bytes: repl.ps.uploading_bytes.load(Relaxed),
-        points_committed: repl.ps.points.load(Relaxed),
-        upload_failures: repl.ps.upload_failures.load(Relaxed),
-        upload_limit_bytes_per_sec_now: throttle
-            .as_ref()
-            .and_then(|t| t.rate_at(crate::seams::now())),
-        throttle,
-    }
+/// This node's process-server health (spool use, backlog age, uploads), from its actor.
+pub async fn ps_health(repl: &Repl) -> crate::replies::PsHealth {
+    repl.ps_actor
+        .send(super::ps::Health)
+        .await
+        .unwrap_or_default()
 }
 
 /// `lifeboat throttle`: this process server's upload bandwidth policy.
-pub fn throttle(
+pub async fn throttle(
     repl: &Repl,
     work: Option<String>,
     off: Option<String>,
@@ -725,9 +711,7 @@ pub fn throttle(
         })
     };
     save(&repl.dir.root.join("throttle.json"), &t, 0o644)?;
-    if let Ok(mut g) = repl.ps.throttle.lock() {
-        *g = t.clone();
-    }
+    let _ = repl.ps_actor.send(super::ps::SetThrottle(t.clone())).await;
     Ok(crate::replies::encode(&crate::replies::ThrottleReply {
         now_bytes_per_sec: t.as_ref().and_then(|t| t.rate_at(crate::seams::now())),
         throttle: t,

@@ -13,13 +13,16 @@
 //! read or cloned while frozen; crash-consistent if read from a snapshot or reflink clone;
 //! otherwise not consistent (a live disk read over time).
 
+mod actor;
 mod scan;
 mod views;
+
+pub use actor::{MobilityActor, Protect, Resume, Shutdown, Unprotect};
 
 use super::{load, save, Repl};
 use crate::direct_io::Aligned;
 use crate::transport::FrameWriter;
-use lifeboat_actors::datapath::Batcher;
+use lifeboat_actors::datapath::{pick_process_server, Batcher, Cycle, CycleOutcome};
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
@@ -50,8 +53,6 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Mobility-side state.
 #[derive(Debug, Default)]
 pub struct MobilityState {
-    /// Stops the running protection loop.
-    stop: Mutex<Option<watch::Sender<bool>>>,
     /// Latest report (also sent to the configuration node).
     pub report: Mutex<Option<ProtectionReport>>,
     /// Blocks sent by the last cycle.
@@ -98,81 +99,26 @@ fn hashes_path(repl: &Repl, point: &str, disk: &str) -> PathBuf {
         .join(format!("{disk}.bin"))
 }
 
-/// Starts protecting `spec` (persisted first, so a restart resumes it).
-pub fn start(repl: &Arc<Repl>, spec: ProtectionSpec) -> Result<(), String> {
-    for d in &spec.disks {
-        if !super::valid_disk_name(&d.name) {
-            return Err(format!("invalid disk name {:?}", d.name));
-        }
-    }
-    let old: Option<ProtectionSpec> = load(&protection_path(repl))?;
-    if old.as_ref().is_some_and(|o| o.disks != spec.disks) {
-        // Different disks: start over.
-        let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
-        let _ = std::fs::remove_file(replica_path(repl));
-    }
-    save(&protection_path(repl), &spec, 0o600)?;
-    resume(repl);
-    Ok(())
-}
-
-/// [`start`] for a shared reference (the configuration node protecting itself).
-pub fn start_arc(repl: &Repl, spec: ProtectionSpec) -> Result<(), String> {
-    let me = repl
-        .me
-        .lock()
-        .ok()
-        .and_then(|m| m.upgrade())
-        .ok_or("node is shutting down")?;
-    start(&me, spec)
-}
-
-/// Resumes the persisted protection, if any (at daemon start).
-pub fn resume(repl: &Arc<Repl>) {
-    let spec: ProtectionSpec = match load(&protection_path(repl)) {
-        Ok(Some(s)) => s,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(cause = %e, "cannot resume protection");
-            return;
-        }
-    };
-    let (tx, rx) = watch::channel(false);
-    if let Ok(mut g) = repl.mob.stop.lock() {
-        if let Some(old) = g.replace(tx) {
-            let _ = old.send(true);
-        }
-    }
-    let r = repl.clone();
-    tokio::spawn(async move { run(r, spec, rx).await });
-}
-
-/// Stops protecting and forgets the local change-tracking state.
-pub fn stop(repl: &Repl) {
-    if let Ok(mut g) = repl.mob.stop.lock() {
-        if let Some(old) = g.take() {
-            let _ = old.send(true);
-        }
-    }
-    let _ = std::fs::remove_file(protection_path(repl));
-    let _ = std::fs::remove_file(replica_path(repl));
-    let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
-}
-
-async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bool>) {
+/// The protection loop: a cycle whenever the scheduler says one is due, until `stop` says
+/// so (with the grace a cycle in flight gets to commit). Returns true if it abandoned one.
+async fn run(
+    repl: Arc<Repl>,
+    spec: ProtectionSpec,
+    mut stop: watch::Receiver<Option<Duration>>,
+) -> bool {
     let mut sched = Scheduler::new(&spec.policy, spec.hooks.freeze.is_some());
     tracing::info!(disks = spec.disks.len(), "protection started");
     loop {
-        if *stop.borrow() {
+        if stop.borrow().is_some() {
             tracing::info!("protection stopped");
-            return;
+            return false;
         }
         let now = crate::seams::now();
         if let Some(kind) = sched.poll(now) {
             // While the cycle runs, tell the configuration node how far it got.
-            let reporter = {
+            let _reporter = {
                 let r = repl.clone();
-                tokio::spawn(async move {
+                AbortOnDrop(tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         let last = load::<Replica>(&replica_path(&r))
@@ -181,10 +127,23 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
                             .unwrap_or_default();
                         report(&r, last.initial_done, last.last_point, None, None).await;
                     }
-                })
+                }))
             };
-            let outcome = cycle(&repl, &spec, kind).await;
-            reporter.abort();
+            let mut running = std::pin::pin!(cycle(&repl, &spec, kind));
+            let outcome = tokio::select! {
+                o = &mut running => o,
+                _ = stop.changed() => {
+                    let grace = stop.borrow().unwrap_or_default();
+                    match tokio::time::timeout(grace, &mut running).await {
+                        Ok(o) => o,
+                        Err(_) => {
+                            repl.mob.progress.running.store(false, Ordering::Relaxed);
+                            tracing::info!("replication cycle abandoned (protection stopping); its changes go into the next point");
+                            return true;
+                        }
+                    }
+                }
+            };
             repl.mob.progress.running.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(s) => {
@@ -214,6 +173,15 @@ async fn run(repl: Arc<Repl>, spec: ProtectionSpec, mut stop: watch::Receiver<bo
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.changed() => {}
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -254,14 +222,8 @@ async fn report(
 
 /// Picks a process server: the preferred one if connected, else any connected one.
 async fn pick_ps(repl: &Repl, preferred: Option<NodeId>) -> Result<NodeId, String> {
-    let all = repl.connected_with(Role::ProcessServer).await;
-    if let Some(p) = preferred {
-        if all.contains(&p) {
-            return Ok(p);
-        }
-    }
-    all.first()
-        .copied()
+    let connected = repl.connected_with(Role::ProcessServer).await;
+    pick_process_server(preferred, &connected)
         .ok_or_else(|| "no process server is reachable (assign one with `lifeboat role add process-server --node ID`)".into())
 }
 
@@ -297,18 +259,15 @@ fn geometry(
     Ok((infos, olds))
 }
 
-/// The process server committed `point`: only now does the change log move forward. The
-/// maps of the new point first, then the atomic switch in `replica.json`, then the old maps go.
-fn advance(
+/// The process server committed `point` and the change log moved to it: the maps of the new
+/// point first, then the atomic switch in `replica.json`, then the old maps go.
+fn persist_point(
     repl: &Repl,
     spec: &ProtectionSpec,
-    replica: &mut Replica,
+    replica: &Replica,
     point: &str,
     new_hashes: &[Vec<[u8; 32]>],
 ) -> Result<(), String> {
-    if vault::from_hex::<16>(point).is_none() {
-        return Err("process server returned an invalid point id".into());
-    }
     std::fs::create_dir_all(repl.dir.root.join("hashes").join(point)).map_err(|e| e.to_string())?;
     for (d, h) in spec.disks.iter().zip(new_hashes) {
         let mut b = Vec::with_capacity(h.len() * 32);
@@ -316,11 +275,10 @@ fn advance(
         lifeboat_config::state::write_file_atomic(&hashes_path(repl, point, &d.name), &b, 0o600)
             .map_err(|e| e.to_string())?;
     }
-    let lifeboat_actors::datapath::Advance::To(point) = replica.handle_committed(point);
     save(&replica_path(repl), replica, 0o600)?;
     if let Ok(rd) = std::fs::read_dir(repl.dir.root.join("hashes")) {
         for e in rd.flatten() {
-            if e.file_name().to_str() != Some(point.as_str()) {
+            if e.file_name().to_str() != Some(point) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -345,7 +303,10 @@ async fn cycle(
             .map_err(|e| e.to_string())??;
     let (infos, mut olds) = geometry(repl, spec, &views.paths, &replica)?;
     let maps: Vec<bool> = olds.iter().map(Option::is_some).collect();
-    let base = replica.base(&maps);
+    let mut session = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
+    let mut cyc = Cycle::begin(&replica, &maps, vault::hex(&session));
+    let base = cyc.base().map(str::to_string);
     if base.is_none() {
         olds.iter_mut().for_each(|o| *o = None);
     }
@@ -356,11 +317,8 @@ async fn cycle(
         .store(infos.iter().map(|d| d.size_bytes).sum(), Ordering::Relaxed);
     pr.full.store(base.is_none(), Ordering::Relaxed);
     pr.running.store(true, Ordering::Relaxed);
-    let mut session = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
-    let header_session = vault::hex(&session);
     let header = DeltaHeader {
-        session: header_session.clone(),
+        session: cyc.session().to_string(),
         machine: repl.local,
         machine_name: repl.name.clone(),
         base: base.clone(),
@@ -402,29 +360,37 @@ async fn cycle(
         .await
         .map_err(|e| e.to_string())?;
     w.finish();
-    replica.handle_sent(&header_session);
+    cyc.handle_sent(&mut replica);
     repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
     let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
         .await
         .map_err(|_| "process server did not commit within an hour".to_string())?
         .map_err(|e| format!("process server {ps}: {e}"))?;
-    match reply {
-        Message::PointCommitted(s) => {
-            advance(repl, spec, &mut replica, &s.id, &new_hashes)?;
-            tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
+    let answer = match reply {
+        Message::PointCommitted(s) => Ok(s),
+        Message::PointFailed(f) => Err(f),
+        other => {
+            return Err(format!(
+                "unexpected reply from process server: {}",
+                other.kind()
+            ))
+        }
+    };
+    let summary = answer.as_ref().ok().cloned();
+    match (cyc.handle_reply(&mut replica, answer), summary) {
+        (CycleOutcome::Committed { point }, Some(s)) => {
+            persist_point(repl, spec, &replica, &point, &new_hashes)?;
+            tracing::info!(%point, %consistency, sent, base = ?base, "point committed");
             Ok(s)
         }
-        Message::PointFailed(reason) => {
-            if replica.handle_failed(&reason) {
-                // The vault lost our base: drop the maps so the next cycle sends everything.
-                let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
-                save(&replica_path(repl), &replica, 0o600)?;
-            }
-            Err(format!("process server {ps} could not commit: {reason}"))
+        (CycleOutcome::Reset(why), _) => {
+            // The vault lost our base: drop the maps so the next cycle sends everything.
+            let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+            save(&replica_path(repl), &replica, 0o600)?;
+            Err(format!("process server {ps} could not commit: {why}"))
         }
-        other => Err(format!(
-            "unexpected reply from process server: {}",
-            other.kind()
-        )),
+        (CycleOutcome::Failed(why), _) | (CycleOutcome::Committed { point: why }, None) => {
+            Err(format!("process server {ps} could not commit: {why}"))
+        }
     }
 }

@@ -1,10 +1,16 @@
-//! The process-server role's actor: it admits replication sessions (at most
-//! [`MAX_SESSIONS`] at once), knows which are in flight, and at shutdown drains them: no new
-//! session is admitted, the running ones get a grace period to commit, and whatever is still
-//! running then is told to stop (it is abandoned safely: nothing was acknowledged, and the
-//! mobility node sends the same changes again to whichever process server it reaches next).
+//! The process-server role's actor. It owns the role's state ([`PsState`]: spool budget,
+//! counters, upload throttle) and hands it to each session it admits (at most
+//! [`MAX_SESSIONS`] at once, through the session's [`Ticket`]); it answers health and throttle
+//! requests; and at shutdown it drains the sessions: no new session is admitted, the running
+//! ones get a grace period to commit, and whatever is still running then is told to stop (it
+//! is abandoned safely: nothing was acknowledged, and the mobility node sends the same changes
+//! again to whichever process server it reaches next).
 
+use super::PsState;
+use crate::replies::PsHealth;
 use actix::prelude::*;
+use lifeboat_actors::replication::Throttle;
+use std::sync::Arc;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -31,9 +37,21 @@ pub struct Drain {
     pub grace: Duration,
 }
 
+/// This process server's health (spool use, backlog age, uploads).
+#[derive(Debug, Message)]
+#[rtype(result = "PsHealth")]
+pub struct Health;
+
+/// Sets the upload bandwidth policy (the caller has persisted it).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetThrottle(pub Option<Throttle>);
+
 /// A running session's admission: holding it is being in flight; dropping it ends it.
 #[derive(Debug)]
 pub struct Ticket {
+    /// The role's state, for the session.
+    pub ps: Arc<PsState>,
     id: u64,
     addr: Addr<ProcessServerActor>,
     stop: watch::Receiver<bool>,
@@ -53,8 +71,9 @@ impl Drop for Ticket {
 }
 
 /// The actor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessServerActor {
+    ps: Arc<PsState>,
     next: u64,
     /// Sessions in flight and their stop signals.
     live: HashMap<u64, watch::Sender<bool>>,
@@ -73,6 +92,17 @@ impl Actor for ProcessServerActor {
 }
 
 impl ProcessServerActor {
+    /// The actor of the role whose state is `ps`.
+    pub fn new(ps: PsState) -> Self {
+        ProcessServerActor {
+            ps: Arc::new(ps),
+            next: 0,
+            live: HashMap::new(),
+            draining: false,
+            waiters: Vec::new(),
+        }
+    }
+
     /// Sessions in flight.
     pub fn in_flight(&self) -> usize {
         self.live.len()
@@ -103,6 +133,7 @@ impl Handler<Admit> for ProcessServerActor {
         let (tx, rx) = watch::channel(false);
         self.live.insert(self.next, tx);
         Ok(Ticket {
+            ps: self.ps.clone(),
             id: self.next,
             addr: ctx.address(),
             stop: rx,
@@ -116,6 +147,44 @@ impl Handler<Done> for ProcessServerActor {
     fn handle(&mut self, d: Done, _: &mut Self::Context) {
         self.live.remove(&d.0);
         self.wake_if_idle();
+    }
+}
+
+impl Handler<Health> for ProcessServerActor {
+    type Result = MessageResult<Health>;
+
+    fn handle(&mut self, _: Health, _: &mut Self::Context) -> Self::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ps = &self.ps;
+        let now = crate::seams::now();
+        let since = ps.backlog_since.load(Relaxed);
+        let throttle = ps.throttle.lock().ok().and_then(|t| t.clone());
+        MessageResult(PsHealth {
+            spool_segments_used: ps.segments_in_use(),
+            spool_segments_max: ps.spool_segments,
+            spooled_bytes: ps.spooled_bytes.load(Relaxed),
+            backlog_age_ms: if since == 0 {
+                0
+            } else {
+                now.0.saturating_sub(since)
+            },
+            uploaded_bytes: ps.uploaded_bytes.load(Relaxed),
+            uploading_bytes: ps.uploading_bytes.load(Relaxed),
+            points_committed: ps.points.load(Relaxed),
+            upload_failures: ps.upload_failures.load(Relaxed),
+            upload_limit_bytes_per_sec_now: throttle.as_ref().and_then(|t| t.rate_at(now)),
+            throttle,
+        })
+    }
+}
+
+impl Handler<SetThrottle> for ProcessServerActor {
+    type Result = ();
+
+    fn handle(&mut self, t: SetThrottle, _: &mut Self::Context) {
+        if let Ok(mut g) = self.ps.throttle.lock() {
+            *g = t.0;
+        }
     }
 }
 
@@ -152,9 +221,15 @@ impl Handler<Drain> for ProcessServerActor {
 mod tests {
     use super::*;
 
+    fn actor() -> Addr<ProcessServerActor> {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = super::super::DirSpool::open(dir.path().join("spool")).unwrap();
+        ProcessServerActor::new(PsState::with_spool(Arc::new(spool), 4, 4)).start()
+    }
+
     #[actix::test]
     async fn a_drain_waits_for_running_sessions_then_stops_the_rest() {
-        let a = ProcessServerActor::default().start();
+        let a = actor();
         let quick = a.send(Admit).await.unwrap().unwrap();
         let mut slow = a.send(Admit).await.unwrap().unwrap();
         // The slow session runs until it is told to stop.
@@ -195,7 +270,7 @@ mod tests {
 
     #[actix::test]
     async fn sessions_beyond_the_bound_are_refused() {
-        let a = ProcessServerActor::default().start();
+        let a = actor();
         let mut held = Vec::new();
         for _ in 0..MAX_SESSIONS {
             held.push(a.send(Admit).await.unwrap().unwrap());

@@ -19,7 +19,7 @@ mod spool;
 use super::Repl;
 use crate::transport::{FrameReader, FrameWriter};
 use crate::vault::Vault;
-pub use actor::{Admit, Drain, ProcessServerActor, Ticket, MAX_SESSIONS};
+pub use actor::{Admit, Drain, Health, ProcessServerActor, SetThrottle, Ticket, MAX_SESSIONS};
 use lifeboat_actors::datapath;
 use lifeboat_actors::seams::{MessageSource, Spool};
 use lifeboat_protocol::message::{DeltaHeader, PointFailure, PointSummary};
@@ -221,10 +221,11 @@ pub async fn serve(
         Ok(Err(reason)) => return refuse(w, reason).await,
         Err(_) => return refuse(w, "this process server is shutting down".into()).await,
     };
+    let ps = ticket.ps.clone();
     let outcome = match repl.open_vault().await {
         Ok(Some(vault)) => {
             tokio::select! {
-                out = run_session(&repl.ps, &vault, repl.local, from, header, &mut r) => out,
+                out = run_session(&ps, &vault, repl.local, from, header, &mut r) => out,
                 // Shutting down past the drain's grace period: the session is abandoned
                 // (nothing was acknowledged; the mobility node sends it again).
                 _ = ticket.stopped() => Err(PointFailure::Failed {

@@ -246,10 +246,11 @@ async fn resolve_base(
     let base_rec = match &header.base {
         None => None,
         Some(b) => {
-            let pts = vault
-                .list_points(Some(&from))
-                .await
-                .map_err(|e| e.to_string())?;
+            // Through an outage like every other vault call of the session (the stream waits
+            // in the spool): failing here made every cycle of an outage fail at once, and the
+            // mobility node rescan its disks every minute until the vault was back.
+            let pts =
+                retry_forever(ps, vault, "list points", || vault.list_points(Some(&from))).await?;
             let p = pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
                 SessionError::BaseUnknown(format!("point {b} is not in the vault"))
             })?;

@@ -1,0 +1,177 @@
+//! The mobility role's actor. It owns the machine's protection job: the loop that runs
+//! replication cycles on the policy's schedule (on the replication runtime). A new protection
+//! replaces the running job only once that job has ended, so two loops never write the change
+//! log at once; removing the protection ends the job, then forgets the local state; at
+//! shutdown the job's cycle in flight gets a grace period to commit and is abandoned after it.
+//! Abandoning a cycle is safe: the change log moves only on a commit, so every change of an
+//! abandoned cycle is found again by the next one.
+
+use super::*;
+use actix::prelude::*;
+
+/// Starts protecting with `spec` (persisted first, so a restart resumes it).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Protect(pub ProtectionSpec);
+
+/// Resumes the persisted protection, if any (at daemon start).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Resume;
+
+/// Stops protecting and forgets the local change-tracking state.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unprotect;
+
+/// Ends the job for a shutdown: a cycle in flight gets `grace` to commit. Answers `true` if
+/// one was abandoned.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct Shutdown {
+    /// How long a cycle in flight may take to commit.
+    pub grace: Duration,
+}
+
+/// The running job: its stop signal (with the grace a cycle in flight gets) and its task.
+#[derive(Debug)]
+struct Job {
+    stop: watch::Sender<Option<Duration>>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl Job {
+    /// Asks the job to stop and waits for it; past `grace` (and a second for the loop to
+    /// notice) it is aborted. Returns true if a cycle was abandoned.
+    async fn end(mut self, grace: Duration) -> bool {
+        let _ = self.stop.send(Some(grace));
+        match tokio::time::timeout(grace + Duration::from_secs(1), &mut self.task).await {
+            Ok(r) => r.unwrap_or(true),
+            Err(_) => {
+                self.task.abort();
+                let _ = (&mut self.task).await;
+                true
+            }
+        }
+    }
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct MobilityActor {
+    repl: std::sync::Weak<Repl>,
+    rt: tokio::runtime::Handle,
+    job: Option<Job>,
+}
+
+impl MobilityActor {
+    /// The actor of `repl`'s node, running its job on `rt`.
+    pub fn new(repl: std::sync::Weak<Repl>, rt: tokio::runtime::Handle) -> Self {
+        MobilityActor {
+            repl,
+            rt,
+            job: None,
+        }
+    }
+
+    /// Replaces the job with `work`, which starts once the previous job has ended (the
+    /// previous job's cycle in flight is abandoned: the protection changed).
+    fn replace<F>(&mut self, work: impl FnOnce(watch::Receiver<Option<Duration>>) -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let prev = self.job.take();
+        let (stop, rx) = watch::channel(None);
+        let task = self.rt.spawn(async move {
+            if let Some(p) = prev {
+                p.end(Duration::ZERO).await;
+            }
+            work(rx).await
+        });
+        self.job = Some(Job { stop, task });
+    }
+}
+
+impl Actor for MobilityActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Protect> for MobilityActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, p: Protect, _: &mut Self::Context) -> Self::Result {
+        let spec = p.0;
+        for d in &spec.disks {
+            if !super::super::valid_disk_name(&d.name) {
+                return Err(format!("invalid disk name {:?}", d.name));
+            }
+        }
+        let repl = self.repl.upgrade().ok_or("node is shutting down")?;
+        let old: Option<ProtectionSpec> = load(&protection_path(&repl))?;
+        // Different disks: start over (once the old job has ended: it could still commit).
+        let fresh = old.as_ref().is_some_and(|o| o.disks != spec.disks);
+        save(&protection_path(&repl), &spec, 0o600)?;
+        self.replace(move |stop| async move {
+            if fresh {
+                forget(&repl);
+            }
+            run(repl, spec, stop).await
+        });
+        Ok(())
+    }
+}
+
+impl Handler<Resume> for MobilityActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resume, _: &mut Self::Context) {
+        let Some(repl) = self.repl.upgrade() else {
+            return;
+        };
+        let spec: ProtectionSpec = match load(&protection_path(&repl)) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot resume protection");
+                return;
+            }
+        };
+        self.replace(move |stop| run(repl, spec, stop));
+    }
+}
+
+impl Handler<Unprotect> for MobilityActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Unprotect, _: &mut Self::Context) {
+        let Some(repl) = self.repl.upgrade() else {
+            return;
+        };
+        let _ = std::fs::remove_file(protection_path(&repl));
+        self.replace(move |_| async move {
+            forget(&repl);
+            tracing::info!("protection removed");
+            false
+        });
+    }
+}
+
+impl Handler<Shutdown> for MobilityActor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, s: Shutdown, _: &mut Self::Context) -> Self::Result {
+        let job = self.job.take();
+        Box::pin(async move {
+            match job {
+                Some(j) => j.end(s.grace).await,
+                None => false,
+            }
+        })
+    }
+}
+
+/// Forgets the local change-tracking state (the change log and the hash maps).
+fn forget(repl: &Repl) {
+    let _ = std::fs::remove_file(replica_path(repl));
+    let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
+}
