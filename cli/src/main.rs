@@ -614,6 +614,22 @@ fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine: bool) {
     );
     println!("members     {}", v.members);
     println!("connected   {}", v.connected_peers);
+    if let Some(g) = &repl.gc {
+        let last = match (&g.last_error, g.last_finished_ms) {
+            (Some(e), Some(t)) => format!("last pass {} failed: {e}", when(Some(t))),
+            (None, Some(t)) => format!(
+                "last pass {}: {} packs deleted, {} B freed",
+                when(Some(t)),
+                g.last_deleted_packs,
+                g.last_freed_bytes
+            ),
+            _ => "no pass yet".to_string(),
+        };
+        match g.running_since_ms {
+            Some(t) => println!("vault gc    running since {}; {last}", when(Some(t))),
+            None => println!("vault gc    {last}"),
+        }
+    }
 }
 
 /// `points` as a table.

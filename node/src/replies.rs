@@ -248,9 +248,32 @@ pub struct ReplStatus {
     pub machines: Vec<MachineStatus>,
     /// This node's process-server health.
     pub process_server: PsHealth,
+    /// The vault's garbage collection (configuration node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcJob>,
     /// Why the configuration node's view is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
+}
+
+/// The vault's garbage collection, as a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcJob {
+    /// When the pass in flight started (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
+    /// When the last pass ended (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished_ms: Option<u64>,
+    /// Why the last pass failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Packs the last pass deleted.
+    #[serde(default)]
+    pub last_deleted_packs: u64,
+    /// Bytes the last pass freed.
+    #[serde(default)]
+    pub last_freed_bytes: u64,
 }
 
 /// `throttle`.

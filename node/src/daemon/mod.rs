@@ -84,19 +84,6 @@ struct Ctx {
     repl: Arc<Repl>,
 }
 
-/// Background duties of the replication roles: keep the vault open, grant it to process
-/// servers, watch RPO. Runs on the quinn runtime.
-async fn replication_duties(repl: Arc<Repl>) {
-    loop {
-        repl.drop_vault_unless_needed().await;
-        if let Err(e) = repl.open_vault().await {
-            tracing::warn!(cause = %e, "vault not reachable yet");
-        }
-        crate::replication::config_side::tick(&repl).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 /// Admission backed by the mesh actor.
 struct ActorAdmission(Addr<MeshActor>);
 
@@ -402,7 +389,8 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         .map_err(DaemonError::Start)?;
         let _ = inbound.repl.set(repl.clone());
         repl.mobility.do_send(crate::replication::mobility::Resume);
-        quic_handle.spawn(replication_duties(repl.clone()));
+        repl.config
+            .do_send(crate::replication::config_side::StartDuties);
         let sync = HelloSync {
             local: local.clone(),
             net: net.clone(),
@@ -525,11 +513,22 @@ async fn serve_until_stopped(
     // seconds to commit before connections close.
     let grace = Duration::from_secs(3);
     let (_, abandoned) = tokio::join!(
-        ctx.repl.ps_actor.send(crate::replication::ps::Drain { grace }),
-        ctx.repl.mobility.send(crate::replication::mobility::Shutdown { grace }),
+        ctx.repl
+            .ps_actor
+            .send(crate::replication::ps::Drain { grace }),
+        ctx.repl
+            .mobility
+            .send(crate::replication::mobility::Shutdown { grace }),
     );
+    let _ = ctx
+        .repl
+        .config
+        .send(crate::replication::config_side::Shutdown)
+        .await;
     if abandoned.unwrap_or(false) {
-        tracing::info!("this machine's replication cycle was abandoned; the next point carries its changes");
+        tracing::info!(
+            "this machine's replication cycle was abandoned; the next point carries its changes"
+        );
     }
     if let Some(a) = discovery {
         // Stopping the actor withdraws the mDNS record.

@@ -153,7 +153,11 @@ async fn route_replication(
             if spec.machine != repl.local {
                 return err("this protection is for another machine");
             }
-            match repl.mobility.send(crate::replication::mobility::Protect(spec)).await {
+            match repl
+                .mobility
+                .send(crate::replication::mobility::Protect(spec))
+                .await
+            {
                 Ok(Ok(())) => Some(Message::Accept),
                 Ok(Err(e)) => err(e),
                 Err(_) => err("this node is shutting down"),
@@ -163,7 +167,10 @@ async fn route_replication(
             if machine != repl.local {
                 return err("this protection is for another machine");
             }
-            let _ = repl.mobility.send(crate::replication::mobility::Unprotect).await;
+            let _ = repl
+                .mobility
+                .send(crate::replication::mobility::Unprotect)
+                .await;
             Some(Message::Accept)
         }
         Message::PointNotice(s) => {

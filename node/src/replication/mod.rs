@@ -67,13 +67,13 @@ pub struct Repl {
     pub cfg: config_side::ConfigState,
     /// Mobility-side state.
     pub mob: mobility::MobilityState,
+    /// The configuration role's actor: owns its duties loop and the collection job.
+    pub config: Addr<config_side::ConfigActor>,
     /// The mobility role's actor: owns this machine's protection job.
     pub mobility: Addr<mobility::MobilityActor>,
     /// The process-server role's actor: owns its state, admits sessions, drains them at
     /// shutdown.
     pub ps_actor: Addr<ps::ProcessServerActor>,
-    /// Weak self-reference, for tasks started from `&Repl`.
-    pub me: Mutex<std::sync::Weak<Repl>>,
 }
 
 impl std::fmt::Debug for Repl {
@@ -101,6 +101,7 @@ impl Repl {
         let cfg = config_side::ConfigState::load(&dir)?;
         let ps = ps::PsState::new(&dir, spool_max_bytes, spool_memory_bytes)?;
         let r = Arc::new_cyclic(|me| Repl {
+            config: actix::Actor::start(config_side::ConfigActor::new(me.clone(), rt.clone())),
             mobility: actix::Actor::start(mobility::MobilityActor::new(me.clone(), rt)),
             dir,
             net,
@@ -114,11 +115,7 @@ impl Repl {
             cfg,
             mob: mobility::MobilityState::default(),
             ps_actor: actix::Actor::start(ps::ProcessServerActor::new(ps)),
-            me: Mutex::new(std::sync::Weak::new()),
         });
-        if let Ok(mut m) = r.me.lock() {
-            *m = Arc::downgrade(&r);
-        }
         Ok(r)
     }
 

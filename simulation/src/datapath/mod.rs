@@ -63,7 +63,7 @@ const RETENTION_SECS: u64 = 3 * 3600;
 pub struct DataPathConfig {
     /// Seed of everything.
     pub seed: u64,
-    /// Replication cycles.
+    /// How long the run lasts, in cycles on schedule (failed cycles are retried on top).
     pub cycles: u32,
     /// Blocks of the disk.
     pub blocks: usize,
@@ -508,7 +508,11 @@ impl World {
         };
         let mut sched = Scheduler::new(&policy, true);
         let mut cycle = 0;
-        while cycle < self.cfg.cycles {
+        // The run lasts as long as `cycles` cycles on schedule would (retries after failures
+        // come on top).
+        let end =
+            s.clock.now() + u64::from(self.cfg.cycles) * policy.crash_consistent_every_secs * 1000;
+        while s.clock.now() < end {
             if s.violated() {
                 return;
             }

@@ -2,7 +2,10 @@
 //! protections, the catalog of recovery points (a cache of the vault's), replication status and
 //! RPO alerts, and restores.
 
+mod actor;
 mod points;
+
+pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
@@ -50,8 +53,6 @@ pub struct ConfigState {
     /// Point notices being verified against the vault at once (a bound on what a flood of
     /// notices can cost).
     pub notice_slots: Arc<tokio::sync::Semaphore>,
-    /// One garbage collection at a time.
-    pub gc_lock: tokio::sync::Mutex<()>,
 }
 
 impl ConfigState {
@@ -70,7 +71,6 @@ impl ConfigState {
             granted: Mutex::new(BTreeSet::new()),
             duties: Mutex::new(Duties::new(RETENTION_EVERY_MS, GC_EVERY_MS)),
             notice_slots: Arc::new(tokio::sync::Semaphore::new(16)),
-            gc_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -471,24 +471,15 @@ const GC_EVERY_MS: u64 = 15 * 60_000;
 /// Grace period of the periodic garbage collection (longer than any upload takes).
 pub const GC_GRACE_MS: u64 = 3_600_000;
 
-/// `lifeboat vault gc`: one garbage collection now.
+/// `lifeboat vault gc`: one garbage collection now (the configuration actor's job; refused
+/// while one runs).
 pub async fn gc(repl: &Repl, grace_ms: u64) -> Result<Value, String> {
     require_config(repl).await?;
-    let vault = require_vault(repl).await?;
-    let _g = repl.cfg.gc_lock.lock().await;
-    let r = vault
-        .gc(crate::seams::now().0, grace_ms)
+    let r = repl
+        .config
+        .send(Collect { grace_ms })
         .await
-        .map_err(|e| format!("garbage collection failed: {e}"))?;
-    tracing::info!(
-        condemned = r.condemned,
-        repacked = r.repacked,
-        deleted_packs = r.deleted_packs,
-        rescued = r.rescued,
-        deleted_chunks = r.deleted_chunks,
-        freed_bytes = r.freed_bytes,
-        "vault garbage collection"
-    );
+        .map_err(|_| "daemon is shutting down".to_string())??;
     Ok(serde_json::to_value(r).unwrap_or_default())
 }
 
@@ -577,14 +568,18 @@ pub async fn tick(repl: &Repl) {
         retention(repl, now).await;
     }
     if due.gc {
-        // On its own task: a long collection must not hold up grants, retention or alerts.
-        if let Some(me) = repl.me.lock().ok().and_then(|m| m.upgrade()) {
-            tokio::spawn(async move {
-                if let Err(e) = gc(&me, GC_GRACE_MS).await {
-                    tracing::warn!(cause = %e, "periodic garbage collection failed");
-                }
-            });
-        }
+        // The actor's job: a long collection does not hold up grants, retention or alerts.
+        let config = repl.config.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = config
+                .send(Collect {
+                    grace_ms: GC_GRACE_MS,
+                })
+                .await
+            {
+                tracing::warn!(cause = %e, "periodic garbage collection did not run");
+            }
+        });
     }
     let w = watched(repl);
     let ws: Vec<Watched> = w.iter().map(|(w, _)| *w).collect();
@@ -664,6 +659,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
     Ok(crate::replies::encode(&crate::replies::ReplStatus {
         machines,
         process_server: ps_health(repl).await,
+        gc: repl.config.send(JobView).await.ok(),
         unreachable: None,
     }))
 }

@@ -76,8 +76,10 @@ impl MobilityActor {
 
     /// Replaces the job with `work`, which starts once the previous job has ended (the
     /// previous job's cycle in flight is abandoned: the protection changed).
-    fn replace<F>(&mut self, work: impl FnOnce(watch::Receiver<Option<Duration>>) -> F + Send + 'static)
-    where
+    fn replace<F>(
+        &mut self,
+        work: impl FnOnce(watch::Receiver<Option<Duration>>) -> F + Send + 'static,
+    ) where
         F: std::future::Future<Output = bool> + Send + 'static,
     {
         let prev = self.job.take();

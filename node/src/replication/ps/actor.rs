@@ -10,8 +10,8 @@ use super::PsState;
 use crate::replies::PsHealth;
 use actix::prelude::*;
 use lifeboat_actors::replication::Throttle;
-use std::sync::Arc;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 

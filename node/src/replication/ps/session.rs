@@ -246,11 +246,14 @@ async fn resolve_base(
     let base_rec = match &header.base {
         None => None,
         Some(b) => {
-            // Through an outage like every other vault call of the session (the stream waits
-            // in the spool): failing here made every cycle of an outage fail at once, and the
-            // mobility node rescan its disks every minute until the vault was back.
-            let pts =
-                retry_forever(ps, vault, "list points", || vault.list_points(Some(&from))).await?;
+            // Not waited out like the session's other vault calls: a failure here fails the
+            // session at once (transient: the mobility node retries with backoff, with a
+            // fresh view), so a mobility node is never held behind a session of an old view
+            // for the length of an outage.
+            let pts = vault
+                .list_points(Some(&from))
+                .await
+                .map_err(|e| e.to_string())?;
             let p = pts.into_iter().find(|p| &p.id == b).ok_or_else(|| {
                 SessionError::BaseUnknown(format!("point {b} is not in the vault"))
             })?;
