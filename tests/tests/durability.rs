@@ -400,6 +400,14 @@ fn garbage_collection_frees_unreferenced_blocks_while_replication_runs() {
     assert!(g2["deleted_packs"].as_u64().unwrap() > 0, "{g2}");
     let after = dir_bytes(&packs);
     assert!(after < before, "packs {before} -> {after} bytes");
+    // Collection is a job of the configuration node: its last pass is in `status`.
+    let job = &cfg.json(&["status"])["replication"]["gc"];
+    assert!(job["last_finished_ms"].as_u64().is_some(), "{job}");
+    assert!(job.get("running_since_ms").is_none(), "{job}");
+    assert!(
+        cfg.ok(&["status"]).contains("vault gc    last pass"),
+        "status shows the collection job"
+    );
 
     // Nothing a point references was lost: every point restores (every block verified), and
     // the newest is the disk as it is.
@@ -490,4 +498,61 @@ fn a_process_server_stopped_mid_session_drains_it_exits_cleanly_and_nothing_is_l
         restore(&nodes[0], "web", p["id"].as_str().unwrap(), &out) == c0,
         "the point after the interrupted session restores bit-exact"
     );
+}
+
+#[test]
+fn a_mobility_node_stopped_mid_cycle_exits_cleanly_and_its_changes_go_into_the_next_point() {
+    let (mut nodes, work) = web_site();
+    let c0 = big_disk(5);
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    // A slow process server: the initial copy's cycle is still in flight when the stop comes.
+    nodes[1].ok(&["throttle", "--bandwidth-limit", "16Mbit"]);
+    protect(&nodes[0], "web", &disk, Some("ps"));
+    wait_until("ps to be uploading the initial copy", WAIT, || {
+        nodes[1].json(&["status"])["replication"]["process_server"]["uploading_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let started = std::time::Instant::now();
+    let status = nodes[2].stop().expect("the mobility node was running");
+    let took = started.elapsed();
+    assert!(status.success(), "SIGTERM mid-cycle exits 0: {status:?}");
+    assert!(took < Duration::from_secs(9), "stopped in {took:?}");
+    let log = nodes[2].log();
+    assert!(
+        log.contains("replication cycle abandoned"),
+        "the stop abandoned the cycle in flight: {log}"
+    );
+    // Its change log did not move (the process server may still commit the abandoned delta
+    // if it had it whole: that point is the disk at its capture). Back up, the mobility node
+    // sends what changed since its last committed point, and the point restores bit-exact.
+    let mut c1 = c0.clone();
+    c1[..BS].copy_from_slice(&noise(77, BS));
+    disk.write(&c1);
+    nodes[1].ok(&["throttle", "--off"]);
+    let t1 = now_ms();
+    nodes[2].start();
+    let p = point_after(&nodes[0], "web", t1);
+    assert!(
+        restore(
+            &nodes[0],
+            "web",
+            p["id"].as_str().unwrap(),
+            &work.path().join("r")
+        ) == c1,
+        "the first point after the restart is the disk as it is"
+    );
+    for (i, p) in points(&nodes[0], "web").iter().enumerate() {
+        let got = restore(
+            &nodes[0],
+            "web",
+            p["id"].as_str().unwrap(),
+            &work.path().join(format!("p{i}")),
+        );
+        assert!(
+            got == c0 || got == c1,
+            "every point is the disk at a capture"
+        );
+    }
 }
