@@ -448,6 +448,42 @@ pub async fn connect(
         .map_err(|_| TransportError::Timeout("handshake"))?
 }
 
+/// The responder is who the initiator expected: a fingerprint it was told, or a member.
+async fn check_responder(
+    key: lifeboat_protocol::PublicKey,
+    expect: &Expect,
+    admission: &dyn Admission,
+) -> Result<(), TransportError> {
+    match expect {
+        Expect::Any => {}
+        Expect::Fingerprint(fp) => {
+            if key.fingerprint() != *fp {
+                return Err(TransportError::UnexpectedPeer {
+                    got: key.fingerprint().to_string(),
+                    expected: fp.to_string(),
+                });
+            }
+        }
+        Expect::Member(want) => {
+            if let Some(id) = want {
+                if key.node_id() != *id {
+                    return Err(TransportError::UnexpectedPeer {
+                        got: key.node_id().to_string(),
+                        expected: id.to_string(),
+                    });
+                }
+            }
+            if !admission.check_key(key).await.member {
+                return Err(TransportError::Refused(format!(
+                    "node {} is not on our membership list",
+                    key.node_id()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn initiate(
     conn: quinn::Connection,
     local: &Local,
@@ -476,33 +512,7 @@ async fn initiate(
         }
     };
     let (key, _hello) = hs.read_response(&m2)?;
-    match &expect {
-        Expect::Any => {}
-        Expect::Fingerprint(fp) => {
-            if key.fingerprint() != *fp {
-                return Err(TransportError::UnexpectedPeer {
-                    got: key.fingerprint().to_string(),
-                    expected: fp.to_string(),
-                });
-            }
-        }
-        Expect::Member(want) => {
-            if let Some(id) = want {
-                if key.node_id() != *id {
-                    return Err(TransportError::UnexpectedPeer {
-                        got: key.node_id().to_string(),
-                        expected: id.to_string(),
-                    });
-                }
-            }
-            if !admission.check_key(key).await.member {
-                return Err(TransportError::Refused(format!(
-                    "node {} is not on our membership list",
-                    key.node_id()
-                )));
-            }
-        }
-    }
+    check_responder(key, &expect, admission).await?;
     let (m3, session) = hs.finish()?;
     send.write_all(&m3)
         .await

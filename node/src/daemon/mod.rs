@@ -391,19 +391,8 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         repl.mobility.do_send(crate::replication::mobility::Resume);
         repl.config
             .do_send(crate::replication::config_side::StartDuties);
-        let sync = HelloSync {
-            local: local.clone(),
-            net: net.clone(),
-            mesh: mesh.clone(),
-            roles: roles_addr.clone(),
-        }
-        .start();
         seed_authority_roles(&mesh, keypair.node_id(), &roles.roles).await;
-        // Subscriptions: membership first so the mesh secret is set before peers dial.
-        mesh.do_send(SubscribeMembers(sync.clone().recipient()));
-        mesh.do_send(SubscribeMembers(peers.clone().recipient()));
-        roles_addr.do_send(SubscribeRoles(sync.recipient()));
-        roles_addr.do_send(SubscribeRoles(peers.clone().recipient()));
+        subscribe(&local, &net, &mesh, &roles_addr, &peers);
         let discovery = start_discovery(
             &cfg,
             &keypair,
@@ -431,6 +420,28 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
     });
     quic.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Starts the hello sync and wires the subscriptions: membership first, so the mesh secret
+/// is set before peers dial.
+fn subscribe(
+    local: &Arc<Local>,
+    net: &Net,
+    mesh: &Addr<MeshActor>,
+    roles: &Addr<RolesActor>,
+    peers: &Addr<PeersActor>,
+) {
+    let sync = HelloSync {
+        local: local.clone(),
+        net: net.clone(),
+        mesh: mesh.clone(),
+        roles: roles.clone(),
+    }
+    .start();
+    mesh.do_send(SubscribeMembers(sync.clone().recipient()));
+    mesh.do_send(SubscribeMembers(peers.clone().recipient()));
+    roles.do_send(SubscribeRoles(sync.recipient()));
+    roles.do_send(SubscribeRoles(peers.clone().recipient()));
 }
 
 /// A mesh file from before roles were recorded: the authority's own roles become its first

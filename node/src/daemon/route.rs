@@ -125,30 +125,7 @@ async fn route_replication(
     repl: Arc<Repl>,
 ) -> Option<Message> {
     match msg {
-        Message::VaultGrant(g) => {
-            let cfg = crate::vault::VaultConfig {
-                name: g.name,
-                url: g.url,
-                master_key: lifeboat_protocol::vault::hex(&g.master_key),
-                rotations: g
-                    .rotations
-                    .iter()
-                    .map(|k| lifeboat_protocol::vault::hex(k))
-                    .collect(),
-                options: g.options.into_iter().collect(),
-                grant_options: None,
-            };
-            if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
-                return Some(Message::Accept);
-            }
-            match repl.set_vault_config(cfg) {
-                Ok(()) => {
-                    tracing::info!("vault granted by the configuration node");
-                    Some(Message::Accept)
-                }
-                Err(e) => err(e),
-            }
-        }
+        Message::VaultGrant(g) => adopt_grant(&repl, g),
         Message::Protect(spec) => {
             if spec.machine != repl.local {
                 return err("this protection is for another machine");
@@ -191,41 +168,75 @@ async fn route_replication(
             });
             None
         }
-        Message::Admin { request } => {
-            let req: Request = match serde_json::from_str(&request) {
-                Ok(r) => r,
-                Err(e) => return err(format!("malformed admin request: {e}")),
-            };
-            if !forwardable(&req) {
-                return err("this command must be run on the configuration node itself");
-            }
-            // Bound to the authenticated sender: a member may only ask about or change its own
-            // machine (names are display; they resolve to ids first, and are unique).
-            let req = match own_machine_only(req, from_id, members) {
-                Ok(r) => r,
-                Err(why) => {
-                    tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
-                    return Some(Message::AdminReply {
-                        ok: false,
-                        body: why,
-                    });
-                }
-            };
-            tracing::info!(from = %from_id, "replication command forwarded by a member");
-            Some(match replication_admin(repl, req).await {
-                Ok(v) => Message::AdminReply {
-                    ok: true,
-                    body: v.to_string(),
-                },
-                Err(e) => Message::AdminReply { ok: false, body: e },
-            })
-        }
+        Message::Admin { request } => admin(from_id, members, &request, repl).await,
         Message::Report(r) => {
             crate::replication::config_side::report(&repl, from_id, r);
             None
         }
         _ => err("unexpected message"),
     }
+}
+
+/// A process server adopts the vault the configuration node granted it.
+fn adopt_grant(repl: &Repl, g: lifeboat_protocol::message::VaultGrant) -> Option<Message> {
+    let cfg = crate::vault::VaultConfig {
+        name: g.name,
+        url: g.url,
+        master_key: lifeboat_protocol::vault::hex(&g.master_key),
+        rotations: g
+            .rotations
+            .iter()
+            .map(|k| lifeboat_protocol::vault::hex(k))
+            .collect(),
+        options: g.options.into_iter().collect(),
+        grant_options: None,
+    };
+    if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
+        return Some(Message::Accept);
+    }
+    match repl.set_vault_config(cfg) {
+        Ok(()) => {
+            tracing::info!("vault granted by the configuration node");
+            Some(Message::Accept)
+        }
+        Err(e) => err(e),
+    }
+}
+
+/// A replication command a member forwarded to the configuration node.
+async fn admin(
+    from_id: NodeId,
+    members: &MembersChanged,
+    request: &str,
+    repl: Arc<Repl>,
+) -> Option<Message> {
+    let req: Request = match serde_json::from_str(request) {
+        Ok(r) => r,
+        Err(e) => return err(format!("malformed admin request: {e}")),
+    };
+    if !forwardable(&req) {
+        return err("this command must be run on the configuration node itself");
+    }
+    // Bound to the authenticated sender: a member may only ask about or change its own
+    // machine (names are display; they resolve to ids first, and are unique).
+    let req = match own_machine_only(req, from_id, members) {
+        Ok(r) => r,
+        Err(why) => {
+            tracing::warn!(peer = %from_id, cause = %why, "refused a forwarded command");
+            return Some(Message::AdminReply {
+                ok: false,
+                body: why,
+            });
+        }
+    };
+    tracing::info!(from = %from_id, "replication command forwarded by a member");
+    Some(match replication_admin(repl, req).await {
+        Ok(v) => Message::AdminReply {
+            ok: true,
+            body: v.to_string(),
+        },
+        Err(e) => Message::AdminReply { ok: false, body: e },
+    })
 }
 
 /// Restricts a command forwarded by member `from` to its own machine: `protect`, `unprotect`

@@ -22,7 +22,7 @@ pub(super) fn pattern(v: u16) -> Vec<u8> {
     let mut xof = blake3::Hasher::new()
         .update(&v.to_le_bytes())
         .finalize_xof();
-    if v % 3 == 0 {
+    if v.is_multiple_of(3) {
         let mut head = [0u8; 64];
         xof.fill(&mut head);
         out.chunks_mut(64).for_each(|c| c.copy_from_slice(&head));

@@ -307,22 +307,7 @@ pub async fn protect(
     if !(4096..=vault::MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
         return Err("--block-size must be a power of two between 4 KiB and 4 MiB".into());
     }
-    let mut specs = Vec::new();
-    let mut names = BTreeSet::new();
-    for d in disks {
-        if !d.starts_with('/') {
-            return Err(format!(
-                "--disk {d}: give an absolute path on the protected machine"
-            ));
-        }
-        let mut n = super::disk_name(&d);
-        let mut k = 2;
-        while !names.insert(n.clone()) {
-            n = format!("{}-{k}", super::disk_name(&d));
-            k += 1;
-        }
-        specs.push(DiskSpec { name: n, path: d });
-    }
+    let specs = disk_specs(disks)?;
     let spec = ProtectionSpec {
         machine: id,
         disks: specs,
@@ -341,28 +326,7 @@ pub async fn protect(
             "{name} ({id}) is not connected; check `lifeboat peers`"
         ));
     }
-    if id == repl.local {
-        if !repl.roles().await.contains(&Role::Mobility) {
-            return Err(
-                "this node lacks the mobility role; run `lifeboat role add mobility`".into(),
-            );
-        }
-        repl.mobility
-            .send(super::mobility::Protect(spec.clone()))
-            .await
-            .map_err(|_| "this node is shutting down".to_string())??;
-    } else {
-        let net = repl.net.clone();
-        match net
-            .request(id, Message::Protect(spec.clone()))
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Message::Accept => {}
-            Message::Error { message } => return Err(format!("{name} refused: {message}")),
-            other => return Err(format!("unexpected reply from {name}: {}", other.kind())),
-        }
-    }
+    deliver_protection(repl, &spec, &name).await?;
     guard(&repl.cfg.protections).insert(
         id,
         Protection {
@@ -379,6 +343,55 @@ pub async fn protect(
         disks: spec.disks.clone(),
         policy: spec.policy.name.clone(),
     }))
+}
+
+/// The disks of a protection, named from their paths (unique: `-2`, `-3`... on a clash).
+fn disk_specs(disks: Vec<String>) -> Result<Vec<DiskSpec>, String> {
+    let mut specs = Vec::new();
+    let mut names = BTreeSet::new();
+    for d in disks {
+        if !d.starts_with('/') {
+            return Err(format!(
+                "--disk {d}: give an absolute path on the protected machine"
+            ));
+        }
+        let mut n = super::disk_name(&d);
+        let mut k = 2;
+        while !names.insert(n.clone()) {
+            n = format!("{}-{k}", super::disk_name(&d));
+            k += 1;
+        }
+        specs.push(DiskSpec { name: n, path: d });
+    }
+    Ok(specs)
+}
+
+/// Hands a protection to its machine: this node's mobility actor, or the member over the
+/// mesh (which checks it is its own machine).
+async fn deliver_protection(repl: &Repl, spec: &ProtectionSpec, name: &str) -> Result<(), String> {
+    let id = spec.machine;
+    if id == repl.local {
+        if !repl.roles().await.contains(&Role::Mobility) {
+            return Err(
+                "this node lacks the mobility role; run `lifeboat role add mobility`".into(),
+            );
+        }
+        return repl
+            .mobility
+            .send(super::mobility::Protect(spec.clone()))
+            .await
+            .map_err(|_| "this node is shutting down".to_string())?;
+    }
+    match repl
+        .net
+        .request(id, Message::Protect(spec.clone()))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Message::Accept => Ok(()),
+        Message::Error { message } => Err(format!("{name} refused: {message}")),
+        other => Err(format!("unexpected reply from {name}: {}", other.kind())),
+    }
 }
 
 /// `lifeboat unprotect MACHINE`.

@@ -366,6 +366,22 @@ async fn cycle(
         .await
         .map_err(|_| "process server did not commit within an hour".to_string())?
         .map_err(|e| format!("process server {ps}: {e}"))?;
+    let s = settle(repl, spec, ps, cyc, &mut replica, reply, &new_hashes)?;
+    tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
+    Ok(s)
+}
+
+/// The process server's reply to a cycle, through the cycle state machine; persists what it
+/// says, in its order.
+fn settle(
+    repl: &Repl,
+    spec: &ProtectionSpec,
+    ps: NodeId,
+    cyc: Cycle,
+    replica: &mut Replica,
+    reply: Message,
+    new_hashes: &[Vec<[u8; 32]>],
+) -> Result<PointSummary, String> {
     let answer = match reply {
         Message::PointCommitted(s) => Ok(s),
         Message::PointFailed(f) => Err(f),
@@ -377,16 +393,15 @@ async fn cycle(
         }
     };
     let summary = answer.as_ref().ok().cloned();
-    match (cyc.handle_reply(&mut replica, answer), summary) {
+    match (cyc.handle_reply(replica, answer), summary) {
         (CycleOutcome::Committed { point }, Some(s)) => {
-            persist_point(repl, spec, &replica, &point, &new_hashes)?;
-            tracing::info!(%point, %consistency, sent, base = ?base, "point committed");
+            persist_point(repl, spec, replica, &point, new_hashes)?;
             Ok(s)
         }
         (CycleOutcome::Reset(why), _) => {
             // The vault lost our base: drop the maps so the next cycle sends everything.
             let _ = std::fs::remove_dir_all(repl.dir.root.join("hashes"));
-            save(&replica_path(repl), &replica, 0o600)?;
+            save(&replica_path(repl), replica, 0o600)?;
             Err(format!("process server {ps} could not commit: {why}"))
         }
         (CycleOutcome::Failed(why), _) | (CycleOutcome::Committed { point: why }, None) => {
