@@ -122,6 +122,41 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Drill (test failover): bring a machine's disks up from a recovery point next to
+    /// production, which keeps replicating. Images are restored from the vault (every block and
+    /// Merkle root verified) on this configuration node, converted if asked, and handed to the
+    /// boot hook. `drill cleanup MACHINE` removes them.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Drill {
+        #[command(subcommand)]
+        action: Option<DrillCmd>,
+        /// The machine.
+        #[arg(required = true)]
+        machine: Option<String>,
+        /// latest-processed (the newest committed point), latest-app, latest-crash, a point
+        /// id (prefix), or a time (RFC 3339).
+        #[arg(long, default_value = "latest-processed")]
+        point: String,
+        /// Directory for the images (default: one of the drill's own under the state directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Image format: raw, or qcow2 (needs qemu-img).
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        format: String,
+        /// Command run once the images are ready, to start the machine (virsh, qemu, a cloud
+        /// CLI). Its environment: LIFEBOAT_MACHINE, LIFEBOAT_POINT, LIFEBOAT_JOB (drill id),
+        /// LIFEBOAT_KIND=drill, LIFEBOAT_FORMAT, LIFEBOAT_DIR, LIFEBOAT_IMAGES (space-separated
+        /// paths). Its output goes to DIR/boot-hook.log.
+        #[arg(long, value_name = "CMD")]
+        boot_hook: Option<String>,
+        /// Run the boot hook in a fresh network namespace with only loopback, so the drilled
+        /// machine cannot reach production.
+        #[arg(long)]
+        isolated: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
     Restore {
         /// The machine.
@@ -349,4 +384,20 @@ pub(crate) fn valid_role(s: &str) -> Result<String, String> {
     s.parse::<lifeboat_protocol::Role>()
         .map(|r| r.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// `drill` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DrillCmd {
+    /// Remove everything the machine's active drill made, and record it with your notes.
+    Cleanup {
+        /// The machine.
+        machine: String,
+        /// What the drill showed (kept in the drill history).
+        #[arg(long)]
+        notes: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -441,6 +441,75 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 println!("restored point {} ({})", v.point.id, v.point.consistency);
             }
         }
+        Cmd::Drill {
+            action:
+                Some(DrillCmd::Cleanup {
+                    machine,
+                    notes,
+                    json,
+                }),
+            ..
+        } => {
+            let v: r::DrillCleaned = get(dir, Request::DrillCleanup { machine, notes })?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "drill {} of {} cleaned up ({} files removed)",
+                    v.drill, v.machine, v.removed_files
+                );
+            }
+        }
+        Cmd::Drill {
+            action: None,
+            machine,
+            point,
+            to,
+            format,
+            boot_hook,
+            isolated,
+            json,
+        } => {
+            let to = match to {
+                Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
+                t => t,
+            };
+            let v: r::Drilled = get(
+                dir,
+                Request::Drill {
+                    machine: machine.unwrap_or_default(),
+                    point,
+                    to: to.map(|t| t.display().to_string()),
+                    format,
+                    boot_hook,
+                    isolated,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                for i in &v.images {
+                    println!("{} ({}, verified)", i.display(), v.format);
+                }
+                println!(
+                    "drill {} of {} is up from point {} in {:.1} s{}; remove it with `lifeboat drill cleanup {}`",
+                    v.drill,
+                    v.machine,
+                    v.point,
+                    v.seconds,
+                    if v.boot_hook_exit.is_some() {
+                        if v.isolated {
+                            " (boot hook ran, isolated)"
+                        } else {
+                            " (boot hook ran)"
+                        }
+                    } else {
+                        ""
+                    },
+                    v.machine
+                );
+            }
+        }
         _ => bail!("internal: not a replication command"),
     }
     Ok(())
@@ -595,6 +664,26 @@ fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine: bool) {
                 .map(|e| format!(" last error: {e}"))
                 .unwrap_or_default(),
         );
+    }
+    for m in &repl.machines {
+        let last = match m.last_drill_ms {
+            Some(t) => format!("last successful drill {}", when(Some(t))),
+            None => "no drill yet".to_string(),
+        };
+        let drill = if m.drill_overdue {
+            format!(
+                "WARNING: no successful drill in 90 days ({last}); run `lifeboat drill {}`",
+                m.machine
+            )
+        } else {
+            last
+        };
+        let active = if m.drill_active {
+            "; a drill is up (`lifeboat drill cleanup`)"
+        } else {
+            ""
+        };
+        println!("{:<16} {drill}{active}", m.machine);
     }
     if one_machine {
         return;

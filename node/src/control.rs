@@ -127,6 +127,28 @@ pub enum Request {
         /// Target directory.
         to: String,
     },
+    /// Drill (test failover) a machine from a recovery point.
+    Drill {
+        /// Machine.
+        machine: String,
+        /// Point selector.
+        point: String,
+        /// Image directory.
+        to: Option<String>,
+        /// `raw` or `qcow2`.
+        format: String,
+        /// Boot hook.
+        boot_hook: Option<String>,
+        /// Run the boot hook in an isolated network namespace.
+        isolated: bool,
+    },
+    /// Remove what a machine's active drill made.
+    DrillCleanup {
+        /// Machine.
+        machine: String,
+        /// The operator's notes.
+        notes: Option<String>,
+    },
     /// Set this process server's upload bandwidth policy.
     Throttle {
         /// Limit during work hours (e.g. "100Mbit").

@@ -214,6 +214,15 @@ pub struct MachineStatus {
     pub progress_percent: Option<f64>,
     /// Bytes waiting to be sent.
     pub pending_bytes: u64,
+    /// When the last successful drill ran (Unix ms).
+    #[serde(default)]
+    pub last_drill_ms: Option<u64>,
+    /// A drill is up (not cleaned up yet).
+    #[serde(default)]
+    pub drill_active: bool,
+    /// No drill succeeded in the last 90 days of protection.
+    #[serde(default)]
+    pub drill_overdue: bool,
 }
 
 /// A process server's health.
@@ -349,6 +358,42 @@ pub struct RestoredDisk {
     pub fetched_bytes: u64,
     /// Time taken.
     pub seconds: f64,
+}
+
+/// `drill`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Drilled {
+    /// Machine.
+    pub machine: String,
+    /// Drill id.
+    pub drill: String,
+    /// The point.
+    pub point: String,
+    /// Its capture time (Unix ms).
+    pub captured_ms: u64,
+    /// The images, verified.
+    pub images: Vec<std::path::PathBuf>,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// The boot hook ran isolated.
+    pub isolated: bool,
+    /// The boot hook's exit code, if one ran.
+    pub boot_hook_exit: Option<i32>,
+    /// How long the drill took to come up.
+    pub seconds: f64,
+}
+
+/// `drill cleanup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrillCleaned {
+    /// Machine.
+    pub machine: String,
+    /// Drill id.
+    pub drill: String,
+    /// Files removed.
+    pub removed_files: usize,
+    /// The drill had succeeded.
+    pub ok: bool,
 }
 
 /// `restore`.

@@ -164,7 +164,9 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         | Request::VaultGc { .. }
         | Request::PolicyCreate { .. }
         | Request::PolicyDelete { .. }
-        | Request::Restore { .. }) => config_request(ctx, r).await,
+        | Request::Restore { .. }
+        | Request::Drill { .. }
+        | Request::DrillCleanup { .. }) => config_request(ctx, r).await,
         Request::Throttle {
             work,
             off,
@@ -419,6 +421,35 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
                 crate::replication::config_side::restore(&repl, &machine, &point, &to).await
+            })
+            .await?
+        }
+        Request::Drill {
+            machine,
+            point,
+            to,
+            format,
+            boot_hook,
+            isolated,
+        } => {
+            let repl = ctx.repl.clone();
+            let ask = crate::replication::config_side::DrillAsk {
+                machine,
+                point,
+                to,
+                format,
+                boot_hook,
+                isolated,
+            };
+            on_quic(ctx, async move {
+                crate::replication::config_side::drill(&repl, ask).await
+            })
+            .await?
+        }
+        Request::DrillCleanup { machine, notes } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::drill_cleanup(&repl, &machine, notes).await
             })
             .await?
         }

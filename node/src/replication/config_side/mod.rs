@@ -3,9 +3,11 @@
 //! RPO alerts, and restores.
 
 mod actor;
+mod drill;
 mod points;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
+pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
@@ -618,6 +620,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
     };
     let prots = guard(&repl.cfg.protections).clone();
     let cat = guard(&repl.cfg.catalog).clone();
+    let drills = drill::book(repl);
     let mut machines = Vec::new();
     for (id, p) in prots
         .iter()
@@ -667,6 +670,15 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             last_error: e.report.as_ref().and_then(|r| r.last_error.clone()),
             progress_percent: e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
             pending_bytes: e.report.as_ref().map_or(0, |r| r.pending_bytes),
+            last_drill_ms: drills.get(id).and_then(|d| d.last_ok_ms),
+            drill_active: drills.get(id).is_some_and(|d| d.active.is_some()),
+            drill_overdue: now.millis_since(UnixMillis(
+                drills
+                    .get(id)
+                    .and_then(|d| d.last_ok_ms)
+                    .unwrap_or(p.since.0)
+                    .max(p.since.0),
+            )) > drill::DRILL_WARN_MS,
         });
     }
     Ok(crate::replies::encode(&crate::replies::ReplStatus {

@@ -43,7 +43,9 @@ pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRe
     let newest =
         |f: &dyn Fn(&PointRecord) -> bool| pts.iter().filter(|p| f(p)).max_by_key(|p| p.captured);
     let found = match sel {
-        "latest" => newest(&|_| true),
+        // The newest committed point. (`latest` does not yet ask the machine to cut a final
+        // point first: both take the newest committed one.)
+        "latest" | "latest-processed" => newest(&|_| true),
         "latest-app" => newest(&|p| p.consistency == Consistency::AppConsistent),
         "latest-crash" => newest(&|p| p.consistency != Consistency::NotConsistent),
         s if s.len() >= 6 && s.chars().all(|c| c.is_ascii_hexdigit()) => {
@@ -55,7 +57,7 @@ pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRe
         }
         s => {
             let t = humantime::parse_rfc3339_weak(s)
-                .map_err(|_| format!("--point {s:?}: use latest, latest-app, latest-crash, a point id, or a time like 2026-11-26T08:00:00Z"))?;
+                .map_err(|_| format!("--point {s:?}: use latest, latest-processed, latest-app, latest-crash, a point id, or a time like 2026-11-26T08:00:00Z"))?;
             let ms = t
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

@@ -1,0 +1,177 @@
+//! Recovery: drills (test failovers) from the vault, next to production.
+
+use lifeboat_tests::disks::*;
+use lifeboat_tests::*;
+use std::path::Path;
+
+/// A configuration node with a local vault and the `fast` policy, a process server, and a
+/// protected mobility node `web` with one committed point.
+fn protected_web() -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    fast_policy(cfg, "10m");
+    let work = tempfile::tempdir().unwrap();
+    let c0 = initial_disk();
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    let t0 = now_ms();
+    let hook = disk.snapshot_hook();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        disk.path().to_str().unwrap(),
+        "--policy",
+        "fast",
+        "--snapshot-hook",
+        &hook,
+    ]);
+    point_after(cfg, "web", t0);
+    (nodes, work, disk, c0)
+}
+
+/// The bytes of a qcow2 image, through `qemu-img convert`.
+fn qcow2_bytes(image: &Path, scratch: &Path) -> Vec<u8> {
+    let raw = scratch.join("back.raw");
+    let o = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(raw).unwrap()
+}
+
+/// A boot hook that records its environment, tries to reach `port` on the host's loopback,
+/// and (if `go` is given) waits for that file before it exits.
+fn boot_hook(out: &Path, port: u16, go: Option<&Path>) -> String {
+    let wait = go.map_or(String::new(), |g| {
+        format!(
+            "i=0; while [ ! -e {g} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; ",
+            g = g.display()
+        )
+    });
+    format!(
+        "env | grep ^LIFEBOAT_ > {o}.env; \
+         if timeout 3 bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' 2>/dev/null; \
+         then echo reached > {o}.net; else echo unreachable > {o}.net; fi; {wait}true",
+        o = out.display()
+    )
+}
+
+#[test]
+fn a_drill_brings_the_point_up_verified_isolated_while_production_keeps_replicating() {
+    let (nodes, work, disk, c0) = protected_web();
+    let cfg = &nodes[0];
+    // A listener on the host: an isolated drill must not reach it, a plain one does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+
+    // Bad input: one line, non-zero, nothing made.
+    let e = cfg.fails(&["drill", "nosuch"]);
+    assert!(e.contains("nosuch") && e.lines().count() == 1, "{e}");
+    let e = cfg.fails(&["drill", "web", "--point", "not-a-time"]);
+    assert!(e.contains("--point"), "{e}");
+    let e = cfg.fails(&["drill", "web", "--isolated"]);
+    assert!(e.contains("--boot-hook"), "{e}");
+    let e = cfg.fails(&["drill", "cleanup", "web"]);
+    assert!(e.contains("no drill of web is active"), "{e}");
+
+    // An isolated qcow2 drill whose boot hook runs until told to stop: meanwhile production
+    // keeps committing points.
+    let d1 = work.path().join("drill1");
+    std::fs::create_dir(&d1).unwrap();
+    let go = work.path().join("go");
+    let hook = boot_hook(&work.path().join("hook1"), port, Some(&go));
+    let started = now_ms();
+    let drill = {
+        let (bin_dir, d1, hook) = (cfg.dir.clone(), d1.clone(), hook.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(bin())
+                .args(["drill", "web", "--json"])
+                .args(["--to", d1.to_str().unwrap(), "--format", "qcow2"])
+                .args(["--boot-hook", &hook, "--isolated"])
+                .arg("--state-dir")
+                .arg(&bin_dir)
+                .output()
+                .unwrap()
+        })
+    };
+    wait_until("the boot hook to run", WAIT, || {
+        work.path().join("hook1.net").exists()
+    });
+    let during = point_after(cfg, "web", now_ms());
+    assert!(during["captured_ms"].as_u64().unwrap() > started);
+    std::fs::write(&go, b"").unwrap();
+    let out = drill.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(image.starts_with(&d1) && image.extension().unwrap() == "qcow2");
+    assert!(
+        qcow2_bytes(&image, work.path()) == c0,
+        "the drilled image is the disk at its point"
+    );
+    let net = std::fs::read_to_string(work.path().join("hook1.net")).unwrap();
+    assert_eq!(
+        net.trim(),
+        "unreachable",
+        "the isolated boot hook reached the host"
+    );
+    let env = std::fs::read_to_string(work.path().join("hook1.env")).unwrap();
+    assert!(env.contains("LIFEBOAT_MACHINE=web"), "{env}");
+    assert!(
+        env.contains(&format!("LIFEBOAT_IMAGES={}", image.display())),
+        "{env}"
+    );
+    assert!(env.contains(&format!("LIFEBOAT_POINT={}", v["point"].as_str().unwrap())));
+    // One drill at a time; status shows it.
+    let e = cfg.fails(&["drill", "web"]);
+    assert!(e.contains("drill cleanup web"), "{e}");
+    let st = cfg.json(&["status"]);
+    let m = &st["replication"]["machines"][0];
+    assert_eq!(m["drill_active"], true, "{m}");
+    assert!(m["last_drill_ms"].as_u64().unwrap() >= started);
+    assert!(cfg.ok(&["status"]).contains("last successful drill"));
+
+    // Cleanup removes what the drill made (the directory existed before, so it stays).
+    cfg.ok(&["drill", "cleanup", "web", "--notes", "booted to login"]);
+    assert!(!image.exists());
+    assert_eq!(std::fs::read_dir(&d1).unwrap().count(), 0);
+    assert_eq!(
+        cfg.json(&["status"])["replication"]["machines"][0]["drill_active"],
+        false
+    );
+
+    // A plain raw drill into its own directory, after a change: its boot hook reaches the
+    // host, the image is the newest point, and cleanup removes the directory.
+    let mut c1 = c0.clone();
+    c1[..BS].copy_from_slice(&noise(4242, BS));
+    disk.write(&c1);
+    point_after(cfg, "web", now_ms());
+    let hook = boot_hook(&work.path().join("hook2"), port, None);
+    let v = cfg.json(&["drill", "web", "--boot-hook", &hook]);
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(image.starts_with(cfg.state_dir()), "{}", image.display());
+    assert!(std::fs::read(&image).unwrap() == c1);
+    let net = std::fs::read_to_string(work.path().join("hook2.net")).unwrap();
+    assert_eq!(net.trim(), "reached");
+    cfg.ok(&["drill", "cleanup", "web"]);
+    assert!(
+        !image.parent().unwrap().exists(),
+        "the drill's own directory is removed"
+    );
+}
