@@ -234,7 +234,9 @@ pub(crate) enum Cmd {
         #[arg(long, hide = true)]
         data_path: bool,
     },
-    /// Start a three-node mesh on loopback, register, assign roles, print the peer table.
+    /// Lifeboat's main job on a local three-node mesh: register, assign roles, protect a
+    /// sample disk into a local vault, take delta points, restore and drill the latest, verify
+    /// each step bit-exact.
     Quickstart {
         /// Keep the temporary state directories.
         #[arg(long)]

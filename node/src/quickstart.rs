@@ -283,6 +283,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         short(&r.point.id),
         to.join("disk.img").display()
     ));
+    drill(cfg, &disk, out)?;
     let st: ReplStatus = cfg.get(Request::ReplStatus { machine: None })?;
     if let Some(m) = st.machines.first() {
         out(&format!(
@@ -292,6 +293,47 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
             lifeboat_protocol::time::human_duration(m.rpo_ms)
         ));
     }
+    Ok(())
+}
+
+/// A drill of the newest point next to production: the images verified from the vault, a
+/// boot hook that finds them, the image compared with the source, then cleaned up.
+fn drill(cfg: &Daemon, disk: &[u8], out: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let started = crate::seams::now().0;
+    let d: replies::Drilled = cfg.get(Request::Drill {
+        machine: "mobility-1".into(),
+        point: "latest-processed".into(),
+        to: None,
+        format: "raw".into(),
+        boot_hook: Some("test -s \"$LIFEBOAT_IMAGES\" && echo \"booting $LIFEBOAT_MACHINE from $LIFEBOAT_IMAGES\"".into()),
+        isolated: false,
+    })?;
+    let image = d.images.first().ok_or("the drill made no image")?;
+    let got = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    if got != disk {
+        return Err("the drilled image differs from the source disk".into());
+    }
+    out(&format!(
+        "drill {} of {} up from point {} in {:.1} s (boot hook ran); image bit-exact with the source",
+        d.drill,
+        d.machine,
+        short(&d.point),
+        d.seconds
+    ));
+    let c: replies::DrillCleaned = cfg.get(Request::DrillCleanup {
+        machine: "mobility-1".into(),
+        notes: Some("quickstart".into()),
+    })?;
+    if image.exists() {
+        return Err("drill cleanup left the image behind".into());
+    }
+    let p = point_after(cfg, started)?;
+    out(&format!(
+        "drill {} cleaned up ({} files removed); production kept replicating (point {} captured after the drill began)",
+        c.drill,
+        c.removed_files,
+        short(&p.id)
+    ));
     Ok(())
 }
 
