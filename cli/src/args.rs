@@ -157,6 +157,35 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fail a machine over to this site (unplanned): its disks are restored from a recovery
+    /// point (every block and Merkle root verified) on this configuration node and handed to the
+    /// boot hook, and its replication stops. Then `failover commit` or `failover cancel`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Failover {
+        #[command(subcommand)]
+        action: Option<FailoverCmd>,
+        /// The machine.
+        #[arg(required = true)]
+        machine: Option<String>,
+        /// latest-processed (the newest committed point), latest-app, latest-crash, a point
+        /// id (prefix), or a time (RFC 3339).
+        #[arg(long, default_value = "latest-processed")]
+        point: String,
+        /// Directory for the images (default: one of the failover's own under the state
+        /// directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Image format: raw, or qcow2 (needs qemu-img).
+        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+        format: String,
+        /// Command run once the images are ready, to start the machine (environment as for
+        /// `drill`, with LIFEBOAT_KIND=failover).
+        #[arg(long, value_name = "CMD")]
+        boot_hook: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
     Restore {
         /// The machine.
@@ -401,5 +430,21 @@ pub enum DrillCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `failover` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum FailoverCmd {
+    /// Make the failover final: the machine lives at this site now (its points stay).
+    Commit {
+        /// The machine.
+        machine: String,
+    },
+    /// Undo the failover (before a commit): the images go and the machine's protection is
+    /// given back to it (it must be reachable; it resumes without an initial copy).
+    Cancel {
+        /// The machine.
+        machine: String,
     },
 }

@@ -441,6 +441,56 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 println!("restored point {} ({})", v.point.id, v.point.consistency);
             }
         }
+        Cmd::Failover {
+            action: Some(a), ..
+        } => {
+            let req = match a {
+                FailoverCmd::Commit { machine } => Request::FailoverCommit { machine },
+                FailoverCmd::Cancel { machine } => Request::FailoverCancel { machine },
+            };
+            let v: r::FailoverChanged = get(dir, req)?;
+            println!("failover {} of {} {}", v.failover, v.machine, v.state);
+        }
+        Cmd::Failover {
+            action: None,
+            machine,
+            point,
+            to,
+            format,
+            boot_hook,
+            json,
+        } => {
+            let to = match to {
+                Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
+                t => t,
+            };
+            let v: r::FailedOver = get(
+                dir,
+                Request::Failover {
+                    machine: machine.unwrap_or_default(),
+                    point,
+                    to: to.map(|t| t.display().to_string()),
+                    format,
+                    boot_hook,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                for i in &v.images {
+                    println!("{} ({}, verified)", i.display(), v.format);
+                }
+                println!(
+                    "{} failed over from point {} in {:.1} s{}; replication of it stopped. `lifeboat failover commit {}` makes it final, `lifeboat failover cancel {}` undoes it",
+                    v.machine,
+                    v.point,
+                    v.seconds,
+                    if v.boot_hook_exit.is_some() { " (boot hook ran)" } else { "" },
+                    v.machine,
+                    v.machine
+                );
+            }
+        }
         Cmd::Drill {
             action:
                 Some(DrillCmd::Cleanup {

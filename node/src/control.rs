@@ -142,6 +142,29 @@ pub enum Request {
         /// Run the boot hook in an isolated network namespace.
         isolated: bool,
     },
+    /// Fail a machine over to this site from a recovery point.
+    Failover {
+        /// Machine.
+        machine: String,
+        /// Point selector.
+        point: String,
+        /// Image directory.
+        to: Option<String>,
+        /// `raw` or `qcow2`.
+        format: String,
+        /// Boot hook.
+        boot_hook: Option<String>,
+    },
+    /// Make a machine's failover final.
+    FailoverCommit {
+        /// Machine.
+        machine: String,
+    },
+    /// Undo a machine's failover (before a commit).
+    FailoverCancel {
+        /// Machine.
+        machine: String,
+    },
     /// Remove what a machine's active drill made.
     DrillCleanup {
         /// Machine.

@@ -383,6 +383,38 @@ pub struct Drilled {
     pub seconds: f64,
 }
 
+/// `failover`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedOver {
+    /// Machine.
+    pub machine: String,
+    /// Failover id.
+    pub failover: String,
+    /// The point.
+    pub point: String,
+    /// Its capture time (Unix ms).
+    pub captured_ms: u64,
+    /// The images, verified.
+    pub images: Vec<std::path::PathBuf>,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// The boot hook's exit code, if one ran.
+    pub boot_hook_exit: Option<i32>,
+    /// How long it took to come up.
+    pub seconds: f64,
+}
+
+/// `failover commit` / `failover cancel`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailoverChanged {
+    /// Machine.
+    pub machine: String,
+    /// Failover id.
+    pub failover: String,
+    /// `committed` or `cancelled`.
+    pub state: String,
+}
+
 /// `drill cleanup`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DrillCleaned {

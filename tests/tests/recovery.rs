@@ -175,3 +175,80 @@ fn a_drill_brings_the_point_up_verified_isolated_while_production_keeps_replicat
         "the drill's own directory is removed"
     );
 }
+
+#[test]
+fn a_failover_stops_replication_a_cancel_resumes_it_and_a_commit_is_final() {
+    let (nodes, work, disk, c0) = protected_web();
+    let cfg = &nodes[0];
+    let e = cfg.fails(&["failover", "commit", "web"]);
+    assert!(
+        e.contains("not failed over") && e.lines().count() == 1,
+        "{e}"
+    );
+    let e = cfg.fails(&["failover", "nosuch"]);
+    assert!(e.contains("nosuch"), "{e}");
+
+    // The machine changes, the change is committed, then the site is lost: failover.
+    let mut c1 = c0.clone();
+    c1[3 * BS..4 * BS].copy_from_slice(&noise(31, BS));
+    disk.write(&c1);
+    point_after(cfg, "web", now_ms());
+    let d = work.path().join("fo");
+    let v = cfg.json(&[
+        "failover",
+        "web",
+        "--to",
+        d.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ]);
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(
+        qcow2_bytes(&image, work.path()) == c1,
+        "failed over to the newest point, bit-exact"
+    );
+    let st = cfg.json(&["status"]);
+    assert_eq!(
+        st["replication"]["machines"][0]["state"], "failed-over",
+        "{st}"
+    );
+    // Replication of the machine stopped: nothing captured after the failover is committed.
+    let after = now_ms();
+    let mut c2 = c1.clone();
+    c2[5 * BS..6 * BS].copy_from_slice(&noise(32, BS));
+    disk.write(&c2);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        points(cfg, "web")
+            .iter()
+            .all(|p| p["captured_ms"].as_u64().unwrap() < after),
+        "a point was committed after the failover"
+    );
+    let e = cfg.fails(&["failover", "web"]);
+    assert!(e.contains("failed over already"), "{e}");
+
+    // Cancel: the images go, protection resumes from the change log (a delta, not a copy).
+    cfg.ok(&["failover", "cancel", "web"]);
+    assert!(!image.exists());
+    let p = point_after(cfg, "web", now_ms());
+    assert!(p["stats"]["changed_blocks"].as_u64().unwrap() < 10, "{p}");
+    assert!(
+        restore(
+            cfg,
+            "web",
+            p["id"].as_str().unwrap(),
+            &work.path().join("r")
+        ) == c2
+    );
+
+    // Failover again and commit: final (no cancel), and status says so.
+    cfg.ok(&["failover", "web"]);
+    cfg.ok(&["failover", "commit", "web"]);
+    let e = cfg.fails(&["failover", "cancel", "web"]);
+    assert!(e.contains("committed"), "{e}");
+    let st = cfg.json(&["status"]);
+    assert_eq!(
+        st["replication"]["machines"][0]["state"], "failover-committed",
+        "{st}"
+    );
+}

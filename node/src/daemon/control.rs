@@ -166,7 +166,10 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         | Request::PolicyDelete { .. }
         | Request::Restore { .. }
         | Request::Drill { .. }
-        | Request::DrillCleanup { .. }) => config_request(ctx, r).await,
+        | Request::DrillCleanup { .. }
+        | Request::Failover { .. }
+        | Request::FailoverCommit { .. }
+        | Request::FailoverCancel { .. }) => config_request(ctx, r).await,
         Request::Throttle {
             work,
             off,
@@ -443,6 +446,41 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             };
             on_quic(ctx, async move {
                 crate::replication::config_side::drill(&repl, ask).await
+            })
+            .await?
+        }
+        Request::Failover {
+            machine,
+            point,
+            to,
+            format,
+            boot_hook,
+        } => {
+            let repl = ctx.repl.clone();
+            let ask = crate::replication::config_side::DrillAsk {
+                machine,
+                point,
+                to,
+                format,
+                boot_hook,
+                isolated: false,
+            };
+            on_quic(ctx, async move {
+                crate::replication::config_side::failover(&repl, ask).await
+            })
+            .await?
+        }
+        Request::FailoverCommit { machine } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::failover_commit(&repl, &machine).await
+            })
+            .await?
+        }
+        Request::FailoverCancel { machine } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::failover_cancel(&repl, &machine).await
             })
             .await?
         }

@@ -114,7 +114,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         rand::thread_rng().fill_bytes(&mut b);
         vault::hex(&b)
     };
-    let (dir, made_dir) = drill_dir(repl, &ask, &name, &drill_id)?;
+    let (dir, made_dir) = drill_dir(repl, &ask, "drills", &name, &drill_id)?;
     let ext = if ask.format == "qcow2" {
         "qcow2"
     } else {
@@ -147,7 +147,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     // Recorded before anything is written: cleanup finds it whatever happens next.
     record(repl, id, |m| m.active = Some(rec.clone()))?;
     let t0 = std::time::Instant::now();
-    let outcome = bring_up(&vault, &p, &ask, &dir, &images, &name, &rec.id).await;
+    let outcome = bring_up("drill", &vault, &p, &ask, &dir, &images, &name, &rec.id).await;
     rec.ok = outcome.is_ok();
     rec.error = outcome.as_ref().err().cloned();
     let ok_at = crate::seams::now().0;
@@ -173,7 +173,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
 }
 
 /// The format and the tools it needs are there, before anything is written.
-fn check_tools(ask: &DrillAsk) -> Result<(), String> {
+pub(super) fn check_tools(ask: &DrillAsk) -> Result<(), String> {
     let has = |tool: &str| {
         std::process::Command::new(tool)
             .arg("--version")
@@ -198,10 +198,16 @@ fn check_tools(ask: &DrillAsk) -> Result<(), String> {
 }
 
 /// The drill's image directory: `--to` (absolute), or one of its own in the state directory.
-fn drill_dir(repl: &Repl, ask: &DrillAsk, name: &str, id: &str) -> Result<(PathBuf, bool), String> {
+pub(super) fn drill_dir(
+    repl: &Repl,
+    ask: &DrillAsk,
+    sub: &str,
+    name: &str,
+    id: &str,
+) -> Result<(PathBuf, bool), String> {
     let dir = match &ask.to {
         Some(t) => PathBuf::from(t),
-        None => repl.dir.root.join("drills").join(format!("{name}-{id}")),
+        None => repl.dir.root.join(sub).join(format!("{name}-{id}")),
     };
     if !dir.is_absolute() {
         return Err("--to must be an absolute directory".into());
@@ -223,7 +229,9 @@ fn record(repl: &Repl, id: NodeId, f: impl FnOnce(&mut MachineDrills)) -> Result
 }
 
 /// Restores (and converts) every disk, then runs the boot hook. Returns its exit code.
-async fn bring_up(
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn bring_up(
+    kind: &str,
     vault: &Vault,
     p: &PointRecord,
     ask: &DrillAsk,
@@ -256,7 +264,7 @@ async fn bring_up(
         ("LIFEBOAT_MACHINE".into(), name.to_string()),
         ("LIFEBOAT_POINT".into(), p.id.clone()),
         ("LIFEBOAT_JOB".into(), drill_id.to_string()),
-        ("LIFEBOAT_KIND".into(), "drill".into()),
+        ("LIFEBOAT_KIND".into(), kind.to_string()),
         ("LIFEBOAT_FORMAT".into(), ask.format.clone()),
         ("LIFEBOAT_DIR".into(), dir.display().to_string()),
         (
@@ -379,16 +387,15 @@ fn run_boot_hook(
 
 use std::os::unix::fs::OpenOptionsExt;
 
-/// `lifeboat drill cleanup MACHINE [--notes TEXT]`: removes what the active drill made and
-/// records it (with the notes) in the machine's history.
-pub async fn cleanup(repl: &Repl, machine: &str, notes: Option<String>) -> Result<Value, String> {
-    require_config(repl).await?;
-    let (id, name) = resolve_machine(repl, machine).await?;
-    let Some(mut rec) = book(repl).get(&id).and_then(|m| m.active.clone()) else {
-        return Err(format!("no drill of {name} is active"));
-    };
+/// Removes a drill's or failover's images, partial images and hook log, and its directory if
+/// it made it and it is empty (anything else in it is not ours). Returns the files removed.
+pub(super) fn remove_images(
+    images: &[PathBuf],
+    dir: &Path,
+    made_dir: bool,
+) -> Result<usize, String> {
     let mut removed = 0;
-    for i in rec.images.iter().chain([&rec.dir.join("boot-hook.log")]) {
+    for i in images.iter().chain([&dir.join("boot-hook.log")]) {
         for p in [i.clone(), i.with_extension("img.partial")] {
             match std::fs::remove_file(&p) {
                 Ok(()) => removed += 1,
@@ -397,10 +404,21 @@ pub async fn cleanup(repl: &Repl, machine: &str, notes: Option<String>) -> Resul
             }
         }
     }
-    if rec.made_dir {
-        // Only if empty: anything else in it is not the drill's.
-        let _ = std::fs::remove_dir(&rec.dir);
+    if made_dir {
+        let _ = std::fs::remove_dir(dir);
     }
+    Ok(removed)
+}
+
+/// `lifeboat drill cleanup MACHINE [--notes TEXT]`: removes what the active drill made and
+/// records it (with the notes) in the machine's history.
+pub async fn cleanup(repl: &Repl, machine: &str, notes: Option<String>) -> Result<Value, String> {
+    require_config(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    let Some(mut rec) = book(repl).get(&id).and_then(|m| m.active.clone()) else {
+        return Err(format!("no drill of {name} is active"));
+    };
+    let removed = remove_images(&rec.images, &rec.dir, rec.made_dir)?;
     rec.notes = notes;
     record(repl, id, |m| {
         m.active = None;

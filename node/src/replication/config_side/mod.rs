@@ -4,10 +4,12 @@
 
 mod actor;
 mod drill;
+mod failover;
 mod points;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};
+pub use failover::{cancel as failover_cancel, commit as failover_commit, failover};
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};
@@ -621,11 +623,18 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
     let prots = guard(&repl.cfg.protections).clone();
     let cat = guard(&repl.cfg.catalog).clone();
     let drills = drill::book(repl);
+    // A failed-over machine is not protected any more, and is shown with its failover.
+    let fos = failover::failovers(repl);
+    let mut listed = prots.clone();
+    for (id, f) in &fos {
+        listed.entry(*id).or_insert_with(|| f.protection.clone());
+    }
     let mut machines = Vec::new();
-    for (id, p) in prots
+    for (id, p) in listed
         .iter()
         .filter(|(id, _)| only.is_none_or(|o| o == **id))
     {
+        let fo = fos.get(id);
         let e = cat.entry(id);
         let v = cat.view(
             &Watched {
@@ -656,18 +665,24 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
                     path: d.path.clone(),
                 })
                 .collect(),
-            state: serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            state: match fo.map(|f| f.state) {
+                Some(failover::FailoverState::FailedOver) => "failed-over".into(),
+                Some(failover::FailoverState::Committed) => "failover-committed".into(),
+                None => serde_json::to_value(state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            },
             rpo_ms: rpo,
             rpo_threshold_secs: p.spec.policy.rpo_threshold_secs,
-            alert: h == Health::Critical,
+            alert: fo.is_none() && h == Health::Critical,
             latest_point: pt(&e.latest),
             latest_crash_consistent: pt(&e.latest_crash),
             latest_app_consistent: pt(&e.latest_app),
             process_server: e.latest.as_ref().map(|s| s.process_server.to_string()),
-            last_error: e.report.as_ref().and_then(|r| r.last_error.clone()),
+            last_error: fo
+                .and_then(|f| f.error.clone())
+                .or_else(|| e.report.as_ref().and_then(|r| r.last_error.clone())),
             progress_percent: e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
             pending_bytes: e.report.as_ref().map_or(0, |r| r.pending_bytes),
             last_drill_ms: drills.get(id).and_then(|d| d.last_ok_ms),
