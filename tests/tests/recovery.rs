@@ -252,3 +252,28 @@ fn a_failover_stops_replication_a_cancel_resumes_it_and_a_commit_is_final() {
         "{st}"
     );
 }
+
+#[test]
+fn a_machine_lost_during_its_failover_stops_replicating_when_it_is_back() {
+    let (mut nodes, _work, _disk, _c0) = protected_web();
+    // The site is lost: the failover does not wait for it beyond a short bound.
+    nodes[2].stop();
+    let t = std::time::Instant::now();
+    nodes[0].ok(&["failover", "web"]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        t.elapsed()
+    );
+    let protection = nodes[2].state_dir().join("protection.json");
+    assert!(protection.exists(), "the lost machine could not be told");
+    // Back: it resumes its old protection, reports, and is told to stop.
+    nodes[2].start();
+    wait_until("the returning machine to drop its protection", WAIT, || {
+        !protection.exists()
+    });
+    assert_eq!(
+        nodes[0].json(&["status"])["replication"]["machines"][0]["state"],
+        "failed-over"
+    );
+}

@@ -330,8 +330,9 @@ pub async fn protect(
             "{name} ({id}) is not connected; check `lifeboat peers`"
         ));
     }
-    deliver_protection(repl, &spec, &name).await?;
-    guard(&repl.cfg.protections).insert(
+    // Recorded before the machine hears of it: its first reports must find it protected
+    // (a machine that replicates unprotected is told to stop). Put back if it refuses.
+    let before = guard(&repl.cfg.protections).insert(
         id,
         Protection {
             spec: spec.clone(),
@@ -339,6 +340,14 @@ pub async fn protect(
             since: crate::seams::now(),
         },
     );
+    if let Err(e) = deliver_protection(repl, &spec, &name).await {
+        let mut g = guard(&repl.cfg.protections);
+        match before {
+            Some(b) => g.insert(id, b),
+            None => g.remove(&id),
+        };
+        return Err(e);
+    }
     save_protections(repl)?;
     tracing::info!(machine = %name, disks = spec.disks.len(), policy = %spec.policy.name, "protection enabled");
     Ok(crate::replies::encode(&crate::replies::Protected {
@@ -463,6 +472,21 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
 
 /// Handles a `Report` from a mobility node (only about itself).
 pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
+    if !guard(&repl.cfg.protections).contains_key(&from) {
+        // A machine still replicating that is not protected (any more): unprotected or failed
+        // over while it was unreachable. Told again now that it is back.
+        tracing::info!(machine = %from, "a machine that is not protected still replicates; telling it to stop");
+        let net = repl.net.clone();
+        tokio::spawn(async move {
+            if let Err(e) = net
+                .request(from, Message::Unprotect { machine: from })
+                .await
+            {
+                tracing::debug!(machine = %from, cause = %e, "could not tell the machine to stop");
+            }
+        });
+        return;
+    }
     guard(&repl.cfg.catalog).handle_report(from, r);
 }
 
