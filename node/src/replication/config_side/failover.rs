@@ -216,12 +216,14 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
             "{name}'s failover is committed; it cannot be cancelled (fail back instead)"
         ));
     }
-    super::deliver_protection(repl, &f.protection.spec, &name)
-        .await
-        .map_err(|e| {
-            format!("{e}; the failover stays: retry the cancel once {name} is reachable")
-        })?;
+    // Recorded before the machine hears of it (its first reports must find it protected).
     guard(&repl.cfg.protections).insert(id, f.protection.clone());
+    if let Err(e) = super::deliver_protection(repl, &f.protection.spec, &name).await {
+        guard(&repl.cfg.protections).remove(&id);
+        return Err(format!(
+            "{e}; the failover stays: retry the cancel once {name} is reachable"
+        ));
+    }
     save_protections(repl)?;
     let removed = remove_images(&f.images, &f.dir, f.made_dir)?;
     all.remove(&id);
