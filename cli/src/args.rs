@@ -1,7 +1,7 @@
 //! The command line: every command, flag and its help text (clap derive). Parsing only; what a
 //! command does is in `main.rs`.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifeboat_config::STATE_DIR_ENV;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,22 +133,8 @@ pub(crate) enum Cmd {
         /// The machine.
         #[arg(required = true)]
         machine: Option<String>,
-        /// latest-processed (the newest committed point), latest-app, latest-crash, a point
-        /// id (prefix), or a time (RFC 3339).
-        #[arg(long, default_value = "latest-processed")]
-        point: String,
-        /// Directory for the images (default: one of the drill's own under the state directory).
-        #[arg(long, value_name = "DIR")]
-        to: Option<PathBuf>,
-        /// Image format: raw, or qcow2 (needs qemu-img).
-        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
-        format: String,
-        /// Command run once the images are ready, to start the machine (virsh, qemu, a cloud
-        /// CLI). Its environment: LIFEBOAT_MACHINE, LIFEBOAT_POINT, LIFEBOAT_JOB (drill id),
-        /// LIFEBOAT_KIND=drill, LIFEBOAT_FORMAT, LIFEBOAT_DIR, LIFEBOAT_IMAGES (space-separated
-        /// paths). Its output goes to DIR/boot-hook.log.
-        #[arg(long, value_name = "CMD")]
-        boot_hook: Option<String>,
+        #[command(flatten)]
+        land: LandArgs,
         /// Run the boot hook in a fresh network namespace with only loopback, so the drilled
         /// machine cannot reach production.
         #[arg(long)]
@@ -167,21 +153,8 @@ pub(crate) enum Cmd {
         /// The machine.
         #[arg(required = true)]
         machine: Option<String>,
-        /// latest-processed (the newest committed point), latest-app, latest-crash, a point
-        /// id (prefix), or a time (RFC 3339).
-        #[arg(long, default_value = "latest-processed")]
-        point: String,
-        /// Directory for the images (default: one of the failover's own under the state
-        /// directory).
-        #[arg(long, value_name = "DIR")]
-        to: Option<PathBuf>,
-        /// Image format: raw, or qcow2 (needs qemu-img).
-        #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
-        format: String,
-        /// Command run once the images are ready, to start the machine (environment as for
-        /// `drill`, with LIFEBOAT_KIND=failover).
-        #[arg(long, value_name = "CMD")]
-        boot_hook: Option<String>,
+        #[command(flatten)]
+        land: LandArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -447,4 +420,26 @@ pub enum FailoverCmd {
         /// The machine.
         machine: String,
     },
+}
+
+/// Where a drill or a failover lands.
+#[derive(Args, Debug)]
+pub struct LandArgs {
+    /// latest-processed (the newest committed point), latest-app, latest-crash, a point id
+    /// (prefix), or a time (RFC 3339).
+    #[arg(long, default_value = "latest-processed")]
+    pub point: String,
+    /// Directory for the images (default: one of its own under the state directory).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Image format: raw, or qcow2 (needs qemu-img).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+    pub format: String,
+    /// Command run once the images are ready, to start the machine (virsh, qemu, a cloud
+    /// CLI). Its environment: LIFEBOAT_KIND (drill or failover), LIFEBOAT_MACHINE,
+    /// LIFEBOAT_POINT, LIFEBOAT_JOB (the drill's or failover's id), LIFEBOAT_FORMAT,
+    /// LIFEBOAT_DIR, LIFEBOAT_IMAGES (space-separated paths). Its output goes to
+    /// DIR/boot-hook.log.
+    #[arg(long, value_name = "CMD")]
+    pub boot_hook: Option<String>,
 }

@@ -454,22 +454,16 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         Cmd::Failover {
             action: None,
             machine,
-            point,
-            to,
-            format,
-            boot_hook,
+            land,
             json,
         } => {
-            let to = match to {
-                Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
-                t => t,
-            };
+            let (point, to, format, boot_hook) = land.parts()?;
             let v: r::FailedOver = get(
                 dir,
                 Request::Failover {
                     machine: machine.unwrap_or_default(),
                     point,
-                    to: to.map(|t| t.display().to_string()),
+                    to,
                     format,
                     boot_hook,
                 },
@@ -513,23 +507,17 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         Cmd::Drill {
             action: None,
             machine,
-            point,
-            to,
-            format,
-            boot_hook,
+            land,
             isolated,
             json,
         } => {
-            let to = match to {
-                Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
-                t => t,
-            };
+            let (point, to, format, boot_hook) = land.parts()?;
             let v: r::Drilled = get(
                 dir,
                 Request::Drill {
                     machine: machine.unwrap_or_default(),
                     point,
-                    to: to.map(|t| t.display().to_string()),
+                    to,
                     format,
                     boot_hook,
                     isolated,
@@ -563,6 +551,23 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         _ => bail!("internal: not a replication command"),
     }
     Ok(())
+}
+
+impl LandArgs {
+    /// Point, absolute image directory, format, boot hook.
+    #[allow(clippy::type_complexity)]
+    fn parts(self) -> Result<(String, Option<String>, String, Option<String>)> {
+        let to = match self.to {
+            Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
+            t => t,
+        };
+        Ok((
+            self.point,
+            to.map(|t| t.display().to_string()),
+            self.format,
+            self.boot_hook,
+        ))
+    }
 }
 
 /// mimalloc instead of glibc's malloc: the process server moves megabyte buffers between threads

@@ -103,7 +103,7 @@ impl Disk {
             let start = at - at % ALIGN as u64;
             let len = ((at - start) as usize + buf.len()).next_multiple_of(ALIGN);
             let mut bounce = Aligned::new(len);
-            self.read_direct_tail(bounce.buf(len), start, len)?;
+            self.read_min(bounce.buf(len), start, len)?;
             let off = (at - start) as usize;
             let n = buf.len();
             buf.copy_from_slice(&bounce.data(len)[off..off + n]);
@@ -112,38 +112,23 @@ impl Disk {
         let whole = buf.len() - buf.len() % ALIGN;
         if self.is_direct() && whole < buf.len() {
             // The tail of an unaligned disk: whole sectors into a bounce buffer.
-            self.read_full(&mut buf[..whole], at)?;
+            self.read_min(&mut buf[..whole], at, whole)?;
             let mut bounce = Aligned::new(ALIGN);
             let tail_at = at + whole as u64;
-            self.read_direct_tail(bounce.buf(ALIGN), tail_at, buf.len() - whole)?;
+            self.read_min(bounce.buf(ALIGN), tail_at, buf.len() - whole)?;
             let n = buf.len() - whole;
             buf[whole..].copy_from_slice(&bounce.data(ALIGN)[..n]);
             return Ok(());
         }
-        self.read_full(buf, at)
+        let n = buf.len();
+        self.read_min(buf, at, n)
     }
 
-    /// Reads at least `need` bytes of `buf` (whole sectors, past the end is fine) at `at`.
-    fn read_direct_tail(&self, buf: &mut [u8], at: u64, need: usize) -> Result<(), String> {
+    /// Reads at least `need` bytes into `buf` at `at` (a direct read of a tail may ask for
+    /// whole sectors past the end of the disk: what is there comes back short).
+    fn read_min(&self, buf: &mut [u8], at: u64, need: usize) -> Result<(), String> {
         let mut got = 0;
         while got < need {
-            match self.handle().read_at(&mut buf[got..], at + got as u64) {
-                Ok(0) => return Err(self.err(at + got as u64, "short read (disk shrank?)")),
-                Ok(r) => got += r,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if self.is_direct() && e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.go_buffered()?
-                }
-                Err(e) => return Err(self.err(at + got as u64, e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Fills all of `buf` at `at`.
-    fn read_full(&self, buf: &mut [u8], at: u64) -> Result<(), String> {
-        let mut got = 0;
-        while got < buf.len() {
             match self.handle().read_at(&mut buf[got..], at + got as u64) {
                 Ok(0) => return Err(self.err(at + got as u64, "short read (disk shrank?)")),
                 Ok(r) => got += r,

@@ -104,33 +104,13 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
             a.dir.display()
         ));
     }
-    let pts = vault
-        .list_points(Some(&id))
-        .await
-        .map_err(|e| e.to_string())?;
-    let p = select_point(&pts, &ask.point)?.clone();
-    let drill_id = {
-        let mut b = [0u8; 8];
-        rand::thread_rng().fill_bytes(&mut b);
-        vault::hex(&b)
-    };
-    let (dir, made_dir) = drill_dir(repl, &ask, "drills", &name, &drill_id)?;
-    let ext = if ask.format == "qcow2" {
-        "qcow2"
-    } else {
-        "img"
-    };
-    let images: Vec<PathBuf> = p
-        .disks
-        .iter()
-        .map(|d| dir.join(format!("{}.{ext}", d.name)))
-        .collect();
-    if let Some(clash) = images.iter().find(|i| i.exists()) {
-        return Err(format!(
-            "{} exists; give an empty --to directory",
-            clash.display()
-        ));
-    }
+    let Landing {
+        point: p,
+        id: drill_id,
+        dir,
+        made_dir,
+        images,
+    } = land(repl, &vault, id, &name, &ask, "drills").await?;
     let mut rec = DrillRecord {
         id: drill_id,
         point: p.id.clone(),
@@ -170,6 +150,62 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         boot_hook_exit: hook_exit,
         seconds: t0.elapsed().as_secs_f64(),
     }))
+}
+
+/// Where a drill or a failover lands: the chosen point, a fresh id, the image directory (and
+/// whether it was made here), and the image paths, none of which exists yet.
+pub(super) struct Landing {
+    pub(super) point: PointRecord,
+    pub(super) id: String,
+    pub(super) dir: PathBuf,
+    pub(super) made_dir: bool,
+    pub(super) images: Vec<PathBuf>,
+}
+
+/// Chooses the point of `machine` and the images' place (under `sub` of the state directory
+/// unless `--to` says otherwise).
+pub(super) async fn land(
+    repl: &Repl,
+    vault: &Vault,
+    machine: NodeId,
+    name: &str,
+    ask: &DrillAsk,
+    sub: &str,
+) -> Result<Landing, String> {
+    let pts = vault
+        .list_points(Some(&machine))
+        .await
+        .map_err(|e| e.to_string())?;
+    let point = select_point(&pts, &ask.point)?.clone();
+    let id = {
+        let mut b = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut b);
+        vault::hex(&b)
+    };
+    let (dir, made_dir) = drill_dir(repl, ask, sub, name, &id)?;
+    let ext = if ask.format == "qcow2" {
+        "qcow2"
+    } else {
+        "img"
+    };
+    let images: Vec<PathBuf> = point
+        .disks
+        .iter()
+        .map(|d| dir.join(format!("{}.{ext}", d.name)))
+        .collect();
+    if let Some(clash) = images.iter().find(|i| i.exists()) {
+        return Err(format!(
+            "{} exists; give an empty --to directory",
+            clash.display()
+        ));
+    }
+    Ok(Landing {
+        point,
+        id,
+        dir,
+        made_dir,
+        images,
+    })
 }
 
 /// The format and the tools it needs are there, before anything is written.

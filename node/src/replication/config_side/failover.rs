@@ -4,7 +4,7 @@
 //! `failovers.json` before anything is done, with the protection it replaced, so a cancel can
 //! give it back.
 
-use super::drill::{bring_up, check_tools, drill_dir, remove_images, DrillAsk};
+use super::drill::{bring_up, check_tools, land, remove_images, DrillAsk, Landing};
 use super::*;
 use std::path::PathBuf;
 
@@ -81,33 +81,13 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     let Some(protection) = guard(&repl.cfg.protections).get(&id).cloned() else {
         return Err(format!("{name} is not protected"));
     };
-    let pts = vault
-        .list_points(Some(&id))
-        .await
-        .map_err(|e| e.to_string())?;
-    let p = select_point(&pts, &ask.point)?.clone();
-    let fid = {
-        let mut b = [0u8; 8];
-        rand::thread_rng().fill_bytes(&mut b);
-        vault::hex(&b)
-    };
-    let (dir, made_dir) = drill_dir(repl, &ask, "failovers", &name, &fid)?;
-    let ext = if ask.format == "qcow2" {
-        "qcow2"
-    } else {
-        "img"
-    };
-    let images: Vec<PathBuf> = p
-        .disks
-        .iter()
-        .map(|d| dir.join(format!("{}.{ext}", d.name)))
-        .collect();
-    if let Some(clash) = images.iter().find(|i| i.exists()) {
-        return Err(format!(
-            "{} exists; give an empty --to directory",
-            clash.display()
-        ));
-    }
+    let Landing {
+        point: p,
+        id: fid,
+        dir,
+        made_dir,
+        images,
+    } = land(repl, &vault, id, &name, &ask, "failovers").await?;
     let mut rec = FailoverRecord {
         id: fid,
         machine_name: name.clone(),
