@@ -11,7 +11,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod args;
+mod print;
+mod recovery;
+mod simulate;
 use args::*;
+use print::{print_points, print_status};
+use simulate::{simulate, SimOpts};
 
 fn secs(flag: &str, v: &str) -> Result<u64> {
     if v == "0" {
@@ -206,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
         cmd @ (Cmd::Protect { .. } | Cmd::Throttle { .. } | Cmd::Unprotect { .. }) => {
             protect_cmd(&dir, cmd)?
         }
+        cmd @ (Cmd::Drill { .. } | Cmd::Failover { .. }) => recovery::recovery_cmd(&dir, cmd)?,
         cmd => replication_cmd(&dir, cmd)?,
     }
     Ok(())
@@ -441,133 +447,9 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 println!("restored point {} ({})", v.point.id, v.point.consistency);
             }
         }
-        Cmd::Failover {
-            action: Some(a), ..
-        } => {
-            let req = match a {
-                FailoverCmd::Commit { machine } => Request::FailoverCommit { machine },
-                FailoverCmd::Cancel { machine } => Request::FailoverCancel { machine },
-            };
-            let v: r::FailoverChanged = get(dir, req)?;
-            println!("failover {} of {} {}", v.failover, v.machine, v.state);
-        }
-        Cmd::Failover {
-            action: None,
-            machine,
-            land,
-            json,
-        } => {
-            let (point, to, format, boot_hook) = land.parts()?;
-            let v: r::FailedOver = get(
-                dir,
-                Request::Failover {
-                    machine: machine.unwrap_or_default(),
-                    point,
-                    to,
-                    format,
-                    boot_hook,
-                },
-            )?;
-            if json {
-                print_json(&v);
-            } else {
-                for i in &v.images {
-                    println!("{} ({}, verified)", i.display(), v.format);
-                }
-                println!(
-                    "{} failed over from point {} in {:.1} s{}; replication of it stopped. `lifeboat failover commit {}` makes it final, `lifeboat failover cancel {}` undoes it",
-                    v.machine,
-                    v.point,
-                    v.seconds,
-                    if v.boot_hook_exit.is_some() { " (boot hook ran)" } else { "" },
-                    v.machine,
-                    v.machine
-                );
-            }
-        }
-        Cmd::Drill {
-            action:
-                Some(DrillCmd::Cleanup {
-                    machine,
-                    notes,
-                    json,
-                }),
-            ..
-        } => {
-            let v: r::DrillCleaned = get(dir, Request::DrillCleanup { machine, notes })?;
-            if json {
-                print_json(&v);
-            } else {
-                println!(
-                    "drill {} of {} cleaned up ({} files removed)",
-                    v.drill, v.machine, v.removed_files
-                );
-            }
-        }
-        Cmd::Drill {
-            action: None,
-            machine,
-            land,
-            isolated,
-            json,
-        } => {
-            let (point, to, format, boot_hook) = land.parts()?;
-            let v: r::Drilled = get(
-                dir,
-                Request::Drill {
-                    machine: machine.unwrap_or_default(),
-                    point,
-                    to,
-                    format,
-                    boot_hook,
-                    isolated,
-                },
-            )?;
-            if json {
-                print_json(&v);
-            } else {
-                for i in &v.images {
-                    println!("{} ({}, verified)", i.display(), v.format);
-                }
-                println!(
-                    "drill {} of {} is up from point {} in {:.1} s{}; remove it with `lifeboat drill cleanup {}`",
-                    v.drill,
-                    v.machine,
-                    v.point,
-                    v.seconds,
-                    if v.boot_hook_exit.is_some() {
-                        if v.isolated {
-                            " (boot hook ran, isolated)"
-                        } else {
-                            " (boot hook ran)"
-                        }
-                    } else {
-                        ""
-                    },
-                    v.machine
-                );
-            }
-        }
         _ => bail!("internal: not a replication command"),
     }
     Ok(())
-}
-
-impl LandArgs {
-    /// Point, absolute image directory, format, boot hook.
-    #[allow(clippy::type_complexity)]
-    fn parts(self) -> Result<(String, Option<String>, String, Option<String>)> {
-        let to = match self.to {
-            Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
-            t => t,
-        };
-        Ok((
-            self.point,
-            to.map(|t| t.display().to_string()),
-            self.format,
-            self.boot_hook,
-        ))
-    }
 }
 
 /// mimalloc instead of glibc's malloc: the process server moves megabyte buffers between threads
@@ -585,224 +467,6 @@ fn main() -> ExitCode {
             eprintln!("error: {}", msg.lines().next().unwrap_or("failed"));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// What `simulate` runs for each seed.
-#[derive(Clone, Copy)]
-struct SimOpts {
-    nodes: usize,
-    loss_permille: u64,
-    partitions: usize,
-    trace: bool,
-    data_path: bool,
-}
-
-/// One seed: the mesh simulation and (unless mesh only) the data path. Returns the lines to
-/// print, the data path's simulated milliseconds, and whether an invariant failed.
-fn simulate_seed(s: u64, o: SimOpts) -> (Vec<String>, u64, bool) {
-    let mut out = Vec::new();
-    let r = lifeboat_simulation::run(lifeboat_simulation::SimConfig {
-        seed: s,
-        nodes: o.nodes,
-        loss_permille: o.loss_permille,
-        partitions: o.partitions,
-        ..Default::default()
-    });
-    if o.trace {
-        out.extend(r.trace.iter().cloned());
-    }
-    let dp = o.data_path.then(|| {
-        lifeboat_simulation::datapath::run(lifeboat_simulation::datapath::DataPathConfig::new(s))
-    });
-    let sim_ms = dp.as_ref().map_or(0, |d| d.sim_ms);
-    if let Some(v) = dp.as_ref().and_then(|d| d.violation.clone()) {
-        out.push(format!(
-            "seed {s}: FAILED (data path)\n  {v}\n  reproduce with --seed {s}"
-        ));
-        return (out, sim_ms, true);
-    }
-    if !r.violations.is_empty() {
-        out.push(format!("seed {s}: FAILED"));
-        out.extend(r.violations.iter().map(|v| format!("  {v}")));
-        out.push(format!("  reproduce with --seed {s}"));
-        return (out, sim_ms, true);
-    }
-    let dp = dp.map_or(String::new(), |d| {
-        format!(
-            "; data path: {} points, {} failed cycles, {} crashes, {} cut streams, {} spilled segments, {} full resyncs, {} collections, {} packs and {} points deleted",
-            d.committed, d.failed, d.ps_crashes, d.partitions, d.spilled_segments, d.full_resyncs, d.gc_passes, d.deleted_packs, d.retention_deleted
-        )
-    });
-    out.push(format!(
-        "seed {s}: ok ({} delivered, {} lost, trace {}{dp})",
-        r.delivered,
-        r.lost,
-        &r.trace_hash[..16]
-    ));
-    (out, sim_ms, false)
-}
-
-/// Runs seeds `first..first+runs` on every core, printing each seed's lines in seed order.
-fn simulate(first: u64, runs: u64, o: SimOpts) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let started = std::time::Instant::now();
-    let next = AtomicU64::new(first);
-    let end = first.saturating_add(runs);
-    let results = std::sync::Mutex::new(std::collections::BTreeMap::new());
-    let printed = std::sync::Mutex::new((first, 0u64, 0u64));
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(runs as usize);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let s = next.fetch_add(1, Ordering::Relaxed);
-                if s >= end {
-                    return;
-                }
-                let r = simulate_seed(s, o);
-                let mut res = results.lock().unwrap_or_else(|p| p.into_inner());
-                res.insert(s, r);
-                // Print every finished seed that is next in order.
-                let mut p = printed.lock().unwrap_or_else(|p| p.into_inner());
-                while let Some((lines, ms, bad)) = res.remove(&p.0) {
-                    for l in lines {
-                        println!("{l}");
-                    }
-                    p.0 += 1;
-                    p.1 += ms;
-                    p.2 += bad as u64;
-                }
-            });
-        }
-    });
-    let (_, sim_ms, failed) = *printed.lock().unwrap_or_else(|p| p.into_inner());
-    let secs = started.elapsed().as_secs_f64();
-    if o.data_path {
-        println!(
-            "{runs} runs in {secs:.1} s on {workers} threads; data path: {:.1} simulated hours, {:.0}x real time",
-            sim_ms as f64 / 3.6e6,
-            sim_ms as f64 / 1000.0 / secs.max(1e-9)
-        );
-    }
-    if failed > 0 {
-        bail!("{failed} of {runs} simulation runs violated invariants");
-    }
-    Ok(())
-}
-
-/// `status` as text: one line per machine, then this node.
-fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine: bool) {
-    for m in &repl.machines {
-        let mut state = m.state.clone();
-        if matches!(state.as_str(), "initial-replication" | "resyncing") {
-            if let Some(p) = m.progress_percent {
-                state = format!("{state} {p:.0}%");
-            }
-        }
-        println!(
-            "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
-            m.machine,
-            state,
-            lifeboat_protocol::time::human_duration(m.rpo_ms),
-            when(m.latest_point.as_ref().map(|p| p.captured_ms)),
-            when(m.latest_app_consistent.as_ref().map(|p| p.captured_ms)),
-            m.pending_bytes,
-            if m.alert {
-                "ALERT: RPO above threshold"
-            } else {
-                ""
-            },
-            m.last_error
-                .as_deref()
-                .map(|e| format!(" last error: {e}"))
-                .unwrap_or_default(),
-        );
-    }
-    for m in &repl.machines {
-        let last = match m.last_drill_ms {
-            Some(t) => format!("last successful drill {}", when(Some(t))),
-            None => "no drill yet".to_string(),
-        };
-        let drill = if m.drill_overdue {
-            format!(
-                "WARNING: no successful drill in 90 days ({last}); run `lifeboat drill {}`",
-                m.machine
-            )
-        } else {
-            last
-        };
-        let active = if m.drill_active {
-            "; a drill is up (`lifeboat drill cleanup`)"
-        } else {
-            ""
-        };
-        println!("{:<16} {drill}{active}", m.machine);
-    }
-    if one_machine {
-        return;
-    }
-    println!("node        {} ({})", v.node_id, v.name);
-    println!("fingerprint {}", v.fingerprint);
-    println!("roles       {}", role_names(&v.roles));
-    println!(
-        "listen      {}",
-        v.listen.map_or("-".to_string(), |a| a.to_string())
-    );
-    println!(
-        "mesh        {}",
-        v.mesh_id
-            .as_deref()
-            .unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)")
-    );
-    println!("members     {}", v.members);
-    println!("connected   {}", v.connected_peers);
-    if let Some(g) = &repl.gc {
-        let last = match (&g.last_error, g.last_finished_ms) {
-            (Some(e), Some(t)) => format!("last pass {} failed: {e}", when(Some(t))),
-            (None, Some(t)) => format!(
-                "last pass {}: {} packs deleted, {} B freed",
-                when(Some(t)),
-                g.last_deleted_packs,
-                g.last_freed_bytes
-            ),
-            _ => "no pass yet".to_string(),
-        };
-        match g.running_since_ms {
-            Some(t) => println!("vault gc    running since {}; {last}", when(Some(t))),
-            None => println!("vault gc    {last}"),
-        }
-    }
-}
-
-/// `points` as a table.
-fn print_points(v: &[r::PointInfo]) {
-    println!(
-        "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
-        "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
-    );
-    for p in v {
-        let roots: Vec<String> = p
-            .disks
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}={}",
-                    d.name,
-                    &d.merkle_root[..16.min(d.merkle_root.len())]
-                )
-            })
-            .collect();
-        println!(
-            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
-            p.id,
-            when(Some(p.captured_ms)),
-            p.consistency.to_string(),
-            p.stats.changed_blocks,
-            p.stats.stored_bytes,
-            roots.join(" ")
-        );
     }
 }
 

@@ -212,12 +212,19 @@ fn a_failover_stops_replication_a_cancel_resumes_it_and_a_commit_is_final() {
         st["replication"]["machines"][0]["state"], "failed-over",
         "{st}"
     );
-    // Replication of the machine stopped: nothing captured after the failover is committed.
+    // Replication of the machine stopped: its job ended (no cycle can start after that), and
+    // nothing captured after the failover is committed.
+    wait_until("web's protection job to end", WAIT, || {
+        nodes[2].log().contains("protection removed")
+    });
     let after = now_ms();
     let mut c2 = c1.clone();
     c2[5 * BS..6 * BS].copy_from_slice(&noise(32, BS));
     disk.write(&c2);
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !nodes[2].state_dir().join("protection.json").exists(),
+        "web forgot its protection"
+    );
     assert!(
         points(cfg, "web")
             .iter()

@@ -1,0 +1,117 @@
+//! Replies printed as text.
+
+use super::*;
+
+/// `status` as text: one line per machine, then this node.
+pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine: bool) {
+    for m in &repl.machines {
+        let mut state = m.state.clone();
+        if matches!(state.as_str(), "initial-replication" | "resyncing") {
+            if let Some(p) = m.progress_percent {
+                state = format!("{state} {p:.0}%");
+            }
+        }
+        println!(
+            "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
+            m.machine,
+            state,
+            lifeboat_protocol::time::human_duration(m.rpo_ms),
+            when(m.latest_point.as_ref().map(|p| p.captured_ms)),
+            when(m.latest_app_consistent.as_ref().map(|p| p.captured_ms)),
+            m.pending_bytes,
+            if m.alert {
+                "ALERT: RPO above threshold"
+            } else {
+                ""
+            },
+            m.last_error
+                .as_deref()
+                .map(|e| format!(" last error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    for m in &repl.machines {
+        let last = match m.last_drill_ms {
+            Some(t) => format!("last successful drill {}", when(Some(t))),
+            None => "no drill yet".to_string(),
+        };
+        let drill = if m.drill_overdue {
+            format!(
+                "WARNING: no successful drill in 90 days ({last}); run `lifeboat drill {}`",
+                m.machine
+            )
+        } else {
+            last
+        };
+        let active = if m.drill_active {
+            "; a drill is up (`lifeboat drill cleanup`)"
+        } else {
+            ""
+        };
+        println!("{:<16} {drill}{active}", m.machine);
+    }
+    if one_machine {
+        return;
+    }
+    println!("node        {} ({})", v.node_id, v.name);
+    println!("fingerprint {}", v.fingerprint);
+    println!("roles       {}", role_names(&v.roles));
+    println!(
+        "listen      {}",
+        v.listen.map_or("-".to_string(), |a| a.to_string())
+    );
+    println!(
+        "mesh        {}",
+        v.mesh_id
+            .as_deref()
+            .unwrap_or("none (run `lifeboat mesh create` or `lifeboat register KEY`)")
+    );
+    println!("members     {}", v.members);
+    println!("connected   {}", v.connected_peers);
+    if let Some(g) = &repl.gc {
+        let last = match (&g.last_error, g.last_finished_ms) {
+            (Some(e), Some(t)) => format!("last pass {} failed: {e}", when(Some(t))),
+            (None, Some(t)) => format!(
+                "last pass {}: {} packs deleted, {} B freed",
+                when(Some(t)),
+                g.last_deleted_packs,
+                g.last_freed_bytes
+            ),
+            _ => "no pass yet".to_string(),
+        };
+        match g.running_since_ms {
+            Some(t) => println!("vault gc    running since {}; {last}", when(Some(t))),
+            None => println!("vault gc    {last}"),
+        }
+    }
+}
+
+/// `points` as a table.
+pub(crate) fn print_points(v: &[r::PointInfo]) {
+    println!(
+        "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
+        "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
+    );
+    for p in v {
+        let roots: Vec<String> = p
+            .disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}={}",
+                    d.name,
+                    &d.merkle_root[..16.min(d.merkle_root.len())]
+                )
+            })
+            .collect();
+        println!(
+            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
+            p.id,
+            when(Some(p.captured_ms)),
+            p.consistency.to_string(),
+            p.stats.changed_blocks,
+            p.stats.stored_bytes,
+            roots.join(" ")
+        );
+    }
+}

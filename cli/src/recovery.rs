@@ -1,0 +1,149 @@
+//! The recovery commands: `drill`, `drill cleanup`, `failover`, `failover commit|cancel`.
+
+use super::*;
+
+/// Runs a recovery command.
+pub(crate) fn recovery_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Drill { .. } => drill_cmd(dir, cmd),
+        _ => failover_cmd(dir, cmd),
+    }
+}
+
+fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Failover {
+            action: Some(a), ..
+        } => {
+            let req = match a {
+                FailoverCmd::Commit { machine } => Request::FailoverCommit { machine },
+                FailoverCmd::Cancel { machine } => Request::FailoverCancel { machine },
+            };
+            let v: r::FailoverChanged = get(dir, req)?;
+            println!("failover {} of {} {}", v.failover, v.machine, v.state);
+        }
+        Cmd::Failover {
+            action: None,
+            machine,
+            land,
+            json,
+        } => {
+            let (point, to, format, boot_hook) = land.parts()?;
+            let v: r::FailedOver = get(
+                dir,
+                Request::Failover {
+                    machine: machine.unwrap_or_default(),
+                    point,
+                    to,
+                    format,
+                    boot_hook,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                for i in &v.images {
+                    println!("{} ({}, verified)", i.display(), v.format);
+                }
+                println!(
+                    "{} failed over from point {} in {:.1} s{}; replication of it stopped. `lifeboat failover commit {}` makes it final, `lifeboat failover cancel {}` undoes it",
+                    v.machine,
+                    v.point,
+                    v.seconds,
+                    if v.boot_hook_exit.is_some() { " (boot hook ran)" } else { "" },
+                    v.machine,
+                    v.machine
+                );
+            }
+        }
+        _ => bail!("internal: not a failover command"),
+    }
+    Ok(())
+}
+
+fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Drill {
+            action:
+                Some(DrillCmd::Cleanup {
+                    machine,
+                    notes,
+                    json,
+                }),
+            ..
+        } => {
+            let v: r::DrillCleaned = get(dir, Request::DrillCleanup { machine, notes })?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "drill {} of {} cleaned up ({} files removed)",
+                    v.drill, v.machine, v.removed_files
+                );
+            }
+        }
+        Cmd::Drill {
+            action: None,
+            machine,
+            land,
+            isolated,
+            json,
+        } => {
+            let (point, to, format, boot_hook) = land.parts()?;
+            let v: r::Drilled = get(
+                dir,
+                Request::Drill {
+                    machine: machine.unwrap_or_default(),
+                    point,
+                    to,
+                    format,
+                    boot_hook,
+                    isolated,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                for i in &v.images {
+                    println!("{} ({}, verified)", i.display(), v.format);
+                }
+                println!(
+                    "drill {} of {} is up from point {} in {:.1} s{}; remove it with `lifeboat drill cleanup {}`",
+                    v.drill,
+                    v.machine,
+                    v.point,
+                    v.seconds,
+                    if v.boot_hook_exit.is_some() {
+                        if v.isolated {
+                            " (boot hook ran, isolated)"
+                        } else {
+                            " (boot hook ran)"
+                        }
+                    } else {
+                        ""
+                    },
+                    v.machine
+                );
+            }
+        }
+        _ => bail!("internal: not a drill command"),
+    }
+    Ok(())
+}
+
+impl LandArgs {
+    /// Point, absolute image directory, format, boot hook.
+    #[allow(clippy::type_complexity)]
+    fn parts(self) -> Result<(String, Option<String>, String, Option<String>)> {
+        let to = match self.to {
+            Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
+            t => t,
+        };
+        Ok((
+            self.point,
+            to.map(|t| t.display().to_string()),
+            self.format,
+            self.boot_hook,
+        ))
+    }
+}
