@@ -156,6 +156,27 @@ fn a_drill_brings_the_point_up_verified_isolated_while_production_keeps_replicat
         false
     );
 
+    // A drill whose boot hook fails: the error says so and how to clean up; it stays up
+    // (for inspection) and does not count as a successful drill.
+    let last_ok = cfg.json(&["status"])["replication"]["machines"][0]["last_drill_ms"].clone();
+    let e = cfg.fails(&[
+        "drill",
+        "web",
+        "--boot-hook",
+        "echo no hypervisor >&2; exit 3",
+    ]);
+    assert!(
+        e.contains("boot hook failed") && e.contains("lifeboat drill cleanup web"),
+        "{e}"
+    );
+    let m = &cfg.json(&["status"])["replication"]["machines"][0];
+    assert_eq!(m["drill_active"], true, "{m}");
+    assert_eq!(
+        m["last_drill_ms"], last_ok,
+        "a failed drill is not a successful one"
+    );
+    cfg.ok(&["drill", "cleanup", "web", "--notes", "hook failed"]);
+
     // A plain raw drill into its own directory, after a change: its boot hook reaches the
     // host, the image is the newest point, and cleanup removes the directory.
     let mut c1 = c0.clone();

@@ -137,7 +137,9 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
             m.last_ok_ms = Some(ok_at);
         }
     })?;
-    let hook_exit = outcome?;
+    let hook_exit = outcome.map_err(|e| {
+        format!("drill of {name} failed: {e}; what it made stays for inspection until `lifeboat drill cleanup {name}`")
+    })?;
     tracing::info!(machine = %name, point = %p.id, drill = %rec.id, "drill up");
     Ok(crate::replies::encode(&crate::replies::Drilled {
         machine: name,
