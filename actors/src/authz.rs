@@ -80,6 +80,14 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
         }
         Message::Unprotect { .. } if !f.authority => Err(Refusal::NotAuthority("stop protection")),
         Message::Protect(_) | Message::Unprotect { .. } => Ok(()),
+        Message::CutPoint { .. } if !f.authority => Err(Refusal::NotAuthority("ask for a point")),
+        Message::ShutdownSource { .. } if !f.authority => {
+            Err(Refusal::NotAuthority("shut a machine down"))
+        }
+        Message::CutPoint { .. } | Message::ShutdownSource { .. } if !local(Role::Mobility) => {
+            Err(Refusal::NotHere("lacks the mobility role"))
+        }
+        Message::CutPoint { .. } | Message::ShutdownSource { .. } => Ok(()),
         Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_)
             if !local(Role::Configuration) =>
         {
@@ -172,6 +180,22 @@ mod tests {
         let unprotect = Message::Unprotect { machine: id(1) };
         assert!(authorize(&unprotect, &facts(false, &[], &[Role::Mobility])).is_err());
         assert!(authorize(&unprotect, &facts(true, &[], &[Role::Mobility])).is_ok());
+        // A final point or a shutdown: only the authority, only to a mobility node.
+        for m in [
+            Message::CutPoint { machine: id(1) },
+            Message::ShutdownSource { machine: id(1) },
+        ] {
+            let all = [Role::Configuration, Role::ProcessServer, Role::Mobility];
+            assert!(matches!(
+                authorize(&m, &facts(false, &all, &[Role::Mobility])),
+                Err(Refusal::NotAuthority(_))
+            ));
+            assert!(matches!(
+                authorize(&m, &facts(true, &[], &[Role::ProcessServer])),
+                Err(Refusal::NotHere(_))
+            ));
+            assert!(authorize(&m, &facts(true, &[], &[Role::Mobility])).is_ok());
+        }
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl Scheduler {
         None
     }
 
+    /// A cycle asked for now (a final point before a failover): crash-consistent, ignoring
+    /// the schedule and any backoff. `None` while a cycle runs (ask again after it).
+    pub fn force(&mut self) -> Option<CycleKind> {
+        if self.running {
+            return None;
+        }
+        self.running = true;
+        Some(CycleKind { app: false })
+    }
+
     /// The cycle started at `started` committed its point.
     pub fn handle_done(&mut self, started: UnixMillis, kind: CycleKind) {
         self.running = false;
@@ -249,6 +259,18 @@ mod tests {
         assert_eq!(s.poll(UnixMillis(3_600_000)), Some(CycleKind { app: true }));
         let mut n = Scheduler::new(&policy(), false);
         assert_eq!(n.poll(UnixMillis(0)), Some(CycleKind { app: false }));
+    }
+
+    #[test]
+    fn a_forced_cycle_ignores_schedule_and_backoff_but_not_a_running_cycle() {
+        let mut s = Scheduler::new(&policy(), true);
+        let k = s.poll(UnixMillis(0)).unwrap();
+        assert_eq!(s.force(), None, "a cycle runs: the request waits for the next");
+        s.handle_failed(UnixMillis(1), 0);
+        assert_eq!(s.poll(UnixMillis(2)), None, "backing off");
+        assert_eq!(s.force(), Some(CycleKind { app: false }));
+        s.handle_done(UnixMillis(2), k);
+        assert_eq!(s.force(), Some(CycleKind { app: false }), "not due, but asked for");
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub(crate) enum Cmd {
         /// Command that makes a frozen view and prints "DISK-NAME PATH" lines.
         #[arg(long, value_name = "CMD")]
         snapshot_hook: Option<String>,
+        /// Command that shuts the machine (or its applications) down, run by `failover
+        /// --shutdown-source` and `--planned` (e.g. "virsh shutdown --domain web").
+        #[arg(long, value_name = "CMD")]
+        shutdown_hook: Option<String>,
         /// Block size in bytes [default: 65536].
         #[arg(long)]
         block_size: Option<u32>,
@@ -155,6 +159,14 @@ pub(crate) enum Cmd {
         machine: Option<String>,
         #[command(flatten)]
         land: LandArgs,
+        /// Run the machine's shutdown hook (`protect --shutdown-hook`) first; if the machine
+        /// is unreachable the failover goes on without it.
+        #[arg(long)]
+        shutdown_source: bool,
+        /// Both sites are healthy: shut the machine down (its shutdown hook), cut a final
+        /// point with its last writes, and fail over from that point: no data lost.
+        #[arg(long, conflicts_with = "shutdown_source")]
+        planned: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -425,8 +437,9 @@ pub enum FailoverCmd {
 /// Where a drill or a failover lands.
 #[derive(Args, Debug)]
 pub struct LandArgs {
-    /// latest-processed (the newest committed point), latest-app, latest-crash, a point id
-    /// (prefix), or a time (RFC 3339).
+    /// latest (asks the machine, if reachable, to cut a final point and waits for it: the
+    /// least data lost), latest-processed (the newest committed point at once: the fastest),
+    /// latest-app, latest-crash, a point id (prefix), or a time (RFC 3339).
     #[arg(long, default_value = "latest-processed")]
     pub point: String,
     /// Directory for the images (default: one of its own under the state directory).

@@ -543,6 +543,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             freeze_hook,
             thaw_hook,
             snapshot_hook,
+            shutdown_hook,
             block_size,
         } => {
             if freeze_hook.is_some() != thaw_hook.is_some() {
@@ -552,6 +553,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 freeze: freeze_hook,
                 thaw: thaw_hook,
                 snapshot: snapshot_hook,
+                shutdown: shutdown_hook,
             };
             let v: r::Protected = get(
                 dir,

@@ -26,6 +26,8 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             action: None,
             machine,
             land,
+            shutdown_source,
+            planned,
             json,
         } => {
             let (point, to, format, boot_hook) = land.parts()?;
@@ -37,11 +39,16 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     to,
                     format,
                     boot_hook,
+                    shutdown_source,
+                    planned,
                 },
             )?;
             if json {
                 print_json(&v);
             } else {
+                for n in &v.notes {
+                    println!("{n}");
+                }
                 for i in &v.images {
                     println!("{} ({}, verified)", i.display(), v.format);
                 }
@@ -104,6 +111,9 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
+                for n in &v.notes {
+                    println!("{n}");
+                }
                 for i in &v.images {
                     println!("{} ({}, verified)", i.display(), v.format);
                 }

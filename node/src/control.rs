@@ -154,6 +154,12 @@ pub enum Request {
         format: String,
         /// Boot hook.
         boot_hook: Option<String>,
+        /// Run the machine's shutdown hook first (going on if it is unreachable).
+        #[serde(default)]
+        shutdown_source: bool,
+        /// Both sites are up: shut the machine down, cut a final point, fail over from it.
+        #[serde(default)]
+        planned: bool,
     },
     /// Make a machine's failover final.
     FailoverCommit {

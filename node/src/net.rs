@@ -224,6 +224,18 @@ impl Net {
         conn.request(msg, REQUEST_TIMEOUT).await
     }
 
+    /// Sends a request to a connected peer and waits up to `wait` for the reply (for requests
+    /// that do long work before answering).
+    pub async fn request_within(
+        &self,
+        to: NodeId,
+        msg: Message,
+        wait: Duration,
+    ) -> Result<Message, TransportError> {
+        let conn = self.conn(to)?;
+        conn.request(msg, wait).await
+    }
+
     /// Opens a bidirectional stream to a connected peer (for streaming exchanges).
     pub async fn open_bi(
         &self,

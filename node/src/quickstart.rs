@@ -238,6 +238,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
             freeze: None,
             thaw: None,
             snapshot: Some(hook),
+            shutdown: None,
         },
         block_size: None,
     })?;

@@ -381,6 +381,9 @@ pub struct Drilled {
     pub boot_hook_exit: Option<i32>,
     /// How long the drill took to come up.
     pub seconds: f64,
+    /// What was asked of the machine first (shutdown hook, final point), one line each.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// `failover`.
@@ -402,6 +405,9 @@ pub struct FailedOver {
     pub boot_hook_exit: Option<i32>,
     /// How long it took to come up.
     pub seconds: f64,
+    /// What was asked of the machine first (shutdown hook, final point), one line each.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// `failover commit` / `failover cancel`.

@@ -271,6 +271,10 @@ pub struct Hooks {
     pub thaw: Option<String>,
     /// Makes a frozen view; prints, one per line, `NAME PATH` of the view of each disk.
     pub snapshot: Option<String>,
+    /// Shuts the machine's applications or the machine down (e.g. `virsh shutdown web`), run
+    /// by a failover with `--shutdown-source` or `--planned`.
+    #[serde(default)]
+    pub shutdown: Option<String>,
 }
 
 /// What the configuration node asks a mobility node to protect.
@@ -548,6 +552,23 @@ pub enum Message {
         /// Human-readable reason.
         message: String,
     },
+    /// Configuration node to mobility node: cut a point now (after any cycle in flight) and
+    /// answer with it once it is committed (a failover's or drill's final point).
+    CutPoint {
+        /// The machine.
+        machine: NodeId,
+    },
+    /// The answer to [`Message::CutPoint`]: the committed point's id.
+    PointCut {
+        /// Point id.
+        point: String,
+    },
+    /// Configuration node to mobility node: run the machine's shutdown hook (a failover with
+    /// `--shutdown-source` or `--planned`). Answered with `Accept` once it exited 0.
+    ShutdownSource {
+        /// The machine.
+        machine: NodeId,
+    },
 }
 
 impl Message {
@@ -576,6 +597,9 @@ impl Message {
             Message::AdminReply { .. } => "admin-reply",
             Message::Bulk(_) => "bulk",
             Message::Error { .. } => "error",
+            Message::CutPoint { .. } => "cut-point",
+            Message::PointCut { .. } => "point-cut",
+            Message::ShutdownSource { .. } => "shutdown-source",
         }
     }
 }

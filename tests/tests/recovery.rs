@@ -284,10 +284,24 @@ fn a_failover_stops_replication_a_cancel_resumes_it_and_a_commit_is_final() {
 #[test]
 fn a_machine_lost_during_its_failover_stops_replicating_when_it_is_back() {
     let (mut nodes, _work, _disk, _c0) = protected_web();
-    // The site is lost: the failover does not wait for it beyond a short bound.
+    // The site is lost: the failover does not wait for it beyond a short bound, and the final
+    // point it asks for falls back to the newest committed one.
     nodes[2].stop();
+    let e = nodes[0].fails(&["failover", "web", "--planned"]);
+    assert!(e.contains("no shutdown hook") && e.lines().count() == 1, "{e}");
+    let e = nodes[0].fails(&["failover", "web", "--shutdown-source"]);
+    assert!(e.contains("no shutdown hook"), "{e}");
+    let newest = points(&nodes[0], "web")
+        .into_iter()
+        .max_by_key(|p| p["captured_ms"].as_u64())
+        .unwrap();
     let t = std::time::Instant::now();
-    nodes[0].ok(&["failover", "web"]);
+    let v = nodes[0].json(&["failover", "web", "--point", "latest"]);
+    assert_eq!(v["point"], newest["id"], "{v}");
+    assert!(
+        v["notes"][0].as_str().unwrap().contains("no final point"),
+        "{v}"
+    );
     assert!(
         t.elapsed() < std::time::Duration::from_secs(30),
         "{:?}",
@@ -302,6 +316,103 @@ fn a_machine_lost_during_its_failover_stops_replicating_when_it_is_back() {
     });
     assert_eq!(
         nodes[0].json(&["status"])["replication"]["machines"][0]["state"],
+        "failed-over"
+    );
+}
+
+/// A configuration node, a process server and `web`, protected with a policy whose next
+/// scheduled point is an hour away (so a newer point can only be one cut on request) and a
+/// shutdown hook that makes the machine's last write (`last`) and leaves a mark (`shut`).
+fn web_with_shutdown_hook() -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    cfg.ok(&[
+        "policy",
+        "create",
+        "hourly",
+        "--rpo-threshold",
+        "2h",
+        "--retention",
+        "1h",
+        "--crash-consistent-every",
+        "1h",
+        "--app-consistent-every",
+        "0",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let c0 = initial_disk();
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    let (w, d) = (work.path().display(), disk.path());
+    let dd = d.parent().unwrap().display();
+    let shutdown = format!(
+        "cp {w}/last {dd}/disk.img.new && flock {dd}/disk.lock mv {dd}/disk.img.new {d} && touch {w}/shut",
+        d = d.display()
+    );
+    let t0 = now_ms();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        disk.path().to_str().unwrap(),
+        "--policy",
+        "hourly",
+        "--snapshot-hook",
+        &disk.snapshot_hook(),
+        "--shutdown-hook",
+        &shutdown,
+    ]);
+    point_after(cfg, "web", t0);
+    (nodes, work, disk, c0)
+}
+
+#[test]
+fn latest_cuts_a_final_point_and_a_planned_failover_loses_nothing() {
+    let (nodes, work, disk, c0) = web_with_shutdown_hook();
+    let cfg = &nodes[0];
+    let e = cfg.fails(&["failover", "web", "--planned", "--point", "latest-app"]);
+    assert!(e.contains("drop --point") && e.lines().count() == 1, "{e}");
+    let e = cfg.fails(&["failover", "web", "--planned", "--shutdown-source"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+
+    // A write the schedule would not ship for an hour: a drill of `latest` has it.
+    let mut c1 = c0.clone();
+    c1[7 * BS..8 * BS].copy_from_slice(&noise(71, BS));
+    disk.write(&c1);
+    let v = cfg.json(&["drill", "web", "--point", "latest"]);
+    assert!(
+        v["notes"][0].as_str().unwrap().starts_with("final point"),
+        "{v}"
+    );
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(std::fs::read(&image).unwrap() == c1, "the drill has the last write");
+    cfg.ok(&["drill", "cleanup", "web"]);
+    assert!(!work.path().join("shut").exists(), "a drill shut the machine down");
+
+    // Planned failover: the shutdown hook makes the machine's very last write; the failed-over
+    // image has it.
+    let mut last = c1.clone();
+    last[9 * BS..10 * BS].copy_from_slice(&noise(72, BS));
+    std::fs::write(work.path().join("last"), &last).unwrap();
+    let v = cfg.json(&["failover", "web", "--planned"]);
+    assert!(work.path().join("shut").exists(), "the shutdown hook ran");
+    assert!(std::fs::read(disk.path()).unwrap() == last);
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(
+        std::fs::read(&image).unwrap() == last,
+        "the planned failover lost the last write"
+    );
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("shutdown hook ran") && notes.contains("no data lost"), "{v}");
+    assert_eq!(
+        cfg.json(&["status"])["replication"]["machines"][0]["state"],
         "failed-over"
     );
 }

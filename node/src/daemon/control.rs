@@ -443,6 +443,8 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
                 format,
                 boot_hook,
                 isolated,
+                shutdown_source: false,
+                planned: false,
             };
             on_quic(ctx, async move {
                 crate::replication::config_side::drill(&repl, ask).await
@@ -455,6 +457,8 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             to,
             format,
             boot_hook,
+            shutdown_source,
+            planned,
         } => {
             let repl = ctx.repl.clone();
             let ask = crate::replication::config_side::DrillAsk {
@@ -464,6 +468,8 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
                 format,
                 boot_hook,
                 isolated: false,
+                shutdown_source,
+                planned,
             };
             on_quic(ctx, async move {
                 crate::replication::config_side::failover(&repl, ask).await

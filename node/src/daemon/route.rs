@@ -109,6 +109,8 @@ pub async fn route(
         m @ (Message::VaultGrant(_)
         | Message::Protect(_)
         | Message::Unprotect { .. }
+        | Message::CutPoint { .. }
+        | Message::ShutdownSource { .. }
         | Message::PointNotice(_)
         | Message::Admin { .. }
         | Message::Report(_)) => route_replication(from_id, &members, m, repl?).await,
@@ -149,6 +151,33 @@ async fn route_replication(
                 .send(crate::replication::mobility::Unprotect)
                 .await;
             Some(Message::Accept)
+        }
+        Message::CutPoint { machine } | Message::ShutdownSource { machine }
+            if machine != repl.local =>
+        {
+            err("this request is for another machine")
+        }
+        Message::CutPoint { .. } => {
+            match repl
+                .mobility
+                .send(crate::replication::mobility::CutPoint)
+                .await
+            {
+                Ok(Ok(point)) => Some(Message::PointCut { point }),
+                Ok(Err(e)) => err(&e),
+                Err(_) => err("this node is shutting down"),
+            }
+        }
+        Message::ShutdownSource { .. } => {
+            match repl
+                .mobility
+                .send(crate::replication::mobility::RunShutdownHook)
+                .await
+            {
+                Ok(Ok(())) => Some(Message::Accept),
+                Ok(Err(e)) => err(&e),
+                Err(_) => err("this node is shutting down"),
+            }
         }
         Message::PointNotice(s) => {
             // Verified against the vault (the source of truth), off this stream's handler, a

@@ -87,6 +87,10 @@ pub struct DrillAsk {
     pub boot_hook: Option<String>,
     /// Run the boot hook in an isolated network namespace.
     pub isolated: bool,
+    /// Failover: run the machine's shutdown hook first (going on if it is unreachable).
+    pub shutdown_source: bool,
+    /// Failover: both sites are up; shut down, cut a final point, fail over from it.
+    pub planned: bool,
 }
 
 /// `lifeboat drill MACHINE ...`.
@@ -104,6 +108,9 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
             a.dir.display()
         ));
     }
+    let protection = guard(&repl.cfg.protections).get(&id).cloned();
+    let steps = super::source::prepare(repl, id, &name, &ask, protection.as_ref()).await?;
+    let ask = steps.narrow(ask);
     let Landing {
         point: p,
         id: drill_id,
@@ -151,6 +158,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         isolated: ask.isolated,
         boot_hook_exit: hook_exit,
         seconds: t0.elapsed().as_secs_f64(),
+        notes: steps.notes,
     }))
 }
 

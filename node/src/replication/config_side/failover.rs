@@ -1,6 +1,8 @@
-//! Unplanned failover on the configuration node: the machine is brought up at this site from a
-//! recovery point (the drill's restore, verification, conversion and boot hook), its
-//! replication stops, and the failover is then committed or cancelled. Recorded in
+//! Failover on the configuration node: the machine is brought up at this site from a recovery
+//! point (the drill's restore, verification, conversion and boot hook), its replication stops,
+//! and the failover is then committed or cancelled. Unplanned by default (never waiting on the
+//! failed site beyond a short bound); `--planned` shuts the machine down and cuts a final point
+//! first (`source.rs`). Recorded in
 //! `failovers.json` before anything is done, with the protection it replaced, so a cancel can
 //! give it back.
 
@@ -81,6 +83,8 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     let Some(protection) = guard(&repl.cfg.protections).get(&id).cloned() else {
         return Err(format!("{name} is not protected"));
     };
+    let steps = super::source::prepare(repl, id, &name, &ask, Some(&protection)).await?;
+    let ask = steps.narrow(ask);
     let Landing {
         point: p,
         id: fid,
@@ -125,6 +129,7 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         format: ask.format,
         boot_hook_exit: outcome?,
         seconds: t0.elapsed().as_secs_f64(),
+        notes: steps.notes,
     }))
 }
 

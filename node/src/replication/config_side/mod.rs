@@ -6,6 +6,7 @@ mod actor;
 mod drill;
 mod failover;
 mod points;
+mod source;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};

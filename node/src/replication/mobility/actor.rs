@@ -33,10 +33,22 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
-/// The running job: its stop signal (with the grace a cycle in flight gets) and its task.
+/// Cuts a point now (after any cycle in flight) and answers with its id once committed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct CutPoint;
+
+/// Runs the protection's shutdown hook (a failover with `--shutdown-source` or `--planned`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RunShutdownHook;
+
+/// The running job: its stop signal (with the grace a cycle in flight gets), the queue of
+/// requests for a point now, and its task.
 #[derive(Debug)]
 struct Job {
     stop: watch::Sender<Option<Duration>>,
+    cuts: mpsc::Sender<super::CutWaiter>,
     task: tokio::task::JoinHandle<bool>,
 }
 
@@ -78,19 +90,22 @@ impl MobilityActor {
     /// previous job's cycle in flight is abandoned: the protection changed).
     fn replace<F>(
         &mut self,
-        work: impl FnOnce(watch::Receiver<Option<Duration>>) -> F + Send + 'static,
+        work: impl FnOnce(watch::Receiver<Option<Duration>>, mpsc::Receiver<super::CutWaiter>) -> F
+            + Send
+            + 'static,
     ) where
         F: std::future::Future<Output = bool> + Send + 'static,
     {
         let prev = self.job.take();
         let (stop, rx) = watch::channel(None);
+        let (cuts, cuts_rx) = mpsc::channel(16);
         let task = self.rt.spawn(async move {
             if let Some(p) = prev {
                 p.end(Duration::ZERO).await;
             }
-            work(rx).await
+            work(rx, cuts_rx).await
         });
-        self.job = Some(Job { stop, task });
+        self.job = Some(Job { stop, cuts, task });
     }
 }
 
@@ -113,11 +128,11 @@ impl Handler<Protect> for MobilityActor {
         // Different disks: start over (once the old job has ended: it could still commit).
         let fresh = old.as_ref().is_some_and(|o| o.disks != spec.disks);
         save(&protection_path(&repl), &spec, 0o600)?;
-        self.replace(move |stop| async move {
+        self.replace(move |stop, cuts| async move {
             if fresh {
                 forget(&repl);
             }
-            run(repl, spec, stop).await
+            run(repl, spec, stop, cuts).await
         });
         Ok(())
     }
@@ -138,7 +153,7 @@ impl Handler<Resume> for MobilityActor {
                 return;
             }
         };
-        self.replace(move |stop| run(repl, spec, stop));
+        self.replace(move |stop, cuts| run(repl, spec, stop, cuts));
     }
 }
 
@@ -150,11 +165,50 @@ impl Handler<Unprotect> for MobilityActor {
             return;
         };
         let _ = std::fs::remove_file(protection_path(&repl));
-        self.replace(move |_| async move {
+        self.replace(move |_, _| async move {
             forget(&repl);
             tracing::info!("protection removed");
             false
         });
+    }
+}
+
+impl Handler<CutPoint> for MobilityActor {
+    type Result = ResponseFuture<Result<String, String>>;
+
+    fn handle(&mut self, _: CutPoint, _: &mut Self::Context) -> Self::Result {
+        let cuts = self.job.as_ref().map(|j| j.cuts.clone());
+        Box::pin(async move {
+            let cuts = cuts.ok_or("this machine is not protected")?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            cuts.send(tx)
+                .await
+                .map_err(|_| "this machine is not protected")?;
+            rx.await
+                .map_err(|_| "protection stopped before the point was cut".to_string())?
+        })
+    }
+}
+
+impl Handler<RunShutdownHook> for MobilityActor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, _: RunShutdownHook, _: &mut Self::Context) -> Self::Result {
+        let repl = self.repl.upgrade();
+        Box::pin(async move {
+            let repl = repl.ok_or("node is shutting down")?;
+            let spec: Option<ProtectionSpec> = load(&protection_path(&repl))?;
+            let cmd = spec
+                .ok_or("this machine is not protected")?
+                .hooks
+                .shutdown
+                .ok_or("no shutdown hook is set for this machine (`lifeboat protect ... --shutdown-hook CMD`)")?;
+            tracing::warn!("running the shutdown hook (failover)");
+            tokio::task::spawn_blocking(move || super::views::run_hook("shutdown", &cmd))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+        })
     }
 }
 

@@ -17,7 +17,7 @@ mod actor;
 mod scan;
 mod views;
 
-pub use actor::{MobilityActor, Protect, Resume, Shutdown, Unprotect};
+pub use actor::{CutPoint, MobilityActor, Protect, Resume, RunShutdownHook, Shutdown, Unprotect};
 
 use super::{load, save, Repl};
 use crate::direct_io::Aligned;
@@ -99,14 +99,21 @@ fn hashes_path(repl: &Repl, point: &str, disk: &str) -> PathBuf {
         .join(format!("{disk}.bin"))
 }
 
-/// The protection loop: a cycle whenever the scheduler says one is due, until `stop` says
-/// so (with the grace a cycle in flight gets to commit). Returns true if it abandoned one.
+/// Who waits for a point cut on request: answered with the id of the first point committed
+/// by a cycle that started after the request arrived, or with why that cycle failed.
+pub type CutWaiter = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// The protection loop: a cycle whenever the scheduler says one is due or someone waits for a
+/// point (`cuts`), until `stop` says so (with the grace a cycle in flight gets to commit).
+/// Returns true if it abandoned one.
 async fn run(
     repl: Arc<Repl>,
     spec: ProtectionSpec,
     mut stop: watch::Receiver<Option<Duration>>,
+    mut cuts: mpsc::Receiver<CutWaiter>,
 ) -> bool {
     let mut sched = Scheduler::new(&spec.policy, spec.hooks.freeze.is_some());
+    let mut waiting: Vec<CutWaiter> = Vec::new();
     tracing::info!(disks = spec.disks.len(), "protection started");
     loop {
         if stop.borrow().is_some() {
@@ -114,7 +121,17 @@ async fn run(
             return false;
         }
         let now = crate::seams::now();
-        if let Some(kind) = sched.poll(now) {
+        // Requests that arrived during the last cycle wait for this one.
+        while let Ok(w) = cuts.try_recv() {
+            waiting.push(w);
+        }
+        let due = if waiting.is_empty() {
+            sched.poll(now)
+        } else {
+            sched.force()
+        };
+        if let Some(kind) = due {
+            let answering = std::mem::take(&mut waiting);
             // While the cycle runs, tell the configuration node how far it got.
             let _reporter = {
                 let r = repl.clone();
@@ -147,6 +164,9 @@ async fn run(
             repl.mob.progress.running.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(s) => {
+                    for w in answering {
+                        let _ = w.send(Ok(s.id.clone()));
+                    }
                     sched.handle_done(now, kind);
                     repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
                     report(
@@ -159,6 +179,9 @@ async fn run(
                     .await;
                 }
                 Err(e) => {
+                    for w in answering {
+                        let _ = w.send(Err(e.clone()));
+                    }
                     tracing::warn!(cause = %e, "replication cycle failed; changes are kept for the next one");
                     sched.handle_failed(crate::seams::now(), rand::random());
                     let last = load::<Replica>(&replica_path(&repl))
@@ -172,6 +195,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.changed() => {}
+            Some(w) = cuts.recv() => waiting.push(w),
         }
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 /// Longest a hook may run before it is killed and the cycle fails.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn run_hook(what: &str, cmd: &str) -> Result<String, String> {
+pub(super) fn run_hook(what: &str, cmd: &str) -> Result<String, String> {
     use std::io::Read as _;
     let mut child = Command::new("sh")
         .arg("-c")
