@@ -84,10 +84,15 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
         Message::ShutdownSource { .. } if !f.authority => {
             Err(Refusal::NotAuthority("shut a machine down"))
         }
-        Message::CutPoint { .. } | Message::ShutdownSource { .. } if !local(Role::Mobility) => {
+        Message::Failback(_) if !f.authority => Err(Refusal::NotAuthority("fail a machine back")),
+        Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_)
+            if !local(Role::Mobility) =>
+        {
             Err(Refusal::NotHere("lacks the mobility role"))
         }
-        Message::CutPoint { .. } | Message::ShutdownSource { .. } => Ok(()),
+        Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_) => {
+            Ok(())
+        }
         Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_)
             if !local(Role::Configuration) =>
         {
@@ -181,9 +186,22 @@ mod tests {
         assert!(authorize(&unprotect, &facts(false, &[], &[Role::Mobility])).is_err());
         assert!(authorize(&unprotect, &facts(true, &[], &[Role::Mobility])).is_ok());
         // A final point or a shutdown: only the authority, only to a mobility node.
+        let failback = Message::Failback(lifeboat_protocol::message::FailbackJob {
+            machine: id(1),
+            grant: lifeboat_protocol::message::VaultGrant {
+                name: "v".into(),
+                url: "file:///v".into(),
+                master_key: [0; 32],
+                rotations: vec![],
+                options: vec![],
+            },
+            point: "p".into(),
+            disks: vec![],
+        });
         for m in [
             Message::CutPoint { machine: id(1) },
             Message::ShutdownSource { machine: id(1) },
+            failback,
         ] {
             let all = [Role::Configuration, Role::ProcessServer, Role::Mobility];
             assert!(matches!(

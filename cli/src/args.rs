@@ -171,6 +171,33 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replicate a failed-over machine (failover committed) from the recovery site: this
+    /// node protects its failed-over disks, starting from the failover point (only blocks
+    /// changed since the failover move; no initial copy).
+    Reprotect {
+        /// The machine.
+        machine: String,
+        /// Command that shuts the machine down at the recovery site (for `failback --planned`).
+        #[arg(long, value_name = "CMD")]
+        shutdown_hook: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a reprotected machine home: the recovery site's final point is written onto the
+    /// machine's own disks (only the blocks that differ), then the recovery site stops
+    /// replicating and the machine's own protection resumes from that point (no initial copy).
+    Failback {
+        /// The machine.
+        machine: String,
+        /// Shut the machine down at the recovery site first (`reprotect --shutdown-hook`), so
+        /// its final point has its last write.
+        #[arg(long)]
+        planned: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
     Restore {
         /// The machine.

@@ -211,7 +211,10 @@ fn run(cli: Cli) -> Result<()> {
         cmd @ (Cmd::Protect { .. } | Cmd::Throttle { .. } | Cmd::Unprotect { .. }) => {
             protect_cmd(&dir, cmd)?
         }
-        cmd @ (Cmd::Drill { .. } | Cmd::Failover { .. }) => recovery::recovery_cmd(&dir, cmd)?,
+        cmd @ (Cmd::Drill { .. }
+        | Cmd::Failover { .. }
+        | Cmd::Reprotect { .. }
+        | Cmd::Failback { .. }) => recovery::recovery_cmd(&dir, cmd)?,
         cmd => replication_cmd(&dir, cmd)?,
     }
     Ok(())

@@ -115,3 +115,13 @@ pub(crate) fn print_points(v: &[r::PointInfo]) {
         );
     }
 }
+
+/// A byte count for people: B, KiB, MiB or GiB.
+pub(crate) fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1 << 10 => format!("{n} B"),
+        n if n < 1 << 20 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+    }
+}

@@ -1,11 +1,13 @@
 //! The recovery commands: `drill`, `drill cleanup`, `failover`, `failover commit|cancel`.
 
 use super::*;
+use crate::print::bytes;
 
 /// Runs a recovery command.
 pub(crate) fn recovery_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Drill { .. } => drill_cmd(dir, cmd),
+        Cmd::Reprotect { .. } | Cmd::Failback { .. } => home_cmd(dir, cmd),
         _ => failover_cmd(dir, cmd),
     }
 }
@@ -64,6 +66,71 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             }
         }
         _ => bail!("internal: not a failover command"),
+    }
+    Ok(())
+}
+
+fn home_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Reprotect {
+            machine,
+            shutdown_hook,
+            json,
+        } => {
+            let v: r::Reprotected = get(
+                dir,
+                Request::Reprotect {
+                    machine,
+                    shutdown_hook,
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{} reprotected: {} replicates its failed-over disks from point {} (no initial copy); `lifeboat failback {}` brings it home",
+                    v.machine, v.node, v.base_point, v.machine
+                );
+            }
+        }
+        Cmd::Failback {
+            machine,
+            planned,
+            json,
+        } => {
+            let v: r::FailedBack = get(dir, Request::Failback { machine, planned })?;
+            if json {
+                print_json(&v);
+            } else {
+                for n in &v.notes {
+                    println!("{n}");
+                }
+                for d in &v.disks {
+                    println!(
+                        "disk {}: read and compared {} blocks ({}), wrote {} blocks ({}), fetched {} from the vault",
+                        d.name,
+                        d.compared_blocks,
+                        bytes(d.read_bytes),
+                        d.written_blocks,
+                        bytes(d.written_bytes),
+                        bytes(d.fetched_bytes)
+                    );
+                }
+                println!(
+                    "{} failed back from point {} in {:.1} s; its protection resumed from point {}. The recovery site's images stay until you remove them: {}",
+                    v.machine,
+                    v.from_point,
+                    v.seconds,
+                    v.point,
+                    v.recovery_images
+                        .iter()
+                        .map(|i| i.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+        _ => bail!("internal: not a reprotect or failback command"),
     }
     Ok(())
 }

@@ -171,6 +171,20 @@ pub enum Request {
         /// Machine.
         machine: String,
     },
+    /// Replicate a failed-over machine's disks from the recovery site.
+    Reprotect {
+        /// Machine.
+        machine: String,
+        /// Shutdown hook of the machine at the recovery site (for `failback --planned`).
+        shutdown_hook: Option<String>,
+    },
+    /// Bring a reprotected machine home.
+    Failback {
+        /// Machine.
+        machine: String,
+        /// Shut the recovery site's copy down first and fail back from its final point.
+        planned: bool,
+    },
     /// Remove what a machine's active drill made.
     DrillCleanup {
         /// Machine.

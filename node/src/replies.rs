@@ -446,3 +446,36 @@ pub struct Restored {
     /// Every block verified.
     pub verified: bool,
 }
+
+/// `reprotect`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reprotected {
+    /// Machine.
+    pub machine: String,
+    /// The node its failed-over disks replicate from.
+    pub node: String,
+    /// That node's first point: the failover point, cloned (no initial copy).
+    pub base_point: String,
+    /// The disks protected.
+    pub images: Vec<std::path::PathBuf>,
+}
+
+/// `failback`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedBack {
+    /// Machine.
+    pub machine: String,
+    /// The point written onto its disks (its own copy; its protection resumes from it).
+    pub point: String,
+    /// The recovery site's point it copies.
+    pub from_point: String,
+    /// What each disk cost.
+    pub disks: Vec<lifeboat_protocol::message::FailbackDisk>,
+    /// The recovery site's images (left in place; remove them once the machine is verified).
+    pub recovery_images: Vec<std::path::PathBuf>,
+    /// How long it took.
+    pub seconds: f64,
+    /// What was asked of the recovery site first (final point, shutdown hook).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}

@@ -569,6 +569,44 @@ pub enum Message {
         /// The machine.
         machine: NodeId,
     },
+    /// Configuration node to a mobility node: write a point of this machine onto its disks,
+    /// only the blocks that differ (failback). The grant is for this job only: the node keeps
+    /// no copy of the key.
+    Failback(FailbackJob),
+    /// The answer to [`Message::Failback`]: what each disk cost.
+    FailedBack(Vec<FailbackDisk>),
+}
+
+/// A failback job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct FailbackJob {
+    /// The machine (the receiving mobility node).
+    pub machine: NodeId,
+    /// The vault, for this job only.
+    pub grant: VaultGrant,
+    /// The point (of this machine) to write.
+    pub point: String,
+    /// Where each of its disks goes (the point's disk name, the local path).
+    pub disks: Vec<DiskSpec>,
+}
+
+/// What failing back one disk cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct FailbackDisk {
+    /// Disk name.
+    pub name: String,
+    /// Bytes of the local disk read and compared.
+    pub read_bytes: u64,
+    /// Blocks compared.
+    pub compared_blocks: u64,
+    /// Blocks that differed and were written.
+    pub written_blocks: u64,
+    /// Bytes written.
+    pub written_bytes: u64,
+    /// Bytes fetched from the vault.
+    pub fetched_bytes: u64,
 }
 
 impl Message {
@@ -600,6 +638,8 @@ impl Message {
             Message::CutPoint { .. } => "cut-point",
             Message::PointCut { .. } => "point-cut",
             Message::ShutdownSource { .. } => "shutdown-source",
+            Message::Failback(_) => "failback",
+            Message::FailedBack(_) => "failed-back",
         }
     }
 }

@@ -416,3 +416,123 @@ fn latest_cuts_a_final_point_and_a_planned_failover_loses_nothing() {
         "failed-over"
     );
 }
+
+/// Writes `data` over block `i` of the image at `path`, in place (a running VM's write).
+fn write_block(path: &Path, i: usize, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, (i * BS) as u64).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_without_a_copy() {
+    let (nodes, work, disk, c0) = protected_web();
+    let cfg = &nodes[0];
+    grant(cfg, cfg, "mobility");
+    let e = cfg.fails(&["reprotect", "web"]);
+    assert!(e.contains("not failed over") && e.lines().count() == 1, "{e}");
+    let e = cfg.fails(&["failback", "web"]);
+    assert!(e.contains("not failed over"), "{e}");
+    let e = cfg.fails(&["reprotect", "nosuch"]);
+    assert!(e.contains("nosuch"), "{e}");
+
+    // Unplanned failover to this site; reprotect needs it committed.
+    let d = work.path().join("fo");
+    let v = cfg.json(&["failover", "web", "--to", d.to_str().unwrap()]);
+    let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(std::fs::read(&image).unwrap() == c0);
+    let e = cfg.fails(&["reprotect", "web"]);
+    assert!(e.contains("not committed"), "{e}");
+    let e = cfg.fails(&["failback", "web"]);
+    assert!(e.contains("not reprotected"), "{e}");
+    cfg.ok(&["failover", "commit", "web"]);
+
+    // Reprotect: the recovery site replicates the failed-over disk from the failover point.
+    let t = now_ms();
+    let v = cfg.json(&["reprotect", "web"]);
+    assert_eq!(v["images"][0].as_str().unwrap(), image.to_str().unwrap());
+    let e = cfg.fails(&["reprotect", "web"]);
+    assert!(e.contains("reprotected already"), "{e}");
+    let first = point_after(cfg, "config", t);
+    assert_eq!(
+        first["stats"]["changed_blocks"].as_u64().unwrap(),
+        0,
+        "no initial copy: {first}"
+    );
+    // The machine runs at the recovery site and changes three blocks.
+    let mut cr = c0.clone();
+    for (i, seed) in [(2usize, 81u64), (40, 82), (41, 83)] {
+        let b = noise(seed, BS);
+        cr[i * BS..(i + 1) * BS].copy_from_slice(&b);
+        write_block(&image, i, &b);
+    }
+    let t = now_ms();
+    let p = point_after(cfg, "config", t);
+    assert!(
+        p["stats"]["changed_blocks"].as_u64().unwrap() <= 3,
+        "only the changed blocks moved: {p}"
+    );
+    assert!(restore(cfg, "config", p["id"].as_str().unwrap(), &work.path().join("r1")) == cr);
+    assert_eq!(
+        cfg.json(&["status"])["replication"]["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["machine"] == "web")
+            .unwrap()["state"],
+        "reprotected"
+    );
+
+    // The original disk took a write the failover lost; failback overwrites it.
+    let mut home = c0.clone();
+    home[60 * BS..61 * BS].copy_from_slice(&noise(84, BS));
+    disk.write(&home);
+
+    let v = cfg.json(&["failback", "web"]);
+    assert!(
+        std::fs::read(disk.path()).unwrap() == cr,
+        "the original disk ends equal to the recovery copy"
+    );
+    let dk = &v["disks"][0];
+    let blocks = (c0.len() / BS) as u64;
+    assert_eq!(dk["compared_blocks"].as_u64().unwrap(), blocks, "{v}");
+    assert_eq!(dk["read_bytes"].as_u64().unwrap(), c0.len() as u64, "{v}");
+    assert_eq!(
+        dk["written_blocks"].as_u64().unwrap(),
+        4,
+        "three changed at the recovery site, one lost write: {v}"
+    );
+    assert_eq!(dk["written_bytes"].as_u64().unwrap(), 4 * BS as u64);
+    assert!(dk["fetched_bytes"].as_u64().unwrap() < 8 * BS as u64, "{v}");
+    assert!(
+        v["notes"][0].as_str().unwrap().starts_with("final point"),
+        "{v}"
+    );
+
+    // Home: the recovery site stopped replicating, and web's own protection resumed from the
+    // failback point with a delta, not a copy.
+    wait_until("the recovery site's protection to end", WAIT, || {
+        !cfg.state_dir().join("protection.json").exists()
+    });
+    let mut c3 = cr.clone();
+    c3[70 * BS..71 * BS].copy_from_slice(&noise(85, BS));
+    disk.write(&c3);
+    let t = now_ms();
+    let p = point_after(cfg, "web", t);
+    assert!(
+        p["stats"]["changed_blocks"].as_u64().unwrap() <= 1,
+        "protection resumed with a delta: {p}"
+    );
+    assert!(restore(cfg, "web", p["id"].as_str().unwrap(), &work.path().join("r2")) == c3);
+    let st = cfg.json(&["status"]);
+    let web = st["replication"]["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == "web")
+        .unwrap()
+        .clone();
+    assert_ne!(web["state"], "reprotected", "{st}");
+    assert_ne!(web["state"], "failover-committed", "{st}");
+}

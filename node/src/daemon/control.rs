@@ -169,7 +169,9 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         | Request::DrillCleanup { .. }
         | Request::Failover { .. }
         | Request::FailoverCommit { .. }
-        | Request::FailoverCancel { .. }) => config_request(ctx, r).await,
+        | Request::FailoverCancel { .. }
+        | Request::Reprotect { .. }
+        | Request::Failback { .. }) => config_request(ctx, r).await,
         Request::Throttle {
             work,
             off,
@@ -480,6 +482,23 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
                 crate::replication::config_side::failover_commit(&repl, &machine).await
+            })
+            .await?
+        }
+        Request::Reprotect {
+            machine,
+            shutdown_hook,
+        } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::reprotect(&repl, &machine, shutdown_hook).await
+            })
+            .await?
+        }
+        Request::Failback { machine, planned } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                crate::replication::config_side::failback(&repl, &machine, planned).await
             })
             .await?
         }

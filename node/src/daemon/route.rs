@@ -111,6 +111,7 @@ pub async fn route(
         | Message::Unprotect { .. }
         | Message::CutPoint { .. }
         | Message::ShutdownSource { .. }
+        | Message::Failback(_)
         | Message::PointNotice(_)
         | Message::Admin { .. }
         | Message::Report(_)) => route_replication(from_id, &members, m, repl?).await,
@@ -157,6 +158,13 @@ async fn route_replication(
         {
             err("this request is for another machine")
         }
+        Message::Failback(job) if job.machine != repl.local => {
+            err("this failback is for another machine")
+        }
+        Message::Failback(job) => match crate::replication::mobility::failback(&repl, job).await {
+            Ok(d) => Some(Message::FailedBack(d)),
+            Err(e) => err(e),
+        },
         Message::CutPoint { .. } => {
             match repl
                 .mobility
@@ -208,18 +216,7 @@ async fn route_replication(
 
 /// A process server adopts the vault the configuration node granted it.
 fn adopt_grant(repl: &Repl, g: lifeboat_protocol::message::VaultGrant) -> Option<Message> {
-    let cfg = crate::vault::VaultConfig {
-        name: g.name,
-        url: g.url,
-        master_key: lifeboat_protocol::vault::hex(&g.master_key),
-        rotations: g
-            .rotations
-            .iter()
-            .map(|k| lifeboat_protocol::vault::hex(k))
-            .collect(),
-        options: g.options.into_iter().collect(),
-        grant_options: None,
-    };
+    let cfg = crate::vault::VaultConfig::from_grant(g);
     if repl.vault_cfg.lock().ok().and_then(|c| c.clone()) == Some(cfg.clone()) {
         return Some(Message::Accept);
     }

@@ -90,12 +90,14 @@ impl VaultError {
 
 mod blobs;
 mod gc;
+mod inplace;
 mod points;
 mod restore;
 mod store;
 
 pub use blobs::{sync_paths, ObjectBlobStore};
 pub use gc::GcReport;
+pub use inplace::{hash_image, InPlaceStats};
 pub use restore::RestoreStats;
 pub use store::*;
 

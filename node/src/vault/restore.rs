@@ -15,38 +15,42 @@ pub struct RestoreStats {
 }
 
 impl Vault {
+    /// A disk's manifest is whole: a sane block size, the Merkle root over its chunks, one
+    /// chunk per CHUNK_ENTRIES blocks.
+    pub(super) fn check_manifest(&self, d: &DiskRecord) -> Result<(), VaultError> {
+        let corrupt = |detail: String| VaultError::Corrupt {
+            disk: d.name.clone(),
+            block: 0,
+            detail,
+        };
+        if d.block_size == 0 || d.block_size > MAX_BLOCK_SIZE {
+            return Err(corrupt(format!("invalid block size {}", d.block_size)));
+        }
+        let root = self.key.merkle_root(d.size_bytes, d.block_size, &d.chunks);
+        if root != d.merkle_root {
+            return Err(corrupt("Merkle root does not match the manifest".into()));
+        }
+        if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
+            return Err(corrupt(format!(
+                "manifest has {} chunks for {} blocks",
+                d.chunks.len(),
+                d.blocks()
+            )));
+        }
+        Ok(())
+    }
+
     /// Restores a disk to `out` (a raw image), verifying every block and the Merkle root.
     pub async fn restore_disk(
         &self,
         d: &DiskRecord,
         out: &Path,
     ) -> Result<RestoreStats, VaultError> {
-        let corrupt = |block: u64, detail: String| VaultError::Corrupt {
-            disk: d.name.clone(),
-            block,
-            detail,
-        };
-        if d.block_size == 0 || d.block_size > MAX_BLOCK_SIZE {
-            return Err(corrupt(0, format!("invalid block size {}", d.block_size)));
-        }
-        let root = self.key.merkle_root(d.size_bytes, d.block_size, &d.chunks);
-        if root != d.merkle_root {
-            return Err(corrupt(0, "Merkle root does not match the manifest".into()));
-        }
+        self.check_manifest(d)?;
         let io = |e: std::io::Error| VaultError::Io {
             path: out.display().to_string(),
             source: e,
         };
-        if d.chunks.len() as u64 != d.blocks().div_ceil(CHUNK_ENTRIES as u64) {
-            return Err(corrupt(
-                0,
-                format!(
-                    "manifest has {} chunks for {} blocks",
-                    d.chunks.len(),
-                    d.blocks()
-                ),
-            ));
-        }
         // The image is written to a new staging file beside `out` (created exclusively, never
         // through a symlink, mode 0600) and renamed over `out` only once complete and verified:
         // a symlink planted at `out` is replaced, never followed, and a failed restore leaves
@@ -99,7 +103,7 @@ impl Vault {
             w.finish()
         });
         let mut stats = RestoreStats::default();
-        let fetched = self.restore_blocks(d, &tx, &mut stats).await;
+        let fetched = self.restore_blocks(d, &|_| true, &tx, &mut stats).await;
         if fetched.is_err() {
             abort.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -121,10 +125,12 @@ impl Vault {
     }
 
     /// Fetches, verifies and hands to `tx` (block offset, plaintext) every non-zero block of
-    /// `d`. Returns false if the writer went away first (its own result says why).
-    async fn restore_blocks(
+    /// `d` that `want` (by block index) asks for. Returns false if the writer went away first
+    /// (its own result says why).
+    pub(super) async fn restore_blocks(
         &self,
         d: &DiskRecord,
+        wanted_block: &(dyn Fn(u64) -> bool + Sync),
         tx: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
         stats: &mut RestoreStats,
     ) -> Result<bool, VaultError> {
@@ -155,6 +161,9 @@ impl Vault {
                 let block = (ci * CHUNK_ENTRIES + j) as u64;
                 if id.is_zero() {
                     stats.zero_blocks += 1;
+                    continue;
+                }
+                if !wanted_block(block) {
                     continue;
                 }
                 let loc = self.locate(id).await.ok_or_else(|| {

@@ -30,6 +30,18 @@ impl std::fmt::Debug for VaultConfig {
 }
 
 impl VaultConfig {
+    /// The configuration a grant from the configuration node gives.
+    pub fn from_grant(g: lifeboat_protocol::message::VaultGrant) -> Self {
+        VaultConfig {
+            name: g.name,
+            url: g.url,
+            master_key: vault::hex(&g.master_key),
+            rotations: g.rotations.iter().map(|k| vault::hex(k)).collect(),
+            options: g.options.into_iter().collect(),
+            grant_options: None,
+        }
+    }
+
     /// The data key (with its rotations).
     pub fn key(&self) -> Option<DataKey> {
         let master = vault::from_hex::<32>(&self.master_key)?;

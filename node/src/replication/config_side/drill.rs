@@ -134,7 +134,10 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     // Recorded before anything is written: cleanup finds it whatever happens next.
     record(repl, id, |m| m.active = Some(rec.clone()))?;
     let t0 = std::time::Instant::now();
-    let outcome = bring_up("drill", &vault, &p, &ask, &dir, &images, &name, &rec.id).await;
+    let outcome = bring_up(
+        "drill", &vault, &p, &ask, &dir, &images, &name, &rec.id, None,
+    )
+    .await;
     rec.ok = outcome.is_ok();
     rec.error = outcome.as_ref().err().cloned();
     let ok_at = crate::seams::now().0;
@@ -274,7 +277,9 @@ fn record(repl: &Repl, id: NodeId, f: impl FnOnce(&mut MachineDrills)) -> Result
     save_book(repl, &b)
 }
 
-/// Restores (and converts) every disk, then runs the boot hook. Returns its exit code.
+/// Restores (and converts) every disk, then runs the boot hook. Returns its exit code. With
+/// `hashes_to`, each restored disk's BLAKE3 map is written there (`DISK.bin`) before anything
+/// can change it: the base a reprotect starts from.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn bring_up(
     kind: &str,
@@ -285,6 +290,7 @@ pub(super) async fn bring_up(
     images: &[PathBuf],
     name: &str,
     drill_id: &str,
+    hashes_to: Option<&Path>,
 ) -> Result<Option<i32>, String> {
     for (d, image) in p.disks.iter().zip(images) {
         let raw = if ask.format == "qcow2" {
@@ -296,6 +302,14 @@ pub(super) async fn bring_up(
             .restore_disk(d, &raw)
             .await
             .map_err(|e| format!("restore of disk {} failed: {e}", d.name))?;
+        if let Some(to) = hashes_to {
+            let (raw2, bs) = (raw.clone(), d.block_size as usize);
+            let h = tokio::task::spawn_blocking(move || crate::vault::hash_image(&raw2, bs))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {e}", raw.display()))?;
+            save_hashes(&to.join(format!("{}.bin", d.name)), &h)?;
+        }
         if ask.format == "qcow2" {
             let (raw2, img2) = (raw.clone(), image.clone());
             tokio::task::spawn_blocking(move || to_qcow2(&raw2, &img2))
@@ -327,6 +341,26 @@ pub(super) async fn bring_up(
         .await
         .map_err(|e| e.to_string())?
         .map(Some)
+}
+
+/// Writes a BLAKE3 map (32 bytes a block), 0600.
+pub(super) fn save_hashes(path: &Path, h: &[[u8; 32]]) -> Result<(), String> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    lifeboat_config::state::write_file_atomic(path, &h.concat(), 0o600)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a BLAKE3 map written by [`save_hashes`].
+pub(super) fn load_hashes(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() % 32 != 0 {
+        return Err(format!("{}: truncated", path.display()));
+    }
+    Ok(b.chunks_exact(32)
+        .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+        .collect())
 }
 
 /// Converts a verified raw image to qcow2, checks the copy against it, removes the raw one.

@@ -46,6 +46,25 @@ pub struct FailoverRecord {
     /// Why bringing it up failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Reprotected: the failed-over disks replicate from the recovery site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprotected: Option<Reprotected>,
+}
+
+/// A reprotected failover.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reprotected {
+    /// The node the failed-over disks replicate from (its mobility role).
+    pub node: NodeId,
+    /// The first point of that node: the failover point, cloned.
+    pub point: String,
+    /// When (Unix ms).
+    pub since_ms: u64,
+}
+
+/// Where a failover keeps the BLAKE3 maps of the disks it brought up (a reprotect's base).
+pub(super) fn hashes_dir(repl: &Repl, failover: &str) -> PathBuf {
+    repl.dir.root.join("failover-hashes").join(failover)
 }
 
 fn path(repl: &Repl) -> PathBuf {
@@ -57,7 +76,7 @@ pub fn failovers(repl: &Repl) -> BTreeMap<NodeId, FailoverRecord> {
     load(&path(repl)).ok().flatten().unwrap_or_default()
 }
 
-fn save_all(repl: &Repl, f: &BTreeMap<NodeId, FailoverRecord>) -> Result<(), String> {
+pub(super) fn save_all(repl: &Repl, f: &BTreeMap<NodeId, FailoverRecord>) -> Result<(), String> {
     save(&path(repl), f, 0o600)
 }
 
@@ -104,13 +123,26 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         state: FailoverState::FailedOver,
         protection,
         error: None,
+        reprotected: None,
     };
     // Recorded first, then replication stops: the record can give the protection back.
     all.insert(id, rec.clone());
     save_all(repl, &all)?;
     stop_replication(repl, id, &name).await?;
     let t0 = std::time::Instant::now();
-    let outcome = bring_up("failover", &vault, &p, &ask, &dir, &images, &name, &rec.id).await;
+    let hashes = hashes_dir(repl, &rec.id);
+    let outcome = bring_up(
+        "failover",
+        &vault,
+        &p,
+        &ask,
+        &dir,
+        &images,
+        &name,
+        &rec.id,
+        Some(&hashes),
+    )
+    .await;
     if let Err(e) = &outcome {
         rec.error = Some(e.clone());
         all.insert(id, rec.clone());
@@ -211,6 +243,7 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
     }
     save_protections(repl)?;
     let removed = remove_images(&f.images, &f.dir, f.made_dir)?;
+    let _ = std::fs::remove_dir_all(hashes_dir(repl, &f.id));
     all.remove(&id);
     save_all(repl, &all)?;
     tracing::info!(machine = %name, removed, "failover cancelled; protection resumed");

@@ -4,12 +4,14 @@
 
 mod actor;
 mod drill;
+mod failback;
 mod failover;
 mod points;
 mod source;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};
+pub use failback::{failback, reprotect};
 pub use failover::{cancel as failover_cancel, commit as failover_commit, failover};
 
 use super::{load, save, Repl};
@@ -690,9 +692,10 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
                     path: d.path.clone(),
                 })
                 .collect(),
-            state: match fo.map(|f| f.state) {
-                Some(failover::FailoverState::FailedOver) => "failed-over".into(),
-                Some(failover::FailoverState::Committed) => "failover-committed".into(),
+            state: match fo.map(|f| (f.state, f.reprotected.is_some())) {
+                Some((_, true)) => "reprotected".into(),
+                Some((failover::FailoverState::FailedOver, _)) => "failed-over".into(),
+                Some((failover::FailoverState::Committed, _)) => "failover-committed".into(),
                 None => serde_json::to_value(state)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))

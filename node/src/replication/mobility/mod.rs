@@ -14,9 +14,11 @@
 //! otherwise not consistent (a live disk read over time).
 
 mod actor;
+mod failback;
 mod scan;
 mod views;
 
+pub use failback::{adopt_point, failback};
 pub use actor::{CutPoint, MobilityActor, Protect, Resume, RunShutdownHook, Shutdown, Unprotect};
 
 use super::{load, save, Repl};
@@ -26,7 +28,7 @@ use lifeboat_actors::datapath::{pick_process_server, Batcher, Cycle, CycleOutcom
 use lifeboat_actors::replication::{CycleKind, Scheduler};
 use lifeboat_protocol::frame::FrameSealer;
 use lifeboat_protocol::message::{
-    DeltaBlock, DeltaHeader, DiskInfo, PointSummary, ProtectionReport, ProtectionSpec,
+    DeltaBlock, DeltaHeader, DiskInfo, DiskSpec, PointSummary, ProtectionReport, ProtectionSpec,
 };
 use lifeboat_protocol::vault::{self, Consistency};
 use lifeboat_protocol::{Envelope, Message, NodeId, Role};
@@ -287,13 +289,13 @@ fn geometry(
 /// point first, then the atomic switch in `replica.json`, then the old maps go.
 fn persist_point(
     repl: &Repl,
-    spec: &ProtectionSpec,
+    disks: &[DiskSpec],
     replica: &Replica,
     point: &str,
     new_hashes: &[Vec<[u8; 32]>],
 ) -> Result<(), String> {
     std::fs::create_dir_all(repl.dir.root.join("hashes").join(point)).map_err(|e| e.to_string())?;
-    for (d, h) in spec.disks.iter().zip(new_hashes) {
+    for (d, h) in disks.iter().zip(new_hashes) {
         let mut b = Vec::with_capacity(h.len() * 32);
         h.iter().for_each(|x| b.extend_from_slice(x));
         lifeboat_config::state::write_file_atomic(&hashes_path(repl, point, &d.name), &b, 0o600)
@@ -419,7 +421,7 @@ fn settle(
     let summary = answer.as_ref().ok().cloned();
     match (cyc.handle_reply(replica, answer), summary) {
         (CycleOutcome::Committed { point }, Some(s)) => {
-            persist_point(repl, spec, replica, &point, new_hashes)?;
+            persist_point(repl, &spec.disks, replica, &point, new_hashes)?;
             Ok(s)
         }
         (CycleOutcome::Reset(why), _) => {

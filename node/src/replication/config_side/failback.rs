@@ -1,0 +1,223 @@
+//! Coming home after a failover: reprotect, then failback.
+//!
+//! `reprotect MACHINE` protects the failed-over disks at the recovery site (this node, with
+//! its mobility role) into the vault, starting from the failover point: the point is cloned
+//! under this node (no data copied) and this node's change log is seeded with the BLAKE3 maps
+//! the failover took of the disks as it brought them up, so only blocks changed since the
+//! failover move. `failback MACHINE [--planned]` takes the recovery site's final point, clones
+//! it under the original machine, and has that machine write it onto its own disks, only the
+//! blocks that differ (`mobility::failback`); then the recovery site's protection stops and
+//! the machine's own protection resumes from that point, again without an initial copy.
+
+use super::drill::{load_hashes, DrillAsk};
+use super::failover::{failovers, hashes_dir, save_all, FailoverState, Reprotected};
+use super::*;
+use lifeboat_protocol::message::FailbackJob;
+use std::time::Duration;
+
+/// Longest a failback job may run on the machine.
+const FAILBACK_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// `lifeboat reprotect MACHINE [--shutdown-hook CMD]`.
+pub async fn reprotect(
+    repl: &Repl,
+    machine: &str,
+    shutdown_hook: Option<String>,
+) -> Result<Value, String> {
+    require_config(repl).await?;
+    let vault = require_vault(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    let mut all = failovers(repl);
+    let f = all
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| format!("{name} is not failed over"))?;
+    if f.state != FailoverState::Committed {
+        return Err(format!(
+            "{name}'s failover is not committed; `lifeboat failover commit {name}` first"
+        ));
+    }
+    if let Some(r) = &f.reprotected {
+        return Err(format!("{name} is reprotected already (point {})", r.point));
+    }
+    if f.format != "raw" {
+        return Err(format!(
+            "{name} was failed over as {} images; reprotect replicates raw images (fail over with --format raw)",
+            f.format
+        ));
+    }
+    if !repl.roles().await.contains(&Role::Mobility) {
+        return Err(format!(
+            "reprotect replicates {name}'s disks from this node, which lacks the mobility role: `lifeboat role add mobility --node {}`",
+            repl.local
+        ));
+    }
+    if guard(&repl.cfg.protections).contains_key(&repl.local) {
+        return Err("this node protects disks of its own already; one protection per node".into());
+    }
+    let (_, here) = resolve_machine(repl, &repl.local.to_string()).await?;
+    let pts = vault
+        .list_points(Some(&id))
+        .await
+        .map_err(|e| e.to_string())?;
+    let p = pts
+        .iter()
+        .find(|p| p.id == f.point)
+        .ok_or_else(|| format!("the failover point {} left the vault", f.point))?;
+    let dir = hashes_dir(repl, &f.id);
+    let hashes = p
+        .disks
+        .iter()
+        .map(|d| load_hashes(&dir.join(format!("{}.bin", d.name))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the failover's block maps are missing ({e}); fail over again"))?;
+    let disks: Vec<DiskSpec> = p
+        .disks
+        .iter()
+        .zip(&f.images)
+        .map(|(d, i)| DiskSpec {
+            name: d.name.clone(),
+            path: i.display().to_string(),
+        })
+        .collect();
+    let clone = vault
+        .clone_point(p, repl.local, &here, crate::seams::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::replication::mobility::adopt_point(repl, &clone.id, &disks, &hashes)?;
+    let spec = ProtectionSpec {
+        machine: repl.local,
+        disks,
+        policy: f.protection.spec.policy.clone(),
+        process_server: None,
+        hooks: Hooks {
+            shutdown: shutdown_hook,
+            ..Hooks::default()
+        },
+        block_size: p.disks.first().map_or(DEFAULT_BLOCK_SIZE, |d| d.block_size),
+    };
+    guard(&repl.cfg.protections).insert(
+        repl.local,
+        Protection {
+            spec: spec.clone(),
+            machine_name: here.clone(),
+            since: crate::seams::now(),
+        },
+    );
+    if let Err(e) = deliver_protection(repl, &spec, &here).await {
+        guard(&repl.cfg.protections).remove(&repl.local);
+        return Err(e);
+    }
+    save_protections(repl)?;
+    if let Some(r) = all.get_mut(&id) {
+        r.reprotected = Some(Reprotected {
+            node: repl.local,
+            point: clone.id.clone(),
+            since_ms: crate::seams::now().0,
+        });
+    }
+    save_all(repl, &all)?;
+    tracing::warn!(machine = %name, point = %clone.id, "reprotected: the failed-over disks replicate from this site");
+    Ok(crate::replies::encode(&crate::replies::Reprotected {
+        machine: name,
+        node: here,
+        base_point: clone.id,
+        images: f.images,
+    }))
+}
+
+/// `lifeboat failback MACHINE [--planned]`.
+pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value, String> {
+    require_config(repl).await?;
+    let vault = require_vault(repl).await?;
+    let (id, name) = resolve_machine(repl, machine).await?;
+    let mut all = failovers(repl);
+    let f = all
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| format!("{name} is not failed over"))?;
+    let Some(r) = f.reprotected.clone() else {
+        return Err(format!(
+            "{name} is not reprotected: `lifeboat reprotect {name}` first, so the recovery site's changes reach the vault"
+        ));
+    };
+    if !repl.net.connected().contains(&id) && id != repl.local {
+        return Err(format!(
+            "{name} is unreachable; failback writes its own disks, so it must be up (with its mobility role)"
+        ));
+    }
+    let (_, here) = resolve_machine(repl, &r.node.to_string()).await?;
+    let t0 = std::time::Instant::now();
+    // The recovery site's final point (planned: after its shutdown hook).
+    let ask = DrillAsk {
+        machine: here.clone(),
+        point: "latest".into(),
+        to: None,
+        format: "raw".into(),
+        boot_hook: None,
+        isolated: false,
+        shutdown_source: false,
+        planned,
+    };
+    let at_recovery = guard(&repl.cfg.protections).get(&r.node).cloned();
+    let steps = super::source::prepare(repl, r.node, &here, &ask, at_recovery.as_ref()).await?;
+    let pts = vault
+        .list_points(Some(&r.node))
+        .await
+        .map_err(|e| e.to_string())?;
+    let p = select_point(&pts, &steps.narrow(ask).point)?.clone();
+    let home = vault
+        .clone_point(&p, id, &name, crate::seams::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    let grant = repl.grant().ok_or("the vault's key is unreadable")?;
+    let job = Message::Failback(FailbackJob {
+        machine: id,
+        grant,
+        point: home.id.clone(),
+        disks: f.protection.spec.disks.clone(),
+    });
+    let disks = match repl.net.request_within(id, job, FAILBACK_WAIT).await {
+        Ok(Message::FailedBack(d)) => d,
+        Ok(Message::Error { message }) => {
+            return Err(format!(
+                "failback of {name} failed: {message}; the recovery site keeps running and replicating: fix and retry"
+            ))
+        }
+        Ok(m) => return Err(format!("unexpected reply from {name}: {}", m.kind())),
+        Err(e) => {
+            return Err(format!(
+                "failback of {name} failed: {e}; the recovery site keeps running and replicating: retry"
+            ))
+        }
+    };
+    // Home again: the recovery site stops replicating, the machine resumes from the point.
+    guard(&repl.cfg.protections).remove(&r.node);
+    if r.node == repl.local {
+        let _ = repl.mobility.send(crate::replication::mobility::Unprotect).await;
+    }
+    let mut back = f.protection.clone();
+    back.since = crate::seams::now();
+    guard(&repl.cfg.protections).insert(id, back.clone());
+    save_protections(repl)?;
+    let resumed = deliver_protection(repl, &back.spec, &name).await;
+    all.remove(&id);
+    save_all(repl, &all)?;
+    let _ = std::fs::remove_dir_all(hashes_dir(repl, &f.id));
+    let mut notes = steps.notes;
+    if let Err(e) = resumed {
+        notes.push(format!(
+            "{name} did not take its protection back yet ({e}); it is told when it next reports"
+        ));
+    }
+    tracing::warn!(machine = %name, point = %home.id, "FAILED BACK: the machine runs at its own site again");
+    Ok(crate::replies::encode(&crate::replies::FailedBack {
+        machine: name,
+        point: home.id,
+        from_point: p.id,
+        disks,
+        recovery_images: f.images,
+        seconds: t0.elapsed().as_secs_f64(),
+        notes,
+    }))
+}
