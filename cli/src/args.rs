@@ -303,6 +303,23 @@ pub(crate) enum VaultCmd {
         #[arg(long, value_name = "FILE")]
         grant_options_file: Option<PathBuf>,
     },
+    /// Attach an existing vault with its recovery key, after the configuration node that made
+    /// it was lost: this (new) configuration node opens it, takes its mirrored policies and
+    /// protections, and can list, drill and fail over the lost site's machines.
+    Attach {
+        /// file:///PATH, az://CONTAINER or s3://BUCKET.
+        url: String,
+        /// File holding the recovery key `vault create` printed ("-": standard input). Keeps it
+        /// off the command line.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: PathBuf,
+        /// object_store option KEY=VALUE (repeatable).
+        #[arg(long = "store-option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rotate the vault's data key for new writes (after evicting a process server): process
     /// servers get the new key within seconds; existing points keep restoring.
     Rekey,

@@ -323,15 +323,7 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     grant_options_file,
                 },
         } => {
-            let kv = |o: &str, what: &str| {
-                o.split_once('=')
-                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                    .ok_or_else(|| anyhow!("{what} {o:?}: use KEY=VALUE"))
-            };
-            let opts = options
-                .iter()
-                .map(|o| kv(o, "--store-option"))
-                .collect::<Result<Vec<_>>>()?;
+            let opts = parse_options(&options)?;
             let grant_options = match grant_options_file {
                 Some(f) => {
                     let text = std::fs::read_to_string(&f)
@@ -361,6 +353,46 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 },
             )?;
             println!("created vault {} at {}", v.name, v.url);
+            println!("RECOVERY KEY (shown this once: write it down and keep it away from this site; with it a new configuration node opens this vault if this one is lost):");
+            println!("  {}", v.recovery_key);
+        }
+        Cmd::Vault {
+            cmd:
+                VaultCmd::Attach {
+                    url,
+                    recovery_key_file,
+                    options,
+                    json,
+                },
+        } => {
+            let text = if recovery_key_file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("cannot read the recovery key from standard input")?;
+                s
+            } else {
+                std::fs::read_to_string(&recovery_key_file)
+                    .with_context(|| format!("cannot read {}", recovery_key_file.display()))?
+            };
+            let v: r::VaultAttached = get(
+                dir,
+                Request::VaultAttach {
+                    url,
+                    options: parse_options(&options)?,
+                    recovery_key: control::SecretText(text.trim().to_string()),
+                },
+            )?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "attached vault {} at {}: {} recovery points; machines of the lost site: {}",
+                    v.name,
+                    v.url,
+                    v.points,
+                    if v.machines.is_empty() { "none mirrored".to_string() } else { v.machines.join(", ") }
+                );
+            }
         }
         Cmd::Vault {
             cmd: VaultCmd::Rekey,
@@ -609,4 +641,16 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
         _ => bail!("internal: not a protection command"),
     }
     Ok(())
+}
+
+/// `--store-option KEY=VALUE` arguments.
+fn parse_options(options: &[String]) -> Result<Vec<(String, String)>> {
+    options
+        .iter()
+        .map(|o| {
+            o.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("--store-option {o:?}: use KEY=VALUE"))
+        })
+        .collect()
 }

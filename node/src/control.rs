@@ -14,6 +14,16 @@ use std::time::Duration;
 pub const MAX_LINE: usize = 1 << 20;
 
 /// A request to the daemon.
+/// A secret in a request: never printed by `Debug` (requests may be logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
@@ -73,6 +83,15 @@ pub enum Request {
         /// Options for process servers instead of `options` (their own credentials).
         #[serde(default)]
         grant_options: Option<Vec<(String, String)>>,
+    },
+    /// Attach an existing vault with its recovery key (configuration node of a new site).
+    VaultAttach {
+        /// Store URL.
+        url: String,
+        /// object_store options.
+        options: Vec<(String, String)>,
+        /// The recovery key (paper form).
+        recovery_key: SecretText,
     },
     /// Rotate the vault's sealing key for new writes.
     VaultRekey,

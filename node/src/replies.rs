@@ -131,6 +131,22 @@ pub struct VaultCreated {
     pub vault_id: String,
     /// Key check value.
     pub key_check: String,
+    /// The recovery key (paper form), shown this once.
+    #[serde(default)]
+    pub recovery_key: String,
+}
+
+/// `vault attach`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VaultAttached {
+    /// Vault name.
+    pub name: String,
+    /// Store URL.
+    pub url: String,
+    /// Machines whose protections came back from the vault's mirror.
+    pub machines: Vec<String>,
+    /// Recovery points in the vault.
+    pub points: usize,
 }
 
 /// `vault rekey`.

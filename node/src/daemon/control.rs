@@ -160,6 +160,7 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
             Ok(serde_json::to_value(peers).unwrap_or_default())
         }
         r @ (Request::VaultCreate { .. }
+        | Request::VaultAttach { .. }
         | Request::VaultRekey
         | Request::VaultGc { .. }
         | Request::PolicyCreate { .. }
@@ -499,6 +500,19 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
                 crate::replication::config_side::failback(&repl, &machine, planned).await
+            })
+            .await?
+        }
+        Request::VaultAttach {
+            url,
+            options,
+            recovery_key,
+        } => {
+            let repl = ctx.repl.clone();
+            on_quic(ctx, async move {
+                let opts = options.into_iter().collect();
+                crate::replication::config_side::vault_attach(&repl, &url, opts, &recovery_key.0)
+                    .await
             })
             .await?
         }

@@ -562,6 +562,45 @@ impl Vault {
         Ok(n)
     }
 
+    /// Writes `recovery/key`: the data key (with its rotations) wrapped by `wrap_key`.
+    pub async fn put_recovery_key(&self, wrap_key: &[u8; 32]) -> Result<(), VaultError> {
+        let sealed = Bytes::from(vault::recovery::wrap_keys(wrap_key, &self.key, nonce()));
+        let k = vault::recovery::RECOVERY_KEY_OBJECT;
+        self.retry("put recovery key", 8, || {
+            self.put(k, sealed.clone(), PutMode::Overwrite)
+        })
+        .await?;
+        self.barrier().await
+    }
+
+    /// Writes `recovery/config` (sealed with the data key): the configuration node's state a
+    /// node attached with the recovery key starts from.
+    pub async fn put_recovery_config(&self, plain: &[u8]) -> Result<(), VaultError> {
+        let k = vault::recovery::RECOVERY_CONFIG_OBJECT;
+        let sealed = Bytes::from(self.key.seal_object(k, nonce(), plain));
+        self.retry("put recovery config", 8, || {
+            self.put(k, sealed.clone(), PutMode::Overwrite)
+        })
+        .await?;
+        self.barrier().await
+    }
+
+    /// Reads `recovery/config`, if there is one.
+    pub async fn recovery_config(&self) -> Result<Option<Vec<u8>>, VaultError> {
+        let k = vault::recovery::RECOVERY_CONFIG_OBJECT;
+        if !self.has_object(k).await? {
+            return Ok(None);
+        }
+        let raw = self.get(k).await?;
+        self.key
+            .open_object(k, &raw)
+            .map(Some)
+            .map_err(|source| VaultError::Format {
+                key: k.into(),
+                source,
+            })
+    }
+
     /// Stores a manifest chunk (content-addressed: an existing one is reused).
     pub async fn put_chunk(&self, ids: &[BlockId]) -> Result<BlockId, VaultError> {
         let (id, sealed) = self.seal_chunk(ids);

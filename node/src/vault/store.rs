@@ -21,6 +21,10 @@ pub struct VaultConfig {
     /// credentials, e.g. a write-and-read SAS without delete); `None`: `options` are granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_options: Option<BTreeMap<String, String>>,
+    /// The key that wraps the data key in `recovery/key` (hex; derived from the recovery key,
+    /// which is never stored): a rekey wraps the new rotation with it. Never granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_wrap: Option<String>,
 }
 
 impl std::fmt::Debug for VaultConfig {
@@ -39,6 +43,7 @@ impl VaultConfig {
             rotations: g.rotations.iter().map(|k| vault::hex(k)).collect(),
             options: g.options.into_iter().collect(),
             grant_options: None,
+            recovery_wrap: None,
         }
     }
 

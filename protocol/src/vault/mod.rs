@@ -747,5 +747,7 @@ pub fn from_rmp<T: for<'de> Deserialize<'de>>(
     })
 }
 
+pub mod recovery;
+
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,13 @@ mod drill;
 mod failback;
 mod failover;
 mod points;
+mod recovery;
 mod source;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};
 pub use failback::{failback, reprotect};
+pub use recovery::attach as vault_attach;
 pub use failover::{cancel as failover_cancel, commit as failover_commit, failover};
 
 use super::{load, save, Repl};
@@ -60,6 +62,8 @@ pub struct ConfigState {
     /// Point notices being verified against the vault at once (a bound on what a flood of
     /// notices can cost).
     pub notice_slots: Arc<tokio::sync::Semaphore>,
+    /// Digest of the configuration last mirrored into the vault.
+    pub mirrored: Mutex<Option<[u8; 32]>>,
 }
 
 impl ConfigState {
@@ -78,6 +82,7 @@ impl ConfigState {
             granted: Mutex::new(BTreeSet::new()),
             duties: Mutex::new(Duties::new(RETENTION_EVERY_MS, GC_EVERY_MS)),
             notice_slots: Arc::new(tokio::sync::Semaphore::new(16)),
+            mirrored: Mutex::new(None),
         })
     }
 }
@@ -124,7 +129,7 @@ pub async fn vault_create(
     rand::thread_rng().fill_bytes(&mut master);
     let key = DataKey::from_master(master);
     let store = store_from_url(&url, &options).map_err(|e| e.to_string())?;
-    let header = Vault::create(store, name, &key, crate::seams::now())
+    let header = Vault::create(store, name, &key.clone(), crate::seams::now())
         .await
         .map_err(|e| e.to_string())?;
     if let Some(root) = crate::vault::local_root(&url) {
@@ -133,6 +138,9 @@ pub async fn vault_create(
             .await
             .map_err(|e| format!("cannot make the new vault durable: {e}"))?;
     }
+    let store = store_from_url(&url, &options).map_err(|e| e.to_string())?;
+    let opened = Vault::open(store, key).await.map_err(|e| e.to_string())?;
+    let (paper, wrap) = recovery::new_recovery_key(&opened).await?;
     repl.set_vault_config(VaultConfig {
         name: name.into(),
         url: url.clone(),
@@ -140,6 +148,7 @@ pub async fn vault_create(
         rotations: Vec::new(),
         options,
         grant_options,
+        recovery_wrap: Some(wrap),
     })?;
     guard(&repl.cfg.granted).clear();
     require_vault(repl).await?;
@@ -148,6 +157,7 @@ pub async fn vault_create(
         url,
         vault_id: header.id,
         key_check: header.key_check,
+        recovery_key: paper,
     }))
 }
 
@@ -165,6 +175,8 @@ pub async fn vault_rekey(repl: &Repl) -> Result<Value, String> {
     rand::thread_rng().fill_bytes(&mut k);
     cfg.rotations.push(vault::hex(&k));
     let n = cfg.rotations.len();
+    // The recovery copy learns the new key before anything is sealed with it.
+    recovery::rewrap(&cfg).await?;
     repl.set_vault_config(cfg)?;
     // Every process server gets the new key with its next grant (within a second).
     guard(&repl.cfg.granted).clear();
@@ -175,7 +187,7 @@ pub async fn vault_rekey(repl: &Repl) -> Result<Value, String> {
     }))
 }
 
-fn save_policies(repl: &Repl) -> Result<(), String> {
+pub(super) fn save_policies(repl: &Repl) -> Result<(), String> {
     let p = guard(&repl.cfg.policies).clone();
     save(&repl.dir.root.join("policies.json"), &p, 0o644)
 }
@@ -258,6 +270,14 @@ async fn resolve_machine(repl: &Repl, machine: &str) -> Result<(NodeId, String),
     // Ids first, then (unique) names.
     if let Some(m) = mesh.resolve(machine) {
         return Ok((m.node_id(), m.name.clone()));
+    }
+    // A machine of a lost site (not a member of this mesh: a vault attached with its recovery
+    // key) is known by its protection.
+    if let Some((id, p)) = guard(&repl.cfg.protections)
+        .iter()
+        .find(|(id, p)| id.to_string() == machine || p.machine_name == machine)
+    {
+        return Ok((*id, p.machine_name.clone()));
     }
     Err(format!(
         "no mesh member named {machine:?}; see `lifeboat peers`"
@@ -606,6 +626,7 @@ pub async fn tick(repl: &Repl) {
             }
         }
     }
+    recovery::mirror(repl).await;
     let now = crate::seams::now();
     let due = guard(&repl.cfg.duties).poll(now);
     if due.retention {
