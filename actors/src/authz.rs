@@ -85,6 +85,18 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
             Err(Refusal::NotAuthority("shut a machine down"))
         }
         Message::Failback(_) if !f.authority => Err(Refusal::NotAuthority("fail a machine back")),
+        // Any member may be a target of drills and failovers; only the authority sends them.
+        Message::Land(_) | Message::Unland { .. } if !f.authority => {
+            Err(Refusal::NotAuthority("bring a machine up"))
+        }
+        Message::Land(_) | Message::Unland { .. } => Ok(()),
+        Message::AdoptPoint { .. } if !f.authority => {
+            Err(Refusal::NotAuthority("start protection"))
+        }
+        Message::AdoptPoint { .. } if !local(Role::Mobility) => {
+            Err(Refusal::NotHere("lacks the mobility role"))
+        }
+        Message::AdoptPoint { .. } => Ok(()),
         Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_)
             if !local(Role::Mobility) =>
         {
@@ -202,6 +214,11 @@ mod tests {
             Message::CutPoint { machine: id(1) },
             Message::ShutdownSource { machine: id(1) },
             failback,
+            Message::AdoptPoint {
+                job: "j".into(),
+                point: "p".into(),
+                disks: vec![],
+            },
         ] {
             let all = [Role::Configuration, Role::ProcessServer, Role::Mobility];
             assert!(matches!(
@@ -214,6 +231,13 @@ mod tests {
             ));
             assert!(authorize(&m, &facts(true, &[], &[Role::Mobility])).is_ok());
         }
+        // Any member can be a recovery target, for the authority only.
+        let unland = Message::Unland { job: "j".into() };
+        assert!(authorize(&unland, &facts(true, &[], &[])).is_ok());
+        assert!(matches!(
+            authorize(&unland, &facts(false, &[Role::Mobility], &[Role::Mobility])),
+            Err(Refusal::NotAuthority(_))
+        ));
     }
 
     #[test]

@@ -128,8 +128,8 @@ pub(crate) enum Cmd {
     },
     /// Drill (test failover): bring a machine's disks up from a recovery point next to
     /// production, which keeps replicating. Images are restored from the vault (every block and
-    /// Merkle root verified) on this configuration node, converted if asked, and handed to the
-    /// boot hook. `drill cleanup MACHINE` removes them.
+    /// Merkle root verified) on the target node (--on; this configuration node by default),
+    /// converted if asked, and handed to the boot hook. `drill cleanup MACHINE` removes them.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Drill {
         #[command(subcommand)]
@@ -147,9 +147,10 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Fail a machine over to this site (unplanned): its disks are restored from a recovery
-    /// point (every block and Merkle root verified) on this configuration node and handed to the
-    /// boot hook, and its replication stops. Then `failover commit` or `failover cancel`.
+    /// Fail a machine over to the recovery site: its disks are restored from a recovery point
+    /// (every block and Merkle root verified) on the target node (--on; this configuration node
+    /// by default) and handed to the boot hook, and its replication stops. Unplanned unless
+    /// --planned. Then `failover commit` or `failover cancel`.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Failover {
         #[command(subcommand)]
@@ -499,4 +500,9 @@ pub struct LandArgs {
     /// DIR/boot-hook.log.
     #[arg(long, value_name = "CMD")]
     pub boot_hook: Option<String>,
+    /// The node the images land on and the boot hook runs on (a mesh member, typically a
+    /// hypervisor host at the recovery site; default: this configuration node). It reads the
+    /// point straight from the vault, with a key granted for this job only.
+    #[arg(long, value_name = "NODE")]
+    pub on: Option<String>,
 }

@@ -32,7 +32,7 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             planned,
             json,
         } => {
-            let (point, to, format, boot_hook) = land.parts()?;
+            let (point, to, format, boot_hook, on) = land.parts()?;
             let v: r::FailedOver = get(
                 dir,
                 Request::Failover {
@@ -43,6 +43,7 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     boot_hook,
                     shutdown_source,
                     planned,
+                    on,
                 },
             )?;
             if json {
@@ -163,7 +164,7 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             isolated,
             json,
         } => {
-            let (point, to, format, boot_hook) = land.parts()?;
+            let (point, to, format, boot_hook, on) = land.parts()?;
             let v: r::Drilled = get(
                 dir,
                 Request::Drill {
@@ -173,6 +174,7 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     format,
                     boot_hook,
                     isolated,
+                    on,
                 },
             )?;
             if json {
@@ -209,11 +211,14 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
 }
 
 impl LandArgs {
-    /// Point, absolute image directory, format, boot hook.
+    /// Point, absolute image directory, format, boot hook, target node.
     #[allow(clippy::type_complexity)]
-    fn parts(self) -> Result<(String, Option<String>, String, Option<String>)> {
+    fn parts(self) -> Result<(String, Option<String>, String, Option<String>, Option<String>)> {
+        // A relative --to is this directory's only when the images land here.
         let to = match self.to {
-            Some(t) if !t.is_absolute() => Some(std::env::current_dir()?.join(t)),
+            Some(t) if !t.is_absolute() && self.on.is_none() => {
+                Some(std::env::current_dir()?.join(t))
+            }
             t => t,
         };
         Ok((
@@ -221,6 +226,7 @@ impl LandArgs {
             to.map(|t| t.display().to_string()),
             self.format,
             self.boot_hook,
+            self.on,
         ))
     }
 }

@@ -160,6 +160,9 @@ pub enum Request {
         boot_hook: Option<String>,
         /// Run the boot hook in an isolated network namespace.
         isolated: bool,
+        /// Target node (default: this configuration node).
+        #[serde(default)]
+        on: Option<String>,
     },
     /// Fail a machine over to this site from a recovery point.
     Failover {
@@ -179,6 +182,9 @@ pub enum Request {
         /// Both sites are up: shut the machine down, cut a final point, fail over from it.
         #[serde(default)]
         planned: bool,
+        /// Target node (default: this configuration node).
+        #[serde(default)]
+        on: Option<String>,
     },
     /// Make a machine's failover final.
     FailoverCommit {

@@ -308,6 +308,7 @@ fn drill(cfg: &Daemon, disk: &[u8], out: &mut dyn FnMut(&str)) -> Result<(), Str
         format: "raw".into(),
         boot_hook: Some("test -s \"$LIFEBOAT_IMAGES\" && echo \"booting $LIFEBOAT_MACHINE from $LIFEBOAT_IMAGES\"".into()),
         isolated: false,
+        on: None,
     })?;
     let image = d.images.first().ok_or("the drill made no image")?;
     let got = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;

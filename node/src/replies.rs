@@ -387,6 +387,9 @@ pub struct Drilled {
     pub point: String,
     /// Its capture time (Unix ms).
     pub captured_ms: u64,
+    /// The node it landed on.
+    #[serde(default)]
+    pub target: String,
     /// The images, verified.
     pub images: Vec<std::path::PathBuf>,
     /// `raw` or `qcow2`.
@@ -413,6 +416,9 @@ pub struct FailedOver {
     pub point: String,
     /// Its capture time (Unix ms).
     pub captured_ms: u64,
+    /// The node it landed on.
+    #[serde(default)]
+    pub target: String,
     /// The images, verified.
     pub images: Vec<std::path::PathBuf>,
     /// `raw` or `qcow2`.

@@ -575,6 +575,67 @@ pub enum Message {
     Failback(FailbackJob),
     /// The answer to [`Message::Failback`]: what each disk cost.
     FailedBack(Vec<FailbackDisk>),
+    /// Configuration node to a target node: bring a point up here (drill or failover).
+    Land(LandJob),
+    /// The answer to [`Message::Land`].
+    Landed(Landed),
+    /// Configuration node to a target node: remove what a landing made.
+    Unland {
+        /// The landing's job id.
+        job: String,
+    },
+    /// Configuration node to a target node with the mobility role: seed the change log with
+    /// a point (a reprotect of disks a failover landed here).
+    AdoptPoint {
+        /// The failover's job id (whose block maps this node kept).
+        job: String,
+        /// The point (of this node) the log starts from.
+        point: String,
+        /// The disks: the point's names, the landed images.
+        disks: Vec<DiskSpec>,
+    },
+}
+
+/// A point to bring up on a target node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LandJob {
+    /// `drill` or `failover`.
+    pub kind: String,
+    /// The drill's or failover's id.
+    pub job: String,
+    /// The machine whose point it is.
+    pub machine: NodeId,
+    /// Its name.
+    pub machine_name: String,
+    /// The point id.
+    pub point: String,
+    /// The vault, for this job only.
+    pub grant: VaultGrant,
+    /// Image directory (absolute; default: one of its own under the target's state directory).
+    pub dir: Option<String>,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// Boot hook.
+    pub boot_hook: Option<String>,
+    /// Run the boot hook in a fresh network namespace with only loopback.
+    pub isolated: bool,
+    /// Keep each disk's BLAKE3 map as restored (a reprotect's base).
+    pub keep_maps: bool,
+}
+
+/// What a landing made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Landed {
+    /// Image directory.
+    pub dir: String,
+    /// Images, verified.
+    pub images: Vec<String>,
+    /// The boot hook's exit code, if one ran.
+    pub boot_hook_exit: Option<i32>,
+    /// Why it failed after it began (what it made stays until it is unlanded).
+    pub error: Option<String>,
 }
 
 /// A failback job.
@@ -640,6 +701,10 @@ impl Message {
             Message::ShutdownSource { .. } => "shutdown-source",
             Message::Failback(_) => "failback",
             Message::FailedBack(_) => "failed-back",
+            Message::Land(_) => "land",
+            Message::Landed(_) => "landed",
+            Message::Unland { .. } => "unland",
+            Message::AdoptPoint { .. } => "adopt-point",
         }
     }
 }

@@ -7,14 +7,18 @@ use std::path::Path;
 /// A configuration node with a local vault and the `fast` policy, a process server, and a
 /// protected mobility node `web` with one committed point.
 fn protected_web() -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
-    let nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
+    protected_web_and(&[])
+}
+
+/// `protected_web`, with more members (name, role) after `web`.
+fn protected_web_and(more: &[(&str, &str)]) -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
+    let mut members = vec![
+        ("config", ""),
+        ("ps", "process-server"),
+        ("web", "mobility"),
+    ];
+    members.extend_from_slice(more);
+    let nodes = mesh_of(&members, &[]);
     let cfg = &nodes[0];
     cfg.ok(&["vault", "create", "v1"]);
     fast_policy(cfg, "10m");
@@ -427,9 +431,19 @@ fn write_block(path: &Path, i: usize, data: &[u8]) {
 
 #[test]
 fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_without_a_copy() {
-    let (nodes, work, disk, c0) = protected_web();
-    let cfg = &nodes[0];
-    grant(cfg, cfg, "mobility");
+    // `dr`: a host at the recovery site, where the machine is drilled and failed over.
+    let (nodes, work, disk, c0) = protected_web_and(&[("dr", "mobility")]);
+    let (cfg, dr) = (&nodes[0], &nodes[3]);
+    let e = cfg.fails(&["drill", "web", "--on", "nosuch"]);
+    assert!(e.contains("--on") && e.lines().count() == 1, "{e}");
+    let v = cfg.json(&["drill", "web", "--on", "dr"]);
+    assert_eq!(v["target"], "dr", "{v}");
+    let drilled = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
+    assert!(drilled.starts_with(dr.state_dir()), "{}", drilled.display());
+    assert!(std::fs::read(&drilled).unwrap() == c0);
+    assert!(!dr.state_dir().join("vault.json").exists(), "the target kept the vault key");
+    cfg.ok(&["drill", "cleanup", "web"]);
+    assert!(!drilled.exists(), "cleanup on the target");
     let e = cfg.fails(&["reprotect", "web"]);
     assert!(e.contains("not failed over") && e.lines().count() == 1, "{e}");
     let e = cfg.fails(&["failback", "web"]);
@@ -439,7 +453,7 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
 
     // Unplanned failover to this site; reprotect needs it committed.
     let d = work.path().join("fo");
-    let v = cfg.json(&["failover", "web", "--to", d.to_str().unwrap()]);
+    let v = cfg.json(&["failover", "web", "--on", "dr", "--to", d.to_str().unwrap()]);
     let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
     assert!(std::fs::read(&image).unwrap() == c0);
     let e = cfg.fails(&["reprotect", "web"]);
@@ -454,7 +468,7 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
     assert_eq!(v["images"][0].as_str().unwrap(), image.to_str().unwrap());
     let e = cfg.fails(&["reprotect", "web"]);
     assert!(e.contains("reprotected already"), "{e}");
-    let first = point_after(cfg, "config", t);
+    let first = point_after(cfg, "dr", t);
     assert_eq!(
         first["stats"]["changed_blocks"].as_u64().unwrap(),
         0,
@@ -468,12 +482,12 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
         write_block(&image, i, &b);
     }
     let t = now_ms();
-    let p = point_after(cfg, "config", t);
+    let p = point_after(cfg, "dr", t);
     assert!(
         p["stats"]["changed_blocks"].as_u64().unwrap() <= 3,
         "only the changed blocks moved: {p}"
     );
-    assert!(restore(cfg, "config", p["id"].as_str().unwrap(), &work.path().join("r1")) == cr);
+    assert!(restore(cfg, "dr", p["id"].as_str().unwrap(), &work.path().join("r1")) == cr);
     assert_eq!(
         cfg.json(&["status"])["replication"]["machines"]
             .as_array()
@@ -513,7 +527,7 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
     // Home: the recovery site stopped replicating, and web's own protection resumed from the
     // failback point with a delta, not a copy.
     wait_until("the recovery site's protection to end", WAIT, || {
-        !cfg.state_dir().join("protection.json").exists()
+        !dr.state_dir().join("protection.json").exists()
     });
     let mut c3 = cr.clone();
     c3[70 * BS..71 * BS].copy_from_slice(&noise(85, BS));

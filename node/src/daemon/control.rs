@@ -437,6 +437,7 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             format,
             boot_hook,
             isolated,
+            on,
         } => {
             let repl = ctx.repl.clone();
             let ask = crate::replication::config_side::DrillAsk {
@@ -446,6 +447,7 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
                 format,
                 boot_hook,
                 isolated,
+                on,
                 shutdown_source: false,
                 planned: false,
             };
@@ -462,6 +464,7 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             boot_hook,
             shutdown_source,
             planned,
+            on,
         } => {
             let repl = ctx.repl.clone();
             let ask = crate::replication::config_side::DrillAsk {
@@ -471,6 +474,7 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
                 format,
                 boot_hook,
                 isolated: false,
+                on,
                 shutdown_source,
                 planned,
             };

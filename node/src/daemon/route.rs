@@ -112,6 +112,9 @@ pub async fn route(
         | Message::CutPoint { .. }
         | Message::ShutdownSource { .. }
         | Message::Failback(_)
+        | Message::Land(_)
+        | Message::Unland { .. }
+        | Message::AdoptPoint { .. }
         | Message::PointNotice(_)
         | Message::Admin { .. }
         | Message::Report(_)) => route_replication(from_id, &members, m, repl?).await,
@@ -165,6 +168,23 @@ async fn route_replication(
             Ok(d) => Some(Message::FailedBack(d)),
             Err(e) => err(e),
         },
+        Message::Land(job) => match crate::replication::landing::land(&repl, job).await {
+            Ok(l) => Some(Message::Landed(l)),
+            Err(e) => err(e),
+        },
+        Message::Unland { job } => match crate::replication::landing::unland(&repl, &job) {
+            Ok(_) => Some(Message::Accept),
+            Err(e) => err(e),
+        },
+        Message::AdoptPoint { job, point, disks } => {
+            if protection_path_exists(&repl) {
+                return err("this node protects disks already; one protection per node");
+            }
+            match crate::replication::landing::adopt(&repl, &job, &point, &disks) {
+                Ok(()) => Some(Message::Accept),
+                Err(e) => err(e),
+            }
+        }
         Message::CutPoint { .. } => {
             match repl
                 .mobility
@@ -288,4 +308,9 @@ fn own_machine_only(req: Request, from: NodeId, mesh: &MembersChanged) -> Result
         }),
         other => Ok(other),
     }
+}
+
+/// This node's mobility role protects something.
+fn protection_path_exists(repl: &Repl) -> bool {
+    repl.dir.root.join("protection.json").exists()
 }

@@ -8,8 +8,10 @@
 //! - configuration node: `vault.json` (0600), `policies.json`, `protections.json`, `catalog.json`
 //! - process server: `vault.json` (0600, from a `VaultGrant`), `spool/`
 //! - mobility node: `protection.json`, `replica.json`, `hashes/<disk>.bin`
+//! - a drill's or failover's target: `landings.json`, `landing-maps/<job>/<disk>.bin`
 
 pub mod config_side;
+pub mod landing;
 pub mod mobility;
 pub mod ps;
 

@@ -1,16 +1,17 @@
 //! Coming home after a failover: reprotect, then failback.
 //!
-//! `reprotect MACHINE` protects the failed-over disks at the recovery site (this node, with
-//! its mobility role) into the vault, starting from the failover point: the point is cloned
-//! under this node (no data copied) and this node's change log is seeded with the BLAKE3 maps
-//! the failover took of the disks as it brought them up, so only blocks changed since the
-//! failover move. `failback MACHINE [--planned]` takes the recovery site's final point, clones
+//! `reprotect MACHINE` protects the failed-over disks at the recovery site (the failover's
+//! target node, with its mobility role) into the vault, starting from the failover point: the
+//! point is cloned under the target (no data copied) and the target's change log is seeded
+//! with the BLAKE3 maps it took of the disks as it restored them, so only blocks changed since
+//! the failover move. `failback MACHINE [--planned]` takes the recovery site's final point, clones
 //! it under the original machine, and has that machine write it onto its own disks, only the
 //! blocks that differ (`mobility::failback`); then the recovery site's protection stops and
 //! the machine's own protection resumes from that point, again without an initial copy.
 
-use super::drill::{load_hashes, DrillAsk};
-use super::failover::{failovers, hashes_dir, save_all, FailoverState, Reprotected};
+use super::drill::DrillAsk;
+use super::failover::{failovers, save_all, FailoverState, Reprotected};
+use super::target::adopt_on;
 use super::*;
 use lifeboat_protocol::message::FailbackJob;
 use std::time::Duration;
@@ -46,16 +47,29 @@ pub async fn reprotect(
             f.format
         ));
     }
-    if !repl.roles().await.contains(&Role::Mobility) {
+    let target = f.target.unwrap_or(repl.local);
+    let mesh = repl
+        .mesh
+        .send(lifeboat_actors::shell::GetMesh)
+        .await
+        .map_err(|e| e.to_string())?;
+    let here = mesh
+        .resolve(&target.to_string())
+        .map_or_else(|| target.to_string(), |m| m.name.clone());
+    let has_mobility = if target == repl.local {
+        repl.roles().await.contains(&Role::Mobility)
+    } else {
+        mesh.resolve(&target.to_string())
+            .is_some_and(|m| m.roles.contains(&Role::Mobility))
+    };
+    if !has_mobility {
         return Err(format!(
-            "reprotect replicates {name}'s disks from this node, which lacks the mobility role: `lifeboat role add mobility --node {}`",
-            repl.local
+            "reprotect replicates {name}'s disks from {here}, where they were failed over, and it lacks the mobility role: `lifeboat role add mobility --node {here}`"
         ));
     }
-    if guard(&repl.cfg.protections).contains_key(&repl.local) {
-        return Err("this node protects disks of its own already; one protection per node".into());
+    if guard(&repl.cfg.protections).contains_key(&target) {
+        return Err(format!("{here} protects disks of its own already; one protection per node"));
     }
-    let (_, here) = resolve_machine(repl, &repl.local.to_string()).await?;
     let pts = vault
         .list_points(Some(&id))
         .await
@@ -64,13 +78,6 @@ pub async fn reprotect(
         .iter()
         .find(|p| p.id == f.point)
         .ok_or_else(|| format!("the failover point {} left the vault", f.point))?;
-    let dir = hashes_dir(repl, &f.id);
-    let hashes = p
-        .disks
-        .iter()
-        .map(|d| load_hashes(&dir.join(format!("{}.bin", d.name))))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the failover's block maps are missing ({e}); fail over again"))?;
     let disks: Vec<DiskSpec> = p
         .disks
         .iter()
@@ -81,12 +88,12 @@ pub async fn reprotect(
         })
         .collect();
     let clone = vault
-        .clone_point(p, repl.local, &here, crate::seams::now())
+        .clone_point(p, target, &here, crate::seams::now())
         .await
         .map_err(|e| e.to_string())?;
-    crate::replication::mobility::adopt_point(repl, &clone.id, &disks, &hashes)?;
+    adopt_on(repl, target, &f.id, &clone.id, &disks).await?;
     let spec = ProtectionSpec {
-        machine: repl.local,
+        machine: target,
         disks,
         policy: f.protection.spec.policy.clone(),
         process_server: None,
@@ -97,7 +104,7 @@ pub async fn reprotect(
         block_size: p.disks.first().map_or(DEFAULT_BLOCK_SIZE, |d| d.block_size),
     };
     guard(&repl.cfg.protections).insert(
-        repl.local,
+        target,
         Protection {
             spec: spec.clone(),
             machine_name: here.clone(),
@@ -105,13 +112,13 @@ pub async fn reprotect(
         },
     );
     if let Err(e) = deliver_protection(repl, &spec, &here).await {
-        guard(&repl.cfg.protections).remove(&repl.local);
+        guard(&repl.cfg.protections).remove(&target);
         return Err(e);
     }
     save_protections(repl)?;
     if let Some(r) = all.get_mut(&id) {
         r.reprotected = Some(Reprotected {
-            node: repl.local,
+            node: target,
             point: clone.id.clone(),
             since_ms: crate::seams::now().0,
         });
@@ -156,6 +163,7 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
         format: "raw".into(),
         boot_hook: None,
         isolated: false,
+        on: None,
         shutdown_source: false,
         planned,
     };
@@ -195,6 +203,12 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
     guard(&repl.cfg.protections).remove(&r.node);
     if r.node == repl.local {
         let _ = repl.mobility.send(crate::replication::mobility::Unprotect).await;
+    } else if let Err(e) = repl
+        .net
+        .request(r.node, Message::Unprotect { machine: r.node })
+        .await
+    {
+        tracing::warn!(node = %here, cause = %e, "the recovery site did not hear that its replication stops; it is told when it next reports");
     }
     let mut back = f.protection.clone();
     back.since = crate::seams::now();
@@ -203,7 +217,6 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
     let resumed = deliver_protection(repl, &back.spec, &name).await;
     all.remove(&id);
     save_all(repl, &all)?;
-    let _ = std::fs::remove_dir_all(hashes_dir(repl, &f.id));
     let mut notes = steps.notes;
     if let Err(e) = resumed {
         notes.push(format!(

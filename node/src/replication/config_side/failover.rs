@@ -6,7 +6,9 @@
 //! `failovers.json` before anything is done, with the protection it replaced, so a cancel can
 //! give it back.
 
-use super::drill::{bring_up, check_tools, land, remove_images, DrillAsk, Landing};
+use super::drill::{choose_point, DrillAsk};
+use super::target::{job_for, land_on, new_job_id, resolve_target, unland_on};
+use lifeboat_protocol::message::Landed;
 use super::*;
 use std::path::PathBuf;
 
@@ -31,10 +33,11 @@ pub struct FailoverRecord {
     pub point: String,
     /// When it started (Unix ms).
     pub started_ms: u64,
-    /// Where its images are.
+    /// The node it landed on (`None`: the configuration node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<NodeId>,
+    /// Where its images are (on the target).
     pub dir: PathBuf,
-    /// The directory was made by the failover.
-    pub made_dir: bool,
     /// Its images.
     pub images: Vec<PathBuf>,
     /// Image format.
@@ -62,11 +65,6 @@ pub struct Reprotected {
     pub since_ms: u64,
 }
 
-/// Where a failover keeps the BLAKE3 maps of the disks it brought up (a reprotect's base).
-pub(super) fn hashes_dir(repl: &Repl, failover: &str) -> PathBuf {
-    repl.dir.root.join("failover-hashes").join(failover)
-}
-
 fn path(repl: &Repl) -> PathBuf {
     repl.dir.root.join("failovers.json")
 }
@@ -84,45 +82,52 @@ pub(super) fn save_all(repl: &Repl, f: &BTreeMap<NodeId, FailoverRecord>) -> Res
 const REACH_SOURCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `lifeboat failover MACHINE ...` (unplanned: never waits on the failed site beyond a short
-/// bound).
+/// bound). A failover that did not come up may be run again (its landing is replaced).
 pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     require_config(repl).await?;
-    check_tools(&ask)?;
+    crate::replication::landing::check_tools(&ask.format, ask.isolated, ask.boot_hook.is_some())?;
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, &ask.machine).await?;
+    let (target, target_name) = resolve_target(repl, ask.on.as_deref()).await?;
     let mut all = failovers(repl);
-    if let Some(f) = all.get(&id) {
-        return Err(match f.state {
-            FailoverState::FailedOver => format!(
-                "{name} is failed over already; `lifeboat failover commit {name}` or `lifeboat failover cancel {name}`"
-            ),
-            FailoverState::Committed => format!("{name}'s failover is committed"),
-        });
-    }
-    let Some(protection) = guard(&repl.cfg.protections).get(&id).cloned() else {
-        return Err(format!("{name} is not protected"));
+    let retry = match all.get(&id) {
+        Some(f) if f.state == FailoverState::FailedOver && f.error.is_some() => Some(f.clone()),
+        Some(f) => {
+            return Err(match f.state {
+                FailoverState::FailedOver => format!(
+                    "{name} is failed over already; `lifeboat failover commit {name}` or `lifeboat failover cancel {name}`"
+                ),
+                FailoverState::Committed => format!("{name}'s failover is committed"),
+            })
+        }
+        None => None,
     };
+    let protection = match &retry {
+        Some(f) => f.protection.clone(),
+        None => guard(&repl.cfg.protections)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("{name} is not protected"))?,
+    };
+    if let Some(f) = &retry {
+        unland_on(repl, f.target.unwrap_or(repl.local), &f.id).await?;
+    }
     let steps = super::source::prepare(repl, id, &name, &ask, Some(&protection)).await?;
     let ask = steps.narrow(ask);
-    let Landing {
-        point: p,
-        id: fid,
-        dir,
-        made_dir,
-        images,
-    } = land(repl, &vault, id, &name, &ask, "failovers").await?;
+    let p = choose_point(&vault, id, &ask.point).await?;
+    let job = job_for(repl, "failover", &new_job_id(), (id, &name), &p.id, &ask, true)?;
     let mut rec = FailoverRecord {
-        id: fid,
+        id: job.job.clone(),
         machine_name: name.clone(),
         point: p.id.clone(),
         started_ms: crate::seams::now().0,
-        dir: dir.clone(),
-        made_dir,
-        images: images.clone(),
+        target: (target != repl.local).then_some(target),
+        dir: PathBuf::from(ask.to.clone().unwrap_or_default()),
+        images: vec![],
         format: ask.format.clone(),
         state: FailoverState::FailedOver,
         protection,
-        error: None,
+        error: Some("bringing it up".into()),
         reprotected: None,
     };
     // Recorded first, then replication stops: the record can give the protection back.
@@ -130,36 +135,34 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     save_all(repl, &all)?;
     stop_replication(repl, id, &name).await?;
     let t0 = std::time::Instant::now();
-    let hashes = hashes_dir(repl, &rec.id);
-    let outcome = bring_up(
-        "failover",
-        &vault,
-        &p,
-        &ask,
-        &dir,
-        &images,
-        &name,
-        &rec.id,
-        Some(&hashes),
-    )
-    .await;
-    if let Err(e) = &outcome {
-        rec.error = Some(e.clone());
-        all.insert(id, rec.clone());
-        save_all(repl, &all)?;
+    let landed = land_on(repl, target, job).await;
+    let landed = match landed {
+        Ok(l) => l,
+        Err(e) => Landed {
+            error: Some(e),
+            ..Landed::default()
+        },
+    };
+    rec.dir = PathBuf::from(&landed.dir);
+    rec.images = landed.images.iter().map(PathBuf::from).collect();
+    rec.error = landed.error.clone();
+    all.insert(id, rec.clone());
+    save_all(repl, &all)?;
+    if let Some(e) = landed.error {
         return Err(format!(
-            "{e}; the failover of {name} stays open: retry after fixing, or `lifeboat failover cancel {name}`"
+            "{e}; the failover of {name} stays open: run it again after fixing, or `lifeboat failover cancel {name}`"
         ));
     }
-    tracing::warn!(machine = %name, point = %p.id, "FAILED OVER: the machine runs at the recovery site");
+    tracing::warn!(machine = %name, point = %p.id, target = %target_name, "FAILED OVER: the machine runs at the recovery site");
     Ok(crate::replies::encode(&crate::replies::FailedOver {
         machine: name,
         failover: rec.id,
         point: p.id.clone(),
         captured_ms: p.captured.0,
-        images,
+        target: target_name,
+        images: rec.images,
         format: ask.format,
-        boot_hook_exit: outcome?,
+        boot_hook_exit: landed.boot_hook_exit,
         seconds: t0.elapsed().as_secs_f64(),
         notes: steps.notes,
     }))
@@ -242,8 +245,15 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
         ));
     }
     save_protections(repl)?;
-    let removed = remove_images(&f.images, &f.dir, f.made_dir)?;
-    let _ = std::fs::remove_dir_all(hashes_dir(repl, &f.id));
+    // The machine is protected again; the images going is second (a target that is away keeps
+    // them, recorded in its landings.json).
+    let removed = match unland_on(repl, f.target.unwrap_or(repl.local), &f.id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(machine = %name, cause = %e, "the failover's images could not be removed");
+            0
+        }
+    };
     all.remove(&id);
     save_all(repl, &all)?;
     tracing::info!(machine = %name, removed, "failover cancelled; protection resumed");

@@ -9,6 +9,7 @@ mod failover;
 mod points;
 mod recovery;
 mod source;
+mod target;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};

@@ -1,0 +1,131 @@
+//! Where a drill or failover lands: the target node (`--on NODE`, this configuration node by
+//! default). The configuration node chooses the point and the job id, and hands the target a
+//! `LandJob` with a vault grant for that job only; the target restores straight from the
+//! vault (`replication::landing`). Cleanup, cancel and reprotect go to the same target.
+
+use super::drill::DrillAsk;
+use super::*;
+use crate::replication::landing;
+use lifeboat_protocol::message::{LandJob, Landed};
+use std::time::Duration;
+
+/// Longest a landing may take on a target (restore, conversion, boot hook).
+const LAND_WAIT: Duration = Duration::from_secs(4 * 3600);
+
+/// The target of `--on` (a connected mesh member, or this node): its id and name.
+pub(super) async fn resolve_target(repl: &Repl, on: Option<&str>) -> Result<(NodeId, String), String> {
+    let mesh = repl
+        .mesh
+        .send(lifeboat_actors::shell::GetMesh)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(on) = on else {
+        let name = mesh
+            .resolve(&repl.local.to_string())
+            .map_or_else(|| "this node".to_string(), |m| m.name.clone());
+        return Ok((repl.local, name));
+    };
+    let m = mesh
+        .resolve(on)
+        .ok_or_else(|| format!("--on {on:?}: no mesh member by that name or id"))?;
+    let id = m.node_id();
+    if id != repl.local && !repl.net.connected().contains(&id) {
+        return Err(format!("--on {}: not connected", m.name));
+    }
+    Ok((id, m.name.clone()))
+}
+
+/// A fresh job id.
+pub(super) fn new_job_id() -> String {
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    vault::hex(&b)
+}
+
+/// The job `ask` describes, for `point` of `machine`.
+pub(super) fn job_for(
+    repl: &Repl,
+    kind: &str,
+    job: &str,
+    machine: (NodeId, &str),
+    point: &str,
+    ask: &DrillAsk,
+    keep_maps: bool,
+) -> Result<LandJob, String> {
+    if let Some(t) = &ask.to {
+        if !Path::new(t).is_absolute() {
+            return Err("--to must be an absolute directory".into());
+        }
+    }
+    Ok(LandJob {
+        kind: kind.into(),
+        job: job.into(),
+        machine: machine.0,
+        machine_name: machine.1.into(),
+        point: point.into(),
+        grant: repl.grant().ok_or("the vault's key is unreadable")?,
+        dir: ask.to.clone(),
+        format: ask.format.clone(),
+        boot_hook: ask.boot_hook.clone(),
+        isolated: ask.isolated,
+        keep_maps,
+    })
+}
+
+/// Lands `job` on `target`.
+pub(super) async fn land_on(repl: &Repl, target: NodeId, job: LandJob) -> Result<Landed, String> {
+    if target == repl.local {
+        return landing::land(repl, job).await;
+    }
+    match repl
+        .net
+        .request_within(target, Message::Land(job), LAND_WAIT)
+        .await
+    {
+        Ok(Message::Landed(l)) => Ok(l),
+        Ok(Message::Error { message }) => Err(message),
+        Ok(m) => Err(format!("the target answered {}", m.kind())),
+        Err(e) => Err(format!("the target: {e}")),
+    }
+}
+
+/// Removes what landing `job` made on `target`; returns the files removed.
+pub(super) async fn unland_on(repl: &Repl, target: NodeId, job: &str) -> Result<usize, String> {
+    if target == repl.local {
+        return landing::unland(repl, job);
+    }
+    match repl
+        .net
+        .request(target, Message::Unland { job: job.into() })
+        .await
+    {
+        Ok(Message::Accept) => Ok(0),
+        Ok(Message::Error { message }) => Err(message),
+        Ok(m) => Err(format!("the target answered {}", m.kind())),
+        Err(e) => Err(format!("the target is unreachable ({e}); retry when it is back")),
+    }
+}
+
+/// Seeds `target`'s change log with `point` for the disks landing `job` brought up there.
+pub(super) async fn adopt_on(
+    repl: &Repl,
+    target: NodeId,
+    job: &str,
+    point: &str,
+    disks: &[DiskSpec],
+) -> Result<(), String> {
+    if target == repl.local {
+        return landing::adopt(repl, job, point, disks);
+    }
+    let msg = Message::AdoptPoint {
+        job: job.into(),
+        point: point.into(),
+        disks: disks.to_vec(),
+    };
+    match repl.net.request(target, msg).await {
+        Ok(Message::Accept) => Ok(()),
+        Ok(Message::Error { message }) => Err(message),
+        Ok(m) => Err(format!("the target answered {}", m.kind())),
+        Err(e) => Err(format!("the target: {e}")),
+    }
+}

@@ -1,0 +1,420 @@
+//! Landing a recovery point on a node: the target of a drill or failover (`--on NODE`, the
+//! configuration node by default). The target opens the vault with the job's grant (never
+//! saved), restores every disk of the point (every block and Merkle root verified) straight
+//! from the vault, keeps each disk's BLAKE3 map if asked (a reprotect's base), converts to
+//! qcow2 if asked (`qemu-img`, the copy compared with the verified raw image), and runs the
+//! boot hook with the images in its environment, in a fresh network namespace with only
+//! loopback if isolated. What a landing makes is recorded in `landings.json` before it is
+//! made, so `unland` removes it whatever happened in between.
+
+use super::{load, save, Repl};
+use crate::vault::{Vault, VaultConfig};
+use lifeboat_protocol::message::{DiskSpec, LandJob, Landed};
+use lifeboat_protocol::vault::PointRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Longest a boot hook may run.
+const BOOT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What a landing made here.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LandingRecord {
+    kind: String,
+    machine_name: String,
+    point: String,
+    dir: PathBuf,
+    made_dir: bool,
+    images: Vec<PathBuf>,
+    started_ms: u64,
+}
+
+fn book_path(repl: &Repl) -> PathBuf {
+    repl.dir.root.join("landings.json")
+}
+
+fn book(repl: &Repl) -> BTreeMap<String, LandingRecord> {
+    load(&book_path(repl)).ok().flatten().unwrap_or_default()
+}
+
+fn save_book(repl: &Repl, b: &BTreeMap<String, LandingRecord>) -> Result<(), String> {
+    save(&book_path(repl), b, 0o600)
+}
+
+/// Where a landing keeps the BLAKE3 maps of the disks it restored.
+fn maps_dir(repl: &Repl, job: &str) -> PathBuf {
+    repl.dir.root.join("landing-maps").join(job)
+}
+
+/// Checks what the job needs on this node, before anything is made.
+pub fn check_tools(format: &str, isolated: bool, has_hook: bool) -> Result<(), String> {
+    let has = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok()
+    };
+    match format {
+        "raw" => {}
+        "qcow2" if has("qemu-img") => {}
+        "qcow2" => return Err("--format qcow2 needs qemu-img (apt-get install qemu-utils)".into()),
+        f => return Err(format!("--format {f:?}: use raw or qcow2")),
+    }
+    if isolated && !has_hook {
+        return Err("--isolated applies to the boot hook; give --boot-hook".into());
+    }
+    if isolated && !has("unshare") {
+        return Err("--isolated needs unshare (util-linux)".into());
+    }
+    Ok(())
+}
+
+/// The vault for `job`: this node's own if the grant is for it, else one opened with the
+/// grant for this job only.
+async fn job_vault(repl: &Repl, job: &LandJob) -> Result<Arc<Vault>, String> {
+    if repl.grant().as_ref() == Some(&job.grant) {
+        if let Ok(Some(v)) = repl.open_vault().await {
+            return Ok(v);
+        }
+    }
+    let cfg = VaultConfig::from_grant(job.grant.clone());
+    let key = cfg.key().ok_or("the grant's key is malformed")?;
+    let store = crate::vault::store_from_url(&cfg.url, &cfg.options).map_err(|e| e.to_string())?;
+    Ok(Arc::new(
+        Vault::open(store, key).await.map_err(|e| e.to_string())?,
+    ))
+}
+
+/// Brings `job`'s point up on this node. `Err` if nothing was made; once something may have
+/// been, a failure is `Landed::error` (and `unland` removes what was made).
+pub async fn land(repl: &Repl, job: LandJob) -> Result<Landed, String> {
+    check_tools(&job.format, job.isolated, job.boot_hook.is_some())?;
+    if !super::valid_disk_name(&job.job) || !super::valid_disk_name(&job.machine_name) {
+        return Err("invalid job id or machine name".into());
+    }
+    if book(repl).contains_key(&job.job) {
+        return Err(format!("landing {} exists on this node", job.job));
+    }
+    let vault = job_vault(repl, &job).await?;
+    let pts = vault
+        .list_points(Some(&job.machine))
+        .await
+        .map_err(|e| e.to_string())?;
+    let p = pts
+        .into_iter()
+        .find(|p| p.id == job.point)
+        .ok_or_else(|| format!("point {} is not in the vault", job.point))?;
+    let sub = format!("{}s", job.kind);
+    let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
+    let ext = if job.format == "qcow2" { "qcow2" } else { "img" };
+    let images: Vec<PathBuf> = p
+        .disks
+        .iter()
+        .map(|d| dir.join(format!("{}.{ext}", d.name)))
+        .collect();
+    if let Some(clash) = images.iter().find(|i| i.exists()) {
+        return Err(format!(
+            "{} exists; give an empty --to directory",
+            clash.display()
+        ));
+    }
+    let mut b = book(repl);
+    b.insert(
+        job.job.clone(),
+        LandingRecord {
+            kind: job.kind.clone(),
+            machine_name: job.machine_name.clone(),
+            point: p.id.clone(),
+            dir: dir.clone(),
+            made_dir,
+            images: images.clone(),
+            started_ms: crate::seams::now().0,
+        },
+    );
+    save_book(repl, &b)?;
+    let maps = job.keep_maps.then(|| maps_dir(repl, &job.job));
+    let outcome = bring_up(&vault, &p, &job, &dir, &images, maps.as_deref()).await;
+    let (boot_hook_exit, error) = match outcome {
+        Ok(x) => (x, None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok(Landed {
+        dir: dir.display().to_string(),
+        images: images.iter().map(|i| i.display().to_string()).collect(),
+        boot_hook_exit,
+        error,
+    })
+}
+
+/// Removes what landing `job` made here (images, partial images, hook log, kept maps, and
+/// the directory if it made it and it is empty). Returns the files removed; an unknown job
+/// removes nothing (a retried cleanup).
+pub fn unland(repl: &Repl, job: &str) -> Result<usize, String> {
+    let mut b = book(repl);
+    let Some(r) = b.get(job).cloned() else {
+        return Ok(0);
+    };
+    let removed = remove_images(&r.images, &r.dir, r.made_dir)?;
+    let _ = std::fs::remove_dir_all(maps_dir(repl, job));
+    b.remove(job);
+    save_book(repl, &b)?;
+    Ok(removed)
+}
+
+/// Seeds this node's change log with `point` for the disks landing `job` brought up (its
+/// kept maps): a reprotect starts with a delta, not a copy.
+pub fn adopt(repl: &Repl, job: &str, point: &str, disks: &[DiskSpec]) -> Result<(), String> {
+    let Some(r) = book(repl).get(job).cloned() else {
+        return Err(format!("no landing {job} on this node"));
+    };
+    for d in disks {
+        if !r.images.iter().any(|i| i.display().to_string() == d.path) {
+            return Err(format!("{} is not an image landing {job} made", d.path));
+        }
+    }
+    let dir = maps_dir(repl, job);
+    let maps = disks
+        .iter()
+        .map(|d| load_hashes(&dir.join(format!("{}.bin", d.name))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the landing's block maps are missing ({e})"))?;
+    super::mobility::adopt_point(repl, point, disks, &maps)
+}
+
+/// The image directory: `dir` (absolute), or one of its own in the state directory.
+fn image_dir(
+    repl: &Repl,
+    dir: Option<&str>,
+    sub: &str,
+    name: &str,
+    id: &str,
+) -> Result<(PathBuf, bool), String> {
+    let dir = match dir {
+        Some(t) => PathBuf::from(t),
+        None => repl.dir.root.join(sub).join(format!("{name}-{id}")),
+    };
+    if !dir.is_absolute() {
+        return Err("--to must be an absolute directory".into());
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("--to {}: not a directory", dir.display()));
+    }
+    let made = !dir.exists();
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((dir, made))
+}
+
+/// Restores (and converts) every disk, then runs the boot hook. Returns its exit code. With
+/// `maps_to`, each restored disk's BLAKE3 map is written there (`DISK.bin`) before anything
+/// can change it: the base a reprotect starts from.
+async fn bring_up(
+    vault: &Vault,
+    p: &PointRecord,
+    job: &LandJob,
+    dir: &Path,
+    images: &[PathBuf],
+    maps_to: Option<&Path>,
+) -> Result<Option<i32>, String> {
+    for (d, image) in p.disks.iter().zip(images) {
+        let raw = if job.format == "qcow2" {
+            image.with_extension("img.partial")
+        } else {
+            image.clone()
+        };
+        vault
+            .restore_disk(d, &raw)
+            .await
+            .map_err(|e| format!("restore of disk {} failed: {e}", d.name))?;
+        if let Some(to) = maps_to {
+            let (raw2, bs) = (raw.clone(), d.block_size as usize);
+            let h = tokio::task::spawn_blocking(move || crate::vault::hash_image(&raw2, bs))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {e}", raw.display()))?;
+            save_hashes(&to.join(format!("{}.bin", d.name)), &h)?;
+        }
+        if job.format == "qcow2" {
+            let (raw2, img2) = (raw.clone(), image.clone());
+            tokio::task::spawn_blocking(move || to_qcow2(&raw2, &img2))
+                .await
+                .map_err(|e| e.to_string())??;
+        }
+    }
+    let Some(hook) = &job.boot_hook else {
+        return Ok(None);
+    };
+    let env: Vec<(String, String)> = vec![
+        ("LIFEBOAT_MACHINE".into(), job.machine_name.clone()),
+        ("LIFEBOAT_POINT".into(), p.id.clone()),
+        ("LIFEBOAT_JOB".into(), job.job.clone()),
+        ("LIFEBOAT_KIND".into(), job.kind.clone()),
+        ("LIFEBOAT_FORMAT".into(), job.format.clone()),
+        ("LIFEBOAT_DIR".into(), dir.display().to_string()),
+        (
+            "LIFEBOAT_IMAGES".into(),
+            images
+                .iter()
+                .map(|i| i.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    ];
+    let (hook, isolated, log) = (hook.clone(), job.isolated, dir.join("boot-hook.log"));
+    tokio::task::spawn_blocking(move || run_boot_hook(&hook, isolated, &env, &log))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(Some)
+}
+
+/// Writes a BLAKE3 map (32 bytes a block), 0600.
+pub fn save_hashes(path: &Path, h: &[[u8; 32]]) -> Result<(), String> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    lifeboat_config::state::write_file_atomic(path, &h.concat(), 0o600)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a BLAKE3 map written by [`save_hashes`].
+pub fn load_hashes(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() % 32 != 0 {
+        return Err(format!("{}: truncated", path.display()));
+    }
+    Ok(b.chunks_exact(32)
+        .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+        .collect())
+}
+
+/// Converts a verified raw image to qcow2, checks the copy against it, removes the raw one.
+fn to_qcow2(raw: &Path, out: &Path) -> Result<(), String> {
+    let run = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let o = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .map_err(|e| format!("qemu-img: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "qemu-img {}: {}",
+                args.first().and_then(|a| a.to_str()).unwrap_or(""),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(())
+    };
+    let (r, q) = (raw.as_os_str(), out.as_os_str());
+    run(&[
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        r,
+        q,
+    ])?;
+    run(&[
+        "compare".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        r,
+        q,
+    ])
+    .map_err(|e| format!("the qcow2 image differs from the verified raw image: {e}"))?;
+    let _ = std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    std::fs::remove_file(raw).map_err(|e| format!("{}: {e}", raw.display()))
+}
+
+/// Runs the boot hook (in a fresh network namespace with only loopback up if `isolated`),
+/// its output into `log`. Returns its exit code; a failure or a timeout is an error.
+fn run_boot_hook(
+    hook: &str,
+    isolated: bool,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<i32, String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = if isolated {
+        let mut c = std::process::Command::new("unshare");
+        c.args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up 2>/dev/null; exec sh -c \"$1\"",
+            "sh",
+            hook,
+        ]);
+        c
+    } else {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", hook]);
+        c
+    };
+    let mut child = cmd
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("boot hook: {e}"))?;
+    let deadline = std::time::Instant::now() + BOOT_HOOK_TIMEOUT;
+    loop {
+        match child.try_wait().map_err(|e| format!("boot hook: {e}"))? {
+            Some(st) if st.success() => return Ok(0),
+            Some(st) => {
+                return Err(format!(
+                    "boot hook failed ({st}); its output is in {}",
+                    log.display()
+                ))
+            }
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "boot hook did not finish within {} s and was killed",
+                    BOOT_HOOK_TIMEOUT.as_secs()
+                ));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Removes a drill's or failover's images, partial images and hook log, and its directory if
+/// it made it and it is empty (anything else in it is not ours). Returns the files removed.
+fn remove_images(
+    images: &[PathBuf],
+    dir: &Path,
+    made_dir: bool,
+) -> Result<usize, String> {
+    let mut removed = 0;
+    for i in images.iter().chain([&dir.join("boot-hook.log")]) {
+        for p in [i.clone(), i.with_extension("img.partial")] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
+    }
+    if made_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(removed)
+}
+
