@@ -199,6 +199,26 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The newest jobs (long operations on the configuration node): steps, progress, errors.
+    Jobs {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job; with --watch, follow it until it ends (exit 1 if it failed).
+    Job {
+        /// Job id (from `lifeboat jobs` or a command's output).
+        id: String,
+        /// Follow it until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a recovery point's disks as raw images, verifying every block and Merkle root.
     Restore {
         /// The machine.

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod args;
+mod jobs;
 mod print;
 mod recovery;
 mod simulate;
@@ -211,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
         cmd @ (Cmd::Protect { .. } | Cmd::Throttle { .. } | Cmd::Unprotect { .. }) => {
             protect_cmd(&dir, cmd)?
         }
+        cmd @ (Cmd::Jobs { .. } | Cmd::Job { .. }) => jobs::jobs_cmd(&dir, cmd)?,
         cmd @ (Cmd::Drill { .. }
         | Cmd::Failover { .. }
         | Cmd::Reprotect { .. }
@@ -459,12 +461,15 @@ fn replication_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             } else {
                 std::env::current_dir()?.join(to)
             };
-            let v: r::Restored = get(
+            let id = jobs::new_id();
+            let v: r::Restored = jobs::with_progress(
                 dir,
+                &id,
                 Request::Restore {
                     machine,
                     point,
                     to: to.display().to_string(),
+                    job: Some(id.clone()),
                 },
             )?;
             if json {

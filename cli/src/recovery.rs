@@ -33,8 +33,10 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             json,
         } => {
             let (point, to, format, boot_hook, on) = land.parts()?;
-            let v: r::FailedOver = get(
+            let id = jobs::new_id();
+            let v: r::FailedOver = jobs::with_progress(
                 dir,
+                &id,
                 Request::Failover {
                     machine: machine.unwrap_or_default(),
                     point,
@@ -44,6 +46,7 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     shutdown_source,
                     planned,
                     on,
+                    job: Some(id.clone()),
                 },
             )?;
             if json {
@@ -83,6 +86,7 @@ fn home_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                 Request::Reprotect {
                     machine,
                     shutdown_hook,
+                    job: None,
                 },
             )?;
             if json {
@@ -99,7 +103,16 @@ fn home_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             planned,
             json,
         } => {
-            let v: r::FailedBack = get(dir, Request::Failback { machine, planned })?;
+            let id = jobs::new_id();
+            let v: r::FailedBack = jobs::with_progress(
+                dir,
+                &id,
+                Request::Failback {
+                    machine,
+                    planned,
+                    job: Some(id.clone()),
+                },
+            )?;
             if json {
                 print_json(&v);
             } else {
@@ -165,8 +178,10 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             json,
         } => {
             let (point, to, format, boot_hook, on) = land.parts()?;
-            let v: r::Drilled = get(
+            let id = jobs::new_id();
+            let v: r::Drilled = jobs::with_progress(
                 dir,
+                &id,
                 Request::Drill {
                     machine: machine.unwrap_or_default(),
                     point,
@@ -175,6 +190,7 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     boot_hook,
                     isolated,
                     on,
+                    job: Some(id.clone()),
                 },
             )?;
             if json {

@@ -145,6 +145,9 @@ pub enum Request {
         point: String,
         /// Target directory.
         to: String,
+        /// Job id (the caller's, to watch it).
+        #[serde(default)]
+        job: Option<String>,
     },
     /// Drill (test failover) a machine from a recovery point.
     Drill {
@@ -163,6 +166,9 @@ pub enum Request {
         /// Target node (default: this configuration node).
         #[serde(default)]
         on: Option<String>,
+        /// Job id (the caller's, to watch it).
+        #[serde(default)]
+        job: Option<String>,
     },
     /// Fail a machine over to this site from a recovery point.
     Failover {
@@ -185,6 +191,9 @@ pub enum Request {
         /// Target node (default: this configuration node).
         #[serde(default)]
         on: Option<String>,
+        /// Job id (the caller's, to watch it).
+        #[serde(default)]
+        job: Option<String>,
     },
     /// Make a machine's failover final.
     FailoverCommit {
@@ -202,6 +211,9 @@ pub enum Request {
         machine: String,
         /// Shutdown hook of the machine at the recovery site (for `failback --planned`).
         shutdown_hook: Option<String>,
+        /// Job id (the caller's, to watch it).
+        #[serde(default)]
+        job: Option<String>,
     },
     /// Bring a reprotected machine home.
     Failback {
@@ -209,6 +221,19 @@ pub enum Request {
         machine: String,
         /// Shut the recovery site's copy down first and fail back from its final point.
         planned: bool,
+        /// Job id (the caller's, to watch it).
+        #[serde(default)]
+        job: Option<String>,
+    },
+    /// The newest jobs (configuration node).
+    Jobs {
+        /// How many.
+        limit: Option<usize>,
+    },
+    /// One job.
+    Job {
+        /// Its id.
+        id: String,
     },
     /// Remove what a machine's active drill made.
     DrillCleanup {

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod disk;
 pub mod format;
 pub mod init;
+pub mod jobs;
 pub mod net;
 pub mod quickstart;
 pub mod replication;

@@ -274,6 +274,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         machine: "mobility-1".into(),
         point: "latest".into(),
         to: to.display().to_string(),
+        job: None,
     })?;
     let restored = std::fs::read(to.join("disk.img")).map_err(|e| e.to_string())?;
     if restored != disk {
@@ -309,6 +310,7 @@ fn drill(cfg: &Daemon, disk: &[u8], out: &mut dyn FnMut(&str)) -> Result<(), Str
         boot_hook: Some("test -s \"$LIFEBOAT_IMAGES\" && echo \"booting $LIFEBOAT_MACHINE from $LIFEBOAT_IMAGES\"".into()),
         isolated: false,
         on: None,
+        job: None,
     })?;
     let image = d.images.first().ok_or("the drill made no image")?;
     let got = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;

@@ -403,6 +403,9 @@ pub struct Drilled {
     /// What was asked of the machine first (shutdown hook, final point), one line each.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `failover`.
@@ -430,6 +433,9 @@ pub struct FailedOver {
     /// What was asked of the machine first (shutdown hook, final point), one line each.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `failover commit` / `failover cancel`.
@@ -441,6 +447,9 @@ pub struct FailoverChanged {
     pub failover: String,
     /// `committed` or `cancelled`.
     pub state: String,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `drill cleanup`.
@@ -454,6 +463,9 @@ pub struct DrillCleaned {
     pub removed_files: usize,
     /// The drill had succeeded.
     pub ok: bool,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `restore`.
@@ -467,6 +479,9 @@ pub struct Restored {
     pub disks: Vec<RestoredDisk>,
     /// Every block verified.
     pub verified: bool,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `reprotect`.
@@ -480,6 +495,9 @@ pub struct Reprotected {
     pub base_point: String,
     /// The disks protected.
     pub images: Vec<std::path::PathBuf>,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `failback`.
@@ -500,4 +518,7 @@ pub struct FailedBack {
     /// What was asked of the recovery site first (final point, shutdown hook).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The job that ran it.
+    #[serde(default)]
+    pub job: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! Protected-disk helpers for replication tests: deterministic content, atomic changes under the
 //! snapshot hook's lock, and queries of recovery points.
 
-use crate::{wait_until, Node, WAIT};
+use crate::{fast_policy, mesh_of, now_ms, wait_until, Node, WAIT};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -134,4 +134,41 @@ pub fn restore(cfg: &Node, machine: &str, point: &str, to: &Path) -> Vec<u8> {
         to.to_str().unwrap(),
     ]);
     std::fs::read(to.join("disk.img")).unwrap()
+}
+
+/// A configuration node with a local vault and the `fast` policy, a process server, and a
+/// protected mobility node `web` with one committed point.
+pub fn protected_web() -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
+    protected_web_and(&[])
+}
+
+/// `protected_web`, with more members (name, role) after `web`.
+pub fn protected_web_and(more: &[(&str, &str)]) -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
+    let mut members = vec![
+        ("config", ""),
+        ("ps", "process-server"),
+        ("web", "mobility"),
+    ];
+    members.extend_from_slice(more);
+    let nodes = mesh_of(&members, &[]);
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    fast_policy(cfg, "10m");
+    let work = tempfile::tempdir().unwrap();
+    let c0 = initial_disk();
+    let disk = Disk::new(&work.path().join("web"), &c0);
+    let t0 = now_ms();
+    let hook = disk.snapshot_hook();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        disk.path().to_str().unwrap(),
+        "--policy",
+        "fast",
+        "--snapshot-hook",
+        &hook,
+    ]);
+    point_after(cfg, "web", t0);
+    (nodes, work, disk, c0)
 }

@@ -4,43 +4,6 @@ use lifeboat_tests::disks::*;
 use lifeboat_tests::*;
 use std::path::Path;
 
-/// A configuration node with a local vault and the `fast` policy, a process server, and a
-/// protected mobility node `web` with one committed point.
-fn protected_web() -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
-    protected_web_and(&[])
-}
-
-/// `protected_web`, with more members (name, role) after `web`.
-fn protected_web_and(more: &[(&str, &str)]) -> (Vec<Node>, tempfile::TempDir, Disk, Vec<u8>) {
-    let mut members = vec![
-        ("config", ""),
-        ("ps", "process-server"),
-        ("web", "mobility"),
-    ];
-    members.extend_from_slice(more);
-    let nodes = mesh_of(&members, &[]);
-    let cfg = &nodes[0];
-    cfg.ok(&["vault", "create", "v1"]);
-    fast_policy(cfg, "10m");
-    let work = tempfile::tempdir().unwrap();
-    let c0 = initial_disk();
-    let disk = Disk::new(&work.path().join("web"), &c0);
-    let t0 = now_ms();
-    let hook = disk.snapshot_hook();
-    cfg.ok(&[
-        "protect",
-        "web",
-        "--disk",
-        disk.path().to_str().unwrap(),
-        "--policy",
-        "fast",
-        "--snapshot-hook",
-        &hook,
-    ]);
-    point_after(cfg, "web", t0);
-    (nodes, work, disk, c0)
-}
-
 /// The bytes of a qcow2 image, through `qemu-img convert`.
 fn qcow2_bytes(image: &Path, scratch: &Path) -> Vec<u8> {
     let raw = scratch.join("back.raw");

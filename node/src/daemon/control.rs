@@ -42,7 +42,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
     Role::from_str(s).map_err(|e| e.to_string())
 }
 
-async fn on_quic<T: Send + 'static>(
+pub(super) async fn on_quic<T: Send + 'static>(
     ctx: &Ctx,
     f: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, String> {
@@ -164,15 +164,17 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
         | Request::VaultRekey
         | Request::VaultGc { .. }
         | Request::PolicyCreate { .. }
-        | Request::PolicyDelete { .. }
-        | Request::Restore { .. }
+        | Request::PolicyDelete { .. }) => config_request(ctx, r).await,
+        r @ (Request::Restore { .. }
         | Request::Drill { .. }
         | Request::DrillCleanup { .. }
         | Request::Failover { .. }
         | Request::FailoverCommit { .. }
         | Request::FailoverCancel { .. }
         | Request::Reprotect { .. }
-        | Request::Failback { .. }) => config_request(ctx, r).await,
+        | Request::Failback { .. }
+        | Request::Jobs { .. }
+        | Request::Job { .. }) => super::recovery::recovery_request(ctx, r).await,
         Request::Throttle {
             work,
             off,
@@ -423,90 +425,6 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             })
             .await?
         }
-        Request::Restore { machine, point, to } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::restore(&repl, &machine, &point, &to).await
-            })
-            .await?
-        }
-        Request::Drill {
-            machine,
-            point,
-            to,
-            format,
-            boot_hook,
-            isolated,
-            on,
-        } => {
-            let repl = ctx.repl.clone();
-            let ask = crate::replication::config_side::DrillAsk {
-                machine,
-                point,
-                to,
-                format,
-                boot_hook,
-                isolated,
-                on,
-                shutdown_source: false,
-                planned: false,
-            };
-            on_quic(ctx, async move {
-                crate::replication::config_side::drill(&repl, ask).await
-            })
-            .await?
-        }
-        Request::Failover {
-            machine,
-            point,
-            to,
-            format,
-            boot_hook,
-            shutdown_source,
-            planned,
-            on,
-        } => {
-            let repl = ctx.repl.clone();
-            let ask = crate::replication::config_side::DrillAsk {
-                machine,
-                point,
-                to,
-                format,
-                boot_hook,
-                isolated: false,
-                on,
-                shutdown_source,
-                planned,
-            };
-            on_quic(ctx, async move {
-                crate::replication::config_side::failover(&repl, ask).await
-            })
-            .await?
-        }
-        Request::FailoverCommit { machine } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::failover_commit(&repl, &machine).await
-            })
-            .await?
-        }
-        Request::Reprotect {
-            machine,
-            shutdown_hook,
-        } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::reprotect(&repl, &machine, shutdown_hook).await
-            })
-            .await?
-        }
-        Request::Failback { machine, planned } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::failback(&repl, &machine, planned).await
-            })
-            .await?
-        }
         Request::VaultAttach {
             url,
             options,
@@ -517,20 +435,6 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
                 let opts = options.into_iter().collect();
                 crate::replication::config_side::vault_attach(&repl, &url, opts, &recovery_key.0)
                     .await
-            })
-            .await?
-        }
-        Request::FailoverCancel { machine } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::failover_cancel(&repl, &machine).await
-            })
-            .await?
-        }
-        Request::DrillCleanup { machine, notes } => {
-            let repl = ctx.repl.clone();
-            on_quic(ctx, async move {
-                crate::replication::config_side::drill_cleanup(&repl, &machine, notes).await
             })
             .await?
         }

@@ -12,6 +12,7 @@
 //! dispatches what peers send; `control` serves the local control socket (the CLI).
 
 mod control;
+mod recovery;
 pub mod route;
 
 use control::{control_loop, forwardable, replication_admin};

@@ -168,7 +168,7 @@ async fn route_replication(
             Ok(d) => Some(Message::FailedBack(d)),
             Err(e) => err(e),
         },
-        Message::Land(job) => match crate::replication::landing::land(&repl, job).await {
+        Message::Land(job) => match crate::replication::landing::land(&repl, job, None).await {
             Ok(l) => Some(Message::Landed(l)),
             Err(e) => err(e),
         },

@@ -92,7 +92,11 @@ async fn job_vault(repl: &Repl, job: &LandJob) -> Result<Arc<Vault>, String> {
 
 /// Brings `job`'s point up on this node. `Err` if nothing was made; once something may have
 /// been, a failure is `Landed::error` (and `unland` removes what was made).
-pub async fn land(repl: &Repl, job: LandJob) -> Result<Landed, String> {
+pub async fn land(
+    repl: &Repl,
+    job: LandJob,
+    done: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<Landed, String> {
     check_tools(&job.format, job.isolated, job.boot_hook.is_some())?;
     if !super::valid_disk_name(&job.job) || !super::valid_disk_name(&job.machine_name) {
         return Err("invalid job id or machine name".into());
@@ -138,7 +142,7 @@ pub async fn land(repl: &Repl, job: LandJob) -> Result<Landed, String> {
     );
     save_book(repl, &b)?;
     let maps = job.keep_maps.then(|| maps_dir(repl, &job.job));
-    let outcome = bring_up(&vault, &p, &job, &dir, &images, maps.as_deref()).await;
+    let outcome = bring_up(&vault, &p, &job, &dir, &images, maps.as_deref(), done.as_deref()).await;
     let (boot_hook_exit, error) = match outcome {
         Ok(x) => (x, None),
         Err(e) => (None, Some(e)),
@@ -221,6 +225,7 @@ async fn bring_up(
     dir: &Path,
     images: &[PathBuf],
     maps_to: Option<&Path>,
+    done: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Option<i32>, String> {
     for (d, image) in p.disks.iter().zip(images) {
         let raw = if job.format == "qcow2" {
@@ -229,7 +234,7 @@ async fn bring_up(
             image.clone()
         };
         vault
-            .restore_disk(d, &raw)
+            .restore_disk_counted(d, &raw, done)
             .await
             .map_err(|e| format!("restore of disk {} failed: {e}", d.name))?;
         if let Some(to) = maps_to {

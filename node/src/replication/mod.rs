@@ -61,6 +61,8 @@ pub struct Repl {
     pub mesh: Addr<MeshActor>,
     /// Peers actor.
     pub peers: Addr<PeersActor>,
+    /// Long operations on this (configuration) node, in `jobs.redb`.
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// The open vault (configuration and process-server nodes).
     pub vault: RwLock<Option<Arc<Vault>>>,
     /// How to reach it.
@@ -102,7 +104,9 @@ impl Repl {
         let vault_cfg: Option<VaultConfig> = load(&dir.root.join("vault.json"))?;
         let cfg = config_side::ConfigState::load(&dir)?;
         let ps = ps::PsState::new(&dir, spool_max_bytes, spool_memory_bytes)?;
+        let jobs = crate::jobs::Jobs::open(&dir.root.join("jobs.redb"))?;
         let r = Arc::new_cyclic(|me| Repl {
+            jobs,
             config: actix::Actor::start(config_side::ConfigActor::new(me.clone(), rt.clone())),
             mobility: actix::Actor::start(mobility::MobilityActor::new(me.clone(), rt)),
             dir,

@@ -70,7 +70,7 @@ impl Vault {
         });
         let mut rs = RestoreStats::default();
         let want = |b: u64| differ.get(&b) == Some(&false);
-        let fetched = self.restore_blocks(d, &want, &tx, &mut rs).await;
+        let fetched = self.restore_blocks(d, &want, &tx, &mut rs, None).await;
         drop(tx);
         let wrote = writer
             .await

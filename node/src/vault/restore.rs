@@ -46,6 +46,16 @@ impl Vault {
         d: &DiskRecord,
         out: &Path,
     ) -> Result<RestoreStats, VaultError> {
+        self.restore_disk_counted(d, out, None).await
+    }
+
+    /// [`Vault::restore_disk`], adding the bytes of the disk restored so far to `done`.
+    pub async fn restore_disk_counted(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+        done: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<RestoreStats, VaultError> {
         self.check_manifest(d)?;
         let io = |e: std::io::Error| VaultError::Io {
             path: out.display().to_string(),
@@ -62,7 +72,7 @@ impl Vault {
                 .unwrap_or_default(),
             rand::random::<u32>()
         ));
-        let result = self.restore_into(d, &staging).await;
+        let result = self.restore_into(d, &staging, done).await;
         let result = result.and_then(|stats| {
             std::fs::rename(&staging, out).map_err(io)?;
             Ok(stats)
@@ -74,7 +84,12 @@ impl Vault {
     }
 
     /// Writes the verified blocks of `d` into the new file `out`.
-    async fn restore_into(&self, d: &DiskRecord, out: &Path) -> Result<RestoreStats, VaultError> {
+    async fn restore_into(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+        done: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<RestoreStats, VaultError> {
         let io = |e: std::io::Error| VaultError::Io {
             path: out.display().to_string(),
             source: e,
@@ -103,7 +118,7 @@ impl Vault {
             w.finish()
         });
         let mut stats = RestoreStats::default();
-        let fetched = self.restore_blocks(d, &|_| true, &tx, &mut stats).await;
+        let fetched = self.restore_blocks(d, &|_| true, &tx, &mut stats, done).await;
         if fetched.is_err() {
             abort.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -133,7 +148,13 @@ impl Vault {
         wanted_block: &(dyn Fn(u64) -> bool + Sync),
         tx: &tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
         stats: &mut RestoreStats,
+        done: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<bool, VaultError> {
+        let count = |n: u64| {
+            if let Some(d) = done {
+                d.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         let corrupt = |block: u64, detail: String| VaultError::Corrupt {
             disk: d.name.clone(),
             block,
@@ -161,6 +182,7 @@ impl Vault {
                 let block = (ci * CHUNK_ENTRIES + j) as u64;
                 if id.is_zero() {
                     stats.zero_blocks += 1;
+                    count(bs.min(d.size_bytes - block * bs));
                     continue;
                 }
                 if !wanted_block(block) {
@@ -213,9 +235,11 @@ impl Vault {
                             format!("block has {} bytes, expected {expect}", data.len()),
                         ));
                     }
+                    let n = data.len() as u64;
                     if tx.send((block * bs, data)).await.is_err() {
                         return Ok(false);
                     }
+                    count(n);
                     stats.blocks += 1;
                 }
                 i = j;

@@ -5,7 +5,8 @@
 //! so `drill cleanup` finds it (and the target what it made) even after a crash; one drill per
 //! machine is active at a time.
 
-use super::target::{job_for, land_on, new_job_id, resolve_target, unland_on};
+use super::target::{job_for, land_on, resolve_target, unland_on};
+use crate::jobs::Job;
 use super::*;
 use std::path::PathBuf;
 
@@ -92,7 +93,7 @@ pub struct DrillAsk {
 }
 
 /// `lifeboat drill MACHINE ...`.
-pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
+pub async fn drill(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, String> {
     require_config(repl).await?;
     crate::replication::landing::check_tools(&ask.format, ask.isolated, ask.boot_hook.is_some())?;
     let vault = require_vault(repl).await?;
@@ -108,12 +109,14 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
         ));
     }
     let protection = guard(&repl.cfg.protections).get(&id).cloned();
+    job.step(&format!("asking {name} for its final point"));
     let steps = super::source::prepare(repl, id, &name, &ask, protection.as_ref()).await?;
     let ask = steps.narrow(ask);
+    job.step("choosing the point");
     let p = choose_point(&vault, id, &ask.point).await?;
-    let job = job_for(repl, "drill", &new_job_id(), (id, &name), &p.id, &ask, false)?;
+    let land = job_for(repl, "drill", &job.id(), (id, &name), &p.id, &ask, false)?;
     let mut rec = DrillRecord {
-        id: job.job.clone(),
+        id: land.job.clone(),
         point: p.id.clone(),
         started_ms: crate::seams::now().0,
         target: (target != repl.local).then_some(target),
@@ -128,7 +131,10 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     // Recorded before the target is asked: cleanup finds it whatever happens next.
     record(repl, id, |m| m.active = Some(rec.clone()))?;
     let t0 = std::time::Instant::now();
-    let landed = match land_on(repl, target, job).await {
+    job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
+    job.step(&format!("restoring and verifying on {target_name}"));
+    let done = (target == repl.local).then(|| job.progress());
+    let landed = match land_on(repl, target, land, done).await {
         Ok(l) => l,
         Err(e) => {
             // Nothing was made: the drill is not active.
@@ -152,6 +158,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     }
     tracing::info!(machine = %name, point = %p.id, drill = %rec.id, target = %target_name, "drill up");
     Ok(crate::replies::encode(&crate::replies::Drilled {
+        job: None,
         machine: name,
         drill: rec.id,
         point: p.id.clone(),
@@ -203,6 +210,7 @@ pub async fn cleanup(repl: &Repl, machine: &str, notes: Option<String>) -> Resul
     })?;
     tracing::info!(machine = %name, drill = %rec.id, "drill cleaned up");
     Ok(crate::replies::encode(&crate::replies::DrillCleaned {
+        job: None,
         machine: name,
         drill: rec.id,
         removed_files: removed,

@@ -12,6 +12,7 @@
 use super::drill::DrillAsk;
 use super::failover::{failovers, save_all, FailoverState, Reprotected};
 use super::target::adopt_on;
+use crate::jobs::Job;
 use super::*;
 use lifeboat_protocol::message::FailbackJob;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub async fn reprotect(
     repl: &Repl,
     machine: &str,
     shutdown_hook: Option<String>,
+    job: &Job,
 ) -> Result<Value, String> {
     require_config(repl).await?;
     let vault = require_vault(repl).await?;
@@ -87,10 +89,12 @@ pub async fn reprotect(
             path: i.display().to_string(),
         })
         .collect();
+    job.step("cloning the failover point under the recovery site");
     let clone = vault
         .clone_point(p, target, &here, crate::seams::now())
         .await
         .map_err(|e| e.to_string())?;
+    job.step(&format!("seeding {here}'s change log and protecting"));
     adopt_on(repl, target, &f.id, &clone.id, &disks).await?;
     let spec = ProtectionSpec {
         machine: target,
@@ -126,6 +130,7 @@ pub async fn reprotect(
     save_all(repl, &all)?;
     tracing::warn!(machine = %name, point = %clone.id, "reprotected: the failed-over disks replicate from this site");
     Ok(crate::replies::encode(&crate::replies::Reprotected {
+        job: None,
         machine: name,
         node: here,
         base_point: clone.id,
@@ -134,7 +139,12 @@ pub async fn reprotect(
 }
 
 /// `lifeboat failback MACHINE [--planned]`.
-pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value, String> {
+pub async fn failback(
+    repl: &Repl,
+    machine: &str,
+    planned: bool,
+    job: &Job,
+) -> Result<Value, String> {
     require_config(repl).await?;
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
@@ -168,6 +178,7 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
         planned,
     };
     let at_recovery = guard(&repl.cfg.protections).get(&r.node).cloned();
+    job.step(&format!("cutting the final point at {here}"));
     let steps = super::source::prepare(repl, r.node, &here, &ask, at_recovery.as_ref()).await?;
     let pts = vault
         .list_points(Some(&r.node))
@@ -179,13 +190,15 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
         .await
         .map_err(|e| e.to_string())?;
     let grant = repl.grant().ok_or("the vault's key is unreadable")?;
-    let job = Message::Failback(FailbackJob {
+    job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
+    job.step(&format!("writing the differing blocks onto {name}'s disks"));
+    let work = Message::Failback(FailbackJob {
         machine: id,
         grant,
         point: home.id.clone(),
         disks: f.protection.spec.disks.clone(),
     });
-    let disks = match repl.net.request_within(id, job, FAILBACK_WAIT).await {
+    let disks = match repl.net.request_within(id, work, FAILBACK_WAIT).await {
         Ok(Message::FailedBack(d)) => d,
         Ok(Message::Error { message }) => {
             return Err(format!(
@@ -199,6 +212,11 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
             ))
         }
     };
+    job.progress().store(
+        disks.iter().map(|d| d.read_bytes).sum(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    job.step(&format!("resuming {name}'s protection"));
     // Home again: the recovery site stops replicating, the machine resumes from the point.
     guard(&repl.cfg.protections).remove(&r.node);
     if r.node == repl.local {
@@ -225,6 +243,7 @@ pub async fn failback(repl: &Repl, machine: &str, planned: bool) -> Result<Value
     }
     tracing::warn!(machine = %name, point = %home.id, "FAILED BACK: the machine runs at its own site again");
     Ok(crate::replies::encode(&crate::replies::FailedBack {
+        job: None,
         machine: name,
         point: home.id,
         from_point: p.id,

@@ -7,7 +7,8 @@
 //! give it back.
 
 use super::drill::{choose_point, DrillAsk};
-use super::target::{job_for, land_on, new_job_id, resolve_target, unland_on};
+use super::target::{job_for, land_on, resolve_target, unland_on};
+use crate::jobs::Job;
 use lifeboat_protocol::message::Landed;
 use super::*;
 use std::path::PathBuf;
@@ -83,7 +84,7 @@ const REACH_SOURCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `lifeboat failover MACHINE ...` (unplanned: never waits on the failed site beyond a short
 /// bound). A failover that did not come up may be run again (its landing is replaced).
-pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
+pub async fn failover(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, String> {
     require_config(repl).await?;
     crate::replication::landing::check_tools(&ask.format, ask.isolated, ask.boot_hook.is_some())?;
     let vault = require_vault(repl).await?;
@@ -112,12 +113,14 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     if let Some(f) = &retry {
         unland_on(repl, f.target.unwrap_or(repl.local), &f.id).await?;
     }
+    job.step(&format!("asking {name} to shut down or cut a final point"));
     let steps = super::source::prepare(repl, id, &name, &ask, Some(&protection)).await?;
     let ask = steps.narrow(ask);
+    job.step("choosing the point");
     let p = choose_point(&vault, id, &ask.point).await?;
-    let job = job_for(repl, "failover", &new_job_id(), (id, &name), &p.id, &ask, true)?;
+    let land = job_for(repl, "failover", &job.id(), (id, &name), &p.id, &ask, true)?;
     let mut rec = FailoverRecord {
-        id: job.job.clone(),
+        id: land.job.clone(),
         machine_name: name.clone(),
         point: p.id.clone(),
         started_ms: crate::seams::now().0,
@@ -133,9 +136,13 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     // Recorded first, then replication stops: the record can give the protection back.
     all.insert(id, rec.clone());
     save_all(repl, &all)?;
+    job.step(&format!("stopping the replication of {name}"));
     stop_replication(repl, id, &name).await?;
     let t0 = std::time::Instant::now();
-    let landed = land_on(repl, target, job).await;
+    job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
+    job.step(&format!("restoring and verifying on {target_name}"));
+    let done = (target == repl.local).then(|| job.progress());
+    let landed = land_on(repl, target, land, done).await;
     let landed = match landed {
         Ok(l) => l,
         Err(e) => Landed {
@@ -155,6 +162,7 @@ pub async fn failover(repl: &Repl, ask: DrillAsk) -> Result<Value, String> {
     }
     tracing::warn!(machine = %name, point = %p.id, target = %target_name, "FAILED OVER: the machine runs at the recovery site");
     Ok(crate::replies::encode(&crate::replies::FailedOver {
+        job: None,
         machine: name,
         failover: rec.id,
         point: p.id.clone(),
@@ -214,6 +222,7 @@ pub async fn commit(repl: &Repl, machine: &str) -> Result<Value, String> {
     save_all(repl, &all)?;
     tracing::warn!(machine = %name, "failover committed");
     Ok(crate::replies::encode(&crate::replies::FailoverChanged {
+        job: None,
         machine: name,
         failover: fid,
         state: "committed".into(),
@@ -258,6 +267,7 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
     save_all(repl, &all)?;
     tracing::info!(machine = %name, removed, "failover cancelled; protection resumed");
     Ok(crate::replies::encode(&crate::replies::FailoverChanged {
+        job: None,
         machine: name,
         failover: f.id,
         state: "cancelled".into(),

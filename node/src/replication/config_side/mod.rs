@@ -6,6 +6,7 @@ mod actor;
 mod drill;
 mod failback;
 mod failover;
+pub mod jobs;
 mod points;
 mod recovery;
 mod source;

@@ -69,7 +69,13 @@ pub fn select_point<'a>(pts: &'a [PointRecord], sel: &str) -> Result<&'a PointRe
 }
 
 /// `lifeboat restore MACHINE --point P --to DIR`: raw images, every block verified.
-pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Result<Value, String> {
+pub async fn restore(
+    repl: &Repl,
+    machine: &str,
+    point: &str,
+    to: &str,
+    job: &crate::jobs::Job,
+) -> Result<Value, String> {
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let pts = vault
@@ -86,6 +92,9 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
         .create(dir)
         .map_err(|e| format!("{to}: {e}"))?;
     let mut disks = Vec::new();
+    job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
+    job.step("restoring and verifying");
+    let done = job.progress();
     for d in &p.disks {
         if !crate::replication::valid_disk_name(&d.name) {
             return Err(format!("point {} has an invalid disk name", p.id));
@@ -98,7 +107,7 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
         let out = dir.join(file);
         let t0 = std::time::Instant::now();
         let stats = vault
-            .restore_disk(d, &out)
+            .restore_disk_counted(d, &out, Some(&done))
             .await
             .map_err(|e| format!("restore of {name} point {} failed: {e}", p.id))?;
         disks.push(crate::replies::RestoredDisk {
@@ -114,6 +123,7 @@ pub async fn restore(repl: &Repl, machine: &str, point: &str, to: &str) -> Resul
     }
     tracing::info!(machine = %name, point = %p.id, "restore verified");
     Ok(crate::replies::encode(&crate::replies::Restored {
+        job: None,
         machine: name,
         point: point_info(&p),
         disks,

@@ -35,13 +35,6 @@ pub(super) async fn resolve_target(repl: &Repl, on: Option<&str>) -> Result<(Nod
     Ok((id, m.name.clone()))
 }
 
-/// A fresh job id.
-pub(super) fn new_job_id() -> String {
-    let mut b = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut b);
-    vault::hex(&b)
-}
-
 /// The job `ask` describes, for `point` of `machine`.
 pub(super) fn job_for(
     repl: &Repl,
@@ -72,10 +65,15 @@ pub(super) fn job_for(
     })
 }
 
-/// Lands `job` on `target`.
-pub(super) async fn land_on(repl: &Repl, target: NodeId, job: LandJob) -> Result<Landed, String> {
+/// Lands `job` on `target` (counting restored bytes into `done` when it is this node).
+pub(super) async fn land_on(
+    repl: &Repl,
+    target: NodeId,
+    job: LandJob,
+    done: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<Landed, String> {
     if target == repl.local {
-        return landing::land(repl, job).await;
+        return landing::land(repl, job, done).await;
     }
     match repl
         .net
