@@ -12,6 +12,7 @@ pub mod init;
 pub mod jobs;
 pub mod net;
 pub mod quickstart;
+mod quickstart_recovery;
 pub mod replication;
 pub mod replies;
 pub mod seams;

@@ -1,11 +1,13 @@
 //! `lifeboat quickstart`: Lifeboat's main job on embedded defaults, on this machine.
 //!
-//! Three real `lifeboat node run` processes on loopback with temporary state directories: the
-//! configuration node creates the mesh, the other two register with one-time keys, the
+//! Four real `lifeboat node run` processes on loopback with temporary state directories: the
+//! configuration node creates the mesh, the other three register with one-time keys, the
 //! configuration node assigns the process-server and mobility roles over the mesh, and every
-//! node must see the other two with their roles. Then it creates a local vault, protects a
+//! node must see the others with their roles. Then it creates a local vault, protects a
 //! generated sample disk on the mobility node, waits for the initial replication and two delta
-//! points, restores the latest point and checks it bit-exact against the disk.
+//! points, restores the latest point and checks it bit-exact against the disk, drills it, and
+//! runs the recovery story (`quickstart_recovery`): failover to the recovery site's node,
+//! commit, reprotect, changes there, failback with the bytes moved, protected again.
 
 use crate::control::{self, Request};
 use crate::init::{init, InitOptions};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 const STEP: Duration = Duration::from_secs(60);
 
 /// A daemon process that is stopped when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     /// Name.
     name: String,
     /// State dir.
@@ -33,13 +35,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn call(&self, req: Request) -> Result<Value, String> {
+    pub(crate) fn call(&self, req: Request) -> Result<Value, String> {
         control::call(&self.dir.control_socket(), &self.dir.root, &req, STEP)
             .map_err(|e| format!("{}: {e}", self.name))
     }
 
     /// A typed reply.
-    fn get<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, String> {
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, String> {
         replies::decode(self.call(req)?)
     }
 
@@ -66,7 +68,7 @@ impl Drop for Daemon {
 }
 
 /// Polls `f` until it yields `Some`, at most [`STEP`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
     let deadline = Instant::now() + STEP;
     loop {
         if let Some(v) = f() {
@@ -146,7 +148,7 @@ fn sees(d: &Daemon, id: &str, role: Role) -> bool {
 }
 
 /// Deterministic sample content: random-looking, zero and repeated blocks.
-fn sample_block(i: u64, len: usize) -> Vec<u8> {
+pub(crate) fn sample_block(i: u64, len: usize) -> Vec<u8> {
     match i % 5 {
         1 | 3 => vec![0; len],
         2 => vec![(i % 251) as u8; len],
@@ -165,7 +167,7 @@ fn sample_block(i: u64, len: usize) -> Vec<u8> {
 }
 
 /// Changes the sample disk atomically (write a new file, rename it under the snapshot lock).
-fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
+pub(crate) fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
     let tmp = dir.join("disk.img.new");
     std::fs::write(&tmp, content).map_err(|e| e.to_string())?;
     let ok = Command::new("flock")
@@ -180,15 +182,19 @@ fn write_disk(dir: &Path, content: &[u8]) -> Result<(), String> {
         .ok_or_else(|| "could not update the sample disk".into())
 }
 
-fn points(cfg: &Daemon) -> Result<Vec<PointInfo>, String> {
+fn points(cfg: &Daemon, machine: &str) -> Result<Vec<PointInfo>, String> {
     cfg.get(Request::Points {
-        machine: "mobility-1".into(),
+        machine: machine.into(),
     })
 }
 
 fn point_after(cfg: &Daemon, t: u64) -> Result<PointInfo, String> {
-    wait_for("a recovery point", || {
-        points(cfg)
+    point_of_after(cfg, "mobility-1", t)
+}
+
+pub(crate) fn point_of_after(cfg: &Daemon, machine: &str, t: u64) -> Result<PointInfo, String> {
+    wait_for(&format!("a recovery point of {machine}"), || {
+        points(cfg, machine)
             .ok()?
             .into_iter()
             .filter(|p| p.captured_ms > t)
@@ -196,7 +202,7 @@ fn point_after(cfg: &Daemon, t: u64) -> Result<PointInfo, String> {
     })
 }
 
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
@@ -286,6 +292,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
         to.join("disk.img").display()
     ));
     drill(cfg, &disk, out)?;
+    super::quickstart_recovery::recover(cfg, &dir, &mut disk, out)?;
     let st: ReplStatus = cfg.get(Request::ReplStatus { machine: None })?;
     if let Some(m) = st.machines.first() {
         out(&format!(
@@ -364,7 +371,9 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
 
     let ps = start(exe, &root, "ps-1", vec![cfg_addr])?;
     let mob = start(exe, &root, "mobility-1", vec![cfg_addr])?;
-    for d in [&ps, &mob] {
+    // The recovery site's host: drills and failovers land there.
+    let rec = start(exe, &root, "recovery-1", vec![cfg_addr])?;
+    for d in [&ps, &mob, &rec] {
         let key: replies::KeyIssued = cfg.get(Request::KeyIssue {
             valid_for_ms: 3_600_000,
         })?;
@@ -376,10 +385,11 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         ));
     }
     let (ps_id, mob_id, cfg_id) = (node_id(&ps)?, node_id(&mob)?, node_id(&cfg)?);
-    wait_for("the configuration node to connect to both nodes", || {
+    let rec_id = node_id(&rec)?;
+    wait_for("the configuration node to connect to the other nodes", || {
         let peers: Vec<PeerView> = cfg.get(Request::Peers).ok()?;
         let n = peers.iter().filter(|p| p.connected).count();
-        (n >= 2).then_some(())
+        (n >= 3).then_some(())
     })?;
     cfg.call(Request::RoleAdd {
         role: "process-server".into(),
@@ -389,8 +399,12 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         role: "mobility".into(),
         node: Some(mob_id.clone()),
     })?;
-    out("config-1 granted process-server to ps-1 and mobility to mobility-1 (the membership record every node acts on)");
-    for (d, role) in [(&ps, Role::ProcessServer), (&mob, Role::Mobility)] {
+    cfg.call(Request::RoleAdd {
+        role: "mobility".into(),
+        node: Some(rec_id.clone()),
+    })?;
+    out("config-1 granted process-server to ps-1 and mobility to mobility-1 and recovery-1 (the membership record every node acts on)");
+    for (d, role) in [(&ps, Role::ProcessServer), (&mob, Role::Mobility), (&rec, Role::Mobility)] {
         wait_for(&format!("{} to apply its granted role", d.name), || {
             let r: replies::RolesReply = d.get(Request::RoleList { node: None }).ok()?;
             r.roles.contains(&role).then_some(())
@@ -401,6 +415,7 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         (&cfg, &cfg_id, Role::Configuration),
         (&ps, &ps_id, Role::ProcessServer),
         (&mob, &mob_id, Role::Mobility),
+        (&rec, &rec_id, Role::Mobility),
     ];
     for (viewer, vid, _) in all {
         for (_, id, role) in all {
@@ -411,12 +426,12 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
             }
         }
     }
-    out("every node sees the other two, authenticated, with their roles:");
+    out("every node sees the others, authenticated, with their roles:");
     let peers: Vec<PeerView> = cfg.get(Request::Peers)?;
     out(&crate::format::peer_table(&peers));
 
     replicate(&root, &cfg, out)?;
-    drop((cfg, ps, mob));
+    drop((cfg, ps, mob, rec));
     if keep {
         let kept = tmp.keep();
         out(&format!("kept state directories in {}", kept.display()));
