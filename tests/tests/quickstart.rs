@@ -1,11 +1,12 @@
 //! The README's first command must work: `lifeboat quickstart` exits 0 after every node saw the
-//! other two with their roles.
+//! others with their roles and the whole story (replication, restore, drill, failover, commit,
+//! reprotect, failback, protected again) verified itself.
 
 use lifeboat_tests::bin;
 use std::process::Command;
 
 #[test]
-fn quickstart_forms_a_three_node_mesh_and_exits_zero() {
+fn quickstart_forms_a_mesh_runs_the_whole_story_and_exits_zero() {
     let out = Command::new(bin())
         .arg("quickstart")
         .output()
@@ -20,8 +21,17 @@ fn quickstart_forms_a_three_node_mesh_and_exits_zero() {
     for role in ["process-server", "mobility"] {
         assert!(stdout.contains(role), "peer table lacks {role}:\n{stdout}");
     }
-    assert_eq!(stdout.matches("reachable").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("reachable").count(), 3, "{stdout}");
     assert!(stdout.contains("initial replication: point"), "{stdout}");
     assert_eq!(stdout.matches("delta point").count(), 2, "{stdout}");
     assert!(stdout.contains("bit-exact with the source"), "{stdout}");
+    for step in [
+        "failed over mobility-1 to recovery-1",
+        "failover committed",
+        "(no initial copy)",
+        "failed back to mobility-1",
+        "mobility-1 is protected again",
+    ] {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
 }
