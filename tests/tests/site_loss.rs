@@ -122,6 +122,10 @@ fn a_new_node_attaches_the_vault_with_the_recovery_key_and_fails_over_the_lost_s
     std::fs::write(&kf, &typo).unwrap();
     let e = dr.fails(&args);
     assert!(e.contains("typo") || e.contains("A-Z"), "{e}");
+    let e = dr.fails(&["vault", "attach", "nota://url", "--recovery-key-file", kf.to_str().unwrap()]);
+    assert!(e.lines().count() == 1 && e.contains("nota://url"), "{e}");
+    let e = dr.fails(&["vault", "attach", &url, "--recovery-key-file", "/nonexistent/key"]);
+    assert!(e.lines().count() == 1 && e.contains("/nonexistent/key"), "{e}");
     let e = dr.fails(&["points", "web"]);
     assert!(e.lines().count() == 1, "{e}");
     assert!(!dr.state_dir().join("vault.json").exists(), "a refused attach left a vault");

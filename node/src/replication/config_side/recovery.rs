@@ -79,8 +79,8 @@ pub async fn attach(
             c.name, c.url
         ));
     }
-    let rk = RecoveryKey::parse(recovery_key)?;
     let store = store_from_url(url, &options).map_err(|e| e.to_string())?;
+    let rk = RecoveryKey::parse(recovery_key)?;
     let sealed = store
         .get(RECOVERY_KEY_OBJECT)
         .await
