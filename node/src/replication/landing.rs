@@ -233,17 +233,22 @@ async fn bring_up(
         } else {
             image.clone()
         };
-        vault
-            .restore_disk_counted(d, &raw, done)
-            .await
-            .map_err(|e| format!("restore of disk {} failed: {e}", d.name))?;
-        if let Some(to) = maps_to {
-            let (raw2, bs) = (raw.clone(), d.block_size as usize);
-            let h = tokio::task::spawn_blocking(move || crate::vault::hash_image(&raw2, bs))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("{}: {e}", raw.display()))?;
-            save_hashes(&to.join(format!("{}.bin", d.name)), &h)?;
+        let failed = |e| format!("restore of disk {} failed: {e}", d.name);
+        match maps_to {
+            // The map is taken as the blocks are written: before anything can change them.
+            Some(to) => {
+                let (_, map) = vault
+                    .restore_disk_mapped(d, &raw, done)
+                    .await
+                    .map_err(failed)?;
+                save_hashes(&to.join(format!("{}.bin", d.name)), &map)?;
+            }
+            None => {
+                vault
+                    .restore_disk_counted(d, &raw, done)
+                    .await
+                    .map_err(failed)?;
+            }
         }
         if job.format == "qcow2" {
             let (raw2, img2) = (raw.clone(), image.clone());

@@ -213,12 +213,3 @@ fn each_block(
     }
     Ok(at)
 }
-
-/// Every block's BLAKE3 hash of the image at `path` (a mobility change log's map of it).
-pub fn hash_image(path: &Path, bs: usize) -> std::io::Result<Vec<[u8; 32]>> {
-    let file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut out = Vec::with_capacity(size.div_ceil(bs as u64) as usize);
-    each_block(&file, size, bs, |d| out.push(*blake3::hash(d).as_bytes()))?;
-    Ok(out)
-}

@@ -97,7 +97,7 @@ mod store;
 
 pub use blobs::{sync_paths, ObjectBlobStore};
 pub use gc::GcReport;
-pub use inplace::{hash_image, InPlaceStats};
+pub use inplace::InPlaceStats;
 pub use restore::RestoreStats;
 pub use store::*;
 

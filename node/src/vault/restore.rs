@@ -56,6 +56,29 @@ impl Vault {
         out: &Path,
         done: Option<&std::sync::atomic::AtomicU64>,
     ) -> Result<RestoreStats, VaultError> {
+        self.restore_disk_with(d, out, done, false)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// [`Vault::restore_disk_counted`], also returning every block's BLAKE3 hash (a mobility
+    /// change log's map of the image), computed by the writer as it writes: no second read.
+    pub async fn restore_disk_mapped(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+        done: Option<&std::sync::atomic::AtomicU64>,
+    ) -> Result<(RestoreStats, Vec<[u8; 32]>), VaultError> {
+        self.restore_disk_with(d, out, done, true).await
+    }
+
+    async fn restore_disk_with(
+        &self,
+        d: &DiskRecord,
+        out: &Path,
+        done: Option<&std::sync::atomic::AtomicU64>,
+        map: bool,
+    ) -> Result<(RestoreStats, Vec<[u8; 32]>), VaultError> {
         self.check_manifest(d)?;
         let io = |e: std::io::Error| VaultError::Io {
             path: out.display().to_string(),
@@ -72,10 +95,10 @@ impl Vault {
                 .unwrap_or_default(),
             rand::random::<u32>()
         ));
-        let result = self.restore_into(d, &staging, done).await;
-        let result = result.and_then(|stats| {
+        let result = self.restore_into(d, &staging, done, map).await;
+        let result = result.and_then(|r| {
             std::fs::rename(&staging, out).map_err(io)?;
-            Ok(stats)
+            Ok(r)
         });
         if result.is_err() {
             let _ = std::fs::remove_file(&staging);
@@ -89,7 +112,8 @@ impl Vault {
         d: &DiskRecord,
         out: &Path,
         done: Option<&std::sync::atomic::AtomicU64>,
-    ) -> Result<RestoreStats, VaultError> {
+        map: bool,
+    ) -> Result<(RestoreStats, Vec<[u8; 32]>), VaultError> {
         let io = |e: std::io::Error| VaultError::Io {
             path: out.display().to_string(),
             source: e,
@@ -104,18 +128,34 @@ impl Vault {
             tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(((32 << 20) / bs as usize).max(2));
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = abort.clone();
-        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        // With `map`, the writer hashes each block it writes; blocks never written are zero.
+        let (size, blocks) = (d.size_bytes, d.blocks() as usize);
+        let writer = std::thread::spawn(move || -> std::io::Result<Vec<[u8; 32]>> {
+            let mut hashes = Vec::new();
+            if map {
+                let zero = vec![0u8; bs as usize];
+                let full = *blake3::hash(&zero).as_bytes();
+                hashes = vec![full; blocks];
+                if let Some(last) = hashes.last_mut() {
+                    let tail = (size - (blocks as u64 - 1) * bs) as usize;
+                    *last = *blake3::hash(&zero[..tail]).as_bytes();
+                }
+            }
             let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
             while let Some((at, data)) = rx.blocking_recv() {
                 if stopped() {
-                    return Ok(());
+                    return Ok(hashes);
+                }
+                if map {
+                    hashes[(at / bs) as usize] = *blake3::hash(&data).as_bytes();
                 }
                 w.write(at, &data)?;
             }
             if stopped() {
-                return Ok(());
+                return Ok(hashes);
             }
-            w.finish()
+            w.finish()?;
+            Ok(hashes)
         });
         let mut stats = RestoreStats::default();
         let fetched = self.restore_blocks(d, &|_| true, &tx, &mut stats, done).await;
@@ -134,8 +174,8 @@ impl Vault {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(io(e)),
             // The writer only stops early on an error; be sure anyway.
-            (Ok(false), Ok(())) => Err(io(std::io::Error::other("restore writer stopped"))),
-            (Ok(true), Ok(())) => Ok(stats),
+            (Ok(false), Ok(_)) => Err(io(std::io::Error::other("restore writer stopped"))),
+            (Ok(true), Ok(hashes)) => Ok((stats, hashes)),
         }
     }
 
