@@ -115,11 +115,10 @@ pub async fn land(
         .ok_or_else(|| format!("point {} is not in the vault", job.point))?;
     let sub = format!("{}s", job.kind);
     let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
-    let ext = if job.format == "qcow2" { "qcow2" } else { "img" };
     let images: Vec<PathBuf> = p
         .disks
         .iter()
-        .map(|d| dir.join(format!("{}.{ext}", d.name)))
+        .map(|d| dir.join(image_file(&d.name, &job.format)))
         .collect();
     if let Some(clash) = images.iter().find(|i| i.exists()) {
         return Err(format!(
@@ -153,6 +152,20 @@ pub async fn land(
         boot_hook_exit,
         error,
     })
+}
+
+/// The image file of disk `name` in `format`: `NAME.img` (a name that already ends in `.img`
+/// or `.raw` as it is), or `NAME.qcow2` (without such an ending).
+pub fn image_file(name: &str, format: &str) -> String {
+    let stem = name
+        .strip_suffix(".img")
+        .or_else(|| name.strip_suffix(".raw"))
+        .unwrap_or(name);
+    match format {
+        "qcow2" => format!("{stem}.qcow2"),
+        _ if stem != name => name.to_string(),
+        _ => format!("{name}.img"),
+    }
 }
 
 /// Removes what landing `job` made here (images, partial images, hook log, kept maps, and

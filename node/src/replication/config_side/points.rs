@@ -99,12 +99,7 @@ pub async fn restore(
         if !crate::replication::valid_disk_name(&d.name) {
             return Err(format!("point {} has an invalid disk name", p.id));
         }
-        let file = if d.name.ends_with(".img") || d.name.ends_with(".raw") {
-            d.name.clone()
-        } else {
-            format!("{}.img", d.name)
-        };
-        let out = dir.join(file);
+        let out = dir.join(crate::replication::landing::image_file(&d.name, "raw"));
         let t0 = std::time::Instant::now();
         let stats = vault
             .restore_disk_counted(d, &out, Some(&done))
