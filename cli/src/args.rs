@@ -490,6 +490,10 @@ pub enum FailoverCmd {
     Commit {
         /// The machine.
         machine: String,
+        /// Delete the machine's recovery points except the failover's (reprotect starts from
+        /// it); by default they stay until you delete them.
+        #[arg(long)]
+        discard_points: bool,
     },
     /// Undo the failover (before a commit): the images go and the machine's protection is
     /// given back to it (it must be reachable; it resumes without an initial copy).
@@ -525,4 +529,8 @@ pub struct LandArgs {
     /// point straight from the vault, with a key granted for this job only.
     #[arg(long, value_name = "NODE")]
     pub on: Option<String>,
+    /// Write disk NAME onto an existing block device of the target instead of an image file
+    /// (repeatable); only the blocks that differ from the point are written.
+    #[arg(long = "disk-map", value_name = "NAME=DEVICE")]
+    pub disk_map: Vec<String>,
 }

@@ -18,11 +18,20 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             action: Some(a), ..
         } => {
             let req = match a {
-                FailoverCmd::Commit { machine } => Request::FailoverCommit { machine },
+                FailoverCmd::Commit {
+                    machine,
+                    discard_points,
+                } => Request::FailoverCommit {
+                    machine,
+                    discard_points,
+                },
                 FailoverCmd::Cancel { machine } => Request::FailoverCancel { machine },
             };
             let v: r::FailoverChanged = get(dir, req)?;
             println!("failover {} of {} {}", v.failover, v.machine, v.state);
+            if v.discarded_points > 0 {
+                println!("{} older recovery points deleted", v.discarded_points);
+            }
         }
         Cmd::Failover {
             action: None,
@@ -32,7 +41,14 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             planned,
             json,
         } => {
-            let (point, to, format, boot_hook, on) = land.parts()?;
+            let Land {
+                point,
+                to,
+                format,
+                boot_hook,
+                on,
+                disk_map,
+            } = land.parts()?;
             let id = jobs::new_id();
             let v: r::FailedOver = jobs::with_progress(
                 dir,
@@ -46,6 +62,7 @@ fn failover_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     shutdown_source,
                     planned,
                     on,
+                    disk_map,
                     job: Some(id.clone()),
                 },
             )?;
@@ -177,7 +194,14 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             isolated,
             json,
         } => {
-            let (point, to, format, boot_hook, on) = land.parts()?;
+            let Land {
+                point,
+                to,
+                format,
+                boot_hook,
+                on,
+                disk_map,
+            } = land.parts()?;
             let id = jobs::new_id();
             let v: r::Drilled = jobs::with_progress(
                 dir,
@@ -190,6 +214,7 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     boot_hook,
                     isolated,
                     on,
+                    disk_map,
                     job: Some(id.clone()),
                 },
             )?;
@@ -227,22 +252,41 @@ fn drill_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
 }
 
 impl LandArgs {
-    /// Point, absolute image directory, format, boot hook, target node.
-    #[allow(clippy::type_complexity)]
-    fn parts(self) -> Result<(String, Option<String>, String, Option<String>, Option<String>)> {
-        // A relative --to is this directory's only when the images land here.
+    /// The request's landing fields (a relative --to is this directory's only when the
+    /// images land here).
+    fn parts(self) -> Result<Land> {
         let to = match self.to {
             Some(t) if !t.is_absolute() && self.on.is_none() => {
                 Some(std::env::current_dir()?.join(t))
             }
             t => t,
         };
-        Ok((
-            self.point,
-            to.map(|t| t.display().to_string()),
-            self.format,
-            self.boot_hook,
-            self.on,
-        ))
+        let disk_map = self
+            .disk_map
+            .iter()
+            .map(|m| {
+                m.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| anyhow!("--disk-map {m:?}: use NAME=DEVICE"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Land {
+            point: self.point,
+            to: to.map(|t| t.display().to_string()),
+            format: self.format,
+            boot_hook: self.boot_hook,
+            on: self.on,
+            disk_map,
+        })
     }
+}
+
+/// Where and how a drill or failover lands.
+struct Land {
+    point: String,
+    to: Option<String>,
+    format: String,
+    boot_hook: Option<String>,
+    on: Option<String>,
+    disk_map: Vec<(String, String)>,
 }

@@ -166,6 +166,9 @@ pub enum Request {
         /// Target node (default: this configuration node).
         #[serde(default)]
         on: Option<String>,
+        /// Disks onto existing block devices of the target (name, device).
+        #[serde(default)]
+        disk_map: Vec<(String, String)>,
         /// Job id (the caller's, to watch it).
         #[serde(default)]
         job: Option<String>,
@@ -191,6 +194,9 @@ pub enum Request {
         /// Target node (default: this configuration node).
         #[serde(default)]
         on: Option<String>,
+        /// Disks onto existing block devices of the target (name, device).
+        #[serde(default)]
+        disk_map: Vec<(String, String)>,
         /// Job id (the caller's, to watch it).
         #[serde(default)]
         job: Option<String>,
@@ -199,6 +205,9 @@ pub enum Request {
     FailoverCommit {
         /// Machine.
         machine: String,
+        /// Delete the machine's points but the failover's.
+        #[serde(default)]
+        discard_points: bool,
     },
     /// Undo a machine's failover (before a commit).
     FailoverCancel {

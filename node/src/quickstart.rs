@@ -317,6 +317,7 @@ fn drill(cfg: &Daemon, disk: &[u8], out: &mut dyn FnMut(&str)) -> Result<(), Str
         boot_hook: Some("test -s \"$LIFEBOAT_IMAGES\" && echo \"booting $LIFEBOAT_MACHINE from $LIFEBOAT_IMAGES\"".into()),
         isolated: false,
         on: None,
+        disk_map: vec![],
         job: None,
     })?;
     let image = d.images.first().ok_or("the drill made no image")?;

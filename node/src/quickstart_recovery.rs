@@ -28,6 +28,7 @@ pub(crate) fn recover(
         shutdown_source: false,
         planned: false,
         on: Some("recovery-1".into()),
+        disk_map: vec![],
         job: None,
     })?;
     let image = fo.images.first().ok_or("the failover made no image")?.clone();
@@ -42,6 +43,7 @@ pub(crate) fn recover(
     ));
     let _: FailoverChanged = cfg.get(Request::FailoverCommit {
         machine: "mobility-1".into(),
+        discard_points: false,
     })?;
     out("failover committed");
     let t = crate::seams::now().0;

@@ -450,6 +450,9 @@ pub struct FailoverChanged {
     /// The job that ran it.
     #[serde(default)]
     pub job: Option<String>,
+    /// Points deleted by `commit --discard-points`.
+    #[serde(default)]
+    pub discarded_points: usize,
 }
 
 /// `drill cleanup`.

@@ -622,6 +622,10 @@ pub struct LandJob {
     pub isolated: bool,
     /// Keep each disk's BLAKE3 map as restored (a reprotect's base).
     pub keep_maps: bool,
+    /// Disks written onto existing block devices (the point's disk name, the device) instead
+    /// of image files: only the blocks that differ are written.
+    #[serde(default)]
+    pub disk_map: Vec<DiskSpec>,
 }
 
 /// What a landing made.

@@ -162,6 +162,45 @@ fn a_drill_brings_the_point_up_verified_isolated_while_production_keeps_replicat
         !image.parent().unwrap().exists(),
         "the drill's own directory is removed"
     );
+
+    // Onto an existing block device (a loop device here): written, verified, and left in
+    // place by cleanup. Bad maps change nothing.
+    let backing = work.path().join("dev.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(c1.len() as u64)
+        .unwrap();
+    let dev = LoopDev::new(&backing);
+    let e = cfg.fails(&["drill", "web", "--disk-map", &format!("nosuch={}", dev.0)]);
+    assert!(e.contains("no disk by that name") && e.lines().count() == 1, "{e}");
+    let e = cfg.fails(&["drill", "web", "--disk-map", &format!("disk.img={}", backing.display())]);
+    assert!(e.contains("not a block device"), "{e}");
+    let v = cfg.json(&["drill", "web", "--disk-map", &format!("disk.img={}", dev.0)]);
+    assert_eq!(v["images"][0].as_str().unwrap(), dev.0);
+    assert!(std::fs::read(&backing).unwrap() == c1, "the device holds the point");
+    cfg.ok(&["drill", "cleanup", "web"]);
+    assert!(Path::new(&dev.0).exists() && std::fs::read(&backing).unwrap() == c1);
+}
+
+/// A loop device over a file; detached on drop.
+struct LoopDev(String);
+
+impl LoopDev {
+    fn new(file: &Path) -> LoopDev {
+        let o = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+        LoopDev(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
 }
 
 #[test]
@@ -236,9 +275,13 @@ fn a_failover_stops_replication_a_cancel_resumes_it_and_a_commit_is_final() {
         ) == c2
     );
 
-    // Failover again and commit: final (no cancel), and status says so.
-    cfg.ok(&["failover", "web"]);
-    cfg.ok(&["failover", "commit", "web"]);
+    // Failover again and commit, discarding the older points: final (no cancel), and status
+    // says so; only the failover point (reprotect's base) stays.
+    let v = cfg.json(&["failover", "web"]);
+    assert!(points(cfg, "web").len() > 1);
+    cfg.ok(&["failover", "commit", "web", "--discard-points"]);
+    let left = points(cfg, "web");
+    assert!(left.len() == 1 && left[0]["id"] == v["point"], "{left:?}");
     let e = cfg.fails(&["failover", "cancel", "web"]);
     assert!(e.contains("committed"), "{e}");
     let st = cfg.json(&["status"]);

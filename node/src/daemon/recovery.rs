@@ -36,6 +36,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             boot_hook,
             isolated,
             on,
+            disk_map,
             job,
         } => {
             let ask = DrillAsk {
@@ -46,6 +47,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
                 boot_hook,
                 isolated,
                 on,
+                disk_map: disk_specs(disk_map),
                 shutdown_source: false,
                 planned: false,
             };
@@ -70,6 +72,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             shutdown_source,
             planned,
             on,
+            disk_map,
             job,
         } => {
             let ask = DrillAsk {
@@ -80,6 +83,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
                 boot_hook,
                 isolated: false,
                 on,
+                disk_map: disk_specs(disk_map),
                 shutdown_source,
                 planned,
             };
@@ -127,12 +131,15 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             })
             .await?
         }
-        Request::FailoverCommit { machine } => {
+        Request::FailoverCommit {
+            machine,
+            discard_points,
+        } => {
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
                     run_job(&repl, None, "failover-commit", Some(&machine), move |_| async move {
-                        c::failover_commit(&r, &m).await
+                        c::failover_commit(&r, &m, discard_points).await
                     })
                 }
                 .await
@@ -165,4 +172,10 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
         }
         _ => Err("internal: not a recovery command".into()),
     }
+}
+
+fn disk_specs(map: Vec<(String, String)>) -> Vec<lifeboat_protocol::message::DiskSpec> {
+    map.into_iter()
+        .map(|(name, path)| lifeboat_protocol::message::DiskSpec { name, path })
+        .collect()
 }

@@ -29,6 +29,9 @@ struct LandingRecord {
     dir: PathBuf,
     made_dir: bool,
     images: Vec<PathBuf>,
+    /// Of the images, the existing devices it wrote onto (never removed).
+    #[serde(default)]
+    mapped: Vec<PathBuf>,
     started_ms: u64,
 }
 
@@ -115,12 +118,32 @@ pub async fn land(
         .ok_or_else(|| format!("point {} is not in the vault", job.point))?;
     let sub = format!("{}s", job.kind);
     let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
+    for m in &job.disk_map {
+        if !p.disks.iter().any(|d| d.name == m.name) {
+            return Err(format!("--disk-map {}: point {} has no disk by that name", m.name, p.id));
+        }
+        let meta = std::fs::metadata(&m.path).map_err(|e| format!("--disk-map {}: {e}", m.path))?;
+        if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            return Err(format!("--disk-map {}: not a block device", m.path));
+        }
+    }
+    let mapped_to = |name: &str| {
+        job.disk_map
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| PathBuf::from(&m.path))
+    };
     let images: Vec<PathBuf> = p
         .disks
         .iter()
-        .map(|d| dir.join(image_file(&d.name, &job.format)))
+        .map(|d| mapped_to(&d.name).unwrap_or_else(|| dir.join(image_file(&d.name, &job.format))))
         .collect();
-    if let Some(clash) = images.iter().find(|i| i.exists()) {
+    let mapped: Vec<PathBuf> = images
+        .iter()
+        .filter(|i| job.disk_map.iter().any(|m| Path::new(&m.path) == i.as_path()))
+        .cloned()
+        .collect();
+    if let Some(clash) = images.iter().find(|i| i.exists() && !mapped.contains(i)) {
         return Err(format!(
             "{} exists; give an empty --to directory",
             clash.display()
@@ -136,12 +159,21 @@ pub async fn land(
             dir: dir.clone(),
             made_dir,
             images: images.clone(),
+            mapped: mapped.clone(),
             started_ms: crate::seams::now().0,
         },
     );
     save_book(repl, &b)?;
     let maps = job.keep_maps.then(|| maps_dir(repl, &job.job));
-    let outcome = bring_up(&vault, &p, &job, &dir, &images, maps.as_deref(), done.as_deref()).await;
+    let outcome = bring_up(
+        &vault,
+        &p,
+        &job,
+        (&dir, &images, &mapped),
+        maps.as_deref(),
+        done.as_deref(),
+    )
+    .await;
     let (boot_hook_exit, error) = match outcome {
         Ok(x) => (x, None),
         Err(e) => (None, Some(e)),
@@ -176,7 +208,13 @@ pub fn unland(repl: &Repl, job: &str) -> Result<usize, String> {
     let Some(r) = b.get(job).cloned() else {
         return Ok(0);
     };
-    let removed = remove_images(&r.images, &r.dir, r.made_dir)?;
+    let made: Vec<PathBuf> = r
+        .images
+        .iter()
+        .filter(|i| !r.mapped.contains(i))
+        .cloned()
+        .collect();
+    let removed = remove_images(&made, &r.dir, r.made_dir)?;
     let _ = std::fs::remove_dir_all(maps_dir(repl, job));
     b.remove(job);
     save_book(repl, &b)?;
@@ -235,12 +273,22 @@ async fn bring_up(
     vault: &Vault,
     p: &PointRecord,
     job: &LandJob,
-    dir: &Path,
-    images: &[PathBuf],
+    (dir, images, mapped): (&Path, &[PathBuf], &[PathBuf]),
     maps_to: Option<&Path>,
     done: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Option<i32>, String> {
     for (d, image) in p.disks.iter().zip(images) {
+        if mapped.contains(image) {
+            // An existing device: only the blocks that differ from the point are written.
+            let (_, map) = vault
+                .restore_in_place(d, image)
+                .await
+                .map_err(|e| format!("writing disk {} onto {} failed: {e}", d.name, image.display()))?;
+            if let Some(to) = maps_to {
+                save_hashes(&to.join(format!("{}.bin", d.name)), &map)?;
+            }
+            continue;
+        }
         let raw = if job.format == "qcow2" {
             image.with_extension("img.partial")
         } else {

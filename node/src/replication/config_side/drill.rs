@@ -86,6 +86,8 @@ pub struct DrillAsk {
     pub isolated: bool,
     /// The target node (`None`: this node).
     pub on: Option<String>,
+    /// Disks written onto existing block devices of the target instead of image files.
+    pub disk_map: Vec<DiskSpec>,
     /// Failover: run the machine's shutdown hook first (going on if it is unreachable).
     pub shutdown_source: bool,
     /// Failover: both sites are up; shut down, cut a final point, fail over from it.

@@ -174,6 +174,7 @@ pub async fn failback(
         boot_hook: None,
         isolated: false,
         on: None,
+        disk_map: vec![],
         shutdown_source: false,
         planned,
     };

@@ -199,10 +199,10 @@ async fn stop_replication(repl: &Repl, id: NodeId, name: &str) -> Result<(), Str
     Ok(())
 }
 
-/// `lifeboat failover commit MACHINE`: the failover is final. The machine's recovery points
-/// stay in the vault (retention no longer runs for it: it is not protected) until it is
-/// reprotected or they are deleted.
-pub async fn commit(repl: &Repl, machine: &str) -> Result<Value, String> {
+/// `lifeboat failover commit MACHINE [--discard-points]`: the failover is final. The machine's
+/// recovery points stay in the vault (retention no longer runs for it: it is not protected)
+/// unless `--discard-points`, which deletes all but the failover point (reprotect's base).
+pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<Value, String> {
     require_config(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let mut all = failovers(repl);
@@ -218,14 +218,31 @@ pub async fn commit(repl: &Repl, machine: &str) -> Result<Value, String> {
         ));
     }
     f.state = FailoverState::Committed;
-    let fid = f.id.clone();
+    let (fid, keep) = (f.id.clone(), f.point.clone());
     save_all(repl, &all)?;
     tracing::warn!(machine = %name, "failover committed");
+    // As the reference does at commit, but keeping the failover point: reprotect starts from it.
+    let mut discarded = 0;
+    if discard_points {
+        let vault = require_vault(repl).await?;
+        let pts = vault
+            .list_points(Some(&id))
+            .await
+            .map_err(|e| e.to_string())?;
+        for p in pts.iter().filter(|p| p.id != keep) {
+            vault
+                .delete_point(p)
+                .await
+                .map_err(|e| format!("committed, but deleting point {} failed: {e}", p.id))?;
+            discarded += 1;
+        }
+    }
     Ok(crate::replies::encode(&crate::replies::FailoverChanged {
         job: None,
         machine: name,
         failover: fid,
         state: "committed".into(),
+        discarded_points: discarded,
     }))
 }
 
@@ -271,5 +288,6 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
         machine: name,
         failover: f.id,
         state: "cancelled".into(),
+        discarded_points: 0,
     }))
 }

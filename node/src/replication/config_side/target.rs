@@ -62,6 +62,7 @@ pub(super) fn job_for(
         boot_hook: ask.boot_hook.clone(),
         isolated: ask.isolated,
         keep_maps,
+        disk_map: ask.disk_map.clone(),
     })
 }
 
