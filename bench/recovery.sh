@@ -41,6 +41,7 @@ for t in restic rsync python3; do
 done
 [ -n "${LB:-}" ] || cargo build --release -q -p lifeboat-cli
 PY=$(python3 -c 'import sys; print(sys.executable)')
+. bench/lib.sh
 L=${LB:-$PWD/target/release/lifeboat}
 W=$(mktemp -d /var/tmp/lifeboat-rbench-XXXXXX)
 pids=()
@@ -53,22 +54,7 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 json() { "$PY" -c "import json,sys; v=json.load(sys.stdin); print($1)"; }
 
 echo "bench: generating a ${MIB} MiB image in $W"
-"$PY" - "$W/disk.img" "$MIB" <<'PY'
-import os, sys, random
-path, mib = sys.argv[1], int(sys.argv[2])
-rnd = random.Random(42)
-words = [b"lifeboat", b"replica", b"vault", b"point", b"block", b"delta", b"mesh", b"noise"]
-with open(path, "wb") as f:
-    for i in range(mib * 16):
-        r = rnd.random()
-        if r < 0.4:
-            f.write(os.urandom(65536))
-        elif r < 0.8:
-            f.write(bytes(65536))
-        else:
-            line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
-            f.write((line * (65536 // len(line) + 1))[:65536])
-PY
+gen_image "$W/disk.img" "$MIB"
 cp --sparse=never "$W/disk.img" "$W/source.img"
 
 start_node() { # name [peer]
@@ -127,16 +113,7 @@ rm -rf "$W/rr"
 "$L" failover commit mob --state-dir "$W/cfg" >/dev/null
 "$L" reprotect mob --state-dir "$W/cfg" >/dev/null
 wait_points dr 2
-"$PY" - "$W/fo/disk.img" "$MIB" <<'PY'
-import os, sys, random
-path, mib = sys.argv[1], int(sys.argv[2])
-n = mib * 16
-rnd = random.Random(7)
-with open(path, "r+b") as f:
-    for b in rnd.sample(range(n), n // 100):
-        f.seek(b * 65536); f.write(os.urandom(65536))
-    f.flush(); os.fsync(f.fileno())
-PY
+change_1pct "$W/fo/disk.img" "$MIB"
 before=$(npoints dr)
 wait_points dr $((before + 1))
 cp --sparse=never "$W/fo/disk.img" "$W/recovery.img"

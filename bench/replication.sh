@@ -43,6 +43,7 @@ done
 # The interpreter itself, not a shim (pyenv's shims spawn several shells per call, which would
 # steal CPU from the daemons while they are being measured).
 PY=$(python3 -c 'import sys; print(sys.executable)')
+. bench/lib.sh
 L=${LB:-$PWD/target/release/lifeboat}
 W=$(mktemp -d /var/tmp/lifeboat-bench-XXXXXX)
 pids=()
@@ -55,22 +56,7 @@ rate() { "$PY" -c "print(f'{$1/($2):.1f}')"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 echo "bench: generating a ${MIB} MiB image in $W"
-"$PY" - "$W/disk.img" "$MIB" <<'PY'
-import os, sys, random
-path, mib = sys.argv[1], int(sys.argv[2])
-rnd = random.Random(42)
-words = [b"lifeboat", b"replica", b"vault", b"point", b"block", b"delta", b"mesh", b"noise"]
-with open(path, "wb") as f:
-    for i in range(mib * 16):
-        r = rnd.random()
-        if r < 0.4:
-            f.write(os.urandom(65536))
-        elif r < 0.8:
-            f.write(bytes(65536))
-        else:
-            line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
-            f.write((line * (65536 // len(line) + 1))[:65536])
-PY
+gen_image "$W/disk.img" "$MIB"
 
 # The peers start from the same pre-change image.
 cp --sparse=never "$W/disk.img" "$W/before.img"
@@ -129,15 +115,7 @@ LB_SEED=$("$PY" -c "print(($m1-$c1)/1000)")
 PS_RSS=$(awk '/VmHWM/ {print $2}' /proc/$PS_PID/status)
 
 # Change 1% of the blocks, in place.
-"$PY" - "$W/disk.img" "$MIB" <<'PY'
-import os, sys, random
-path, mib = sys.argv[1], int(sys.argv[2])
-n = mib * 16
-rnd = random.Random(7)
-with open(path, "r+b") as f:
-    for b in rnd.sample(range(n), n // 100):
-        f.seek(b * 65536); f.write(os.urandom(65536))
-PY
+change_1pct "$W/disk.img" "$MIB"
 cp --sparse=never "$W/disk.img" "$W/after.img"
 read -r c2 m2 n2 < <(point_n 2)
 # A cycle that started before the change may be point 2; the delta is the first with changes.
@@ -157,15 +135,7 @@ cp --sparse=never "$W/before.img" "$W/img"
 drop; t0=$(now); restic backup -q "$W/img" >/dev/null; t1=$(now); R_SEED=$(secs "$t0" "$t1")
 drop; t0=$(now); zstd -1 -q -f "$W/img" -o "$W/img.zst"; t1=$(now); Z_SEED=$(secs "$t0" "$t1")
 cp --sparse=never "$W/img" "$W/rsync-dst.img"
-"$PY" - "$W/img" "$MIB" <<'PY'
-import os, sys, random
-path, mib = sys.argv[1], int(sys.argv[2])
-n = mib * 16
-rnd = random.Random(7)
-with open(path, "r+b") as f:
-    for b in rnd.sample(range(n), n // 100):
-        f.seek(b * 65536); f.write(os.urandom(65536))
-PY
+change_1pct "$W/img" "$MIB"
 drop; t0=$(now); restic backup -q "$W/img" >/dev/null; t1=$(now); R_DELTA=$(secs "$t0" "$t1")
 drop; t0=$(now); rsync -I --inplace --no-whole-file "$W/img" "$W/rsync-dst.img"; t1=$(now); RS_DELTA=$(secs "$t0" "$t1")
 drop; t0=$(now); cp --sparse=never "$W/after.img" "$W/cp.img"; sync; t1=$(now); CP=$(secs "$t0" "$t1")

@@ -10,7 +10,7 @@
 //! the machine's own protection resumes from that point, again without an initial copy.
 
 use super::drill::DrillAsk;
-use super::failover::{failovers, save_all, FailoverState, Reprotected};
+use super::failover::{failover_of, save_all, FailoverState, Reprotected};
 use super::target::adopt_on;
 use crate::jobs::Job;
 use super::*;
@@ -30,11 +30,7 @@ pub async fn reprotect(
     require_config(repl).await?;
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
-    let mut all = failovers(repl);
-    let f = all
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| format!("{name} is not failed over"))?;
+    let (mut all, f) = failover_of(repl, id, &name)?;
     if f.state != FailoverState::Committed {
         return Err(format!(
             "{name}'s failover is not committed; `lifeboat failover commit {name}` first"
@@ -148,11 +144,7 @@ pub async fn failback(
     require_config(repl).await?;
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
-    let mut all = failovers(repl);
-    let f = all
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| format!("{name} is not failed over"))?;
+    let (mut all, f) = failover_of(repl, id, &name)?;
     let Some(r) = f.reprotected.clone() else {
         return Err(format!(
             "{name} is not reprotected: `lifeboat reprotect {name}` first, so the recovery site's changes reach the vault"

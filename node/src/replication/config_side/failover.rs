@@ -75,6 +75,21 @@ pub fn failovers(repl: &Repl) -> BTreeMap<NodeId, FailoverRecord> {
     load(&path(repl)).ok().flatten().unwrap_or_default()
 }
 
+/// Every failover, and machine `id`'s (named `name`), which must exist.
+#[allow(clippy::type_complexity)]
+pub(super) fn failover_of(
+    repl: &Repl,
+    id: NodeId,
+    name: &str,
+) -> Result<(BTreeMap<NodeId, FailoverRecord>, FailoverRecord), String> {
+    let all = failovers(repl);
+    let f = all
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| format!("{name} is not failed over"))?;
+    Ok((all, f))
+}
+
 pub(super) fn save_all(repl: &Repl, f: &BTreeMap<NodeId, FailoverRecord>) -> Result<(), String> {
     save(&path(repl), f, 0o600)
 }
@@ -252,11 +267,7 @@ pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<
 pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
     require_config(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
-    let mut all = failovers(repl);
-    let f = all
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| format!("{name} is not failed over"))?;
+    let (mut all, f) = failover_of(repl, id, &name)?;
     if f.state == FailoverState::Committed {
         return Err(format!(
             "{name}'s failover is committed; it cannot be cancelled (fail back instead)"
