@@ -102,9 +102,7 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
         {
             Err(Refusal::NotHere("lacks the mobility role"))
         }
-        Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_) => {
-            Ok(())
-        }
+        Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_) => Ok(()),
         Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_)
             if !local(Role::Configuration) =>
         {

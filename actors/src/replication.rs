@@ -265,12 +265,20 @@ mod tests {
     fn a_forced_cycle_ignores_schedule_and_backoff_but_not_a_running_cycle() {
         let mut s = Scheduler::new(&policy(), true);
         let k = s.poll(UnixMillis(0)).unwrap();
-        assert_eq!(s.force(), None, "a cycle runs: the request waits for the next");
+        assert_eq!(
+            s.force(),
+            None,
+            "a cycle runs: the request waits for the next"
+        );
         s.handle_failed(UnixMillis(1), 0);
         assert_eq!(s.poll(UnixMillis(2)), None, "backing off");
         assert_eq!(s.force(), Some(CycleKind { app: false }));
         s.handle_done(UnixMillis(2), k);
-        assert_eq!(s.force(), Some(CycleKind { app: false }), "not due, but asked for");
+        assert_eq!(
+            s.force(),
+            Some(CycleKind { app: false }),
+            "not due, but asked for"
+        );
     }
 
     #[test]

@@ -111,8 +111,7 @@ fn state(s: JobState) -> &'static str {
 }
 
 fn when(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn describe(j: &JobRecord) -> String {
@@ -171,7 +170,10 @@ pub(crate) fn jobs_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     "job {} ({}{}): {}",
                     j.id,
                     j.kind,
-                    j.machine.as_ref().map(|m| format!(" of {m}")).unwrap_or_default(),
+                    j.machine
+                        .as_ref()
+                        .map(|m| format!(" of {m}"))
+                        .unwrap_or_default(),
                     state(j.state)
                 );
                 for s in &j.steps {

@@ -392,7 +392,11 @@ fn vault_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     v.name,
                     v.url,
                     v.points,
-                    if v.machines.is_empty() { "none mirrored".to_string() } else { v.machines.join(", ") }
+                    if v.machines.is_empty() {
+                        "none mirrored".to_string()
+                    } else {
+                        v.machines.join(", ")
+                    }
                 );
             }
         }

@@ -104,7 +104,10 @@ impl Jobs {
         });
         for mut r in jobs.list(usize::MAX)? {
             if r.state == JobState::Running {
-                let step = r.steps.last().map_or("starting".to_string(), |s| s.name.clone());
+                let step = r
+                    .steps
+                    .last()
+                    .map_or("starting".to_string(), |s| s.name.clone());
                 r.state = JobState::Failed;
                 r.error = Some(format!(
                     "interrupted: the configuration node stopped (restart or crash) during \"{step}\"; {}",
@@ -189,7 +192,13 @@ impl Jobs {
         machine: Option<&str>,
     ) -> Result<Arc<Job>, String> {
         let id = match id {
-            Some(i) if !i.is_empty() && i.len() <= 64 && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => i,
+            Some(i)
+                if !i.is_empty()
+                    && i.len() <= 64
+                    && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                i
+            }
             Some(_) => return Err("invalid job id".into()),
             None => {
                 let mut b = [0u8; 8];
@@ -229,9 +238,13 @@ impl Jobs {
 fn retry_hint(r: &JobRecord) -> String {
     let m = r.machine.as_deref().unwrap_or("MACHINE");
     match r.kind.as_str() {
-        "failover" => format!("run `lifeboat failover {m}` again, or `lifeboat failover cancel {m}`"),
+        "failover" => {
+            format!("run `lifeboat failover {m}` again, or `lifeboat failover cancel {m}`")
+        }
         "drill" => format!("`lifeboat drill cleanup {m}` removes what it made"),
-        "failback" => format!("the recovery site still runs and replicates: run `lifeboat failback {m}` again"),
+        "failback" => format!(
+            "the recovery site still runs and replicates: run `lifeboat failback {m}` again"
+        ),
         "reprotect" => format!("run `lifeboat reprotect {m}` again"),
         _ => "run it again".into(),
     }
@@ -339,7 +352,9 @@ mod tests {
             ok.checkpoint();
             assert_eq!(jobs.get(&ok.id()).unwrap().unwrap().bytes_done, 40);
             ok.finish(&Ok::<(), String>(()));
-            let running = jobs.start(Some("watch-me".into()), "failover", Some("web")).unwrap();
+            let running = jobs
+                .start(Some("watch-me".into()), "failover", Some("web"))
+                .unwrap();
             running.step("landing on dr");
             assert!(jobs.start(Some("watch-me".into()), "drill", None).is_err());
             assert!(jobs.start(Some("bad id!".into()), "drill", None).is_err());
@@ -353,7 +368,10 @@ mod tests {
         let r = jobs.get(&run_id).unwrap().unwrap();
         assert_eq!(r.state, JobState::Failed);
         let e = r.error.unwrap();
-        assert!(e.contains("landing on dr") && e.contains("failover cancel web"), "{e}");
+        assert!(
+            e.contains("landing on dr") && e.contains("failover cancel web"),
+            "{e}"
+        );
         assert!(r.steps[0].ended_ms.is_some());
         assert_eq!(jobs.list(10).unwrap().len(), 2);
     }

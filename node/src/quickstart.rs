@@ -387,11 +387,14 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
     }
     let (ps_id, mob_id, cfg_id) = (node_id(&ps)?, node_id(&mob)?, node_id(&cfg)?);
     let rec_id = node_id(&rec)?;
-    wait_for("the configuration node to connect to the other nodes", || {
-        let peers: Vec<PeerView> = cfg.get(Request::Peers).ok()?;
-        let n = peers.iter().filter(|p| p.connected).count();
-        (n >= 3).then_some(())
-    })?;
+    wait_for(
+        "the configuration node to connect to the other nodes",
+        || {
+            let peers: Vec<PeerView> = cfg.get(Request::Peers).ok()?;
+            let n = peers.iter().filter(|p| p.connected).count();
+            (n >= 3).then_some(())
+        },
+    )?;
     cfg.call(Request::RoleAdd {
         role: "process-server".into(),
         node: Some(ps_id.clone()),
@@ -405,7 +408,11 @@ pub fn run(exe: &Path, keep: bool, out: &mut dyn FnMut(&str)) -> Result<PathBuf,
         node: Some(rec_id.clone()),
     })?;
     out("config-1 granted process-server to ps-1 and mobility to mobility-1 and recovery-1 (the membership record every node acts on)");
-    for (d, role) in [(&ps, Role::ProcessServer), (&mob, Role::Mobility), (&rec, Role::Mobility)] {
+    for (d, role) in [
+        (&ps, Role::ProcessServer),
+        (&mob, Role::Mobility),
+        (&rec, Role::Mobility),
+    ] {
         wait_for(&format!("{} to apply its granted role", d.name), || {
             let r: replies::RolesReply = d.get(Request::RoleList { node: None }).ok()?;
             r.roles.contains(&role).then_some(())

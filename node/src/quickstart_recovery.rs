@@ -31,7 +31,11 @@ pub(crate) fn recover(
         disk_map: vec![],
         job: None,
     })?;
-    let image = fo.images.first().ok_or("the failover made no image")?.clone();
+    let image = fo
+        .images
+        .first()
+        .ok_or("the failover made no image")?
+        .clone();
     if std::fs::read(&image).map_err(|e| e.to_string())? != *disk {
         return Err("the failed-over image differs from the source's last write".into());
     }

@@ -241,7 +241,10 @@ impl Node {
         // the OS picked is written into the configuration for the next start.
         let cfg = self.dir.join("lifeboat.toml");
         if let Ok(text) = std::fs::read_to_string(&cfg) {
-            if let Some(line) = text.lines().find(|l| l.starts_with("listen = ") && l.ends_with(":0\"")) {
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("listen = ") && l.ends_with(":0\""))
+            {
                 let pinned = text.replace(line, &format!("listen = \"{}\"", self.listen()));
                 let _ = std::fs::write(&cfg, pinned);
             }

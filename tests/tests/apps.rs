@@ -235,14 +235,23 @@ fn an_app_consistent_point_of_a_busy_ext4_filesystem_passes_fsck_and_sqlite_inte
     sh(&["umount", &m]);
     let source = std::fs::read(work.path().join("fs.img")).unwrap();
     let v = cfg.json(&["drill", "db", "--point", "latest"]);
-    assert!(v["notes"][0].as_str().unwrap().starts_with("final point"), "{v}");
+    assert!(
+        v["notes"][0].as_str().unwrap().starts_with("final point"),
+        "{v}"
+    );
     let drilled = PathBuf::from(v["images"][0].as_str().unwrap());
-    assert!(std::fs::read(&drilled).unwrap() == source, "the drilled image is not the source");
+    assert!(
+        std::fs::read(&drilled).unwrap() == source,
+        "the drilled image is not the source"
+    );
     check_image(&drilled, work.path(), "drilled");
     cfg.ok(&["drill", "cleanup", "db"]);
     let v = cfg.json(&["failover", "db", "--point", "latest"]);
     let failed_over = PathBuf::from(v["images"][0].as_str().unwrap());
-    assert!(std::fs::read(&failed_over).unwrap() == source, "the failed-over image is not the source");
+    assert!(
+        std::fs::read(&failed_over).unwrap() == source,
+        "the failed-over image is not the source"
+    );
     check_image(&failed_over, work.path(), "failed-over");
 }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 
 /// Runs `lifeboat ARGS` against `n`'s state directory in the background.
 fn background(n: &Node, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let (dir, args): (_, Vec<String>) = (n.dir.clone(), args.iter().map(|a| a.to_string()).collect());
+    let (dir, args): (_, Vec<String>) =
+        (n.dir.clone(), args.iter().map(|a| a.to_string()).collect());
     std::thread::spawn(move || {
         std::process::Command::new(bin())
             .args(&args)
@@ -38,7 +39,12 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
     let dr_id = nodes[3].id();
 
     // A restore is a job with its steps and bytes.
-    let v = nodes[0].json(&["restore", "web", "--to", work.path().join("r").to_str().unwrap()]);
+    let v = nodes[0].json(&[
+        "restore",
+        "web",
+        "--to",
+        work.path().join("r").to_str().unwrap(),
+    ]);
     let id = v["job"].as_str().unwrap().to_string();
     let j = nodes[0].json(&["job", &id]);
     assert_eq!(j["state"], "succeeded", "{j}");
@@ -52,14 +58,20 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
     // its job says so, and it stays open.
     let (mark, go) = (work.path().join("booting"), work.path().join("go"));
     let hook = waiting_hook(&mark, &go);
-    let run = background(&nodes[0], &["failover", "web", "--on", "dr", "--boot-hook", &hook]);
+    let run = background(
+        &nodes[0],
+        &["failover", "web", "--on", "dr", "--boot-hook", &hook],
+    );
     wait_until("the boot hook on dr", WAIT, || mark.exists());
     nodes[3].kill9();
     let out = run.join().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stays open"), "{err}");
-    let fo = jobs(&nodes[0]).into_iter().find(|j| j["kind"] == "failover").unwrap();
+    let fo = jobs(&nodes[0])
+        .into_iter()
+        .find(|j| j["kind"] == "failover")
+        .unwrap();
     assert_eq!(fo["state"], "failed", "{fo}");
     assert!(fo["error"].as_str().unwrap().contains("target"), "{fo}");
     assert_eq!(
@@ -70,8 +82,13 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
     // The target is back; the configuration node dies during the next attempt.
     std::fs::remove_file(&mark).unwrap();
     nodes[3].start();
-    wait_until("config to see dr again", WAIT, || sees_reachable(&nodes[0], &dr_id));
-    let run = background(&nodes[0], &["failover", "web", "--on", "dr", "--boot-hook", &hook]);
+    wait_until("config to see dr again", WAIT, || {
+        sees_reachable(&nodes[0], &dr_id)
+    });
+    let run = background(
+        &nodes[0],
+        &["failover", "web", "--on", "dr", "--boot-hook", &hook],
+    );
     wait_until("the boot hook on dr", WAIT, || mark.exists());
     nodes[0].kill9();
     let _ = run.join().unwrap();
@@ -80,15 +97,27 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
     let all = jobs(&nodes[0]);
     let fo = all
         .iter()
-        .find(|j| j["kind"] == "failover" && j["error"].as_str().is_some_and(|e| e.contains("interrupted")))
+        .find(|j| {
+            j["kind"] == "failover"
+                && j["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("interrupted"))
+        })
         .unwrap_or_else(|| panic!("no interrupted failover job in {all:?}"));
     assert_eq!(fo["state"], "failed", "{fo}");
     assert!(all.iter().all(|j| j["state"] != "running"), "{all:?}");
     let e = fo["error"].as_str().unwrap();
-    assert!(e.contains("interrupted") && e.contains("restoring and verifying on dr") && e.contains("failover cancel web"), "{e}");
+    assert!(
+        e.contains("interrupted")
+            && e.contains("restoring and verifying on dr")
+            && e.contains("failover cancel web"),
+        "{e}"
+    );
 
     // Retried, it comes up bit-exact, and only the last attempt's images stay on the target.
-    wait_until("config to see dr again", WAIT, || sees_reachable(&nodes[0], &dr_id));
+    wait_until("config to see dr again", WAIT, || {
+        sees_reachable(&nodes[0], &dr_id)
+    });
     let v = nodes[0].json(&["failover", "web", "--on", "dr"]);
     let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
     assert!(std::fs::read(&image).unwrap() == c0);
@@ -97,7 +126,9 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
         .collect();
     assert_eq!(dirs.len(), 1, "earlier attempts left images on the target");
     let web_id = nodes[2].id();
-    wait_until("config to see web again", WAIT, || sees_reachable(&nodes[0], &web_id));
+    wait_until("config to see web again", WAIT, || {
+        sees_reachable(&nodes[0], &web_id)
+    });
     nodes[0].ok(&["failover", "cancel", "web"]);
     assert!(!image.exists());
 }

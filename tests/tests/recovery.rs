@@ -172,12 +172,23 @@ fn a_drill_brings_the_point_up_verified_isolated_while_production_keeps_replicat
         .unwrap();
     let dev = LoopDev::new(&backing);
     let e = cfg.fails(&["drill", "web", "--disk-map", &format!("nosuch={}", dev.0)]);
-    assert!(e.contains("no disk by that name") && e.lines().count() == 1, "{e}");
-    let e = cfg.fails(&["drill", "web", "--disk-map", &format!("disk.img={}", backing.display())]);
+    assert!(
+        e.contains("no disk by that name") && e.lines().count() == 1,
+        "{e}"
+    );
+    let e = cfg.fails(&[
+        "drill",
+        "web",
+        "--disk-map",
+        &format!("disk.img={}", backing.display()),
+    ]);
     assert!(e.contains("not a block device"), "{e}");
     let v = cfg.json(&["drill", "web", "--disk-map", &format!("disk.img={}", dev.0)]);
     assert_eq!(v["images"][0].as_str().unwrap(), dev.0);
-    assert!(std::fs::read(&backing).unwrap() == c1, "the device holds the point");
+    assert!(
+        std::fs::read(&backing).unwrap() == c1,
+        "the device holds the point"
+    );
     cfg.ok(&["drill", "cleanup", "web"]);
     assert!(Path::new(&dev.0).exists() && std::fs::read(&backing).unwrap() == c1);
 }
@@ -192,14 +203,20 @@ impl LoopDev {
             .arg(file)
             .output()
             .unwrap();
-        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         LoopDev(String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 }
 
 impl Drop for LoopDev {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
     }
 }
 
@@ -298,7 +315,10 @@ fn a_machine_lost_during_its_failover_stops_replicating_when_it_is_back() {
     // point it asks for falls back to the newest committed one.
     nodes[2].stop();
     let e = nodes[0].fails(&["failover", "web", "--planned"]);
-    assert!(e.contains("no shutdown hook") && e.lines().count() == 1, "{e}");
+    assert!(
+        e.contains("no shutdown hook") && e.lines().count() == 1,
+        "{e}"
+    );
     let e = nodes[0].fails(&["failover", "web", "--shutdown-source"]);
     assert!(e.contains("no shutdown hook"), "{e}");
     let newest = points(&nodes[0], "web")
@@ -402,9 +422,15 @@ fn latest_cuts_a_final_point_and_a_planned_failover_loses_nothing() {
         "{v}"
     );
     let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
-    assert!(std::fs::read(&image).unwrap() == c1, "the drill has the last write");
+    assert!(
+        std::fs::read(&image).unwrap() == c1,
+        "the drill has the last write"
+    );
     cfg.ok(&["drill", "cleanup", "web"]);
-    assert!(!work.path().join("shut").exists(), "a drill shut the machine down");
+    assert!(
+        !work.path().join("shut").exists(),
+        "a drill shut the machine down"
+    );
 
     // Planned failover: the shutdown hook makes the machine's very last write; the failed-over
     // image has it.
@@ -420,7 +446,10 @@ fn latest_cuts_a_final_point_and_a_planned_failover_loses_nothing() {
         "the planned failover lost the last write"
     );
     let notes = v["notes"].to_string();
-    assert!(notes.contains("shutdown hook ran") && notes.contains("no data lost"), "{v}");
+    assert!(
+        notes.contains("shutdown hook ran") && notes.contains("no data lost"),
+        "{v}"
+    );
     assert_eq!(
         cfg.json(&["status"])["replication"]["machines"][0]["state"],
         "failed-over"
@@ -447,11 +476,17 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
     let drilled = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
     assert!(drilled.starts_with(dr.state_dir()), "{}", drilled.display());
     assert!(std::fs::read(&drilled).unwrap() == c0);
-    assert!(!dr.state_dir().join("vault.json").exists(), "the target kept the vault key");
+    assert!(
+        !dr.state_dir().join("vault.json").exists(),
+        "the target kept the vault key"
+    );
     cfg.ok(&["drill", "cleanup", "web"]);
     assert!(!drilled.exists(), "cleanup on the target");
     let e = cfg.fails(&["reprotect", "web"]);
-    assert!(e.contains("not failed over") && e.lines().count() == 1, "{e}");
+    assert!(
+        e.contains("not failed over") && e.lines().count() == 1,
+        "{e}"
+    );
     let e = cfg.fails(&["failback", "web"]);
     assert!(e.contains("not failed over"), "{e}");
     let e = cfg.fails(&["reprotect", "nosuch"]);
@@ -499,7 +534,14 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
         p["stats"]["changed_blocks"].as_u64().unwrap() <= 3,
         "only the changed blocks moved: {p}"
     );
-    assert!(restore(cfg, "dr", p["id"].as_str().unwrap(), &work.path().join("r1")) == cr);
+    assert!(
+        restore(
+            cfg,
+            "dr",
+            p["id"].as_str().unwrap(),
+            &work.path().join("r1")
+        ) == cr
+    );
     assert_eq!(
         cfg.json(&["status"])["replication"]["machines"]
             .as_array()
@@ -517,7 +559,10 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
 
     // Planned: the copy at the recovery site is shut down (its hook) before its final point.
     let v = cfg.json(&["failback", "web", "--planned"]);
-    assert!(shut.exists(), "the recovery site's shutdown hook did not run");
+    assert!(
+        shut.exists(),
+        "the recovery site's shutdown hook did not run"
+    );
     assert!(
         std::fs::read(disk.path()).unwrap() == cr,
         "the original disk ends equal to the recovery copy"
@@ -534,7 +579,10 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
     assert_eq!(dk["written_bytes"].as_u64().unwrap(), 4 * BS as u64);
     assert!(dk["fetched_bytes"].as_u64().unwrap() < 8 * BS as u64, "{v}");
     let notes = v["notes"].to_string();
-    assert!(notes.contains("shutdown hook ran") && notes.contains("no data lost"), "{v}");
+    assert!(
+        notes.contains("shutdown hook ran") && notes.contains("no data lost"),
+        "{v}"
+    );
 
     // Home: the recovery site stopped replicating, and web's own protection resumed from the
     // failback point with a delta, not a copy.
@@ -550,7 +598,14 @@ fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_withou
         p["stats"]["changed_blocks"].as_u64().unwrap() <= 1,
         "protection resumed with a delta: {p}"
     );
-    assert!(restore(cfg, "web", p["id"].as_str().unwrap(), &work.path().join("r2")) == c3);
+    assert!(
+        restore(
+            cfg,
+            "web",
+            p["id"].as_str().unwrap(),
+            &work.path().join("r2")
+        ) == c3
+    );
     let st = cfg.json(&["status"]);
     let web = st["replication"]["machines"]
         .as_array()

@@ -62,7 +62,10 @@ fn a_new_node_attaches_the_vault_with_the_recovery_key_and_fails_over_the_lost_s
         !any_file_holds(nodes[0].state_dir(), &key),
         "the recovery key was stored"
     );
-    assert!(!nodes[0].log().contains(&key), "the recovery key was logged");
+    assert!(
+        !nodes[0].log().contains(&key),
+        "the recovery key was logged"
+    );
     fast_policy(&nodes[0], "10m");
     let c0 = initial_disk();
     let disk = Disk::new(&work.path().join("web"), &c0);
@@ -115,20 +118,41 @@ fn a_new_node_attaches_the_vault_with_the_recovery_key_and_fails_over_the_lost_s
     let args = attach(&kf);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let e = dr.fails(&args);
-    assert!(e.contains("wrong recovery key") && e.lines().count() == 1, "{e}");
+    assert!(
+        e.contains("wrong recovery key") && e.lines().count() == 1,
+        "{e}"
+    );
     let mut typo = key.clone();
     let last = typo.pop().unwrap();
     typo.push(if last == 'A' { 'B' } else { 'A' });
     std::fs::write(&kf, &typo).unwrap();
     let e = dr.fails(&args);
     assert!(e.contains("typo") || e.contains("A-Z"), "{e}");
-    let e = dr.fails(&["vault", "attach", "nota://url", "--recovery-key-file", kf.to_str().unwrap()]);
+    let e = dr.fails(&[
+        "vault",
+        "attach",
+        "nota://url",
+        "--recovery-key-file",
+        kf.to_str().unwrap(),
+    ]);
     assert!(e.lines().count() == 1 && e.contains("nota://url"), "{e}");
-    let e = dr.fails(&["vault", "attach", &url, "--recovery-key-file", "/nonexistent/key"]);
-    assert!(e.lines().count() == 1 && e.contains("/nonexistent/key"), "{e}");
+    let e = dr.fails(&[
+        "vault",
+        "attach",
+        &url,
+        "--recovery-key-file",
+        "/nonexistent/key",
+    ]);
+    assert!(
+        e.lines().count() == 1 && e.contains("/nonexistent/key"),
+        "{e}"
+    );
     let e = dr.fails(&["points", "web"]);
     assert!(e.lines().count() == 1, "{e}");
-    assert!(!dr.state_dir().join("vault.json").exists(), "a refused attach left a vault");
+    assert!(
+        !dr.state_dir().join("vault.json").exists(),
+        "a refused attach left a vault"
+    );
 
     // The right key: the vault, the lost site's protections and points come back.
     std::fs::write(&kf, format!("{key}\n")).unwrap();
@@ -141,5 +165,8 @@ fn a_new_node_attaches_the_vault_with_the_recovery_key_and_fails_over_the_lost_s
     let d = work.path().join("fo");
     let v = dr.json(&["failover", "web", "--to", d.to_str().unwrap()]);
     let image = Path::new(v["images"][0].as_str().unwrap()).to_path_buf();
-    assert!(std::fs::read(&image).unwrap() == c1, "the failed-over image is the disk");
+    assert!(
+        std::fs::read(&image).unwrap() == c1,
+        "the failed-over image is the disk"
+    );
 }

@@ -408,10 +408,16 @@ async fn config_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, St
             let repl = ctx.repl.clone();
             on_quic(ctx, async move {
                 let r = repl.clone();
-                crate::replication::config_side::jobs::run_job(&repl, None, "gc", None, move |j| async move {
-                    j.step("collecting packs and chunks no point references");
-                    crate::replication::config_side::gc(&r, grace_ms).await
-                })
+                crate::replication::config_side::jobs::run_job(
+                    &repl,
+                    None,
+                    "gc",
+                    None,
+                    move |j| async move {
+                        j.step("collecting packs and chunks no point references");
+                        crate::replication::config_side::gc(&r, grace_ms).await
+                    },
+                )
                 .await
             })
             .await?

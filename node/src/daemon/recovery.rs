@@ -107,9 +107,13 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
-                    run_job(&repl, job, "reprotect", Some(&machine), move |j| async move {
-                        c::reprotect(&r, &m, shutdown_hook, &j).await
-                    })
+                    run_job(
+                        &repl,
+                        job,
+                        "reprotect",
+                        Some(&machine),
+                        move |j| async move { c::reprotect(&r, &m, shutdown_hook, &j).await },
+                    )
                 }
                 .await
             })
@@ -123,9 +127,13 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
-                    run_job(&repl, job, "failback", Some(&machine), move |j| async move {
-                        c::failback(&r, &m, planned, &j).await
-                    })
+                    run_job(
+                        &repl,
+                        job,
+                        "failback",
+                        Some(&machine),
+                        move |j| async move { c::failback(&r, &m, planned, &j).await },
+                    )
                 }
                 .await
             })
@@ -138,9 +146,13 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
-                    run_job(&repl, None, "failover-commit", Some(&machine), move |_| async move {
-                        c::failover_commit(&r, &m, discard_points).await
-                    })
+                    run_job(
+                        &repl,
+                        None,
+                        "failover-commit",
+                        Some(&machine),
+                        move |_| async move { c::failover_commit(&r, &m, discard_points).await },
+                    )
                 }
                 .await
             })
@@ -150,9 +162,13 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
-                    run_job(&repl, None, "failover-cancel", Some(&machine), move |_| async move {
-                        c::failover_cancel(&r, &m).await
-                    })
+                    run_job(
+                        &repl,
+                        None,
+                        "failover-cancel",
+                        Some(&machine),
+                        move |_| async move { c::failover_cancel(&r, &m).await },
+                    )
                 }
                 .await
             })
@@ -162,9 +178,13 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
             on_quic(ctx, async move {
                 {
                     let (r, m) = (repl.clone(), machine.clone());
-                    run_job(&repl, None, "drill-cleanup", Some(&machine), move |_| async move {
-                        c::drill_cleanup(&r, &m, notes).await
-                    })
+                    run_job(
+                        &repl,
+                        None,
+                        "drill-cleanup",
+                        Some(&machine),
+                        move |_| async move { c::drill_cleanup(&r, &m, notes).await },
+                    )
                 }
                 .await
             })

@@ -120,7 +120,10 @@ pub async fn land(
     let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
     for m in &job.disk_map {
         if !p.disks.iter().any(|d| d.name == m.name) {
-            return Err(format!("--disk-map {}: point {} has no disk by that name", m.name, p.id));
+            return Err(format!(
+                "--disk-map {}: point {} has no disk by that name",
+                m.name, p.id
+            ));
         }
         let meta = std::fs::metadata(&m.path).map_err(|e| format!("--disk-map {}: {e}", m.path))?;
         if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
@@ -140,7 +143,11 @@ pub async fn land(
         .collect();
     let mapped: Vec<PathBuf> = images
         .iter()
-        .filter(|i| job.disk_map.iter().any(|m| Path::new(&m.path) == i.as_path()))
+        .filter(|i| {
+            job.disk_map
+                .iter()
+                .any(|m| Path::new(&m.path) == i.as_path())
+        })
         .cloned()
         .collect();
     if let Some(clash) = images.iter().find(|i| i.exists() && !mapped.contains(i)) {
@@ -280,10 +287,13 @@ async fn bring_up(
     for (d, image) in p.disks.iter().zip(images) {
         if mapped.contains(image) {
             // An existing device: only the blocks that differ from the point are written.
-            let (_, map) = vault
-                .restore_in_place(d, image)
-                .await
-                .map_err(|e| format!("writing disk {} onto {} failed: {e}", d.name, image.display()))?;
+            let (_, map) = vault.restore_in_place(d, image).await.map_err(|e| {
+                format!(
+                    "writing disk {} onto {} failed: {e}",
+                    d.name,
+                    image.display()
+                )
+            })?;
             if let Some(to) = maps_to {
                 save_hashes(&to.join(format!("{}.bin", d.name)), &map)?;
             }
@@ -468,11 +478,7 @@ fn run_boot_hook(
 
 /// Removes a drill's or failover's images, partial images and hook log, and its directory if
 /// it made it and it is empty (anything else in it is not ours). Returns the files removed.
-fn remove_images(
-    images: &[PathBuf],
-    dir: &Path,
-    made_dir: bool,
-) -> Result<usize, String> {
+fn remove_images(images: &[PathBuf], dir: &Path, made_dir: bool) -> Result<usize, String> {
     let mut removed = 0;
     for i in images.iter().chain([&dir.join("boot-hook.log")]) {
         for p in [i.clone(), i.with_extension("img.partial")] {
@@ -488,4 +494,3 @@ fn remove_images(
     }
     Ok(removed)
 }
-

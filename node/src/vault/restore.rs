@@ -158,7 +158,9 @@ impl Vault {
             Ok(hashes)
         });
         let mut stats = RestoreStats::default();
-        let fetched = self.restore_blocks(d, &|_| true, &tx, &mut stats, done).await;
+        let fetched = self
+            .restore_blocks(d, &|_| true, &tx, &mut stats, done)
+            .await;
         if fetched.is_err() {
             abort.store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -6,8 +6,8 @@
 //! machine is active at a time.
 
 use super::target::{job_for, land_on, resolve_target, unland_on};
-use crate::jobs::Job;
 use super::*;
+use crate::jobs::Job;
 use std::path::PathBuf;
 
 /// Past this age without a successful drill, `status` warns.

@@ -12,8 +12,8 @@
 use super::drill::DrillAsk;
 use super::failover::{failover_of, save_all, FailoverState, Reprotected};
 use super::target::adopt_on;
-use crate::jobs::Job;
 use super::*;
+use crate::jobs::Job;
 use lifeboat_protocol::message::FailbackJob;
 use std::time::Duration;
 
@@ -66,7 +66,9 @@ pub async fn reprotect(
         ));
     }
     if guard(&repl.cfg.protections).contains_key(&target) {
-        return Err(format!("{here} protects disks of its own already; one protection per node"));
+        return Err(format!(
+            "{here} protects disks of its own already; one protection per node"
+        ));
     }
     let pts = vault
         .list_points(Some(&id))
@@ -213,7 +215,10 @@ pub async fn failback(
     // Home again: the recovery site stops replicating, the machine resumes from the point.
     guard(&repl.cfg.protections).remove(&r.node);
     if r.node == repl.local {
-        let _ = repl.mobility.send(crate::replication::mobility::Unprotect).await;
+        let _ = repl
+            .mobility
+            .send(crate::replication::mobility::Unprotect)
+            .await;
     } else if let Err(e) = repl
         .net
         .request(r.node, Message::Unprotect { machine: r.node })

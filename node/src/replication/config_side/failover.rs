@@ -8,9 +8,9 @@
 
 use super::drill::{choose_point, DrillAsk};
 use super::target::{job_for, land_on, resolve_target, unland_on};
+use super::*;
 use crate::jobs::Job;
 use lifeboat_protocol::message::Landed;
-use super::*;
 use std::path::PathBuf;
 
 /// Where a failover stands.

@@ -44,9 +44,6 @@ pub fn list(repl: &Repl, limit: usize) -> Result<Value, String> {
 
 /// `lifeboat job ID`.
 pub fn get(repl: &Repl, id: &str) -> Result<Value, String> {
-    let j = repl
-        .jobs
-        .get(id)?
-        .ok_or_else(|| format!("no job {id}"))?;
+    let j = repl.jobs.get(id)?.ok_or_else(|| format!("no job {id}"))?;
     Ok(serde_json::to_value(j).unwrap_or_default())
 }

@@ -15,8 +15,8 @@ mod target;
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 pub use drill::{cleanup as drill_cleanup, drill, DrillAsk};
 pub use failback::{failback, reprotect};
-pub use recovery::attach as vault_attach;
 pub use failover::{cancel as failover_cancel, commit as failover_commit, failover};
+pub use recovery::attach as vault_attach;
 
 use super::{load, save, Repl};
 use crate::vault::{store_from_url, Vault, VaultConfig};

@@ -137,7 +137,14 @@ pub(super) async fn prepare(
         }
     }
     if ask.point == "latest" {
-        match ask_machine(repl, id, Message::CutPoint { machine: id }, FINAL_POINT_WAIT).await {
+        match ask_machine(
+            repl,
+            id,
+            Message::CutPoint { machine: id },
+            FINAL_POINT_WAIT,
+        )
+        .await
+        {
             Asked::Answered(Message::PointCut { point }) => {
                 out.notes.push(format!("final point {point} cut"));
                 out.point = Some(point);
@@ -146,9 +153,9 @@ pub(super) async fn prepare(
                 "no final point ({name} answered {}): the newest committed point",
                 m.kind()
             )),
-            Asked::Refused(e) | Asked::Unreachable(e) => out.notes.push(format!(
-                "no final point ({e}): the newest committed point"
-            )),
+            Asked::Refused(e) | Asked::Unreachable(e) => out
+                .notes
+                .push(format!("no final point ({e}): the newest committed point")),
         }
     }
     Ok(out)

@@ -13,7 +13,10 @@ use std::time::Duration;
 const LAND_WAIT: Duration = Duration::from_secs(4 * 3600);
 
 /// The target of `--on` (a connected mesh member, or this node): its id and name.
-pub(super) async fn resolve_target(repl: &Repl, on: Option<&str>) -> Result<(NodeId, String), String> {
+pub(super) async fn resolve_target(
+    repl: &Repl,
+    on: Option<&str>,
+) -> Result<(NodeId, String), String> {
     let mesh = repl
         .mesh
         .send(lifeboat_actors::shell::GetMesh)
@@ -101,7 +104,9 @@ pub(super) async fn unland_on(repl: &Repl, target: NodeId, job: &str) -> Result<
         Ok(Message::Accept) => Ok(0),
         Ok(Message::Error { message }) => Err(message),
         Ok(m) => Err(format!("the target answered {}", m.kind())),
-        Err(e) => Err(format!("the target is unreachable ({e}); retry when it is back")),
+        Err(e) => Err(format!(
+            "the target is unreachable ({e}); retry when it is back"
+        )),
     }
 }
 

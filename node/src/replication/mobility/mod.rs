@@ -18,8 +18,8 @@ mod failback;
 mod scan;
 mod views;
 
-pub use failback::{adopt_point, failback};
 pub use actor::{CutPoint, MobilityActor, Protect, Resume, RunShutdownHook, Shutdown, Unprotect};
+pub use failback::{adopt_point, failback};
 
 use super::{load, save, Repl};
 use crate::direct_io::Aligned;
