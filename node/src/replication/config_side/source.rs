@@ -15,7 +15,8 @@ const HOOK_WAIT: Duration = Duration::from_secs(130);
 /// Longest the final point may take to be cut and committed.
 const FINAL_POINT_WAIT: Duration = Duration::from_secs(600);
 
-/// What the machine's answer was.
+/// What the machine's answer was (short-lived: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Asked {
     /// It answered with this.
     Answered(Message),
