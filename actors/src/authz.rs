@@ -262,6 +262,8 @@ mod tests {
             last_point: None,
             last_error: None,
             process_server: None,
+            scanned_bytes: 0,
+            total_bytes: 0,
         });
         assert!(authorize(&report, &facts(false, &[], &cfg)).is_err());
         assert!(authorize(&report, &facts(false, &[Role::Mobility], &cfg)).is_ok());

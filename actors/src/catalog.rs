@@ -298,6 +298,8 @@ mod tests {
             last_point: None,
             last_error: Some("disk gone".into()),
             process_server: None,
+            scanned_bytes: 0,
+            total_bytes: 0,
         };
         let mut c = Catalog::default();
         assert!(!c.handle_report(other, r.clone()));

@@ -246,6 +246,9 @@ fn retry_hint(r: &JobRecord) -> String {
             "the recovery site still runs and replicates: run `lifeboat failback {m}` again"
         ),
         "reprotect" => format!("run `lifeboat reprotect {m}` again"),
+        "initial-replication" | "resync" => {
+            "the machine goes on copying; a new job follows it when it next reports".into()
+        }
         _ => "run it again".into(),
     }
 }
@@ -296,6 +299,11 @@ impl Job {
             r.bytes_total = bytes;
             r.bytes_done = 0;
         });
+    }
+
+    /// Bytes in all (0: unknown).
+    pub fn total(&self) -> u64 {
+        self.rec.lock().map(|r| r.bytes_total).unwrap_or(0)
     }
 
     /// The counter of bytes done, for the work to bump.

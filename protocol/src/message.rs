@@ -444,6 +444,12 @@ pub struct ProtectionReport {
     pub last_error: Option<String>,
     /// Process server of the last cycle.
     pub process_server: Option<NodeId>,
+    /// Bytes of the disks scanned by the running full copy (initial replication or resync).
+    #[serde(default)]
+    pub scanned_bytes: u64,
+    /// Bytes of the disks in all.
+    #[serde(default)]
+    pub total_bytes: u64,
 }
 
 /// A wire message.

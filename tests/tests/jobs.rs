@@ -38,6 +38,23 @@ fn jobs_record_progress_and_a_crash_of_the_target_or_the_configuration_node_ends
     let (mut nodes, work, _disk, c0) = protected_web_and(&[("dr", "mobility")]);
     let dr_id = nodes[3].id();
 
+    // The initial replication was a job, followed from web's reports to its commit.
+    let mut copy = None;
+    wait_until("the initial replication's job to succeed", WAIT, || {
+        copy = jobs(&nodes[0])
+            .into_iter()
+            .find(|j| j["kind"] == "initial-replication" && j["state"] == "succeeded");
+        copy.is_some()
+    });
+    let copy = copy.unwrap();
+    assert_eq!(copy["machine"], "web", "{copy}");
+    assert_eq!(
+        copy["bytes_total"].as_u64().unwrap(),
+        c0.len() as u64,
+        "{copy}"
+    );
+    assert_eq!(copy["bytes_done"], copy["bytes_total"], "{copy}");
+
     // A restore is a job with its steps and bytes.
     let v = nodes[0].json(&[
         "restore",

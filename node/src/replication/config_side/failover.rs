@@ -195,6 +195,7 @@ pub async fn failover(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, St
 /// answers within a short bound) forgets it.
 async fn stop_replication(repl: &Repl, id: NodeId, name: &str) -> Result<(), String> {
     guard(&repl.cfg.protections).remove(&id);
+    super::jobs::end_full_copy(repl, id, "the machine was failed over");
     save_protections(repl)?;
     if id == repl.local {
         let _ = repl

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::jobs::Job;
+use std::sync::atomic::Ordering;
 
 /// Runs `work` as a job of `kind` about `machine` (`id`: the caller's, so it can watch it).
 pub async fn run_job<F, Fut>(
@@ -46,4 +47,56 @@ pub fn list(repl: &Repl, limit: usize) -> Result<Value, String> {
 pub fn get(repl: &Repl, id: &str) -> Result<Value, String> {
     let j = repl.jobs.get(id)?.ok_or_else(|| format!("no job {id}"))?;
     Ok(serde_json::to_value(j).unwrap_or_default())
+}
+
+/// Initial replications and resyncs as jobs, followed from the machines' reports: a job starts
+/// with the first report of a full copy, takes its bytes from each report, and succeeds with
+/// the first report that says the copy is committed.
+pub fn track_full_copy(repl: &Repl, from: NodeId, r: &ProtectionReport) {
+    let full = r.initial || r.resync;
+    let mut running = guard(&repl.cfg.copy_jobs);
+    match (running.get(&from).cloned(), full) {
+        (None, true) => {
+            let name = guard(&repl.cfg.protections)
+                .get(&from)
+                .map(|p| p.machine_name.clone())
+                .unwrap_or_else(|| from.to_string());
+            let kind = if r.initial {
+                "initial-replication"
+            } else {
+                "resync"
+            };
+            match repl.jobs.start(None, kind, Some(&name)) {
+                Ok(j) => {
+                    j.step(&format!("copying every block of {name}'s disks"));
+                    j.set_total(r.total_bytes);
+                    j.progress().store(r.scanned_bytes, Ordering::Relaxed);
+                    j.checkpoint();
+                    running.insert(from, j);
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %name, cause = %e, "cannot record the full copy as a job")
+                }
+            }
+        }
+        (Some(j), true) => {
+            if r.total_bytes > 0 && j.total() != r.total_bytes {
+                j.set_total(r.total_bytes);
+            }
+            j.progress().store(r.scanned_bytes, Ordering::Relaxed);
+            j.checkpoint();
+        }
+        (Some(j), false) => {
+            j.finish(&Ok::<(), String>(()));
+            running.remove(&from);
+        }
+        (None, false) => {}
+    }
+}
+
+/// Ends machine `id`'s full-copy job, if one runs, failed for `why`.
+pub fn end_full_copy(repl: &Repl, id: NodeId, why: &str) {
+    if let Some(j) = guard(&repl.cfg.copy_jobs).remove(&id) {
+        j.finish(&Err::<(), String>(why.to_string()));
+    }
 }

@@ -71,6 +71,8 @@ pub struct ConfigState {
     pub notice_slots: Arc<tokio::sync::Semaphore>,
     /// Digest of the configuration last mirrored into the vault.
     pub mirrored: Mutex<Option<[u8; 32]>>,
+    /// The job of each machine's running full copy (initial replication or resync).
+    pub copy_jobs: Mutex<BTreeMap<NodeId, Arc<crate::jobs::Job>>>,
 }
 
 impl ConfigState {
@@ -90,6 +92,7 @@ impl ConfigState {
             duties: Mutex::new(Duties::new(RETENTION_EVERY_MS, GC_EVERY_MS)),
             notice_slots: Arc::new(tokio::sync::Semaphore::new(16)),
             mirrored: Mutex::new(None),
+            copy_jobs: Mutex::new(BTreeMap::new()),
         })
     }
 }
@@ -292,6 +295,7 @@ pub async fn unprotect(repl: &Repl, machine: &str) -> Result<Value, String> {
     if guard(&repl.cfg.protections).remove(&id).is_none() {
         return Err(format!("{name} is not protected"));
     }
+    jobs::end_full_copy(repl, id, "the machine was unprotected");
     save_protections(repl)?;
     if id == repl.local {
         let _ = repl.mobility.send(super::mobility::Unprotect).await;
@@ -365,6 +369,7 @@ pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
         });
         return;
     }
+    jobs::track_full_copy(repl, from, &r);
     guard(&repl.cfg.catalog).handle_report(from, r);
 }
 

@@ -239,6 +239,12 @@ async fn report(
         last_point,
         last_error: err,
         process_server: ps,
+        scanned_bytes: if full {
+            pr.scanned.load(Ordering::Relaxed)
+        } else {
+            0
+        },
+        total_bytes: pr.total.load(Ordering::Relaxed),
     };
     if let Ok(mut g) = repl.mob.report.lock() {
         *g = Some(r.clone());
