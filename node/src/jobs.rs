@@ -280,6 +280,7 @@ impl Job {
     /// Ends the current step and starts `name`.
     pub fn step(&self, name: &str) {
         let now = now_ms();
+        let mut kind = String::new();
         self.update(|r| {
             if let Some(s) = r.steps.last_mut() {
                 s.ended_ms.get_or_insert(now);
@@ -289,7 +290,9 @@ impl Job {
                 started_ms: now,
                 ended_ms: None,
             });
+            kind.clone_from(&r.kind);
         });
+        crate::failpoint::pause(&format!("job/{kind}/{name}"));
     }
 
     /// Sets the bytes in all (the progress counter restarts at 0).

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod direct_io;
 pub mod discovery;
 pub mod disk;
+pub mod failpoint;
 pub mod format;
 pub mod init;
 pub mod jobs;

@@ -172,3 +172,11 @@ pub fn protected_web_and(more: &[(&str, &str)]) -> (Vec<Node>, tempfile::TempDir
     point_after(cfg, "web", t0);
     (nodes, work, disk, c0)
 }
+
+/// Writes block `i` of the image at `path` (synced).
+pub fn write_block(path: &Path, i: usize, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, (i * BS) as u64).unwrap();
+    f.sync_all().unwrap();
+}

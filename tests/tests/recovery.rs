@@ -457,13 +457,6 @@ fn latest_cuts_a_final_point_and_a_planned_failover_loses_nothing() {
 }
 
 /// Writes `data` over block `i` of the image at `path`, in place (a running VM's write).
-fn write_block(path: &Path, i: usize, data: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(data, (i * BS) as u64).unwrap();
-    f.sync_all().unwrap();
-}
-
 #[test]
 fn reprotect_and_failback_move_only_changed_blocks_and_protection_resumes_without_a_copy() {
     // `dr`: a host at the recovery site, where the machine is drilled and failed over.

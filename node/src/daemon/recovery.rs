@@ -145,16 +145,16 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
         } => {
             on_quic(ctx, async move {
                 {
-                    let (r, m) = (repl.clone(), machine.clone());
-                    run_job(
-                        &repl,
-                        None,
-                        "failover-commit",
-                        Some(&machine),
-                        move |_| async move { c::failover_commit(&r, &m, discard_points).await },
-                    )
-                }
-                .await
+                let (r, m) = (repl.clone(), machine.clone());
+                run_job(
+                    &repl,
+                    None,
+                    "failover-commit",
+                    Some(&machine),
+                    move |j| async move { c::failover_commit(&r, &m, discard_points, &j).await },
+                )
+            }
+            .await
             })
             .await?
         }
@@ -167,7 +167,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
                         None,
                         "failover-cancel",
                         Some(&machine),
-                        move |_| async move { c::failover_cancel(&r, &m).await },
+                        move |j| async move { c::failover_cancel(&r, &m, &j).await },
                     )
                 }
                 .await
@@ -183,7 +183,7 @@ pub(super) async fn recovery_request(ctx: &Ctx, req: Request) -> Result<serde_js
                         None,
                         "drill-cleanup",
                         Some(&machine),
-                        move |_| async move { c::drill_cleanup(&r, &m, notes).await },
+                        move |j| async move { c::drill_cleanup(&r, &m, notes, &j).await },
                     )
                 }
                 .await

@@ -172,7 +172,7 @@ async fn route_replication(
             Ok(l) => Some(Message::Landed(l)),
             Err(e) => err(e),
         },
-        Message::Unland { job } => match crate::replication::landing::unland(&repl, &job) {
+        Message::Unland { job } => match crate::replication::landing::unland(&repl, &job).await {
             Ok(_) => Some(Message::Accept),
             Err(e) => err(e),
         },

@@ -93,9 +93,54 @@ async fn job_vault(repl: &Repl, job: &LandJob) -> Result<Arc<Vault>, String> {
     ))
 }
 
+/// The landings running on this node, so that `unland` can stop one before removing what it
+/// made (the configuration node that asked may have crashed and been restarted meanwhile).
+#[derive(Debug, Default)]
+pub struct Running(std::sync::Mutex<BTreeMap<String, RunningLanding>>);
+
+#[derive(Clone, Debug)]
+struct RunningLanding {
+    stop: Arc<tokio::sync::Notify>,
+    /// Held by the landing while it runs.
+    ended: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Longest `unland` waits for a running landing to stop.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Brings `job`'s point up on this node. `Err` if nothing was made; once something may have
-/// been, a failure is `Landed::error` (and `unland` removes what was made).
+/// been, a failure is `Landed::error` (and `unland` removes what was made). An `unland` of the
+/// job while it runs stops it.
 pub async fn land(
+    repl: &Repl,
+    job: LandJob,
+    done: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<Landed, String> {
+    let id = job.job.clone();
+    let me = RunningLanding {
+        stop: Arc::new(tokio::sync::Notify::new()),
+        ended: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    let held = me.ended.clone().lock_owned().await;
+    {
+        let mut running = repl.mob.landings.0.lock().map_err(|_| "internal: lock")?;
+        if running.contains_key(&id) {
+            return Err(format!("landing {id} is running on this node"));
+        }
+        running.insert(id.clone(), me.clone());
+    }
+    let out = tokio::select! {
+        r = land_now(repl, job, done) => r,
+        _ = me.stop.notified() => Err(format!("landing {id} was stopped: it is being removed")),
+    };
+    if let Ok(mut running) = repl.mob.landings.0.lock() {
+        running.remove(&id);
+    }
+    drop(held);
+    out
+}
+
+async fn land_now(
     repl: &Repl,
     job: LandJob,
     done: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -210,7 +255,26 @@ pub fn image_file(name: &str, format: &str) -> String {
 /// Removes what landing `job` made here (images, partial images, hook log, kept maps, and
 /// the directory if it made it and it is empty). Returns the files removed; an unknown job
 /// removes nothing (a retried cleanup).
-pub fn unland(repl: &Repl, job: &str) -> Result<usize, String> {
+pub async fn unland(repl: &Repl, job: &str) -> Result<usize, String> {
+    crate::failpoint::pause_async("unland").await;
+    let running = repl
+        .mob
+        .landings
+        .0
+        .lock()
+        .ok()
+        .and_then(|mut r| r.remove(job));
+    if let Some(r) = running {
+        r.stop.notify_one();
+        let _ended = tokio::time::timeout(STOP_WAIT, r.ended.lock())
+            .await
+            .map_err(|_| {
+                format!(
+                    "landing {job} did not stop within {} s",
+                    STOP_WAIT.as_secs()
+                )
+            })?;
+    }
     let mut b = book(repl);
     let Some(r) = b.get(job).cloned() else {
         return Ok(0);
@@ -231,6 +295,7 @@ pub fn unland(repl: &Repl, job: &str) -> Result<usize, String> {
 /// Seeds this node's change log with `point` for the disks landing `job` brought up (its
 /// kept maps): a reprotect starts with a delta, not a copy.
 pub fn adopt(repl: &Repl, job: &str, point: &str, disks: &[DiskSpec]) -> Result<(), String> {
+    crate::failpoint::pause("adopt");
     let Some(r) = book(repl).get(job).cloned() else {
         return Err(format!("no landing {job} on this node"));
     };
@@ -328,6 +393,7 @@ async fn bring_up(
                 .map_err(|e| e.to_string())??;
         }
     }
+    crate::failpoint::pause_async("land/restored").await;
     let Some(hook) = &job.boot_hook else {
         return Ok(None);
     };
@@ -480,6 +546,31 @@ fn run_boot_hook(
 /// it made it and it is empty (anything else in it is not ours). Returns the files removed.
 fn remove_images(images: &[PathBuf], dir: &Path, made_dir: bool) -> Result<usize, String> {
     let mut removed = 0;
+    // A restore's staging files (`.NAME.partial-XXXXXXXX`), left by a crash in the middle.
+    let prefixes: Vec<String> = images
+        .iter()
+        .flat_map(|i| [i.clone(), i.with_extension("img.partial")])
+        .filter_map(|i| Some(format!(".{}.partial-", i.file_name()?.to_string_lossy())))
+        .collect();
+    let staging: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|f| {
+                let f = f.to_string_lossy();
+                prefixes.iter().any(|x| f.starts_with(x.as_str()))
+            })
+        })
+        .collect();
+    for p in &staging {
+        match std::fs::remove_file(p) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+    }
     for i in images.iter().chain([&dir.join("boot-hook.log")]) {
         for p in [i.clone(), i.with_extension("img.partial")] {
             match std::fs::remove_file(&p) {

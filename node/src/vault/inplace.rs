@@ -65,6 +65,9 @@ impl Vault {
             while let Some((at, data)) = rx.blocking_recv() {
                 std::os::unix::fs::FileExt::write_all_at(&*f, &data, at)?;
                 wrote.push((at, *blake3::hash(&data).as_bytes(), data.len()));
+                if wrote.len() == 1 {
+                    crate::failpoint::pause("inplace/wrote");
+                }
             }
             Ok::<_, std::io::Error>(wrote)
         });

@@ -196,12 +196,18 @@ fn record(repl: &Repl, id: NodeId, f: impl FnOnce(&mut MachineDrills)) -> Result
 
 /// `lifeboat drill cleanup MACHINE [--notes TEXT]`: removes what the active drill made (on its
 /// target) and records it (with the notes) in the machine's history.
-pub async fn cleanup(repl: &Repl, machine: &str, notes: Option<String>) -> Result<Value, String> {
+pub async fn cleanup(
+    repl: &Repl,
+    machine: &str,
+    notes: Option<String>,
+    job: &Job,
+) -> Result<Value, String> {
     require_config(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let Some(mut rec) = book(repl).get(&id).and_then(|m| m.active.clone()) else {
         return Err(format!("no drill of {name} is active"));
     };
+    job.step("removing what the drill made");
     let removed = unland_on(repl, rec.target.unwrap_or(repl.local), &rec.id).await?;
     rec.notes = notes;
     record(repl, id, |m| {

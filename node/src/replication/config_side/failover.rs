@@ -218,14 +218,20 @@ async fn stop_replication(repl: &Repl, id: NodeId, name: &str) -> Result<(), Str
 /// `lifeboat failover commit MACHINE [--discard-points]`: the failover is final. The machine's
 /// recovery points stay in the vault (retention no longer runs for it: it is not protected)
 /// unless `--discard-points`, which deletes all but the failover point (reprotect's base).
-pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<Value, String> {
+pub async fn commit(
+    repl: &Repl,
+    machine: &str,
+    discard_points: bool,
+    job: &Job,
+) -> Result<Value, String> {
     require_config(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let mut all = failovers(repl);
     let f = all
         .get_mut(&id)
         .ok_or_else(|| format!("{name} is not failed over"))?;
-    if f.state == FailoverState::Committed {
+    // A commit whose discarding was cut short (a crash) is finished by running it again.
+    if f.state == FailoverState::Committed && !discard_points {
         return Err(format!("{name}'s failover is committed already"));
     }
     if let Some(e) = &f.error {
@@ -233,6 +239,7 @@ pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<
             "{name}'s failover did not come up ({e}); cancel it or fail over again"
         ));
     }
+    job.step("committing the failover");
     f.state = FailoverState::Committed;
     let (fid, keep) = (f.id.clone(), f.point.clone());
     save_all(repl, &all)?;
@@ -240,6 +247,7 @@ pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<
     // As the reference does at commit, but keeping the failover point: reprotect starts from it.
     let mut discarded = 0;
     if discard_points {
+        job.step("deleting the points other than the failover point");
         let vault = require_vault(repl).await?;
         let pts = vault
             .list_points(Some(&id))
@@ -265,7 +273,7 @@ pub async fn commit(repl: &Repl, machine: &str, discard_points: bool) -> Result<
 /// `lifeboat failover cancel MACHINE`: before a commit, back to the state before the failover:
 /// the images go, and the protection is given back to the machine (which must be reachable:
 /// it resumes from its change log, no initial copy).
-pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
+pub async fn cancel(repl: &Repl, machine: &str, job: &Job) -> Result<Value, String> {
     require_config(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let (mut all, f) = failover_of(repl, id, &name)?;
@@ -274,6 +282,7 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
             "{name}'s failover is committed; it cannot be cancelled (fail back instead)"
         ));
     }
+    job.step(&format!("giving {name} its protection back"));
     // Recorded before the machine hears of it (its first reports must find it protected).
     guard(&repl.cfg.protections).insert(id, f.protection.clone());
     if let Err(e) = super::deliver_protection(repl, &f.protection.spec, &name).await {
@@ -285,6 +294,7 @@ pub async fn cancel(repl: &Repl, machine: &str) -> Result<Value, String> {
     save_protections(repl)?;
     // The machine is protected again; the images going is second (a target that is away keeps
     // them, recorded in its landings.json).
+    job.step("removing the failover's images");
     let removed = match unland_on(repl, f.target.unwrap_or(repl.local), &f.id).await {
         Ok(n) => n,
         Err(e) => {

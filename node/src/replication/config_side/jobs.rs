@@ -87,6 +87,10 @@ pub fn track_full_copy(repl: &Repl, from: NodeId, r: &ProtectionReport) {
             j.checkpoint();
         }
         (Some(j), false) => {
+            // A copy that began and ended between two reports: its size comes with the end.
+            if j.total() == 0 && r.total_bytes > 0 {
+                j.set_total(r.total_bytes);
+            }
             j.finish(&Ok::<(), String>(()));
             running.remove(&from);
         }

@@ -69,7 +69,9 @@ pub(super) fn job_for(
     })
 }
 
-/// Lands `job` on `target` (counting restored bytes into `done` when it is this node).
+/// Lands `job` on `target` (counting restored bytes into `done` when it is this node). `Err`
+/// only if the target refused (nothing was made); a target lost in the middle may have made
+/// something, so that is a `Landed` with an error: the caller keeps its record for cleanup.
 pub(super) async fn land_on(
     repl: &Repl,
     target: NodeId,
@@ -87,14 +89,17 @@ pub(super) async fn land_on(
         Ok(Message::Landed(l)) => Ok(l),
         Ok(Message::Error { message }) => Err(message),
         Ok(m) => Err(format!("the target answered {}", m.kind())),
-        Err(e) => Err(format!("the target: {e}")),
+        Err(e) => Ok(Landed {
+            error: Some(format!("the target was lost in the middle ({e})")),
+            ..Landed::default()
+        }),
     }
 }
 
 /// Removes what landing `job` made on `target`; returns the files removed.
 pub(super) async fn unland_on(repl: &Repl, target: NodeId, job: &str) -> Result<usize, String> {
     if target == repl.local {
-        return landing::unland(repl, job);
+        return landing::unland(repl, job).await;
     }
     match repl
         .net

@@ -63,6 +63,8 @@ pub struct MobilityState {
     pub cycles: AtomicU64,
     /// Progress of the running cycle.
     pub progress: Arc<Progress>,
+    /// Drills and failovers landing on this node now.
+    pub landings: crate::replication::landing::Running,
 }
 
 /// Progress of the running cycle (shared with the scanner threads).
