@@ -161,8 +161,6 @@ async fn land_now(
         .into_iter()
         .find(|p| p.id == job.point)
         .ok_or_else(|| format!("point {} is not in the vault", job.point))?;
-    let sub = format!("{}s", job.kind);
-    let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
     for m in &job.disk_map {
         if !p.disks.iter().any(|d| d.name == m.name) {
             return Err(format!(
@@ -175,6 +173,15 @@ async fn land_now(
             return Err(format!("--disk-map {}: not a block device", m.path));
         }
     }
+    let sub = format!("{}s", job.kind);
+    let (dir, made_dir) = image_dir(repl, job.dir.as_deref(), &sub, &job.machine_name, &job.job)?;
+    // Refused from here on, the directory made for it goes again: a refusal changes nothing.
+    let refuse = |e: String| {
+        if made_dir {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        e
+    };
     let mapped_to = |name: &str| {
         job.disk_map
             .iter()
@@ -196,10 +203,10 @@ async fn land_now(
         .cloned()
         .collect();
     if let Some(clash) = images.iter().find(|i| i.exists() && !mapped.contains(i)) {
-        return Err(format!(
+        return Err(refuse(format!(
             "{} exists; give an empty --to directory",
             clash.display()
-        ));
+        )));
     }
     let mut b = book(repl);
     b.insert(
@@ -215,7 +222,7 @@ async fn land_now(
             started_ms: crate::seams::now().0,
         },
     );
-    save_book(repl, &b)?;
+    save_book(repl, &b).map_err(refuse)?;
     let maps = job.keep_maps.then(|| maps_dir(repl, &job.job));
     let outcome = bring_up(
         &vault,

@@ -131,6 +131,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, Strin
         notes: None,
     };
     // Recorded before the target is asked: cleanup finds it whatever happens next.
+    let before = book(repl).get(&id).cloned();
     record(repl, id, |m| m.active = Some(rec.clone()))?;
     let t0 = std::time::Instant::now();
     job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
@@ -139,8 +140,17 @@ pub async fn drill(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, Strin
     let landed = match land_on(repl, target, land, done).await {
         Ok(l) => l,
         Err(e) => {
-            // Nothing was made: the drill is not active.
-            record(repl, id, |m| m.active = None)?;
+            // Refused, nothing was made: the record is as it was (unless a cleanup that
+            // stopped this landing has recorded it already).
+            let mut b = book(repl);
+            let ours = b.get(&id).and_then(|m| m.active.as_ref()).map(|a| &a.id) == Some(&rec.id);
+            if ours {
+                match before {
+                    Some(m) => b.insert(id, m),
+                    None => b.remove(&id),
+                };
+                save_book(repl, &b)?;
+            }
             return Err(format!("drill of {name} on {target_name} failed: {e}"));
         }
     };
