@@ -103,7 +103,10 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
             Err(Refusal::NotHere("lacks the mobility role"))
         }
         Message::CutPoint { .. } | Message::ShutdownSource { .. } | Message::Failback(_) => Ok(()),
-        Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_)
+        Message::PointNotice(_)
+        | Message::Admin { .. }
+        | Message::Report(_)
+        | Message::LandProgress { .. }
             if !local(Role::Configuration) =>
         {
             Err(Refusal::NotHere("is not a configuration node"))
@@ -113,6 +116,8 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
         }
         Message::Report(_) if !granted(Role::Mobility) => Err(Refusal::NotGranted(Role::Mobility)),
         Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_) => Ok(()),
+        // From any member: the router takes it only from the node the job landed on.
+        Message::LandProgress { .. } => Ok(()),
         Message::DeltaBegin(_) if !local(Role::ProcessServer) => {
             Err(Refusal::NotHere("is not a process server"))
         }
@@ -267,6 +272,14 @@ mod tests {
         });
         assert!(authorize(&report, &facts(false, &[], &cfg)).is_err());
         assert!(authorize(&report, &facts(false, &[Role::Mobility], &cfg)).is_ok());
+        // A target's landing progress goes only to a configuration node (which takes it only
+        // from the job's target).
+        let progress = Message::LandProgress {
+            job: "j".into(),
+            done_bytes: 1,
+        };
+        assert!(authorize(&progress, &facts(false, &[], &cfg)).is_ok());
+        assert!(authorize(&progress, &facts(false, &[], &[Role::Mobility])).is_err());
     }
 
     #[test]

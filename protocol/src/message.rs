@@ -585,6 +585,14 @@ pub enum Message {
     Land(LandJob),
     /// The answer to [`Message::Land`].
     Landed(Landed),
+    /// A target node to the configuration node, while a landing runs: the bytes of the point
+    /// restored so far (the job's progress). Taken only from the node the job landed on.
+    LandProgress {
+        /// The landing's job id.
+        job: String,
+        /// Bytes restored so far.
+        done_bytes: u64,
+    },
     /// Configuration node to a target node: remove what a landing made.
     Unland {
         /// The landing's job id.
@@ -713,6 +721,7 @@ impl Message {
             Message::FailedBack(_) => "failed-back",
             Message::Land(_) => "land",
             Message::Landed(_) => "landed",
+            Message::LandProgress { .. } => "land-progress",
             Message::Unland { .. } => "unland",
             Message::AdoptPoint { .. } => "adopt-point",
         }

@@ -229,6 +229,14 @@ fn a_crash_of_the_node_a_job_works_on_fails_the_job_and_it_runs_again() {
     wait_until("the landing to pause", WAIT, || {
         nodes[3].log().contains("failpoint reached: land/restored")
     });
+    // The target reported its bytes as it restored: the running job shows them.
+    wait_until("the drill's progress from the target", WAIT, || {
+        jobs(&nodes[0]).iter().any(|j| {
+            j["kind"] == "drill"
+                && j["state"] == "running"
+                && j["bytes_done"].as_u64() == Some(c0.len() as u64)
+        })
+    });
     nodes[0].ok(&["drill", "cleanup", "web"]);
     let out = run.join().unwrap();
     assert!(!out.status.success());

@@ -113,6 +113,7 @@ pub async fn route(
         | Message::ShutdownSource { .. }
         | Message::Failback(_)
         | Message::Land(_)
+        | Message::LandProgress { .. }
         | Message::Unland { .. }
         | Message::AdoptPoint { .. }
         | Message::PointNotice(_)
@@ -168,10 +169,38 @@ async fn route_replication(
             Ok(d) => Some(Message::FailedBack(d)),
             Err(e) => err(e),
         },
-        Message::Land(job) => match crate::replication::landing::land(&repl, job, None).await {
-            Ok(l) => Some(Message::Landed(l)),
-            Err(e) => err(e),
-        },
+        Message::Land(job) => {
+            // The bytes restored go to the configuration node each second while it runs.
+            let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let ticker = {
+                let (repl, done, id) = (repl.clone(), done.clone(), job.job.clone());
+                tokio::spawn(async move {
+                    let mut sent = 0;
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        let d = done.load(std::sync::atomic::Ordering::Relaxed);
+                        if d != sent {
+                            sent = d;
+                            let m = Message::LandProgress {
+                                job: id.clone(),
+                                done_bytes: d,
+                            };
+                            let _ = lifeboat_actors::seams::Transport::send(&repl.net, from_id, m);
+                        }
+                    }
+                })
+            };
+            let out = crate::replication::landing::land(&repl, job, Some(done)).await;
+            ticker.abort();
+            match out {
+                Ok(l) => Some(Message::Landed(l)),
+                Err(e) => err(e),
+            }
+        }
+        Message::LandProgress { job, done_bytes } => {
+            crate::replication::config_side::land_progress(&repl, from_id, &job, done_bytes);
+            None
+        }
         Message::Unland { job } => match crate::replication::landing::unland(&repl, &job).await {
             Ok(_) => Some(Message::Accept),
             Err(e) => err(e),

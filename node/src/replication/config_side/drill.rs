@@ -136,7 +136,7 @@ pub async fn drill(repl: &Repl, ask: DrillAsk, job: &Job) -> Result<Value, Strin
     let t0 = std::time::Instant::now();
     job.set_total(p.disks.iter().map(|d| d.size_bytes).sum());
     job.step(&format!("restoring and verifying on {target_name}"));
-    let done = (target == repl.local).then(|| job.progress());
+    let done = Some(job.progress());
     let landed = match land_on(repl, target, land, done).await {
         Ok(l) => l,
         Err(e) => {

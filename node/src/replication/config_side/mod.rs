@@ -12,6 +12,7 @@ mod points;
 mod recovery;
 mod source;
 mod target;
+pub use target::land_progress;
 
 pub use actor::{Collect, ConfigActor, JobView, Shutdown, StartDuties};
 use admin::save_policies;
@@ -73,6 +74,8 @@ pub struct ConfigState {
     pub mirrored: Mutex<Option<[u8; 32]>>,
     /// The job of each machine's running full copy (initial replication or resync).
     pub copy_jobs: Mutex<BTreeMap<NodeId, Arc<crate::jobs::Job>>>,
+    /// Landings running on other nodes: job id to (target, the job's progress counter).
+    pub remote_landings: Mutex<BTreeMap<String, (NodeId, Arc<std::sync::atomic::AtomicU64>)>>,
 }
 
 impl ConfigState {
@@ -93,6 +96,7 @@ impl ConfigState {
             notice_slots: Arc::new(tokio::sync::Semaphore::new(16)),
             mirrored: Mutex::new(None),
             copy_jobs: Mutex::new(BTreeMap::new()),
+            remote_landings: Mutex::new(BTreeMap::new()),
         })
     }
 }

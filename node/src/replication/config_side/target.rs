@@ -69,7 +69,8 @@ pub(super) fn job_for(
     })
 }
 
-/// Lands `job` on `target` (counting restored bytes into `done` when it is this node). `Err`
+/// Lands `job` on `target`, counting restored bytes into `done` (a remote target reports
+/// them as it goes). `Err`
 /// only if the target refused (nothing was made); a target lost in the middle may have made
 /// something, so that is a `Landed` with an error: the caller keeps its record for cleanup.
 pub(super) async fn land_on(
@@ -81,11 +82,17 @@ pub(super) async fn land_on(
     if target == repl.local {
         return landing::land(repl, job, done).await;
     }
-    match repl
+    // The target reports its bytes while it restores (`LandProgress`).
+    let id = job.job.clone();
+    if let Some(d) = done {
+        guard(&repl.cfg.remote_landings).insert(id.clone(), (target, d));
+    }
+    let answer = repl
         .net
         .request_within(target, Message::Land(job), LAND_WAIT)
-        .await
-    {
+        .await;
+    guard(&repl.cfg.remote_landings).remove(&id);
+    match answer {
         Ok(Message::Landed(l)) => Ok(l),
         Ok(Message::Error { message }) => Err(message),
         Ok(m) => Err(format!("the target answered {}", m.kind())),
@@ -136,5 +143,14 @@ pub(super) async fn adopt_on(
         Ok(Message::Error { message }) => Err(message),
         Ok(m) => Err(format!("the target answered {}", m.kind())),
         Err(e) => Err(format!("the target: {e}")),
+    }
+}
+
+/// A target's report of a landing's bytes: taken only from the node the job landed on.
+pub fn land_progress(repl: &Repl, from: NodeId, job: &str, done_bytes: u64) {
+    if let Some((target, done)) = guard(&repl.cfg.remote_landings).get(job) {
+        if *target == from {
+            done.store(done_bytes, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
