@@ -4,7 +4,6 @@
 //! stay as they were, and no job is left running.
 
 use lifeboat_tests::disks::*;
-use lifeboat_tests::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -76,7 +76,7 @@ fn a_crash_of_the_configuration_node_in_any_job_ends_it_failed_and_it_runs_again
     let (mut nodes, work, disk, c0) = protected_web_and(&[("dr", "mobility")]);
     let peers = [nodes[2].id(), nodes[3].id()];
     let drills = nodes[3].state_dir().join("drills");
-    let mut crash = |nodes: &mut Vec<Node>, fp: &str, args: &[&str]| {
+    let crash = |nodes: &mut Vec<Node>, fp: &str, args: &[&str]| {
         arm(&mut nodes[0], fp);
         sees_all(&nodes[0], &peers);
         let run = background(&nodes[0], args);
