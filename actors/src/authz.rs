@@ -269,6 +269,7 @@ mod tests {
             process_server: None,
             scanned_bytes: 0,
             total_bytes: 0,
+            tracking: Default::default(),
         });
         assert!(authorize(&report, &facts(false, &[], &cfg)).is_err());
         assert!(authorize(&report, &facts(false, &[Role::Mobility], &cfg)).is_ok());

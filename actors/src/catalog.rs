@@ -300,6 +300,7 @@ mod tests {
             process_server: None,
             scanned_bytes: 0,
             total_bytes: 0,
+            tracking: Default::default(),
         };
         let mut c = Catalog::default();
         assert!(!c.handle_report(other, r.clone()));

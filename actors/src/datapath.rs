@@ -362,6 +362,18 @@ impl DiskScan {
         self.hashes.len()
     }
 
+    /// Blocks up to `i` (exclusive) are unchanged since the base (change tracking says so):
+    /// their hashes are the base's, and they are not read. Without a base (a full copy)
+    /// nothing can be skipped, and this does nothing.
+    pub fn skip_to(&mut self, i: usize) {
+        let from = self.hashes.len();
+        if let Some(old) = &self.old {
+            if from < i {
+                self.hashes.extend_from_slice(&old[from..i.min(old.len())]);
+            }
+        }
+    }
+
     /// The next block's bytes (short only at the end of the disk), at the shell's monotonic
     /// `now_ms`.
     pub fn handle_block(&mut self, data: &[u8], now_ms: u64) -> Scanned {

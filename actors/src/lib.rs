@@ -22,5 +22,6 @@ pub mod replication;
 pub mod roles;
 pub mod seams;
 pub mod shell;
+pub mod tracking;
 
 pub use seams::{Clock, Discovery, Rng, StateStore, Transport};

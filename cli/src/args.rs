@@ -27,6 +27,25 @@ pub(crate) enum LogFormatArg {
     Json,
 }
 
+/// `protect --capture`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub(crate) enum CaptureArg {
+    Auto,
+    Trace,
+    Scan,
+}
+
+impl From<CaptureArg> for lifeboat_protocol::message::Capture {
+    fn from(c: CaptureArg) -> Self {
+        use lifeboat_protocol::message::Capture;
+        match c {
+            CaptureArg::Auto => Capture::Auto,
+            CaptureArg::Trace => Capture::Trace,
+            CaptureArg::Scan => Capture::Scan,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Cmd {
     /// Create the state directory, node identity and a documented lifeboat.toml.
@@ -97,6 +116,13 @@ pub(crate) enum Cmd {
         /// Block size in bytes [default: 65536].
         #[arg(long)]
         block_size: Option<u32>,
+        /// How changed blocks are found: `trace` follows the kernel's block tracepoints (block
+        /// devices: a cycle reads only what was written; writes through partitions, LVM or
+        /// device-mapper on the disk are caught), `scan` reads and hashes every block each
+        /// cycle. `auto` traces block devices where tracing is available. Image files are
+        /// always scanned (a hypervisor writes them through the page cache, not as requests).
+        #[arg(long, value_enum, default_value = "auto")]
+        capture: CaptureArg,
     },
     /// Stop protecting a machine (its recovery points stay in the vault).
     Unprotect {

@@ -619,6 +619,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
             snapshot_hook,
             shutdown_hook,
             block_size,
+            capture,
         } => {
             if freeze_hook.is_some() != thaw_hook.is_some() {
                 bail!("--freeze-hook and --thaw-hook go together (an application frozen without a thaw stays frozen)");
@@ -638,6 +639,7 @@ fn protect_cmd(dir: &StateDir, cmd: Cmd) -> Result<()> {
                     process_server,
                     hooks,
                     block_size,
+                    capture: capture.into(),
                 },
             )?;
             println!(

@@ -126,6 +126,9 @@ pub enum Request {
         hooks: lifeboat_protocol::message::Hooks,
         /// Block size.
         block_size: Option<u32>,
+        /// How changed blocks are found.
+        #[serde(default)]
+        capture: lifeboat_protocol::message::Capture,
     },
     /// Stop protecting a machine.
     Unprotect {

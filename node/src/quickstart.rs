@@ -247,6 +247,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
             shutdown: None,
         },
         block_size: None,
+        capture: Default::default(),
     })?;
     out("protecting mobility-1's 32 MiB sample disk (policy: a crash-consistent point every 2 s)");
     let p = point_after(cfg, t)?;

@@ -239,6 +239,9 @@ pub struct MachineStatus {
     /// No drill succeeded in the last 90 days of protection.
     #[serde(default)]
     pub drill_overdue: bool,
+    /// Change capture per disk and tracking's counters (from the machine's last report).
+    #[serde(default)]
+    pub tracking: Option<lifeboat_protocol::message::TrackingReport>,
 }
 
 /// A process server's health.

@@ -7,6 +7,7 @@
 //! polls for an event; every process, namespace and directory is cleaned up on drop.
 
 pub mod disks;
+pub mod fs;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

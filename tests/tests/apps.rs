@@ -5,63 +5,12 @@
 //! source).
 
 use lifeboat_tests::disks::*;
+use lifeboat_tests::fs::{sh, Ext4};
 use lifeboat_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A loop device with a mounted ext4 filesystem; unmounted and detached on drop.
-struct Ext4 {
-    dev: String,
-    mnt: PathBuf,
-}
-
-impl Ext4 {
-    fn new(dir: &Path, mib: u64) -> Ext4 {
-        let img = dir.join("fs.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(mib << 20)
-            .unwrap();
-        let dev = sh(&["losetup", "--find", "--show", img.to_str().unwrap()]);
-        sh(&["mkfs.ext4", "-q", "-F", &dev]);
-        let mnt = dir.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        sh(&["mount", &dev, mnt.to_str().unwrap()]);
-        Ext4 { dev, mnt }
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let m = self.mnt.to_str().unwrap_or_default().to_string();
-        let _ = Command::new("fsfreeze").args(["-u", &m]).status();
-        if !Command::new("umount")
-            .arg(&m)
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            // Still busy: detach lazily so nothing outlives the test.
-            let _ = Command::new("umount").args(["-l", &m]).status();
-        }
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 /// Background writers: fio random writes and SQLite transactions.
 struct Workload {

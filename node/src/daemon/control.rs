@@ -73,17 +73,18 @@ pub async fn replication_admin(repl: Arc<Repl>, req: Request) -> Result<serde_js
             process_server,
             hooks,
             block_size,
+            capture,
         } => {
-            c::protect(
-                &repl,
-                &machine,
+            let ask = c::ProtectAsk {
+                machine,
                 disks,
                 policy,
                 process_server,
                 hooks,
                 block_size,
-            )
-            .await
+                capture,
+            };
+            c::protect(&repl, ask).await
         }
         Request::Unprotect { machine } => c::unprotect(&repl, &machine).await,
         Request::Points { machine } => c::points(&repl, &machine).await,

@@ -104,6 +104,7 @@ pub async fn reprotect(
             ..Hooks::default()
         },
         block_size: p.disks.first().map_or(DEFAULT_BLOCK_SIZE, |d| d.block_size),
+        capture: f.protection.spec.capture,
     };
     guard(&repl.cfg.protections).insert(
         target,

@@ -158,17 +158,38 @@ fn save_catalog(repl: &Repl) {
     }
 }
 
+/// What `lifeboat protect` asks.
+#[derive(Debug)]
+pub struct ProtectAsk {
+    /// Machine (node id or name).
+    pub machine: String,
+    /// Disk paths on it.
+    pub disks: Vec<String>,
+    /// Policy name.
+    pub policy: Option<String>,
+    /// Preferred process server.
+    pub process_server: Option<String>,
+    /// Hooks.
+    pub hooks: Hooks,
+    /// Block size.
+    pub block_size: Option<u32>,
+    /// How changed blocks are found.
+    pub capture: lifeboat_protocol::message::Capture,
+}
+
 /// `lifeboat protect MACHINE --disk PATH...`
 #[allow(clippy::too_many_arguments)]
-pub async fn protect(
-    repl: &Repl,
-    machine: &str,
-    disks: Vec<String>,
-    policy: Option<String>,
-    process_server: Option<String>,
-    hooks: Hooks,
-    block_size: Option<u32>,
-) -> Result<Value, String> {
+pub async fn protect(repl: &Repl, ask: ProtectAsk) -> Result<Value, String> {
+    let ProtectAsk {
+        machine,
+        disks,
+        policy,
+        process_server,
+        hooks,
+        block_size,
+        capture,
+    } = ask;
+    let machine = machine.as_str();
     require_config(repl).await?;
     require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
@@ -204,6 +225,7 @@ pub async fn protect(
         process_server: ps,
         hooks,
         block_size: bs,
+        capture,
     };
     if !repl.granted(id, Role::Mobility).await {
         return Err(format!(
@@ -598,6 +620,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
                 .or_else(|| e.report.as_ref().and_then(|r| r.last_error.clone())),
             progress_percent: e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
             pending_bytes: e.report.as_ref().map_or(0, |r| r.pending_bytes),
+            tracking: e.report.as_ref().map(|r| r.tracking.clone()),
             last_drill_ms: drills.get(id).and_then(|d| d.last_ok_ms),
             drill_active: drills.get(id).is_some_and(|d| d.active.is_some()),
             drill_overdue: now.millis_since(UnixMillis(

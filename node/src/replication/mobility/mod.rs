@@ -16,6 +16,7 @@
 mod actor;
 mod failback;
 mod scan;
+mod trace;
 mod views;
 
 pub use actor::{CutPoint, MobilityActor, Protect, Resume, RunShutdownHook, Shutdown, Unprotect};
@@ -65,6 +66,8 @@ pub struct MobilityState {
     pub progress: Arc<Progress>,
     /// Drills and failovers landing on this node now.
     pub landings: crate::replication::landing::Running,
+    /// Change tracking's state, for reports.
+    pub tracking: Mutex<lifeboat_protocol::message::TrackingReport>,
 }
 
 /// Progress of the running cycle (shared with the scanner threads).
@@ -118,6 +121,17 @@ async fn run(
 ) -> bool {
     let mut sched = Scheduler::new(&spec.policy, spec.hooks.freeze.is_some());
     let mut waiting: Vec<CutWaiter> = Vec::new();
+    let paths: Vec<PathBuf> = spec.disks.iter().map(|d| PathBuf::from(&d.path)).collect();
+    let names: Vec<String> = spec.disks.iter().map(|d| d.name.clone()).collect();
+    let mut capture = trace::Capturing::start(
+        &repl.local.to_string(),
+        spec.capture,
+        &paths,
+        spec.block_size,
+    );
+    if let Ok(mut t) = repl.mob.tracking.lock() {
+        *t = capture.report(&names);
+    }
     tracing::info!(disks = spec.disks.len(), "protection started");
     loop {
         if stop.borrow().is_some() {
@@ -150,22 +164,30 @@ async fn run(
                     }
                 }))
             };
-            let mut running = std::pin::pin!(cycle(&repl, &spec, kind));
-            let outcome = tokio::select! {
-                o = &mut running => o,
-                _ = stop.changed() => {
-                    let grace = stop.borrow().unwrap_or_default();
-                    match tokio::time::timeout(grace, &mut running).await {
-                        Ok(o) => o,
-                        Err(_) => {
-                            repl.mob.progress.running.store(false, Ordering::Relaxed);
-                            tracing::info!("replication cycle abandoned (protection stopping); its changes go into the next point");
-                            return true;
+            let outcome = {
+                let mut running = std::pin::pin!(cycle(&repl, &spec, kind, &mut capture));
+                tokio::select! {
+                    o = &mut running => o,
+                    _ = stop.changed() => {
+                        let grace = stop.borrow().unwrap_or_default();
+                        match tokio::time::timeout(grace, &mut running).await {
+                            Ok(o) => o,
+                            Err(_) => {
+                                repl.mob.progress.running.store(false, Ordering::Relaxed);
+                                tracing::info!("replication cycle abandoned (protection stopping); its changes go into the next point");
+                                return true;
+                            }
                         }
                     }
                 }
             };
             repl.mob.progress.running.store(false, Ordering::Relaxed);
+            if outcome.is_ok() {
+                capture.handle_committed(repl.mob.progress.scanned.load(Ordering::Relaxed));
+            }
+            if let Ok(mut t) = repl.mob.tracking.lock() {
+                *t = capture.report(&names);
+            }
             match outcome {
                 Ok(s) => {
                     for w in answering {
@@ -247,6 +269,12 @@ async fn report(
             0
         },
         total_bytes: pr.total.load(Ordering::Relaxed),
+        tracking: repl
+            .mob
+            .tracking
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default(),
     };
     if let Ok(mut g) = repl.mob.report.lock() {
         *g = Some(r.clone());
@@ -324,85 +352,111 @@ async fn cycle(
     repl: &Arc<Repl>,
     spec: &ProtectionSpec,
     kind: CycleKind,
+    capture: &mut trace::Capturing,
 ) -> Result<PointSummary, String> {
     let ps = pick_ps(repl, spec.process_server).await?;
     let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
     // The capture time is taken before the view: every write completed before it is in the
-    // point (a snapshot taken later may contain later writes too, never fewer).
+    // point (a snapshot taken later may contain later writes too, never fewer). Change
+    // tracking notes the time before the view and drains after it (`lifeboat_actors::tracking`).
     let captured = crate::seams::now();
+    capture.begin_view();
+    let froze = std::time::Instant::now();
     let (r2, s2) = (repl.clone(), spec.clone());
     let (views, consistency, mut frozen) =
         tokio::task::spawn_blocking(move || take_views(&r2, &s2, kind))
             .await
             .map_err(|e| e.to_string())??;
-    let (infos, mut olds) = geometry(repl, spec, &views.paths, &replica)?;
-    let maps: Vec<bool> = olds.iter().map(Option::is_some).collect();
-    let mut session = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
-    let mut cyc = Cycle::begin(&replica, &maps, vault::hex(&session));
-    let base = cyc.base().map(str::to_string);
-    if base.is_none() {
-        olds.iter_mut().for_each(|o| *o = None);
-    }
-    let pr = &repl.mob.progress;
-    pr.scanned.store(0, Ordering::Relaxed);
-    pr.pending.store(0, Ordering::Relaxed);
-    pr.total
-        .store(infos.iter().map(|d| d.size_bytes).sum(), Ordering::Relaxed);
-    pr.full.store(base.is_none(), Ordering::Relaxed);
-    pr.running.store(true, Ordering::Relaxed);
-    let header = DeltaHeader {
-        session: cyc.session().to_string(),
-        machine: repl.local,
-        machine_name: repl.name.clone(),
-        base: base.clone(),
-        captured,
-        consistency,
-        disks: infos,
+    let (infos, mut olds) = match geometry(repl, spec, &views.paths, &replica) {
+        Ok(g) => g,
+        Err(e) => {
+            frozen.thaw();
+            return Err(e);
+        }
     };
-    let (mut w, mut r) = repl
-        .net
-        .open_bi(ps)
-        .await
-        .map_err(|e| format!("process server {ps}: {e}"))?;
-    w.send(Message::DeltaBegin(header))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut new_hashes = Vec::new();
-    let mut sent = 0;
-    for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
-        let (h, n) = send_disk(
-            &mut w,
-            i as u16,
-            p.clone(),
-            spec.block_size,
-            old,
-            repl.mob.progress.clone(),
-        )
-        .await?;
-        new_hashes.push(h);
-        sent += n;
+    let sizes: Vec<u64> = infos.iter().map(|d| d.size_bytes).collect();
+    let plan = capture.plan(&sizes);
+    let out: Result<PointSummary, String> = async {
+        let maps: Vec<bool> = olds.iter().map(Option::is_some).collect();
+        let mut session = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut session);
+        let mut cyc = Cycle::begin(&replica, &maps, vault::hex(&session));
+        let base = cyc.base().map(str::to_string);
+        if base.is_none() {
+            olds.iter_mut().for_each(|o| *o = None);
+        }
+        let pr = &repl.mob.progress;
+        pr.scanned.store(0, Ordering::Relaxed);
+        pr.pending.store(0, Ordering::Relaxed);
+        pr.total
+            .store(infos.iter().map(|d| d.size_bytes).sum(), Ordering::Relaxed);
+        pr.full.store(base.is_none(), Ordering::Relaxed);
+        pr.running.store(true, Ordering::Relaxed);
+        let header = DeltaHeader {
+            session: cyc.session().to_string(),
+            machine: repl.local,
+            machine_name: repl.name.clone(),
+            base: base.clone(),
+            captured,
+            consistency,
+            disks: infos,
+        };
+        let (mut w, mut r) = repl
+            .net
+            .open_bi(ps)
+            .await
+            .map_err(|e| format!("process server {ps}: {e}"))?;
+        w.send(Message::DeltaBegin(header))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut new_hashes = Vec::new();
+        let mut sent = 0;
+        for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
+            // Traced: only the dirty blocks are read (the others' hashes are the base's).
+            let dirty = old.as_ref().and(plan.get(i).cloned().flatten());
+            let (h, n) = send_disk(
+                &mut w,
+                i as u16,
+                p.clone(),
+                spec.block_size,
+                old,
+                dirty,
+                repl.mob.progress.clone(),
+            )
+            .await?;
+            new_hashes.push(h);
+            sent += n;
+        }
+        if frozen.is_frozen() {
+            capture.handle_freeze(froze.elapsed().as_millis() as u64);
+        }
+        frozen.thaw();
+        drop(views);
+        tracing::debug!(
+            sent,
+            elapsed_ms = crate::seams::now().millis_since(captured),
+            "delta sent"
+        );
+        w.send(Message::DeltaEnd { sent_blocks: sent })
+            .await
+            .map_err(|e| e.to_string())?;
+        w.finish();
+        cyc.handle_sent(&mut replica);
+        repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
+        let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
+            .await
+            .map_err(|_| "process server did not commit within an hour".to_string())?
+            .map_err(|e| format!("process server {ps}: {e}"))?;
+        let s = settle(repl, spec, ps, cyc, &mut replica, reply, &new_hashes)?;
+        tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
+        Ok(s)
     }
+    .await;
     frozen.thaw();
-    drop(views);
-    tracing::debug!(
-        sent,
-        elapsed_ms = crate::seams::now().millis_since(captured),
-        "delta sent"
-    );
-    w.send(Message::DeltaEnd { sent_blocks: sent })
-        .await
-        .map_err(|e| e.to_string())?;
-    w.finish();
-    cyc.handle_sent(&mut replica);
-    repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);
-    let reply = tokio::time::timeout(COMMIT_TIMEOUT, r.expect())
-        .await
-        .map_err(|_| "process server did not commit within an hour".to_string())?
-        .map_err(|e| format!("process server {ps}: {e}"))?;
-    let s = settle(repl, spec, ps, cyc, &mut replica, reply, &new_hashes)?;
-    tracing::info!(point = %s.id, %consistency, sent, base = ?base, "point committed");
-    Ok(s)
+    if let Err(e) = &out {
+        capture.handle_failed(&plan, e);
+    }
+    out
 }
 
 /// The process server's reply to a cycle, through the cycle state machine; persists what it

@@ -6,6 +6,7 @@ use super::*;
 use crate::disk::Disk;
 use lifeboat_actors::datapath::DiskScan;
 use lifeboat_actors::seams::BlockDevice;
+use lifeboat_actors::tracking::Dirty;
 
 /// Bytes per read of a scan (a multiple of every allowed block size up to 4 MiB).
 const READ_BYTES: usize = 4 << 20;
@@ -211,13 +212,70 @@ pub fn scan_device(
     Ok((done.hashes, done.sent))
 }
 
-/// Scans a disk on a blocking thread; changed blocks go out through `tx`, sealed as frames of
-/// disk number `disk`.
+/// Reads only the blocks change tracking marked in `dirty` (runs of them, one positional read
+/// of up to [`READ_BYTES`] each) through the shared [`DiskScan`] against the base's hashes
+/// `old`; every other block keeps the base's hash unread. Otherwise as [`scan_device`].
+pub fn scan_dirty_device(
+    dev: Arc<dyn BlockDevice>,
+    block_size: u32,
+    old: Vec<[u8; 32]>,
+    dirty: &Dirty,
+    progress: &Progress,
+    now_ms: &dyn Fn() -> u64,
+    mut emit: impl FnMut(Vec<DeltaBlock>) -> Result<(), String>,
+) -> Result<(Vec<[u8; 32]>, u64), String> {
+    let bs = block_size as usize;
+    let size = dev.size();
+    let n = size.div_ceil(block_size as u64) as usize;
+    if old.len() != n {
+        return Err("the disk's size changed under change tracking".into());
+    }
+    let batcher = Batcher::new(now_ms(), BATCH_BLOCKS, BATCH_BYTES, KEEPALIVE_MS);
+    let mut scan = DiskScan::new(n, block_size, Some(old), batcher);
+    let per = (READ_BYTES / bs).max(1);
+    let mut buf = Aligned::new(READ_BYTES.max(bs));
+    for (a, b) in dirty.runs() {
+        let mut i = a;
+        while i < b.min(n) {
+            let j = (i + per).min(b).min(n);
+            scan.skip_to(i);
+            let at = i as u64 * bs as u64;
+            let len = ((j as u64 * bs as u64).min(size) - at) as usize;
+            dev.read_at(at, buf.buf(len))?;
+            for data in buf.data(len).chunks(bs) {
+                progress
+                    .scanned
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let step = scan.handle_block(data, now_ms());
+                if step.changed {
+                    progress
+                        .pending
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(batch) = step.batch {
+                    emit(batch)?;
+                }
+            }
+            i = j;
+        }
+    }
+    scan.skip_to(n);
+    let done = scan.finish();
+    if let Some(batch) = done.batch {
+        emit(batch)?;
+    }
+    Ok((done.hashes, done.sent))
+}
+
+/// Scans a disk on a blocking thread (only `dirty`'s blocks, if change tracking gave them);
+/// changed blocks go out through `tx`, sealed as frames of disk number `disk`.
+#[allow(clippy::too_many_arguments)]
 fn scan_disk(
     path: PathBuf,
     disk: u16,
     block_size: u32,
     old: Option<Vec<[u8; 32]>>,
+    dirty: Option<Dirty>,
     mut sealer: FrameSealer,
     tx: mpsc::Sender<Result<Scan, String>>,
     progress: Arc<Progress>,
@@ -234,15 +292,20 @@ fn scan_disk(
             r.map_err(|_| "sender stopped".to_string())
         };
         let now = || began.elapsed().as_millis() as u64;
-        let (hashes, sent) = scan_device(
-            Arc::new(dev),
-            &Arc::default(),
-            block_size,
-            old,
-            &progress,
-            &now,
-            emit,
-        )?;
+        let (hashes, sent) = match (dirty, old) {
+            (Some(d), Some(old)) => {
+                scan_dirty_device(Arc::new(dev), block_size, old, &d, &progress, &now, emit)?
+            }
+            (_, old) => scan_device(
+                Arc::new(dev),
+                &Arc::default(),
+                block_size,
+                old,
+                &progress,
+                &now,
+                emit,
+            )?,
+        };
         tracing::debug!(
             disk = %path.display(),
             ms = began.elapsed().as_millis() as u64,
@@ -284,12 +347,13 @@ pub(super) async fn send_disk(
     path: PathBuf,
     block_size: u32,
     old: Option<Vec<[u8; 32]>>,
+    dirty: Option<Dirty>,
     progress: Arc<Progress>,
 ) -> Result<(Vec<[u8; 32]>, u64), String> {
     let (tx, mut rx) = mpsc::channel(4);
     let sealer = w.lend_sealer().map_err(|e| e.to_string())?;
     let scanner = tokio::task::spawn_blocking(move || {
-        scan_disk(path, disk, block_size, old, sealer, tx, progress)
+        scan_disk(path, disk, block_size, old, dirty, sealer, tx, progress)
     });
     let mut result = Err("scanner ended without a result".to_string());
     while let Some(item) = rx.recv().await {

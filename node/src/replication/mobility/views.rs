@@ -52,6 +52,11 @@ pub(super) fn run_hook(what: &str, cmd: &str) -> Result<String, String> {
 pub(super) struct Frozen(Option<String>);
 
 impl Frozen {
+    /// Whether the freeze hook ran and the thaw has not yet.
+    pub(super) fn is_frozen(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub(super) fn thaw(&mut self) {
         if let Some(cmd) = self.0.take() {
             if let Err(e) = run_hook("thaw", &cmd) {

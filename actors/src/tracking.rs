@@ -1,0 +1,382 @@
+//! Change tracking from the kernel's block tracepoints, sans-IO: the shell (the mobility node)
+//! feeds the lines of a private tracefs instance's `trace_pipe` to a [`Tracker`], which keeps
+//! a dirty map per protected disk at the protection's block size, and answers a cycle with the
+//! blocks it must read — or with why it cannot (events were lost), in which case the cycle
+//! scans the whole disk against the stored hashes.
+//!
+//! What is traced: `block_rq_complete` (a request-based device's finished requests, in sectors
+//! of the whole disk: writes through a partition, device-mapper or LVM on top of the disk are
+//! requests on the disk) of writes, discards and write-zeroes (`rwbs` with `W`, `D` or `Z`).
+//! A completion is traced before the writer is told its write is done, so a write the writer
+//! saw complete before a view was taken is in the buffer when the view is.
+//!
+//! The order of a cycle ([`Tracker::begin_view`], then the view, then a drain marker, then
+//! [`Tracker::take`]): the shell notes the monotonic time `t0`, takes the view (freeze or
+//! snapshot), writes a marker into the instance and waits until it reads it back: every event
+//! traced before the marker has then been handed to the tracker. `take` returns the dirty map
+//! and starts a new one holding the blocks of events at or after `t0` (they may have come after
+//! the view: read again next cycle). A block written after the marker is in the next map. A
+//! cycle that does not commit gives its map back ([`Tracker::give_back`]).
+
+use std::collections::BTreeMap;
+
+/// Writes past this sector (2^40 sectors: 512 TiB) are taken for garbage.
+const MAX_SECTOR: u64 = 1 << 40;
+
+/// Clock slack when deciding whether an event came before the view (trace timestamps are in
+/// microseconds).
+const SLACK_US: u64 = 1_000;
+
+/// A disk being tracked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedDisk {
+    /// The device whose requests carry its writes (the whole disk; for a partition, its
+    /// parent), as (major, minor).
+    pub dev: (u32, u32),
+    /// Where the protected device starts on it, in 512-byte sectors (a partition's start).
+    pub start_sector: u64,
+    /// The protected device's size in bytes.
+    pub size: u64,
+    /// The protection's block size.
+    pub block_size: u32,
+}
+
+impl TrackedDisk {
+    fn blocks(&self) -> usize {
+        self.size.div_ceil(self.block_size as u64) as usize
+    }
+}
+
+/// A set of block indexes (a bitmap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl Dirty {
+    fn new(blocks: usize) -> Self {
+        Dirty {
+            bits: vec![0; blocks.div_ceil(64)],
+            count: 0,
+        }
+    }
+
+    /// Marks block `i` (the map grows to hold it: a disk may grow before its new size is
+    /// noticed, and a write there must not be lost).
+    pub fn mark(&mut self, i: usize) {
+        if i / 64 >= self.bits.len() {
+            self.bits.resize(i / 64 + 1, 0);
+        }
+        let m = 1u64 << (i % 64);
+        let w = &mut self.bits[i / 64];
+        if *w & m == 0 {
+            *w |= m;
+            self.count += 1;
+        }
+    }
+
+    /// Whether block `i` is marked.
+    pub fn contains(&self, i: usize) -> bool {
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Blocks marked.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Nothing marked.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The marked blocks, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.bits.iter().enumerate().flat_map(|(k, &w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| k * 64 + b)
+        })
+    }
+
+    /// The marked blocks as ascending runs `[start, end)`.
+    pub fn runs(&self) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in self.iter() {
+            match out.last_mut() {
+                Some((_, end)) if *end == i => *end += 1,
+                _ => out.push((i, i + 1)),
+            }
+        }
+        out
+    }
+
+    fn union(&mut self, other: &Dirty) {
+        for i in other.iter() {
+            self.mark(i);
+        }
+    }
+}
+
+/// One line of `trace_pipe`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A finished request: when (µs of the monotonic clock), on which device, its kind
+    /// (`rwbs`), first sector and sectors.
+    Request {
+        /// Microseconds.
+        ts_us: u64,
+        /// (major, minor).
+        dev: (u32, u32),
+        /// `W`, `R`, `D`, `F`... flags.
+        rwbs: String,
+        /// First 512-byte sector.
+        sector: u64,
+        /// Sectors.
+        sectors: u64,
+    },
+    /// A marker written by the shell.
+    Marker(String),
+    /// The kernel dropped events (`CPU:N [LOST M EVENTS]`).
+    Lost(u64),
+    /// Anything else.
+    Other,
+}
+
+/// The marker the shell writes to drain (`trace_marker`).
+pub const MARKER_PREFIX: &str = "lifeboat-drain-";
+
+/// Parses a line of `trace_pipe` in the default format with the `mono` clock.
+pub fn parse_line(line: &str) -> Line {
+    if let Some(i) = line.find("[LOST ") {
+        let n = line[i + 6..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        return Line::Lost(n);
+    }
+    if let Some(i) = line.find(MARKER_PREFIX) {
+        let token: String = line[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        return Line::Marker(token);
+    }
+    let Some(at) = line.find(": block_rq_complete: ") else {
+        return Line::Other;
+    };
+    let Some(ts_us) = line[..at].rsplit(' ').next().and_then(parse_ts) else {
+        return Line::Other;
+    };
+    // `7,0 WS () 24000 + 8 be,0,4 [0]`
+    let mut f = line[at + ": block_rq_complete: ".len()..].split_whitespace();
+    let dev = f.next().and_then(|d| {
+        let (a, b) = d.split_once(',')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    });
+    let rwbs = f.next().map(str::to_string);
+    // The command (`(...)`), which may hold spaces, ends at the first `)`.
+    let rest: Vec<&str> = f.collect();
+    let rest = rest.join(" ");
+    let after = rest.find(')').map_or(rest.as_str(), |i| &rest[i + 1..]);
+    let mut g = after.split_whitespace();
+    let sector = g.next().and_then(|s| s.parse().ok());
+    let plus = g.next();
+    let sectors = g.next().and_then(|s| s.parse().ok());
+    match (dev, rwbs, sector, plus, sectors) {
+        (Some(dev), Some(rwbs), Some(sector), Some("+"), Some(sectors)) => Line::Request {
+            ts_us,
+            dev,
+            rwbs,
+            sector,
+            sectors,
+        },
+        _ => Line::Other,
+    }
+}
+
+fn parse_ts(s: &str) -> Option<u64> {
+    let (a, b) = s.split_once('.')?;
+    let secs: u64 = a.parse().ok()?;
+    let frac = format!("{b:0<6}");
+    let us: u64 = frac.get(..6)?.parse().ok()?;
+    Some(secs * 1_000_000 + us)
+}
+
+/// Whether a request changes the disk's content.
+fn writes(rwbs: &str) -> bool {
+    rwbs.contains(['W', 'D', 'Z'])
+}
+
+/// Counters for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    /// Write requests seen on tracked disks.
+    pub events: u64,
+    /// Events the kernel said it dropped.
+    pub lost_events: u64,
+}
+
+/// The dirty maps of a protection's disks (see the module).
+#[derive(Debug)]
+pub struct Tracker {
+    disks: Vec<TrackedDisk>,
+    by_dev: BTreeMap<(u32, u32), Vec<usize>>,
+    dirty: Vec<Dirty>,
+    carry: Vec<Dirty>,
+    view_us: Option<u64>,
+    lost: Option<String>,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    /// Tracks `disks`. The first cycle cannot trust it: nothing was traced before it started
+    /// (the caller scans in full once, see [`Tracker::take`]).
+    pub fn new(disks: Vec<TrackedDisk>) -> Self {
+        let mut by_dev: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+        for (i, d) in disks.iter().enumerate() {
+            by_dev.entry(d.dev).or_default().push(i);
+        }
+        let fresh = |d: &TrackedDisk| Dirty::new(d.blocks());
+        Tracker {
+            dirty: disks.iter().map(fresh).collect(),
+            carry: disks.iter().map(fresh).collect(),
+            by_dev,
+            disks,
+            view_us: None,
+            lost: Some("tracking started: writes before it are unknown".into()),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// The disks.
+    pub fn disks(&self) -> &[TrackedDisk] {
+        &self.disks
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TrackerStats {
+        self.stats
+    }
+
+    /// Blocks marked and not yet taken, per disk.
+    pub fn pending_blocks(&self) -> Vec<usize> {
+        self.dirty.iter().map(Dirty::len).collect()
+    }
+
+    /// Disk `k` is `size` bytes now: the next take is a full scan.
+    pub fn handle_resize(&mut self, k: usize, size: u64) {
+        if let Some(d) = self.disks.get_mut(k) {
+            d.size = size;
+        }
+        self.handle_loss("a disk was resized");
+    }
+
+    /// Why the next take will be a full scan, if it will.
+    pub fn loss(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    /// The next take is a full scan for `why` (instead of any reason given before).
+    pub fn replace_loss(&mut self, why: String) {
+        self.lost = Some(why);
+    }
+
+    /// Events may have been lost for `why`: the next take says so.
+    pub fn handle_loss(&mut self, why: &str) {
+        if self.lost.is_none() {
+            self.lost = Some(why.to_string());
+        }
+    }
+
+    /// A line of `trace_pipe`; returns the marker it holds, if any.
+    pub fn handle_line(&mut self, line: &str) -> Option<String> {
+        match parse_line(line) {
+            Line::Request {
+                ts_us,
+                dev,
+                rwbs,
+                sector,
+                sectors,
+            } if writes(&rwbs) => {
+                let Some(ix) = self.by_dev.get(&dev) else {
+                    return None;
+                };
+                self.stats.events += 1;
+                let late = self.view_us.is_some_and(|v| ts_us + SLACK_US >= v);
+                for &k in ix {
+                    let d = &self.disks[k];
+                    let (from, to) = (sector, sector + sectors.max(1));
+                    // A whole disk takes every write (it may have grown); a partition, those
+                    // within it.
+                    let end = if d.start_sector == 0 {
+                        MAX_SECTOR
+                    } else {
+                        d.start_sector + d.size.div_ceil(512)
+                    };
+                    if to <= d.start_sector || from >= end {
+                        continue;
+                    }
+                    let bs = d.block_size as u64;
+                    let a = (from.max(d.start_sector) - d.start_sector) * 512 / bs;
+                    let b = ((to.min(end) - d.start_sector) * 512).div_ceil(bs);
+                    for i in a..b {
+                        self.dirty[k].mark(i as usize);
+                        if late {
+                            self.carry[k].mark(i as usize);
+                        }
+                    }
+                }
+                None
+            }
+            Line::Marker(m) => Some(m),
+            Line::Lost(n) => {
+                self.stats.lost_events += n;
+                self.handle_loss(&format!(
+                    "the kernel dropped {n} trace events (buffer overrun)"
+                ));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The shell is about to take the view; `now_us` is the monotonic clock.
+    pub fn begin_view(&mut self, now_us: u64) {
+        self.view_us = Some(now_us);
+    }
+
+    /// After the drain marker came back: the blocks each disk's cycle must read, or why the
+    /// cycle must scan in full (events lost, or tracking just started). Either way a new map
+    /// starts, holding the blocks of events that may have come after the view.
+    pub fn take(&mut self) -> Result<Vec<Dirty>, String> {
+        let next: Vec<Dirty> = std::mem::take(&mut self.carry);
+        self.carry = self.disks.iter().map(|d| Dirty::new(d.blocks())).collect();
+        let taken = std::mem::replace(&mut self.dirty, next);
+        self.view_us = None;
+        match self.lost.take() {
+            Some(why) => Err(why),
+            None => Ok(taken),
+        }
+    }
+
+    /// A cycle that read `taken` did not commit: its blocks are dirty again.
+    pub fn give_back(&mut self, taken: &[Dirty]) {
+        for (d, t) in self.dirty.iter_mut().zip(taken) {
+            d.union(t);
+        }
+    }
+
+    /// A full scan did not commit: the next cycle must scan in full again.
+    pub fn full_scan_failed(&mut self, why: &str) {
+        self.handle_loss(why);
+    }
+}
+
+#[cfg(test)]
+#[path = "tracking_tests.rs"]
+mod tests;

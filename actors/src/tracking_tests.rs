@@ -1,0 +1,114 @@
+use super::*;
+
+fn disk(start_sector: u64, size: u64) -> TrackedDisk {
+    TrackedDisk {
+        dev: (7, 3),
+        start_sector,
+        size,
+        block_size: 65536,
+    }
+}
+
+fn rq(ts: &str, dev: &str, rwbs: &str, sector: u64, n: u64) -> String {
+    format!("     kworker/1:1-57      [001] ..s..  {ts}: block_rq_complete: {dev} {rwbs} () {sector} + {n} be,0,4 [0]")
+}
+
+#[test]
+fn lines_of_trace_pipe_parse() {
+    assert_eq!(
+        parse_line(&rq("1853.572091", "7,0", "WS", 24000, 8)),
+        Line::Request {
+            ts_us: 1_853_572_091,
+            dev: (7, 0),
+            rwbs: "WS".into(),
+            sector: 24000,
+            sectors: 8
+        }
+    );
+    // A command with spaces in it.
+    let l =
+        "  fio-9 [000] .....   12.5: block_rq_complete: 259,1 W (2a 00 00 x) 8 + 16 none,0,0 [0]";
+    assert!(matches!(
+        parse_line(l),
+        Line::Request {
+            ts_us: 12_500_000,
+            sector: 8,
+            sectors: 16,
+            ..
+        }
+    ));
+    assert_eq!(parse_line("CPU:1 [LOST 42 EVENTS]"), Line::Lost(42));
+    assert_eq!(
+        parse_line(" bash-1 [000] ..... 1.0: tracing_mark_write: lifeboat-drain-7f3a"),
+        Line::Marker("lifeboat-drain-7f3a".into())
+    );
+    assert_eq!(parse_line("garbage"), Line::Other);
+    assert_eq!(
+        parse_line("x: block_rq_complete: 7,0 W () nan + 8"),
+        Line::Other
+    );
+    assert_eq!(
+        parse_line("x 1.0: block_rq_complete: 7 W () 8 + 8 a [0]"),
+        Line::Other
+    );
+}
+
+#[test]
+fn writes_mark_their_blocks_reads_and_other_devices_do_not() {
+    let mut t = Tracker::new(vec![disk(0, 1 << 20)]);
+    assert!(t.take().is_err(), "the first cycle scans in full");
+    t.handle_line(&rq("1.0", "7,3", "W", 0, 8)); // block 0
+    t.handle_line(&rq("1.0", "7,3", "WS", 127, 2)); // blocks 0 and 1 (sectors 127-128)
+    t.handle_line(&rq("1.0", "7,3", "R", 512, 8)); // a read
+    t.handle_line(&rq("1.0", "7,4", "W", 512, 8)); // another device
+    t.handle_line(&rq("1.0", "7,3", "D", 1920, 128)); // a discard: blocks 15
+    t.handle_line(&rq("1.0", "7,3", "W", 4096, 8)); // past the end: it may have grown
+    let m = t.take().unwrap();
+    assert_eq!(m[0].iter().collect::<Vec<_>>(), vec![0, 1, 15, 32]);
+    t.handle_resize(0, 4 << 20);
+    assert!(t.take().unwrap_err().contains("resized"));
+    assert_eq!(m[0].runs(), vec![(0, 2), (15, 16), (32, 33)]);
+    assert_eq!(t.stats().events, 4, "writes on the tracked device");
+    assert!(t.take().unwrap()[0].is_empty(), "taken blocks are gone");
+}
+
+#[test]
+fn a_partition_maps_to_its_own_blocks() {
+    // A partition from sector 2048, 1 MiB long, on the traced disk.
+    let mut t = Tracker::new(vec![disk(2048, 1 << 20)]);
+    let _ = t.take();
+    t.handle_line(&rq("1.0", "7,3", "W", 2048 + 128, 8)); // its block 1
+    t.handle_line(&rq("1.0", "7,3", "W", 100, 8)); // before it
+    t.handle_line(&rq("1.0", "7,3", "W", 2048 + 2047, 8)); // straddles its end: block 15
+    assert_eq!(t.take().unwrap()[0].iter().collect::<Vec<_>>(), vec![1, 15]);
+}
+
+#[test]
+fn events_that_may_follow_the_view_are_read_again_next_cycle() {
+    let mut t = Tracker::new(vec![disk(0, 1 << 20)]);
+    let _ = t.take();
+    t.handle_line(&rq("10.0", "7,3", "W", 0, 8));
+    t.begin_view(20_000_000);
+    t.handle_line(&rq("10.5", "7,3", "W", 128, 8)); // before the view
+    t.handle_line(&rq("20.0", "7,3", "W", 256, 8)); // at the view: maybe after it
+    let m = t.take().unwrap();
+    assert_eq!(m[0].iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(t.take().unwrap()[0].iter().collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn a_loss_forces_a_full_scan_once_and_a_failed_cycle_gives_its_blocks_back() {
+    let mut t = Tracker::new(vec![disk(0, 1 << 20)]);
+    let _ = t.take();
+    t.handle_line(&rq("1.0", "7,3", "W", 0, 8));
+    t.handle_line("CPU:0 [LOST 3 EVENTS]");
+    let e = t.take().unwrap_err();
+    assert!(e.contains("dropped 3"), "{e}");
+    assert_eq!(t.stats().lost_events, 3);
+    t.handle_line(&rq("2.0", "7,3", "W", 128, 8));
+    let m = t.take().unwrap();
+    t.give_back(&m);
+    assert_eq!(t.pending_blocks(), vec![1]);
+    t.full_scan_failed("vault down");
+    assert!(t.take().is_err());
+}

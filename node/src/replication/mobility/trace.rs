@@ -1,0 +1,625 @@
+//! `trace` capture: the kernel's block tracepoints in a private tracefs instance
+//! (`/sys/kernel/tracing/instances/lifeboat-NODE`), read by a thread into the sans-IO
+//! [`Tracker`] (`lifeboat_actors::tracking`, which also states the ordering of a cycle). A
+//! watchdog thread checks every 100 ms that the instance still traces what it should (tracing
+//! on, the event enabled, the filter ours, no overrun counted); anything else, and a failed
+//! drain, marks events lost, and the next cycle scans in full. Only block devices that take
+//! requests (`/sys/block/DEV/mq`: loop, NVMe, SCSI, virtio) are traced; their partitions are
+//! traced through the whole disk. Image files, device-mapper and other bio-based devices are
+//! scanned (protect the disk under them: writes through them are requests on it).
+
+use lifeboat_actors::tracking::{Dirty, TrackedDisk, Tracker, TrackerStats, MARKER_PREFIX};
+use lifeboat_protocol::message::{Capture, CaptureReport, TrackingReport};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const EVENT: &str = "events/block/block_rq_complete";
+/// How long a drain waits for its marker to come back.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// The watchdog's period.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// The per-CPU buffer of an instance, KiB (`LIFEBOAT_TRACE_BUFFER_KB` overrides it, which the
+/// tests use to force overruns).
+fn buffer_kb() -> u64 {
+    std::env::var("LIFEBOAT_TRACE_BUFFER_KB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k > 0)
+        .unwrap_or(2048)
+}
+
+/// How a disk is captured, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Traced (index into the tracker's disks).
+    Trace(usize),
+    /// Scanned in full every cycle, for this reason.
+    Scan(String),
+}
+
+/// The monotonic clock in microseconds (the instances' `trace_clock` is `mono`).
+pub fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Where tracefs is, mounting it if needed.
+fn tracefs() -> Result<PathBuf, String> {
+    let root = PathBuf::from(TRACEFS);
+    if root.join("instances").is_dir() {
+        return Ok(root);
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .output()
+        .map_err(|e| format!("mount tracefs: {e}"))?;
+    if root.join("instances").is_dir() {
+        Ok(root)
+    } else {
+        Err(format!(
+            "tracefs is not available ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn read_trim(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn write_to(p: &Path, v: &str) -> Result<(), String> {
+    std::fs::write(p, v).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// What to trace for the device at `path` of `size` bytes, or why it is scanned.
+pub fn resolve(path: &Path, size: u64, block_size: u32) -> Result<TrackedDisk, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Err("an image file: written through the page cache, it is scanned".into());
+    }
+    let rdev = meta.rdev();
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}"))
+        .map_err(|e| format!("no sysfs entry for {maj}:{min}: {e}"))?;
+    if sys.join("dm").is_dir() {
+        return Err("a device-mapper device: protect the disk under it (writes through it are traced there)".into());
+    }
+    let (disk, start) = if sys.join("partition").exists() {
+        let start: u64 = read_trim(&sys.join("start"))?
+            .parse()
+            .map_err(|_| "unreadable partition start".to_string())?;
+        (
+            sys.parent().map(Path::to_path_buf).unwrap_or_default(),
+            start,
+        )
+    } else {
+        (sys.clone(), 0)
+    };
+    if !disk.join("mq").is_dir() {
+        return Err("not a request-based device (its writes are not traced as requests)".into());
+    }
+    let dev = read_trim(&disk.join("dev"))?;
+    let (a, b) = dev.split_once(':').ok_or("unreadable device number")?;
+    let dev = (
+        a.parse().map_err(|_| "unreadable device number")?,
+        b.parse().map_err(|_| "unreadable device number")?,
+    );
+    Ok(TrackedDisk {
+        dev,
+        start_sector: start,
+        size,
+        block_size,
+    })
+}
+
+/// The kernel's encoding of a device number in trace filters (`MAJOR << 20 | MINOR`).
+fn kdev((maj, min): (u32, u32)) -> u64 {
+    ((maj as u64) << 20) | min as u64
+}
+
+struct Shared {
+    tracker: Mutex<Tracker>,
+    markers: Mutex<Vec<String>>,
+    seen: Condvar,
+    stop: AtomicBool,
+    dead: AtomicBool,
+    overruns: AtomicU64,
+}
+
+/// A running trace instance (see the module). Dropping it removes the instance.
+pub struct Trace {
+    dir: PathBuf,
+    filter: String,
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Trace({})", self.dir.display())
+    }
+}
+
+impl Trace {
+    /// Starts tracing `disks` in instance `lifeboat-NAME` (an instance left by a crashed run
+    /// is removed first). The tracker's first answer is a full scan.
+    pub fn start(name: &str, disks: Vec<TrackedDisk>) -> Result<Trace, String> {
+        let root = tracefs()?;
+        let dir = root.join("instances").join(format!("lifeboat-{name}"));
+        if dir.exists() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut devs: Vec<u64> = disks.iter().map(|d| kdev(d.dev)).collect();
+        devs.sort_unstable();
+        devs.dedup();
+        let filter = devs
+            .iter()
+            .map(|d| format!("dev == {d}"))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        let setup = || -> Result<(), String> {
+            write_to(&dir.join("trace_clock"), "mono")?;
+            write_to(&dir.join("buffer_size_kb"), &buffer_kb().to_string())?;
+            write_to(&dir.join(EVENT).join("filter"), &filter)?;
+            write_to(&dir.join(EVENT).join("enable"), "1")?;
+            write_to(&dir.join("tracing_on"), "1")
+        };
+        if let Err(e) = setup() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(Tracker::new(disks)),
+            markers: Mutex::new(Vec::new()),
+            seen: Condvar::new(),
+            stop: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            overruns: AtomicU64::new(overruns(&dir)),
+        });
+        let pipe =
+            std::fs::File::open(dir.join("trace_pipe")).map_err(|e| format!("trace_pipe: {e}"))?;
+        let reader = {
+            let (s, d) = (shared.clone(), dir.clone());
+            std::thread::Builder::new()
+                .name("lifeboat-trace".into())
+                .spawn(move || read_pipe(pipe, &d, &s))
+                .map_err(|e| e.to_string())?
+        };
+        let watchdog = {
+            let (s, d, f) = (shared.clone(), dir.clone(), filter.clone());
+            std::thread::Builder::new()
+                .name("lifeboat-trace-watch".into())
+                .spawn(move || watch(&d, &f, &s))
+                .map_err(|e| e.to_string())?
+        };
+        tracing::info!(instance = %dir.display(), %filter, "block tracing started");
+        Ok(Trace {
+            dir,
+            filter,
+            shared,
+            threads: vec![reader, watchdog],
+            seq: 0,
+        })
+    }
+
+    /// Whether the instance stopped being readable (it must be started again).
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Relaxed)
+    }
+
+    /// The disks traced.
+    pub fn disks(&self) -> Vec<TrackedDisk> {
+        self.lock().disks().to_vec()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counters and the blocks waiting, per disk.
+    pub fn stats(&self) -> (TrackerStats, Vec<usize>) {
+        let t = self.lock();
+        (t.stats(), t.pending_blocks())
+    }
+
+    /// Before the view: notes the time.
+    pub fn begin_view(&self) {
+        self.lock().begin_view(mono_us());
+    }
+
+    /// After the view: waits until every event traced so far has been read, then takes the
+    /// dirty maps, or says why the cycle must scan in full.
+    pub fn drain(&mut self) -> Result<Vec<Dirty>, String> {
+        self.seq += 1;
+        let token = format!("{MARKER_PREFIX}{}-{}", std::process::id(), self.seq);
+        let back = (|| {
+            if self.is_dead() {
+                return Err("the trace instance stopped".to_string());
+            }
+            check(&self.dir, &self.filter, &self.shared)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.dir.join("trace_marker"))
+                .and_then(|mut f| f.write_all(token.as_bytes()))
+                .map_err(|e| format!("trace_marker: {e}"))?;
+            let deadline = std::time::Instant::now() + DRAIN_WAIT;
+            let mut m = self
+                .shared
+                .markers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            while !m.contains(&token) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err("the drain marker did not come back from the trace".to_string());
+                }
+                m = self
+                    .shared
+                    .seen
+                    .wait_timeout(m, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            m.clear();
+            Ok(())
+        })();
+        let mut t = self.lock();
+        if let Err(e) = back {
+            t.handle_loss(&e);
+        }
+        t.take()
+    }
+
+    /// A cycle that read `taken` did not commit.
+    pub fn give_back(&self, taken: &[Dirty]) {
+        self.lock().give_back(taken);
+    }
+
+    /// A full scan did not commit: the next cycle scans in full again.
+    pub fn full_scan_failed(&self, why: &str) {
+        self.lock().full_scan_failed(why);
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // The reader blocks in trace_pipe until a line comes: a marker wakes it.
+        let _ = std::fs::write(self.dir.join("tracing_on"), "1");
+        let _ = std::fs::write(self.dir.join("trace_marker"), "lifeboat-stop");
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::write(self.dir.join("tracing_on"), "0");
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(instance = %self.dir.display(), cause = %e, "could not remove the trace instance");
+        }
+    }
+}
+
+/// Sum of the instance's per-CPU overrun and dropped-event counters.
+fn overruns(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("per_cpu"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(e.path().join("stats")) {
+            for l in s.lines() {
+                if let Some(v) = l
+                    .strip_prefix("overrun:")
+                    .or_else(|| l.strip_prefix("dropped events:"))
+                {
+                    n += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Whether the instance still traces what it should; puts it right and says what was wrong.
+fn check(dir: &Path, filter: &str, s: &Shared) -> Result<(), String> {
+    let mut wrong = None;
+    if read_trim(&dir.join("tracing_on"))? != "1" {
+        let _ = write_to(&dir.join("tracing_on"), "1");
+        wrong = Some("tracing was switched off".to_string());
+    }
+    if read_trim(&dir.join(EVENT).join("enable"))? != "1" {
+        let _ = write_to(&dir.join(EVENT).join("enable"), "1");
+        wrong = Some("the block event was disabled".into());
+    }
+    if read_trim(&dir.join(EVENT).join("filter"))? != filter {
+        let _ = write_to(&dir.join(EVENT).join("filter"), filter);
+        wrong = Some("the event filter was changed".into());
+    }
+    let o = overruns(dir);
+    if o != s.overruns.swap(o, Ordering::Relaxed) {
+        wrong = Some("the trace buffer overran".into());
+    }
+    match wrong {
+        Some(w) => Err(w),
+        None => Ok(()),
+    }
+}
+
+fn read_pipe(pipe: std::fs::File, dir: &Path, s: &Shared) {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, pipe);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                if !s.stop.load(Ordering::Relaxed) {
+                    s.dead.store(true, Ordering::Relaxed);
+                    // trace_pipe ends when tracing is switched off and its buffer is empty.
+                    let off = std::fs::read_to_string(dir.join("tracing_on"))
+                        .is_ok_and(|v| v.trim() == "0");
+                    let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    t.handle_loss(if off {
+                        "tracing was switched off"
+                    } else {
+                        "the trace instance went away"
+                    });
+                }
+                return;
+            }
+            Ok(_) => {}
+        }
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let marker = s
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handle_line(&line);
+        if let Some(m) = marker {
+            s.markers.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+            s.seen.notify_all();
+        }
+    }
+}
+
+fn watch(dir: &Path, filter: &str, s: &Shared) {
+    while !s.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(WATCH_EVERY);
+        if s.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = check(dir, filter, s) {
+            tracing::warn!(cause = %e, "block tracing lost events; the next cycle scans in full");
+            s.tracker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handle_loss(&e);
+        }
+    }
+}
+
+/// A protection's change capture: each disk's mode, the trace instance of the traced ones,
+/// and the counters reported in `status`.
+#[derive(Debug)]
+pub struct Capturing {
+    name: String,
+    want: Capture,
+    paths: Vec<PathBuf>,
+    block_size: u32,
+    modes: Vec<Mode>,
+    trace: Option<Trace>,
+    full_scans: u64,
+    last_full_scan: Option<String>,
+    last_freeze_ms: Option<u64>,
+    last_read_bytes: u64,
+}
+
+/// What a cycle reads of each disk: only these blocks, or everything (a full scan).
+pub type Plan = Vec<Option<Dirty>>;
+
+impl Capturing {
+    /// Starts capturing the disks at `paths` as `want` says (instance `lifeboat-NAME`).
+    pub fn start(name: &str, want: Capture, paths: &[PathBuf], block_size: u32) -> Capturing {
+        let mut c = Capturing {
+            name: name.to_string(),
+            want,
+            paths: paths.to_vec(),
+            block_size,
+            modes: vec![],
+            trace: None,
+            full_scans: 0,
+            last_full_scan: None,
+            last_freeze_ms: None,
+            last_read_bytes: 0,
+        };
+        c.restart();
+        c
+    }
+
+    /// (Re)resolves every disk and starts a fresh instance for the traced ones.
+    fn restart(&mut self) {
+        self.trace = None;
+        let mut disks = Vec::new();
+        self.modes = self
+            .paths
+            .iter()
+            .map(|p| {
+                if self.want == Capture::Scan {
+                    return Mode::Scan("scan capture was chosen".into());
+                }
+                let size = match crate::disk::Disk::open(p) {
+                    Ok(d) => lifeboat_actors::seams::BlockDevice::size(&d),
+                    Err(e) => return Mode::Scan(e),
+                };
+                match resolve(p, size, self.block_size) {
+                    Ok(d) => {
+                        disks.push(d);
+                        Mode::Trace(disks.len() - 1)
+                    }
+                    Err(why) => Mode::Scan(why),
+                }
+            })
+            .collect();
+        if disks.is_empty() {
+            return;
+        }
+        match Trace::start(&self.name, disks) {
+            Ok(t) => self.trace = Some(t),
+            Err(e) => {
+                tracing::warn!(cause = %e, "block tracing is unavailable; the disks are scanned");
+                for m in &mut self.modes {
+                    if matches!(m, Mode::Trace(_)) {
+                        *m = Mode::Scan(format!("block tracing is unavailable: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Before the view is taken.
+    pub fn begin_view(&mut self) {
+        if self.trace.as_ref().is_some_and(Trace::is_dead) {
+            let why = self
+                .trace
+                .as_ref()
+                .and_then(|t| t.lock().loss().map(str::to_string));
+            tracing::warn!(
+                "the trace instance stopped; tracing starts again (this cycle scans in full)"
+            );
+            self.restart();
+            if let (Some(t), Some(why)) = (&self.trace, why) {
+                t.lock().replace_loss(why);
+            }
+        }
+        if let Some(t) = &self.trace {
+            t.begin_view();
+        }
+    }
+
+    /// After the view: what to read of each disk. `sizes` are the disks' sizes now (a resize
+    /// means a full scan and a new instance).
+    pub fn plan(&mut self, sizes: &[u64]) -> Plan {
+        // A resize is a full scan; the instance goes on (its maps grow with the disk).
+        if let Some(t) = &self.trace {
+            let now = t.disks();
+            for (m, s) in self.modes.iter().zip(sizes) {
+                if let Mode::Trace(i) = m {
+                    if now.get(*i).is_some_and(|d| d.size != *s) {
+                        t.lock().handle_resize(*i, *s);
+                    }
+                }
+            }
+        }
+        let taken = match self.trace.as_mut() {
+            Some(t) => t.drain(),
+            None => Err(String::new()),
+        };
+        match taken {
+            Ok(maps) => self
+                .modes
+                .iter()
+                .map(|m| match m {
+                    Mode::Trace(i) => maps.get(*i).cloned(),
+                    Mode::Scan(_) => None,
+                })
+                .collect(),
+            Err(why) => {
+                if self.trace.is_some() && !why.is_empty() {
+                    tracing::warn!(cause = %why, "change tracking cannot be trusted for this cycle; it scans in full");
+                    self.full_scans += 1;
+                    self.last_full_scan = Some(why);
+                }
+                vec![None; self.modes.len()]
+            }
+        }
+    }
+
+    /// The cycle that read `plan` did not commit: its blocks stay dirty.
+    pub fn handle_failed(&mut self, plan: &Plan, why: &str) {
+        let Some(t) = &self.trace else { return };
+        let traced: Vec<usize> = self
+            .modes
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| matches!(m, Mode::Trace(_)))
+            .map(|(k, _)| k)
+            .collect();
+        if traced
+            .iter()
+            .any(|&k| plan.get(k).is_none_or(Option::is_none))
+        {
+            t.full_scan_failed(why);
+        } else {
+            let mut maps = vec![Dirty::default(); t.disks().len()];
+            for (m, p) in self.modes.iter().zip(plan) {
+                if let (Mode::Trace(i), Some(d)) = (m, p) {
+                    maps[*i] = d.clone();
+                }
+            }
+            t.give_back(&maps);
+        }
+    }
+
+    /// The freeze of an app-consistent point lasted `ms`.
+    pub fn handle_freeze(&mut self, ms: u64) {
+        self.last_freeze_ms = Some(ms);
+    }
+
+    /// A cycle committed after reading `bytes` of the disks.
+    pub fn handle_committed(&mut self, bytes: u64) {
+        self.last_read_bytes = bytes;
+    }
+
+    /// For reports.
+    pub fn report(&self, names: &[String]) -> TrackingReport {
+        let (stats, pending) = self.trace.as_ref().map(Trace::stats).unwrap_or_default();
+        let disks = self
+            .modes
+            .iter()
+            .zip(names)
+            .map(|(m, n)| match m {
+                Mode::Trace(_) => CaptureReport {
+                    disk: n.clone(),
+                    mode: "trace".into(),
+                    reason: None,
+                },
+                Mode::Scan(why) => CaptureReport {
+                    disk: n.clone(),
+                    mode: "scan".into(),
+                    reason: Some(why.clone()),
+                },
+            })
+            .collect();
+        TrackingReport {
+            disks,
+            events: stats.events,
+            lost_events: stats.lost_events,
+            full_scans: self.full_scans,
+            last_full_scan: self.last_full_scan.clone(),
+            dirty_bytes: pending.iter().sum::<usize>() as u64 * self.block_size as u64,
+            last_freeze_ms: self.last_freeze_ms,
+            last_read_bytes: self.last_read_bytes,
+        }
+    }
+}

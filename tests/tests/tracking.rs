@@ -1,0 +1,289 @@
+//! `trace` capture: an ext4 filesystem on a loop device, written by fio (random writes with
+//! verify) while it replicates with the kernel's block tracepoints. Each checked point restores
+//! bit-exact to the view it was read from (a snapshot hook copies the device with `O_DIRECT`
+//! and keeps the copy); no write is missed across a `kill -9` of the mobility node, a forced
+//! buffer overrun, tracing switched off and the event disabled under the daemon, and a resize;
+//! each loss is a full scan whose reason `status` shows; a quiet disk's cycle reads next to
+//! nothing; the final point equals the device.
+
+use lifeboat_tests::disks::point_after;
+use lifeboat_tests::fs::{sh, Ext4};
+use lifeboat_tests::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// fio writing random 4 KiB blocks with verify into a file of the filesystem, rate-limited.
+struct Fio(Child);
+
+impl Fio {
+    fn start(mnt: &Path) -> Fio {
+        use std::os::unix::process::CommandExt;
+        let c = Command::new("fio")
+            .process_group(0)
+            .args([
+                "--name=churn",
+                "--thread",
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=16m",
+                "--rate=4m",
+                "--time_based",
+                "--runtime=600",
+                "--ioengine=psync",
+                "--fsync=16",
+                "--verify=crc32c",
+                "--do_verify=0",
+                "--verify_backlog=256",
+            ])
+            .arg(format!("--directory={}", mnt.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fio (scripts/test installs it)");
+        Fio(c)
+    }
+}
+
+impl Drop for Fio {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's process group.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// `web`'s tracking report in `status`.
+fn tracking(cfg: &Node) -> Value {
+    cfg.json(&["status"])["replication"]["machines"][0]["tracking"].clone()
+}
+
+/// Waits until a cycle scanned in full for a reason containing `why`.
+fn full_scan_for(cfg: &Node, why: &str) {
+    full_scan_for_with(cfg, why, || {});
+}
+
+/// [`full_scan_for`], running `poke` at each look.
+fn full_scan_for_with(cfg: &Node, why: &str, mut poke: impl FnMut()) {
+    let mut last = Value::Null;
+    wait_until(&format!("a full scan because {why}"), WAIT, || {
+        poke();
+        last = tracking(cfg);
+        last["last_full_scan"]
+            .as_str()
+            .is_some_and(|r| r.contains(why))
+    });
+}
+
+/// The views the snapshot hook kept: (wall-clock ns, path), oldest first.
+fn views(dir: &Path) -> Vec<(u128, PathBuf)> {
+    let mut v: Vec<(u128, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".img")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The first point captured after `t` restores bit-exact to the view it was read from (the
+/// first view the hook made after its capture time).
+fn check_point_after(cfg: &Node, t: u64, kept: &Path, work: &Path, disk: &str) -> Value {
+    let p = point_after(cfg, "web", t);
+    let captured = p["captured_ms"].as_u64().unwrap() as u128 * 1_000_000;
+    let view = views(kept)
+        .into_iter()
+        .find(|(ns, _)| *ns >= captured)
+        .map(|(_, p)| p)
+        .expect("the view of the point");
+    let to = work.join(format!("r-{}", p["id"].as_str().unwrap()));
+    cfg.ok(&[
+        "restore",
+        "web",
+        "--point",
+        p["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let got = std::fs::read(to.join(format!("{disk}.img"))).unwrap();
+    let want = std::fs::read(&view).unwrap();
+    assert_eq!(got.len(), want.len());
+    let bad: Vec<usize> = got
+        .chunks(4096)
+        .zip(want.chunks(4096))
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "point {} differs from its view {} in 4 KiB blocks {bad:?}",
+        p["id"],
+        view.display()
+    );
+    std::fs::remove_dir_all(&to).unwrap();
+    p
+}
+
+#[test]
+fn trace_capture_reads_what_was_written_and_misses_no_write_across_every_loss() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let fs = Ext4::new(w, 48);
+    let disk = Path::new(&fs.dev)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let kept = w.join("views");
+    std::fs::create_dir_all(&kept).unwrap();
+    let mut nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    fast_policy(cfg, "10m");
+    // The view: the device read with O_DIRECT (not its page cache), kept under its time.
+    let hook = format!(
+        "dd if={dev} of={w}/view.img bs=4M iflag=direct status=none && cp {w}/view.img {k}/$(date +%s%N).img && ls {k} | sort -n | head -n -16 | sed 's|^|{k}/|' | xargs -r rm -f && echo \"{disk} {w}/view.img\"",
+        dev = fs.dev,
+        w = w.display(),
+        k = kept.display(),
+    );
+    let t = now_ms();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        &fs.dev,
+        "--policy",
+        "fast",
+        "--capture",
+        "trace",
+        "--snapshot-hook",
+        &hook,
+    ]);
+    check_point_after(cfg, t, &kept, w, &disk);
+    let tr = tracking(cfg);
+    assert_eq!(tr["disks"][0]["mode"], "trace", "{tr}");
+    let _fio = Fio::start(&fs.mnt);
+
+    // Under churn, points follow the writes exactly.
+    wait_until("traced writes", WAIT, || {
+        tracking(&nodes[0])["events"].as_u64() > Some(100)
+    });
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+
+    // kill -9 of the mobility node: what it had traced is gone; it scans in full once.
+    nodes[2].kill9();
+    let t = now_ms();
+    nodes[2].start();
+    full_scan_for(&nodes[0], "tracking started");
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+
+    // A tiny trace buffer overruns under the churn.
+    nodes[2].stop();
+    nodes[2].start_env(&[("LIFEBOAT_TRACE_BUFFER_KB".into(), "4".into())]);
+    // A burst of small direct writes fills it faster than it is read.
+    let burst = fs.mnt.join("burst");
+    full_scan_for_with(&nodes[0], "overr", || {
+        sh(&[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", burst.display()),
+            "bs=4k",
+            "count=4000",
+            "oflag=direct",
+            "conv=notrunc",
+            "status=none",
+        ]);
+    });
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+    nodes[2].stop();
+    nodes[2].start();
+    let web = nodes[2].id();
+    let inst = PathBuf::from(format!("/sys/kernel/tracing/instances/lifeboat-{web}"));
+    wait_until("tracking to resume", WAIT, || {
+        let t = now_ms();
+        let p = point_after(&nodes[0], "web", t);
+        p["captured_ms"].as_u64() > Some(t) && tracking(&nodes[0])["disks"][0]["mode"] == "trace"
+    });
+
+    // Someone switches tracing off, then disables the event.
+    std::fs::write(inst.join("tracing_on"), "0").unwrap();
+    full_scan_for(&nodes[0], "switched off");
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+    std::fs::write(inst.join("events/block/block_rq_complete/enable"), "0").unwrap();
+    full_scan_for(&nodes[0], "disabled");
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+
+    // The device grows.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fs.img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    sh(&["losetup", "-c", &fs.dev]);
+    full_scan_for(&nodes[0], "resized");
+    let t = now_ms();
+    check_point_after(&nodes[0], t, &kept, w, &disk);
+    let t = now_ms();
+    let p = check_point_after(&nodes[0], t, &kept, w, &disk);
+    assert!(p["stats"]["changed_blocks"].as_u64().is_some(), "{p}");
+
+    // Quiet: the writes stop, and a cycle reads next to nothing.
+    drop(_fio);
+    sh(&["sync"]);
+    let t = now_ms();
+    point_after(&nodes[0], "web", t);
+    let t = now_ms();
+    point_after(&nodes[0], "web", t);
+    let tr = tracking(&nodes[0]);
+    assert!(
+        tr["last_read_bytes"].as_u64().unwrap() < 4 << 20,
+        "a quiet cycle read the disk: {tr}"
+    );
+    assert!(tr["events"].as_u64().unwrap() > 0, "{tr}");
+
+    // Unmounted, the final point equals the device (read through its backing file).
+    sh(&["umount", fs.mnt.to_str().unwrap()]);
+    let t = now_ms();
+    let p = check_point_after(&nodes[0], t, &kept, w, &disk);
+    let to = w.join("final");
+    nodes[0].ok(&[
+        "restore",
+        "web",
+        "--point",
+        p["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(to.join(format!("{disk}.img"))).unwrap() == std::fs::read(&fs.img).unwrap(),
+        "the final point differs from the device"
+    );
+    nodes.clear();
+}
