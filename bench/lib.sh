@@ -35,3 +35,39 @@ with open(path, "r+b") as f:
     f.flush(); os.fsync(f.fileno())
 PY
 }
+
+# The mesh of a bench (needs $L the binary, $W the work directory, $PY, and a `pids` array).
+# start_node NAME [PEER]: inits and starts a daemon (mDNS off), waits until it answers.
+start_node() {
+  "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
+  sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
+  LIFEBOAT_LOG=${BENCH_LOG:-info} "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
+  for _ in $(seq 100); do "$L" status --state-dir "$W/$1" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "bench: $1 did not start" >&2; exit 1
+}
+
+# grant ROLE NODE: the configuration node `cfg` grants ROLE (by node id); waits until NODE
+# holds it.
+grant() {
+  local id; id=$("$L" status --json --state-dir "$W/$2" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["node"]["node_id"])')
+  for _ in $(seq 100); do "$L" role add "$1" --node "$id" --state-dir "$W/cfg" >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 100); do "$L" role list --state-dir "$W/$2" | grep -q "$1" && return; sleep 0.1; done
+  echo "bench: $2 never took the $1 role" >&2; exit 1
+}
+
+# start_mesh NODE...: `cfg` (configuration node, mesh authority) and NODEs registered to it.
+start_mesh() {
+  start_node cfg
+  local ca; ca=$("$L" status --json --state-dir "$W/cfg" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["node"]["listen"])')
+  for n in "$@"; do start_node "$n" "$ca"; done
+  "$L" role add configuration --state-dir "$W/cfg" >/dev/null
+  "$L" mesh create --state-dir "$W/cfg" >/dev/null
+  for n in "$@"; do "$L" register "$("$L" key issue --state-dir "$W/cfg" 2>/dev/null)" --state-dir "$W/$n" >/dev/null; done
+}
+
+# npoints MACHINE: its committed points; wait_points MACHINE N: waits until it has N.
+npoints() { "$L" points "$1" --json --state-dir "$W/cfg" 2>/dev/null | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0; }
+wait_points() {
+  for _ in $(seq 2400); do [ "$(npoints "$1")" -ge "$2" ] && return; sleep 0.25; done
+  echo "bench: $1 never reached $2 points" >&2; exit 1
+}

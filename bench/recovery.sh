@@ -57,36 +57,13 @@ echo "bench: generating a ${MIB} MiB image in $W"
 gen_image "$W/disk.img" "$MIB"
 cp --sparse=never "$W/disk.img" "$W/source.img"
 
-start_node() { # name [peer]
-  "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
-  sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
-  "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
-  for _ in $(seq 100); do "$L" status --state-dir "$W/$1" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "bench: $1 did not start" >&2; exit 1
-}
-start_node cfg
-CA=$("$L" status --json --state-dir "$W/cfg" | json 'v["node"]["listen"]')
-for n in ps mob dr; do start_node "$n" "$CA"; done
-"$L" role add configuration --state-dir "$W/cfg" >/dev/null
-"$L" mesh create --state-dir "$W/cfg" >/dev/null
-for n in ps mob dr; do "$L" register "$("$L" key issue --state-dir "$W/cfg" 2>/dev/null)" --state-dir "$W/$n" >/dev/null; done
-grant() { # role node
-  local id; id=$("$L" status --json --state-dir "$W/$2" | json 'v["node"]["node_id"]')
-  for _ in $(seq 100); do "$L" role add "$1" --node "$id" --state-dir "$W/cfg" >/dev/null 2>&1 && break; sleep 0.1; done
-  for _ in $(seq 100); do "$L" role list --state-dir "$W/$2" | grep -q "$1" && return; sleep 0.1; done
-  echo "bench: $2 never took the $1 role" >&2; exit 1
-}
+start_mesh ps mob dr
 grant process-server ps
 grant mobility mob
 grant mobility dr
 "$L" vault create bench --state-dir "$W/cfg" >/dev/null
 "$L" policy create bench --rpo-threshold 1h --retention 24h --crash-consistent-every 5s --app-consistent-every 0 --state-dir "$W/cfg" >/dev/null
 for _ in $(seq 100); do [ "$("$L" peers --json --state-dir "$W/cfg" | grep -c '"connected": true')" -ge 3 ] && break; sleep 0.1; done
-npoints() { "$L" points "$1" --json --state-dir "$W/cfg" 2>/dev/null | json 'len(v)' 2>/dev/null || echo 0; }
-wait_points() { # machine n
-  for _ in $(seq 2400); do [ "$(npoints "$1")" -ge "$2" ] && return; sleep 0.25; done
-  echo "bench: $1 never reached $2 points" >&2; exit 1
-}
 "$L" protect mob --disk "$W/disk.img" --policy bench --state-dir "$W/cfg" >/dev/null
 wait_points mob 1
 

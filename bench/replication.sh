@@ -61,29 +61,8 @@ gen_image "$W/disk.img" "$MIB"
 # The peers start from the same pre-change image.
 cp --sparse=never "$W/disk.img" "$W/before.img"
 
-start_node() { # name [peer]
-  "$L" init --state-dir "$W/$1" --name "$1" --listen 127.0.0.1:0 ${2:+--peer "$2"} >/dev/null
-  sed -i 's/mdns = true/mdns = false/' "$W/$1/lifeboat.toml"
-  LIFEBOAT_LOG=info,lifeboat_node::replication=debug "$L" node run --state-dir "$W/$1" 2>"$W/$1.log" & pids+=($!)
-  for _ in $(seq 100); do "$L" status --state-dir "$W/$1" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "bench: $1 did not start" >&2; exit 1
-}
-start_node cfg
-CA=$("$L" status --json --state-dir "$W/cfg" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["node"]["listen"])')
-start_node ps "$CA"; PS_PID=${pids[-1]}
-start_node mob "$CA"
-"$L" role add configuration --state-dir "$W/cfg" >/dev/null
-"$L" mesh create --state-dir "$W/cfg" >/dev/null
-for n in ps mob; do "$L" register "$("$L" key issue --state-dir "$W/cfg" 2>/dev/null)" --state-dir "$W/$n" >/dev/null; done
-# Roles are granted by the configuration node (by node id, which every build accepts), and
-# applied by each node once it is connected: retry until the grant is taken, then wait until
-# the node holds it.
-grant() { # role node
-  local id; id=$("$L" status --json --state-dir "$W/$2" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["node"]["node_id"])')
-  for _ in $(seq 100); do "$L" role add "$1" --node "$id" --state-dir "$W/cfg" >/dev/null 2>&1 && break; sleep 0.1; done
-  for _ in $(seq 100); do "$L" role list --state-dir "$W/$2" | grep -q "$1" && return; sleep 0.1; done
-  echo "bench: $2 never took the $1 role" >&2; exit 1
-}
+BENCH_LOG=info,lifeboat_node::replication=debug start_mesh ps mob
+PS_PID=${pids[1]}
 grant process-server ps
 grant mobility mob
 "$L" vault create bench --state-dir "$W/cfg" >/dev/null
