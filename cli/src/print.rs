@@ -49,6 +49,9 @@ pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine:
             ""
         };
         println!("{:<16} {drill}{active}", m.machine);
+        if let Some(t) = &m.tracking {
+            println!("{:<16} {}", m.machine, capture_line(t));
+        }
     }
     if one_machine {
         return;
@@ -124,4 +127,35 @@ pub(crate) fn bytes(n: u64) -> String {
         n if n < 1 << 30 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
         n => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
     }
+}
+
+/// A machine's change capture, on one line: each disk's mode (and why it is scanned), then
+/// tracking's counters.
+fn capture_line(t: &lifeboat_protocol::message::TrackingReport) -> String {
+    let disks: Vec<String> = t
+        .disks
+        .iter()
+        .map(|d| match &d.reason {
+            Some(why) => format!("{} {} ({why})", d.disk, d.mode),
+            None => format!("{} {}", d.disk, d.mode),
+        })
+        .collect();
+    let mut s = format!("capture: {}", disks.join(", "));
+    if t.disks.iter().any(|d| d.mode == "trace") {
+        s.push_str(&format!(
+            "; {} writes traced, {} lost, {} dirty B waiting, last cycle read {} B",
+            t.events, t.lost_events, t.dirty_bytes, t.last_read_bytes
+        ));
+        if t.full_scans > 0 {
+            s.push_str(&format!(
+                "; {} full scans, the last because {}",
+                t.full_scans,
+                t.last_full_scan.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    if let Some(ms) = t.last_freeze_ms {
+        s.push_str(&format!("; last freeze held {ms} ms"));
+    }
+    s
 }

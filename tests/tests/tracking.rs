@@ -287,3 +287,163 @@ fn trace_capture_reads_what_was_written_and_misses_no_write_across_every_loss() 
     );
     nodes.clear();
 }
+
+/// A protected loop device traced with `--capture trace` (64 MiB, no snapshot hook: cycles
+/// read the device itself); `write(path)` writes through whatever sits on it, and the next
+/// traced cycle must have the writes.
+fn writes_through(stack: &str, layer: impl FnOnce(&str) -> Option<(String, Box<dyn FnOnce()>)>) {
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let dev = sh(&[
+        "losetup",
+        "--find",
+        "--show",
+        "--partscan",
+        img.to_str().unwrap(),
+    ]);
+    let detach = scopeguard(dev.clone());
+    let Some((top, teardown)) = layer(&dev) else {
+        return;
+    };
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    fast_policy(cfg, "10m");
+    let t = now_ms();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        &dev,
+        "--policy",
+        "fast",
+        "--capture",
+        "trace",
+    ]);
+    point_after(cfg, "web", t);
+    let t = now_ms();
+    point_after(cfg, "web", t);
+    let scans = tracking(cfg)["full_scans"].as_u64().unwrap();
+    sh(&[
+        "dd",
+        "if=/dev/urandom",
+        &format!("of={top}"),
+        "bs=64k",
+        "count=16",
+        "seek=3",
+        "oflag=direct",
+        "status=none",
+    ]);
+    let t = now_ms();
+    let p = point_after(cfg, "web", t);
+    let tr = tracking(cfg);
+    assert_eq!(
+        tr["full_scans"].as_u64().unwrap(),
+        scans,
+        "{stack}: a full scan: {tr}"
+    );
+    let to = work.path().join("r");
+    cfg.ok(&[
+        "restore",
+        "web",
+        "--point",
+        p["id"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let name = Path::new(&dev)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        std::fs::read(to.join(format!("{name}.img"))).unwrap() == std::fs::read(&img).unwrap(),
+        "{stack}: the writes through it are not in the traced point"
+    );
+    teardown();
+    drop(detach);
+}
+
+/// Detaches a loop device when dropped.
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn scopeguard(dev: String) -> Detach {
+    Detach(dev)
+}
+
+#[test]
+fn writes_through_a_partition_are_traced_on_the_disk() {
+    writes_through("a partition", |dev| {
+        // An MBR with one partition from sector 2048, 32 MiB long.
+        let mut mbr = vec![0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&65536u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+            f.write_all_at(&mbr, 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        let _ = Command::new("blockdev").args(["--rereadpt", dev]).status();
+        let name = Path::new(dev)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let sys = PathBuf::from(format!("/sys/block/{name}/{name}p1/dev"));
+        let Ok(num) = std::fs::read_to_string(&sys) else {
+            eprintln!("skipped: this kernel reads no partition table of {dev} (no MSDOS partition support); a partition's writes are requests on its disk, which is what is traced");
+            return None;
+        };
+        let part = format!("{dev}p1");
+        if !Path::new(&part).exists() {
+            let (a, b) = num.trim().split_once(':').unwrap();
+            sh(&["mknod", &part, "b", a, b]);
+        }
+        Some((part, Box::new(|| {}) as Box<dyn FnOnce()>))
+    });
+}
+
+#[test]
+fn writes_through_device_mapper_are_traced_on_the_disk_under_it() {
+    writes_through("a device-mapper linear device", |dev| {
+        let has_dm = Command::new("dmsetup")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_dm {
+            eprintln!("skipped: no device-mapper here (dmsetup missing or the kernel lacks dm_mod); writes through it are requests on the disk under it, which is what is traced");
+            return None;
+        }
+        let name = format!("lifeboat-test-{}", std::process::id());
+        let table = format!("0 131072 linear {dev} 0");
+        sh(&["dmsetup", "create", &name, "--table", &table]);
+        let n = name.clone();
+        Some((
+            format!("/dev/mapper/{name}"),
+            Box::new(move || {
+                let _ = Command::new("dmsetup").args(["remove", &n]).status();
+            }) as Box<dyn FnOnce()>,
+        ))
+    });
+}

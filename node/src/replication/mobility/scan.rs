@@ -292,6 +292,8 @@ fn scan_disk(
             r.map_err(|_| "sender stopped".to_string())
         };
         let now = || began.elapsed().as_millis() as u64;
+        let read0 = progress.scanned.load(Ordering::Relaxed);
+        let traced = dirty.is_some() && old.is_some();
         let (hashes, sent) = match (dirty, old) {
             (Some(d), Some(old)) => {
                 scan_dirty_device(Arc::new(dev), block_size, old, &d, &progress, &now, emit)?
@@ -310,6 +312,8 @@ fn scan_disk(
             disk = %path.display(),
             ms = began.elapsed().as_millis() as u64,
             send_wait_ms = wait_send.as_millis() as u64,
+            read = progress.scanned.load(Ordering::Relaxed) - read0,
+            traced,
             direct,
             "disk scanned"
         );
