@@ -43,13 +43,12 @@ grant mobility mob
 "$L" policy create churn --rpo-threshold 1h --retention 1h --crash-consistent-every 5s --app-consistent-every 0 --state-dir "$W/cfg" >/dev/null
 "$L" policy create idle --rpo-threshold 24h --retention 24h --crash-consistent-every 1h --app-consistent-every 0 --state-dir "$W/cfg" >/dev/null
 
-# device GIB: a sparse file of that size on a loop device (printed).
+# device GIB: a sparse file of that size on a loop device, in $D.
 device() {
   local f="$W/disk-$1g-$RANDOM.img"
   truncate -s "${1}G" "$f"
-  local d; d=$(losetup --find --show "$f")
-  loops+=("$d")
-  echo "$d"
+  D=$(losetup --find --show "$f")
+  loops+=("$D")
 }
 
 # protect DEV MODE POLICY: protects it and waits for the first point.
@@ -64,11 +63,10 @@ unprotect() {
   for _ in $(seq 100); do ls /sys/kernel/tracing/instances/ 2>/dev/null | grep -q lifeboat- || return 0; sleep 0.1; done
 }
 
-# churn DEV SECS: fio random 64 KiB writes at 20 MB/s (in the background; prints its pid).
+# churn DEV SECS: fio random 64 KiB writes at 20 MB/s (run it in the background to sample).
 churn() {
   fio --name=churn --filename="$1" --direct=1 --rw=randwrite --bs=64k --rate=20m \
-    --ioengine=psync --time_based --runtime="$2" --output=/dev/null >/dev/null 2>&1 &
-  echo $!
+    --ioengine=psync --time_based --runtime="$2" --output=/dev/null >/dev/null 2>&1
 }
 
 # cycles FROM_LINE: from the mobility log after that line, each cycle's "elapsed_ms" (capture to
@@ -85,10 +83,12 @@ for l in sys.stdin:
 print(statistics.median(ms) if ms else 0, statistics.median(rd) if rd else 0, len(ms))'
 }
 
+P50=- P99=- PMAX=- NS=0
+if [ "$RPO_SECS" -gt 0 ]; then
 echo "bench: RPO under churn (8 GiB, 20 MB/s, points every 5 s, ${RPO_SECS} s)"
-D=$(device 8)
+device 8
 protect "$D" trace churn
-F=$(churn "$D" "$RPO_SECS")
+churn "$D" "$RPO_SECS" & F=$!
 ages=()
 end=$((SECONDS + RPO_SECS))
 while [ $SECONDS -lt $end ]; do
@@ -103,16 +103,16 @@ v = sorted(float(x) for x in sys.stdin if x.strip())
 q = lambda p: v[min(len(v) - 1, int(p * len(v)))]
 print(f"{q(0.5):.1f} {q(0.99):.1f} {v[-1]:.1f} {len(v)}")')
 read -r P50 P99 PMAX NS <<<"$RPO"
+fi
 
 declare -A CT RD NC
 for g in $SIZES; do
   for mode in trace scan; do
     echo "bench: ${g} GiB, ${mode}, ${CHURN_SECS} s of churn"
-    D=$(device "$g")
+    device "$g"
     protect "$D" "$mode" churn
     from=$(($(wc -l < "$W/mob.log") + 1))
-    F=$(churn "$D" "$CHURN_SECS")
-    wait "$F" || true
+    churn "$D" "$CHURN_SECS"
     read -r c r n <<<"$(cycles "$from")"
     CT[$g-$mode]=$c; RD[$g-$mode]=$r; NC[$g-$mode]=$n
     unprotect
@@ -125,7 +125,7 @@ overhead() { # DEV: prints "iops p99_us"
     --time_based --runtime=20 --size=1g --output-format=json 2>/dev/null \
     | json "f\"{v['jobs'][0]['write']['iops']:.0f} {v['jobs'][0]['write']['clat_ns']['percentile']['99.000000'] / 1000:.0f}\""
 }
-D=$(device 2)
+device 2
 read -r I0 L0 <<<"$(overhead "$D")"
 protect "$D" trace idle
 read -r I1 L1 <<<"$(overhead "$D")"

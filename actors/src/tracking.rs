@@ -303,9 +303,7 @@ impl Tracker {
                 sector,
                 sectors,
             } if writes(&rwbs) => {
-                let Some(ix) = self.by_dev.get(&dev) else {
-                    return None;
-                };
+                let ix = self.by_dev.get(&dev)?;
                 self.stats.events += 1;
                 let late = self.view_us.is_some_and(|v| ts_us + SLACK_US >= v);
                 for &k in ix {
@@ -375,6 +373,31 @@ impl Tracker {
     pub fn full_scan_failed(&mut self, why: &str) {
         self.handle_loss(why);
     }
+}
+
+/// The read rate assumed before a cycle has measured one: 200 MB/s.
+const ASSUMED_BYTES_PER_MS: f64 = 200_000.0;
+
+/// How long an app-consistent point would hold the freeze reading `bytes` at `bytes_per_ms`
+/// (the last cycle's rate, if measured), ms.
+pub fn freeze_estimate_ms(bytes: u64, bytes_per_ms: Option<f64>) -> u64 {
+    let rate = bytes_per_ms
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .unwrap_or(ASSUMED_BYTES_PER_MS);
+    (bytes as f64 / rate).ceil() as u64
+}
+
+/// Whether an app-consistent point may freeze: `Err(why)` when reading `bytes` would hold the
+/// freeze longer than `max_ms` (0: no cap).
+pub fn freeze_allowed(bytes: u64, bytes_per_ms: Option<f64>, max_ms: u64) -> Result<(), String> {
+    let est = freeze_estimate_ms(bytes, bytes_per_ms);
+    if max_ms == 0 || est <= max_ms {
+        return Ok(());
+    }
+    Err(format!(
+        "the app-consistent point due was taken crash-consistent: reading {} MiB under the freeze would take about {est} ms, over the policy's cap of {max_ms} ms",
+        bytes.div_ceil(1 << 20)
+    ))
 }
 
 #[cfg(test)]

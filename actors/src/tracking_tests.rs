@@ -112,3 +112,16 @@ fn a_loss_forces_a_full_scan_once_and_a_failed_cycle_gives_its_blocks_back() {
     t.full_scan_failed("vault down");
     assert!(t.take().is_err());
 }
+
+#[test]
+fn the_freeze_is_capped_by_the_estimated_read_time() {
+    // 1 GiB at 100 MB/s: about 10.7 s.
+    assert_eq!(freeze_estimate_ms(1 << 30, Some(100_000.0)), 10_738);
+    assert!(freeze_allowed(1 << 30, Some(100_000.0), 20_000).is_ok());
+    let e = freeze_allowed(1 << 30, Some(100_000.0), 10_000).unwrap_err();
+    assert!(e.contains("1024 MiB") && e.contains("10738 ms"), "{e}");
+    assert!(freeze_allowed(u64::MAX / 2, None, 0).is_ok(), "0: no cap");
+    // No rate measured yet, or a nonsense one: 200 MB/s.
+    assert_eq!(freeze_estimate_ms(200_000_000, None), 1_000);
+    assert_eq!(freeze_estimate_ms(200_000_000, Some(f64::NAN)), 1_000);
+}

@@ -400,6 +400,10 @@ pub(crate) enum PolicyCmd {
         /// Take an app-consistent point this often ("0" = never).
         #[arg(long, default_value = "1h")]
         app_consistent_every: String,
+        /// Longest an app-consistent point may hold the freeze ("0" = no cap): when reading
+        /// what changed would take longer, the point is taken crash-consistent instead.
+        #[arg(long, default_value = "10s")]
+        max_freeze: String,
     },
     /// List policies.
     List {

@@ -28,6 +28,15 @@ fn secs(flag: &str, v: &str) -> Result<u64> {
     Ok(d.as_secs())
 }
 
+fn millis(flag: &str, v: &str) -> Result<u64> {
+    if v == "0" {
+        return Ok(0);
+    }
+    let d = humantime::parse_duration(v)
+        .with_context(|| format!("--{flag} {v:?}: use a duration like 500ms, 10s or 1m"))?;
+    Ok(d.as_millis() as u64)
+}
+
 fn age(ms: u64) -> String {
     format!("{} ago", lifeboat_protocol::time::human_duration(ms))
 }
@@ -553,6 +562,7 @@ fn policy_cmd(dir: &StateDir, cmd: PolicyCmd) -> Result<()> {
             retention,
             crash_consistent_every,
             app_consistent_every,
+            max_freeze,
         } => {
             let policy = lifeboat_protocol::message::Policy {
                 name,
@@ -563,6 +573,7 @@ fn policy_cmd(dir: &StateDir, cmd: PolicyCmd) -> Result<()> {
                     &crash_consistent_every,
                 )?,
                 app_consistent_every_secs: secs("app-consistent-every", &app_consistent_every)?,
+                max_freeze_ms: millis("max-freeze", &max_freeze)?,
             };
             let v: lifeboat_protocol::message::Policy = get(dir, Request::PolicyCreate { policy })?;
             println!("policy {} saved", v.name);

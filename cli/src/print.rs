@@ -107,8 +107,13 @@ pub(crate) fn print_points(v: &[r::PointInfo]) {
                 )
             })
             .collect();
+        let freeze = p
+            .stats
+            .freeze_ms
+            .map(|ms| format!("  freeze {ms} ms"))
+            .unwrap_or_default();
         println!(
-            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}",
+            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}{freeze}",
             p.id,
             when(Some(p.captured_ms)),
             p.consistency.to_string(),

@@ -221,6 +221,7 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
             retention_secs: 3600,
             crash_consistent_every_secs: 2,
             app_consistent_every_secs: 0,
+            max_freeze_ms: lifeboat_protocol::message::default_max_freeze_ms(),
         },
     })?;
     // A 32 MiB sample disk on the mobility node, with crash-consistent views from a snapshot

@@ -234,6 +234,16 @@ pub struct Policy {
     pub crash_consistent_every_secs: u64,
     /// An app-consistent point is taken this often (seconds; 0 = never).
     pub app_consistent_every_secs: u64,
+    /// Longest an app-consistent point may hold the freeze hook, ms (0: no cap). A point
+    /// whose reads would take longer (what change tracking has marked, at the last cycle's
+    /// rate) is taken crash-consistent instead, and the machine's status says so.
+    #[serde(default = "default_max_freeze_ms")]
+    pub max_freeze_ms: u64,
+}
+
+/// The freeze cap of a policy that names none: 10 s (what VSS allows a writer on Windows).
+pub fn default_max_freeze_ms() -> u64 {
+    10_000
 }
 
 impl Policy {
@@ -247,6 +257,7 @@ impl Policy {
             retention_secs: 24 * 3600,
             crash_consistent_every_secs: 60,
             app_consistent_every_secs: 3600,
+            max_freeze_ms: default_max_freeze_ms(),
         }
     }
 }
@@ -324,6 +335,10 @@ pub struct TrackingReport {
     pub last_freeze_ms: Option<u64>,
     /// Bytes the last committed cycle read from the disks.
     pub last_read_bytes: u64,
+    /// Why the last app-consistent point due was taken crash-consistent (the freeze would
+    /// have lasted longer than the policy's cap).
+    #[serde(default)]
+    pub last_freeze_skipped: Option<String>,
 }
 
 /// What the configuration node asks a mobility node to protect.
@@ -584,6 +599,9 @@ pub enum Message {
     DeltaEnd {
         /// Blocks sent in total (cross-check).
         sent_blocks: u64,
+        /// How long an app-consistent point held the freeze hook, ms (recorded with it).
+        #[serde(default)]
+        freeze_ms: Option<u64>,
     },
     /// Process server to mobility: the point is committed in the vault.
     PointCommitted(PointSummary),

@@ -447,3 +447,91 @@ fn writes_through_device_mapper_are_traced_on_the_disk_under_it() {
         ))
     });
 }
+
+#[test]
+fn an_app_consistent_point_freezes_only_while_it_reads_what_changed_and_within_the_cap() {
+    let work = tempfile::tempdir().unwrap();
+    let fs = Ext4::new(work.path(), 48);
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let cfg = &nodes[0];
+    cfg.ok(&["vault", "create", "v1"]);
+    // App-consistent points every second, the freeze capped at 1 ms: only a cycle with next to
+    // nothing to read may freeze.
+    cfg.ok(&[
+        "policy",
+        "create",
+        "tight",
+        "--crash-consistent-every",
+        "1s",
+        "--app-consistent-every",
+        "1s",
+        "--max-freeze",
+        "1ms",
+    ]);
+    let mnt = fs.mnt.to_str().unwrap();
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        &fs.dev,
+        "--policy",
+        "tight",
+        "--capture",
+        "trace",
+        "--freeze-hook",
+        &format!("fsfreeze -f {mnt}"),
+        "--thaw-hook",
+        &format!("fsfreeze -u {mnt}"),
+    ]);
+    // The first cycles must read the whole disk: no freeze, and status says why.
+    let mut skipped = String::new();
+    wait_until("an app-consistent point refused the freeze", WAIT, || {
+        skipped = tracking(cfg)["last_freeze_skipped"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !skipped.is_empty()
+    });
+    assert!(
+        skipped.contains("crash-consistent") && skipped.contains("1 ms"),
+        "{skipped}"
+    );
+    // Quiet: an app-consistent point freezes, briefly, and the point records how long.
+    let mut app = Value::Null;
+    wait_until("an app-consistent point", WAIT, || {
+        app = lifeboat_tests::disks::points(cfg, "web")
+            .into_iter()
+            .find(|p| p["consistency"] == "app-consistent")
+            .unwrap_or(Value::Null);
+        !app.is_null()
+    });
+    let ms = app["stats"]["freeze_ms"]
+        .as_u64()
+        .expect("freeze_ms recorded");
+    assert!(ms < 5_000, "{app}");
+    assert!(tracking(cfg)["last_freeze_ms"].as_u64().is_some());
+    // 16 MiB written: the next app-consistent point due is refused the freeze again.
+    sh(&[
+        "dd",
+        "if=/dev/urandom",
+        &format!("of={mnt}/big"),
+        "bs=1M",
+        "count=16",
+        "conv=fsync",
+        "status=none",
+    ]);
+    wait_until("a refusal for the new writes", WAIT, || {
+        let s = tracking(cfg)["last_freeze_skipped"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        s != skipped && s.contains("MiB")
+    });
+}

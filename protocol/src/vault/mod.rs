@@ -622,6 +622,9 @@ pub struct PointStats {
     pub dedup_blocks: u64,
     /// Sealed bytes written to packs.
     pub stored_bytes: u64,
+    /// How long an app-consistent point held the freeze hook, ms.
+    #[serde(default)]
+    pub freeze_ms: Option<u64>,
 }
 
 /// A recovery point.

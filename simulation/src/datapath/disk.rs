@@ -101,7 +101,10 @@ pub(super) fn delta(
             Ok(())
         },
     )?;
-    msgs.push_back(Message::DeltaEnd { sent_blocks: sent });
+    msgs.push_back(Message::DeltaEnd {
+        sent_blocks: sent,
+        freeze_ms: None,
+    });
     Ok((msgs, hashes))
 }
 
@@ -164,7 +167,7 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(
-            matches!(msgs.back(), Some(Message::DeltaEnd { sent_blocks: 4 })),
+            matches!(msgs.back(), Some(Message::DeltaEnd { sent_blocks: 4, .. })),
             "the stream ends with the count"
         );
     }

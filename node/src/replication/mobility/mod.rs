@@ -193,7 +193,13 @@ async fn run(
                     for w in answering {
                         let _ = w.send(Ok(s.id.clone()));
                     }
-                    sched.handle_done(now, kind);
+                    // A point taken crash-consistent for the freeze cap leaves one due.
+                    let done = if capture.take_downgraded() {
+                        CycleKind { app: false }
+                    } else {
+                        kind
+                    };
+                    sched.handle_done(now, done);
                     repl.mob.cycles.fetch_add(1, Ordering::Relaxed);
                     report(
                         &repl,
@@ -205,6 +211,7 @@ async fn run(
                     .await;
                 }
                 Err(e) => {
+                    let _ = capture.take_downgraded();
                     for w in answering {
                         let _ = w.send(Err(e.clone()));
                     }
@@ -355,6 +362,13 @@ async fn cycle(
     capture: &mut trace::Capturing,
 ) -> Result<PointSummary, String> {
     let ps = pick_ps(repl, spec.process_server).await?;
+    // An app-consistent point holds the freeze while it reads: not if that would outlast the
+    // policy's cap (the point is crash-consistent then, and the scheduler still wants one).
+    let kind = if kind.app && !capture.may_freeze(spec.policy.max_freeze_ms) {
+        CycleKind { app: false }
+    } else {
+        kind
+    };
     let mut replica: Replica = load(&replica_path(repl))?.unwrap_or_default();
     // The capture time is taken before the view: every write completed before it is in the
     // point (a snapshot taken later may contain later writes too, never fewer). Change
@@ -411,6 +425,7 @@ async fn cycle(
             .map_err(|e| e.to_string())?;
         let mut new_hashes = Vec::new();
         let mut sent = 0;
+        let reading = std::time::Instant::now();
         for (i, (p, old)) in views.paths.iter().zip(olds).enumerate() {
             // Traced: only the dirty blocks are read (the others' hashes are the base's).
             let dirty = old.as_ref().and(plan.get(i).cloned().flatten());
@@ -427,8 +442,15 @@ async fn cycle(
             new_hashes.push(h);
             sent += n;
         }
-        if frozen.is_frozen() {
-            capture.handle_freeze(froze.elapsed().as_millis() as u64);
+        capture.handle_read(
+            repl.mob.progress.scanned.load(Ordering::Relaxed),
+            reading.elapsed().as_millis() as u64,
+        );
+        let freeze_ms = frozen
+            .is_frozen()
+            .then(|| froze.elapsed().as_millis() as u64);
+        if let Some(ms) = freeze_ms {
+            capture.handle_freeze(ms);
         }
         frozen.thaw();
         drop(views);
@@ -437,9 +459,12 @@ async fn cycle(
             elapsed_ms = crate::seams::now().millis_since(captured),
             "delta sent"
         );
-        w.send(Message::DeltaEnd { sent_blocks: sent })
-            .await
-            .map_err(|e| e.to_string())?;
+        w.send(Message::DeltaEnd {
+            sent_blocks: sent,
+            freeze_ms,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         w.finish();
         cyc.handle_sent(&mut replica);
         repl.mob.last_sent_blocks.store(sent, Ordering::Relaxed);

@@ -433,6 +433,10 @@ pub struct Capturing {
     last_full_scan: Option<String>,
     last_freeze_ms: Option<u64>,
     last_read_bytes: u64,
+    /// Bytes per ms the last cycle that read much read at.
+    read_rate: Option<f64>,
+    freeze_skipped: Option<String>,
+    downgraded: bool,
 }
 
 /// What a cycle reads of each disk: only these blocks, or everything (a full scan).
@@ -452,6 +456,9 @@ impl Capturing {
             last_full_scan: None,
             last_freeze_ms: None,
             last_read_bytes: 0,
+            read_rate: None,
+            freeze_skipped: None,
+            downgraded: false,
         };
         c.restart();
         c
@@ -591,6 +598,53 @@ impl Capturing {
         self.last_read_bytes = bytes;
     }
 
+    /// A cycle read `bytes` in `ms` (its rate estimates the next freeze).
+    pub fn handle_read(&mut self, bytes: u64, ms: u64) {
+        if bytes >= 1 << 20 && ms > 0 {
+            self.read_rate = Some(bytes as f64 / ms as f64);
+        }
+    }
+
+    /// Before an app-consistent cycle's view: whether reading what it must read under the
+    /// freeze fits in `max_ms`. If not, this cycle is crash-consistent (see
+    /// [`Capturing::take_downgraded`]) and the reason is reported.
+    pub fn may_freeze(&mut self, max_ms: u64) -> bool {
+        let (pending, loss) = match &self.trace {
+            Some(t) => {
+                let g = t.lock();
+                (g.pending_blocks(), g.loss().is_some())
+            }
+            None => (vec![], true),
+        };
+        let bytes: u64 = self
+            .modes
+            .iter()
+            .zip(&self.paths)
+            .map(|(m, p)| match m {
+                Mode::Trace(i) if !loss => {
+                    pending.get(*i).copied().unwrap_or(0) as u64 * self.block_size as u64
+                }
+                _ => crate::disk::Disk::open(p)
+                    .map(|d| lifeboat_actors::seams::BlockDevice::size(&d))
+                    .unwrap_or(0),
+            })
+            .sum();
+        match lifeboat_actors::tracking::freeze_allowed(bytes, self.read_rate, max_ms) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(cause = %why, "no freeze for this point");
+                self.freeze_skipped = Some(why);
+                self.downgraded = true;
+                false
+            }
+        }
+    }
+
+    /// Whether the last cycle was taken crash-consistent instead of app-consistent (once).
+    pub fn take_downgraded(&mut self) -> bool {
+        std::mem::take(&mut self.downgraded)
+    }
+
     /// For reports.
     pub fn report(&self, names: &[String]) -> TrackingReport {
         let (stats, pending) = self.trace.as_ref().map(Trace::stats).unwrap_or_default();
@@ -620,6 +674,7 @@ impl Capturing {
             dirty_bytes: pending.iter().sum::<usize>() as u64 * self.block_size as u64,
             last_freeze_ms: self.last_freeze_ms,
             last_read_bytes: self.last_read_bytes,
+            last_freeze_skipped: self.freeze_skipped.clone(),
         }
     }
 }

@@ -131,13 +131,16 @@ async fn receive_and_process(
     match (received, processed) {
         (_, Err(e)) => Err(e),
         (Err(e), _) => Err(e.into()),
-        (Ok(sent), Ok((_, out))) if out.stats.changed_blocks != sent => {
+        (Ok((sent, _)), Ok((_, out))) if out.stats.changed_blocks != sent => {
             Err(SessionError::Failed(format!(
                 "stream announced {sent} blocks but carried {}",
                 out.stats.changed_blocks
             )))
         }
-        (Ok(_), Ok(done)) => Ok(done),
+        (Ok((_, freeze_ms)), Ok(mut done)) => {
+            done.1.stats.freeze_ms = freeze_ms;
+            Ok(done)
+        }
     }
 }
 

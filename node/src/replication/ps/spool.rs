@@ -102,7 +102,7 @@ pub(super) async fn receive(
     h: &DeltaHeader,
     r: &mut dyn MessageSource,
     tx: mpsc::Sender<Segment>,
-) -> Result<u64, String> {
+) -> Result<(u64, Option<u64>), String> {
     let mut seg: Option<(
         Vec<SpoolRecord>,
         u64,
@@ -170,9 +170,12 @@ pub(super) async fn receive(
                     }
                 }
             }
-            Message::DeltaEnd { sent_blocks } => {
+            Message::DeltaEnd {
+                sent_blocks,
+                freeze_ms,
+            } => {
                 close_segment(ps, h, seg.take(), &tx).await?;
-                return Ok(sent_blocks);
+                return Ok((sent_blocks, freeze_ms));
             }
             other => {
                 return Err(format!(
