@@ -144,7 +144,7 @@ for g in $SIZES; do
   done
 done
 first=${SIZES%% *}; last=${SIZES##* }
-printf "  trace cycle %s GiB / %s GiB: %.2fx (target <= 1.2)   scan: %.2fx\n" "$last" "$first" \
+[ -n "$SIZES" ] && printf "  trace cycle %s GiB / %s GiB: %.2fx (target <= 1.2)   scan: %.2fx\n" "$last" "$first" \
   "$("$PY" -c "print(${CT[$last-trace]}/max(1,${CT[$first-trace]}))")" "$("$PY" -c "print(${CT[$last-scan]}/max(1,${CT[$first-scan]}))")"
 printf "  overhead: untracked %s IOPS (p99 %s us)   traced %s IOPS (p99 %s us)   IOPS loss %.1f%% (target <= 5)\n" \
   "$I0" "$L0" "$I1" "$L1" "$("$PY" -c "print(100*(1-$I1/$I0))")"

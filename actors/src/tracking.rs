@@ -131,8 +131,8 @@ pub enum Line {
         ts_us: u64,
         /// (major, minor).
         dev: (u32, u32),
-        /// `W`, `R`, `D`, `F`... flags.
-        rwbs: String,
+        /// It changes the disk (`rwbs` has `W`, `D` or `Z`).
+        writes: bool,
         /// First 512-byte sector.
         sector: u64,
         /// Sectors.
@@ -151,9 +151,14 @@ pub const MARKER_PREFIX: &str = "lifeboat-drain-";
 
 /// Parses a line of `trace_pipe` in the default format with the `mono` clock.
 pub fn parse_line(line: &str) -> Line {
+    // The hot path first (one line per request), without allocating.
+    const EVENT: &str = ": block_rq_complete: ";
+    if let Some(at) = line.find(EVENT) {
+        return parse_request(line, at, at + EVENT.len()).unwrap_or(Line::Other);
+    }
     if let Some(i) = line.find("[LOST ") {
         let n = line[i + 6..]
-            .split_whitespace()
+            .split_ascii_whitespace()
             .next()
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
@@ -166,48 +171,54 @@ pub fn parse_line(line: &str) -> Line {
             .collect();
         return Line::Marker(token);
     }
-    let Some(at) = line.find(": block_rq_complete: ") else {
-        return Line::Other;
-    };
-    let Some(ts_us) = line[..at].rsplit(' ').next().and_then(parse_ts) else {
-        return Line::Other;
-    };
-    // `7,0 WS () 24000 + 8 be,0,4 [0]`
-    let mut f = line[at + ": block_rq_complete: ".len()..].split_whitespace();
-    let dev = f.next().and_then(|d| {
-        let (a, b) = d.split_once(',')?;
-        Some((a.parse().ok()?, b.parse().ok()?))
-    });
-    let rwbs = f.next().map(str::to_string);
+    Line::Other
+}
+
+/// `… 1853.572091: block_rq_complete: 7,0 WS () 24000 + 8 be,0,4 [0]`: the timestamp ends
+/// at `at`, the event's fields start at `fields`.
+fn parse_request(line: &str, at: usize, fields: usize) -> Option<Line> {
+    let ts_us = parse_ts(line[..at].rsplit(' ').next()?)?;
+    let rest = &line[fields..];
+    let mut f = rest.split_ascii_whitespace();
+    let (a, b) = f.next()?.split_once(',')?;
+    let dev = (a.parse().ok()?, b.parse().ok()?);
+    let rwbs = f.next()?;
     // The command (`(...)`), which may hold spaces, ends at the first `)`.
-    let rest: Vec<&str> = f.collect();
-    let rest = rest.join(" ");
-    let after = rest.find(')').map_or(rest.as_str(), |i| &rest[i + 1..]);
-    let mut g = after.split_whitespace();
-    let sector = g.next().and_then(|s| s.parse().ok());
-    let plus = g.next();
-    let sectors = g.next().and_then(|s| s.parse().ok());
-    match (dev, rwbs, sector, plus, sectors) {
-        (Some(dev), Some(rwbs), Some(sector), Some("+"), Some(sectors)) => Line::Request {
-            ts_us,
-            dev,
-            rwbs,
-            sector,
-            sectors,
-        },
-        _ => Line::Other,
+    let mut g = rest[rest.find(')')? + 1..].split_ascii_whitespace();
+    let sector = g.next()?.parse().ok()?;
+    if g.next()? != "+" {
+        return None;
     }
+    let sectors = g.next()?.parse().ok()?;
+    Some(Line::Request {
+        ts_us,
+        dev,
+        writes: writes(rwbs),
+        sector,
+        sectors,
+    })
 }
 
 fn parse_ts(s: &str) -> Option<u64> {
     let (a, b) = s.split_once('.')?;
     let secs: u64 = a.parse().ok()?;
-    let frac = format!("{b:0<6}");
-    let us: u64 = frac.get(..6)?.parse().ok()?;
-    Some(secs * 1_000_000 + us)
+    // Microseconds: the first six digits of the fraction, padded.
+    let mut us = 0u64;
+    let mut digits = 0;
+    for c in b.bytes().take(6) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        us = us * 10 + u64::from(c - b'0');
+        digits += 1;
+    }
+    if digits == 0 {
+        return None;
+    }
+    Some(secs * 1_000_000 + us * 10u64.pow(6 - digits))
 }
 
-/// Whether a request changes the disk's content.
+/// Whether a request changes the disk's content (`rwbs`: a write, discard or write-zeroes).
 fn writes(rwbs: &str) -> bool {
     rwbs.contains(['W', 'D', 'Z'])
 }
@@ -299,10 +310,10 @@ impl Tracker {
             Line::Request {
                 ts_us,
                 dev,
-                rwbs,
+                writes: true,
                 sector,
                 sectors,
-            } if writes(&rwbs) => {
+            } => {
                 let ix = self.by_dev.get(&dev)?;
                 self.stats.events += 1;
                 let late = self.view_us.is_some_and(|v| ts_us + SLACK_US >= v);

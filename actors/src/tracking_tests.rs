@@ -20,7 +20,7 @@ fn lines_of_trace_pipe_parse() {
         Line::Request {
             ts_us: 1_853_572_091,
             dev: (7, 0),
-            rwbs: "WS".into(),
+            writes: true,
             sector: 24000,
             sectors: 8
         }

@@ -238,6 +238,12 @@ fn trace_capture_reads_what_was_written_and_misses_no_write_across_every_loss() 
     full_scan_for(&nodes[0], "disabled");
     let t = now_ms();
     check_point_after(&nodes[0], t, &kept, w, &disk);
+    // Someone removes the instance: the kernel refuses while the daemon reads it (EBUSY); if
+    // it ever lets it go, the daemon notices and traces again after a full scan.
+    match std::fs::remove_dir(&inst) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}"),
+        Ok(()) => full_scan_for(&nodes[0], "went away"),
+    }
 
     // The device grows.
     std::fs::OpenOptions::new()

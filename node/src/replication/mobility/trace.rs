@@ -76,10 +76,15 @@ fn tracefs() -> Result<PathBuf, String> {
     }
 }
 
+/// A tracefs control file, in one `read` (an event's `filter` answers only the first read of
+/// an open file: `read_to_string`'s small first read would cut it at 32 bytes).
 fn read_trim(p: &Path) -> Result<String, String> {
-    std::fs::read_to_string(p)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("{}: {e}", p.display()))
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 << 10];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut buf))
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
 fn write_to(p: &Path, v: &str) -> Result<(), String> {
@@ -170,11 +175,14 @@ impl Trace {
         let mut devs: Vec<u64> = disks.iter().map(|d| kdev(d.dev)).collect();
         devs.sort_unstable();
         devs.dedup();
-        let filter = devs
-            .iter()
-            .map(|d| format!("dev == {d}"))
-            .collect::<Vec<_>>()
-            .join(" || ");
+        // Reads are dropped in the kernel: only what changes a disk is recorded.
+        let filter = format!(
+            "({}) && (rwbs ~ \"*W*\" || rwbs ~ \"*D*\" || rwbs ~ \"*Z*\")",
+            devs.iter()
+                .map(|d| format!("dev == {d}"))
+                .collect::<Vec<_>>()
+                .join(" || ")
+        );
         let setup = || -> Result<(), String> {
             write_to(&dir.join("trace_clock"), "mono")?;
             write_to(&dir.join("buffer_size_kb"), &buffer_kb().to_string())?;
@@ -351,9 +359,10 @@ fn check(dir: &Path, filter: &str, s: &Shared) -> Result<(), String> {
         let _ = write_to(&dir.join(EVENT).join("enable"), "1");
         wrong = Some("the block event was disabled".into());
     }
-    if read_trim(&dir.join(EVENT).join("filter"))? != filter {
+    let now = read_trim(&dir.join(EVENT).join("filter"))?;
+    if now != filter {
         let _ = write_to(&dir.join(EVENT).join("filter"), filter);
-        wrong = Some("the event filter was changed".into());
+        wrong = Some(format!("the event filter was changed (to {now:?})"));
     }
     let o = overruns(dir);
     if o != s.overruns.swap(o, Ordering::Relaxed) {
@@ -367,9 +376,11 @@ fn check(dir: &Path, filter: &str, s: &Shared) -> Result<(), String> {
 
 fn read_pipe(pipe: std::fs::File, dir: &Path, s: &Shared) {
     let mut r = std::io::BufReader::with_capacity(1 << 20, pipe);
-    let mut line = String::new();
+    // The lines read so far that the tracker has not seen: handed over under one lock once
+    // the buffer is empty (or a batch is full), not one lock per line.
+    let mut batch: Vec<String> = Vec::new();
     loop {
-        line.clear();
+        let mut line = String::new();
         match r.read_line(&mut line) {
             Ok(0) | Err(_) => {
                 if !s.stop.load(Ordering::Relaxed) {
@@ -378,6 +389,9 @@ fn read_pipe(pipe: std::fs::File, dir: &Path, s: &Shared) {
                     let off = std::fs::read_to_string(dir.join("tracing_on"))
                         .is_ok_and(|v| v.trim() == "0");
                     let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    for l in batch.drain(..) {
+                        t.handle_line(&l);
+                    }
                     t.handle_loss(if off {
                         "tracing was switched off"
                     } else {
@@ -386,18 +400,28 @@ fn read_pipe(pipe: std::fs::File, dir: &Path, s: &Shared) {
                 }
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => batch.push(line),
         }
         if s.stop.load(Ordering::Relaxed) {
             return;
         }
-        let marker = s
-            .tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .handle_line(&line);
-        if let Some(m) = marker {
-            s.markers.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+        if !r.buffer().is_empty() && batch.len() < 4096 {
+            continue;
+        }
+        let mut markers = Vec::new();
+        {
+            let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            for l in batch.drain(..) {
+                if let Some(m) = t.handle_line(&l) {
+                    markers.push(m);
+                }
+            }
+        }
+        if !markers.is_empty() {
+            s.markers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(markers);
             s.seen.notify_all();
         }
     }
