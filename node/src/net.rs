@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 
 /// Outgoing messages queued per peer before `send` reports backpressure.
 pub const SEND_QUEUE: usize = 256;
+/// How long a connection replaced by a duplicate one keeps serving what is in flight on it.
+pub const DUPLICATE_GRACE: Duration = Duration::from_secs(120);
 /// Most handshakes in progress at once (unauthenticated peers cost memory and CPU). A new
 /// connection past this evicts the oldest handshake of the address holding the most slots,
 /// so a flood of idle connections cannot lock members out: theirs finish in milliseconds.
@@ -499,8 +501,17 @@ fn install(inner: Arc<Inner>, c: SecureConn) -> Result<(), TransportError> {
         }
     };
     if let Some(l) = &loser {
-        l.conn.close(close::DUPLICATE, b"duplicate connection");
-        if Arc::ptr_eq(l, &c) {
+        if !Arc::ptr_eq(l, &c) {
+            // The replaced connection may carry requests in flight (a landing, a restore
+            // answer): it is served for a grace period, then closed; new messages go over
+            // the survivor.
+            let l = l.clone();
+            inner.rt.spawn(async move {
+                tokio::time::sleep(DUPLICATE_GRACE).await;
+                l.conn.close(close::DUPLICATE, b"duplicate connection");
+            });
+        } else {
+            l.conn.close(close::DUPLICATE, b"duplicate connection");
             return Err(TransportError::Protocol(format!(
                 "already connected to {peer}"
             )));
