@@ -759,3 +759,18 @@ impl Drop for S3Emulator {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `lifeboat ARGS` against `n`'s state directory on a thread: the command's output when
+/// it ends (for commands a test interrupts, e.g. by killing a daemon).
+pub fn background(n: &Node, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
+    let (dir, args): (_, Vec<String>) =
+        (n.dir.clone(), args.iter().map(|a| a.to_string()).collect());
+    std::thread::spawn(move || {
+        Command::new(bin())
+            .args(&args)
+            .arg("--state-dir")
+            .arg(&dir)
+            .output()
+            .expect("run lifeboat")
+    })
+}

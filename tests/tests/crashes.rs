@@ -9,20 +9,6 @@ use lifeboat_tests::*;
 use serde_json::Value;
 use std::path::Path;
 
-/// Runs `lifeboat ARGS` against `n`'s state directory in the background.
-fn background(n: &Node, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let (dir, args): (_, Vec<String>) =
-        (n.dir.clone(), args.iter().map(|a| a.to_string()).collect());
-    std::thread::spawn(move || {
-        std::process::Command::new(bin())
-            .args(&args)
-            .arg("--state-dir")
-            .arg(&dir)
-            .output()
-            .unwrap()
-    })
-}
-
 /// Restarts `n` with failpoint `fp` armed.
 fn arm(n: &mut Node, fp: &str) {
     n.stop();

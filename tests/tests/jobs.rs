@@ -6,20 +6,6 @@ use lifeboat_tests::disks::*;
 use lifeboat_tests::*;
 use std::path::Path;
 
-/// Runs `lifeboat ARGS` against `n`'s state directory in the background.
-fn background(n: &Node, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let (dir, args): (_, Vec<String>) =
-        (n.dir.clone(), args.iter().map(|a| a.to_string()).collect());
-    std::thread::spawn(move || {
-        std::process::Command::new(bin())
-            .args(&args)
-            .arg("--state-dir")
-            .arg(&dir)
-            .output()
-            .unwrap()
-    })
-}
-
 /// A boot hook that marks `mark` and then waits (up to 2 min) for `go`.
 fn waiting_hook(mark: &Path, go: &Path) -> String {
     format!(

@@ -169,6 +169,33 @@ fn seal_batch(
     Ok(Scan::Frame(out))
 }
 
+/// Hands the blocks of `data` (read in order) to `scan`, counting them in `progress`; a batch
+/// that comes due goes to `emit`.
+fn feed(
+    scan: &mut DiskScan,
+    data: &[u8],
+    bs: usize,
+    progress: &Progress,
+    now_ms: &dyn Fn() -> u64,
+    emit: &mut impl FnMut(Vec<DeltaBlock>) -> Result<(), String>,
+) -> Result<(), String> {
+    for block in data.chunks(bs) {
+        progress
+            .scanned
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        let step = scan.handle_block(block, now_ms());
+        if step.changed {
+            progress
+                .pending
+                .fetch_add(block.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(batch) = step.batch {
+            emit(batch)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads `dev` front to back (on [`READ_LANES`] reader threads) through the shared
 /// [`DiskScan`] against the base's hashes `old`; each batch of changed blocks goes to `emit`
 /// when due. `now_ms` is a monotonic clock for the keepalive. Returns the disk's new hash map
@@ -189,20 +216,7 @@ pub fn scan_device(
     let mut spans = ReadAhead::start(dev, buffers);
     while scan.seen() < n {
         let Span { at, len, buf } = spans.next()?;
-        for data in buf.data(len).chunks(bs) {
-            progress
-                .scanned
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            let step = scan.handle_block(data, now_ms());
-            if step.changed {
-                progress
-                    .pending
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            if let Some(batch) = step.batch {
-                emit(batch)?;
-            }
-        }
+        feed(&mut scan, buf.data(len), bs, progress, now_ms, &mut emit)?;
         spans.recycle(at, buf);
     }
     let done = scan.finish();
@@ -242,20 +256,7 @@ pub fn scan_dirty_device(
             let at = i as u64 * bs as u64;
             let len = ((j as u64 * bs as u64).min(size) - at) as usize;
             dev.read_at(at, buf.buf(len))?;
-            for data in buf.data(len).chunks(bs) {
-                progress
-                    .scanned
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                let step = scan.handle_block(data, now_ms());
-                if step.changed {
-                    progress
-                        .pending
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                if let Some(batch) = step.batch {
-                    emit(batch)?;
-                }
-            }
+            feed(&mut scan, buf.data(len), bs, progress, now_ms, &mut emit)?;
             i = j;
         }
     }

@@ -11,6 +11,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+mod recovery;
+mod tracking;
+pub use recovery::{FailbackDisk, FailbackJob, LandJob, Landed};
+pub use tracking::{Capture, CaptureReport, TrackingReport};
+
 /// A role a node can take. Roles are data: a node can hold any subset, changed at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -286,59 +291,6 @@ pub struct Hooks {
     /// by a failover with `--shutdown-source` or `--planned`.
     #[serde(default)]
     pub shutdown: Option<String>,
-}
-
-/// How a mobility node finds the blocks that changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-#[serde(rename_all = "kebab-case")]
-pub enum Capture {
-    /// `trace` for block devices where the kernel's block tracing is available, else `scan`.
-    #[default]
-    Auto,
-    /// The kernel's block tracepoints (block devices); a disk that cannot be traced is scanned,
-    /// and its status says why.
-    Trace,
-    /// Read and hash every block each cycle.
-    Scan,
-}
-
-/// How one disk is captured now, as its mobility node reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct CaptureReport {
-    /// Disk name.
-    pub disk: String,
-    /// `trace` or `scan`.
-    pub mode: String,
-    /// Why it is scanned (when it is).
-    pub reason: Option<String>,
-}
-
-/// Change tracking's counters on a mobility node (`trace` capture).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct TrackingReport {
-    /// Each disk's capture.
-    pub disks: Vec<CaptureReport>,
-    /// Write requests traced on protected disks.
-    pub events: u64,
-    /// Events the kernel dropped.
-    pub lost_events: u64,
-    /// Cycles that scanned in full because tracking could not be trusted.
-    pub full_scans: u64,
-    /// Why the last of them did.
-    pub last_full_scan: Option<String>,
-    /// Bytes of traced blocks waiting for the next cycle.
-    pub dirty_bytes: u64,
-    /// How long the last app-consistent point held the freeze, ms.
-    pub last_freeze_ms: Option<u64>,
-    /// Bytes the last committed cycle read from the disks.
-    pub last_read_bytes: u64,
-    /// Why the last app-consistent point due was taken crash-consistent (the freeze would
-    /// have lasted longer than the policy's cap).
-    #[serde(default)]
-    pub last_freeze_skipped: Option<String>,
 }
 
 /// What the configuration node asks a mobility node to protect.
@@ -681,84 +633,6 @@ pub enum Message {
         /// The disks: the point's names, the landed images.
         disks: Vec<DiskSpec>,
     },
-}
-
-/// A point to bring up on a target node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct LandJob {
-    /// `drill` or `failover`.
-    pub kind: String,
-    /// The drill's or failover's id.
-    pub job: String,
-    /// The machine whose point it is.
-    pub machine: NodeId,
-    /// Its name.
-    pub machine_name: String,
-    /// The point id.
-    pub point: String,
-    /// The vault, for this job only.
-    pub grant: VaultGrant,
-    /// Image directory (absolute; default: one of its own under the target's state directory).
-    pub dir: Option<String>,
-    /// `raw` or `qcow2`.
-    pub format: String,
-    /// Boot hook.
-    pub boot_hook: Option<String>,
-    /// Run the boot hook in a fresh network namespace with only loopback.
-    pub isolated: bool,
-    /// Keep each disk's BLAKE3 map as restored (a reprotect's base).
-    pub keep_maps: bool,
-    /// Disks written onto existing block devices (the point's disk name, the device) instead
-    /// of image files: only the blocks that differ are written.
-    #[serde(default)]
-    pub disk_map: Vec<DiskSpec>,
-}
-
-/// What a landing made.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct Landed {
-    /// Image directory.
-    pub dir: String,
-    /// Images, verified.
-    pub images: Vec<String>,
-    /// The boot hook's exit code, if one ran.
-    pub boot_hook_exit: Option<i32>,
-    /// Why it failed after it began (what it made stays until it is unlanded).
-    pub error: Option<String>,
-}
-
-/// A failback job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct FailbackJob {
-    /// The machine (the receiving mobility node).
-    pub machine: NodeId,
-    /// The vault, for this job only.
-    pub grant: VaultGrant,
-    /// The point (of this machine) to write.
-    pub point: String,
-    /// Where each of its disks goes (the point's disk name, the local path).
-    pub disks: Vec<DiskSpec>,
-}
-
-/// What failing back one disk cost.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct FailbackDisk {
-    /// Disk name.
-    pub name: String,
-    /// Bytes of the local disk read and compared.
-    pub read_bytes: u64,
-    /// Blocks compared.
-    pub compared_blocks: u64,
-    /// Blocks that differed and were written.
-    pub written_blocks: u64,
-    /// Bytes written.
-    pub written_bytes: u64,
-    /// Bytes fetched from the vault.
-    pub fetched_bytes: u64,
 }
 
 impl Message {
