@@ -56,6 +56,20 @@ impl Drop for Fio {
     }
 }
 
+/// A configuration node with a local vault, a process server, and `web` (mobility).
+fn mesh() -> Vec<Node> {
+    let nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    nodes[0].ok(&["vault", "create", "v1"]);
+    nodes
+}
+
 /// `web`'s tracking report in `status`.
 fn tracking(cfg: &Node) -> Value {
     cfg.json(&["status"])["replication"]["machines"][0]["tracking"].clone()
@@ -148,16 +162,8 @@ fn trace_capture_reads_what_was_written_and_misses_no_write_across_every_loss() 
         .to_string();
     let kept = w.join("views");
     std::fs::create_dir_all(&kept).unwrap();
-    let mut nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
+    let mut nodes = mesh();
     let cfg = &nodes[0];
-    cfg.ok(&["vault", "create", "v1"]);
     fast_policy(cfg, "10m");
     // The view: the device read with O_DIRECT (not its page cache), kept under its time.
     let hook = format!(
@@ -315,16 +321,8 @@ fn writes_through(stack: &str, layer: impl FnOnce(&str) -> Option<(String, Box<d
     let Some((top, teardown)) = layer(&dev) else {
         return;
     };
-    let nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
+    let nodes = mesh();
     let cfg = &nodes[0];
-    cfg.ok(&["vault", "create", "v1"]);
     fast_policy(cfg, "10m");
     let t = now_ms();
     cfg.ok(&[
@@ -458,16 +456,8 @@ fn writes_through_device_mapper_are_traced_on_the_disk_under_it() {
 fn an_app_consistent_point_freezes_only_while_it_reads_what_changed_and_within_the_cap() {
     let work = tempfile::tempdir().unwrap();
     let fs = Ext4::new(work.path(), 48);
-    let nodes = mesh_of(
-        &[
-            ("config", ""),
-            ("ps", "process-server"),
-            ("web", "mobility"),
-        ],
-        &[],
-    );
+    let nodes = mesh();
     let cfg = &nodes[0];
-    cfg.ok(&["vault", "create", "v1"]);
     // App-consistent points every second, the freeze capped at 1 ms: only a cycle with next to
     // nothing to read may freeze.
     cfg.ok(&[
