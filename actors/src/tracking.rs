@@ -17,6 +17,12 @@
 //! and starts a new one holding the blocks of events at or after `t0` (they may have come after
 //! the view: read again next cycle). A block written after the marker is in the next map. A
 //! cycle that does not commit gives its map back ([`Tracker::give_back`]).
+//!
+//! A loss noticed before the view (a `[LOST]` line, an overrun counter, tracing found off)
+//! makes this cycle scan in full. A loss noticed between the view and the take makes this
+//! cycle *and the next* scan in full: the events lost may be writes after the view, which only
+//! the next cycle reads. (The shell reads the overrun counters after the view, so an overrun
+//! before the view is never noticed only after the take.)
 
 use std::collections::BTreeMap;
 
@@ -241,6 +247,10 @@ pub struct Tracker {
     carry: Vec<Dirty>,
     view_us: Option<u64>,
     lost: Option<String>,
+    /// A loss noticed between [`Tracker::begin_view`] and [`Tracker::take`]: the events lost
+    /// may have come after the view, so the cycle after the current one cannot trust its map
+    /// either.
+    lost_next: Option<String>,
     stats: TrackerStats,
 }
 
@@ -260,6 +270,7 @@ impl Tracker {
             disks,
             view_us: None,
             lost: Some("tracking started: writes before it are unknown".into()),
+            lost_next: None,
             stats: TrackerStats::default(),
         }
     }
@@ -297,10 +308,14 @@ impl Tracker {
         self.lost = Some(why);
     }
 
-    /// Events may have been lost for `why`: the next take says so.
+    /// Events may have been lost for `why`: the next take says so. Noticed after the view
+    /// began, the take after it says so too (what was lost may be writes after the view).
     pub fn handle_loss(&mut self, why: &str) {
         if self.lost.is_none() {
             self.lost = Some(why.to_string());
+        }
+        if self.view_us.is_some() && self.lost_next.is_none() {
+            self.lost_next = Some(why.to_string());
         }
     }
 
@@ -367,7 +382,8 @@ impl Tracker {
         self.carry = self.disks.iter().map(|d| Dirty::new(d.blocks())).collect();
         let taken = std::mem::replace(&mut self.dirty, next);
         self.view_us = None;
-        match self.lost.take() {
+        let lost = std::mem::replace(&mut self.lost, self.lost_next.take());
+        match lost {
             Some(why) => Err(why),
             None => Ok(taken),
         }

@@ -114,6 +114,25 @@ fn a_loss_forces_a_full_scan_once_and_a_failed_cycle_gives_its_blocks_back() {
 }
 
 #[test]
+fn a_loss_noticed_after_the_view_also_makes_the_next_cycle_scan_in_full() {
+    let mut t = Tracker::new(vec![disk(0, 1 << 20)]);
+    let _ = t.take();
+    t.begin_view(20_000_000);
+    // Reported while the cycle drains: the lost events may be writes after the view.
+    t.handle_line("CPU:1 [LOST 5 EVENTS]");
+    t.handle_line(&rq("20.5", "7,3", "W", 0, 8));
+    assert!(t.take().unwrap_err().contains("dropped 5"));
+    let e = t.take().unwrap_err();
+    assert!(e.contains("dropped 5"), "{e}");
+    assert!(t.take().is_ok());
+    // Before the view, one full scan is enough.
+    t.handle_loss("tracing was switched off");
+    t.begin_view(30_000_000);
+    assert!(t.take().is_err());
+    assert!(t.take().is_ok());
+}
+
+#[test]
 fn the_freeze_is_capped_by_the_estimated_read_time() {
     // 1 GiB at 100 MB/s: about 10.7 s.
     assert_eq!(freeze_estimate_ms(1 << 30, Some(100_000.0)), 10_738);
