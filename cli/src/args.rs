@@ -303,8 +303,9 @@ pub(crate) enum Cmd {
         /// Nodes in the simulated mesh.
         #[arg(long, default_value_t = 5)]
         nodes: usize,
-        /// Message loss, per mille.
-        #[arg(long, default_value_t = 20)]
+        /// Message loss, per mille (0 to 500: above half, the mesh is not expected to converge,
+        /// which the runs check).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=500))]
         loss_permille: u64,
         /// Partition episodes per run.
         #[arg(long, default_value_t = 3)]

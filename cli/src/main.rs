@@ -137,7 +137,10 @@ fn roles_line(v: &r::RolesReply) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let dir = StateDir::new(cli.state_dir.clone().unwrap_or_else(default_state_dir));
+    // Absolute, so that what the node derives from it (the default vault's file:// URL, the
+    // daemon's paths) does not depend on the working directory.
+    let root = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let dir = StateDir::new(std::path::absolute(&root).unwrap_or(root));
     match cli.cmd {
         Cmd::Init {
             name,
@@ -543,6 +546,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A command whose output is piped into `head` ends quietly when the reader goes (as
+    // Unix tools do), instead of panicking in println!. Not the daemon nor the quickstart's
+    // in-process nodes: they must see EPIPE on a socket as an error, not die of it.
+    if !matches!(
+        cli.cmd,
+        Cmd::Node { cmd: NodeCmd::Run } | Cmd::Quickstart { .. }
+    ) {
+        // SAFETY: before any thread starts; restores the default action of one signal.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

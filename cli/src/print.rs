@@ -15,7 +15,8 @@ pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine:
             "{:<16} {:<24} rpo {:<10} latest {:<12} app {:<12} pending {:>10} B {}{}",
             m.machine,
             state,
-            lifeboat_protocol::time::human_duration(m.rpo_ms),
+            m.rpo_ms
+                .map_or("-".into(), lifeboat_protocol::time::human_duration),
             when(m.latest_point.as_ref().map(|p| p.captured_ms)),
             when(m.latest_app_consistent.as_ref().map(|p| p.captured_ms)),
             m.pending_bytes,
@@ -91,10 +92,17 @@ pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine:
 
 /// `points` as a table.
 pub(crate) fn print_points(v: &[r::PointInfo]) {
-    println!(
-        "{:<34} {:<17} {:<18} {:>10} {:>10}  MERKLE ROOTS",
-        "POINT", "CAPTURED", "CONSISTENCY", "CHANGED", "STORED"
-    );
+    let mut rows = vec![[
+        "POINT",
+        "CAPTURED",
+        "CONSISTENCY",
+        "CHANGED",
+        "STORED",
+        "FREEZE",
+        "MERKLE ROOTS",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in v {
         let roots: Vec<String> = p
             .disks
@@ -107,20 +115,49 @@ pub(crate) fn print_points(v: &[r::PointInfo]) {
                 )
             })
             .collect();
-        let freeze = p
-            .stats
-            .freeze_ms
-            .map(|ms| format!("  freeze {ms} ms"))
-            .unwrap_or_default();
-        println!(
-            "{:<34} {:<17} {:<18} {:>10} {:>10}  {}{freeze}",
-            p.id,
+        rows.push(vec![
+            p.id.clone(),
             when(Some(p.captured_ms)),
             p.consistency.to_string(),
-            p.stats.changed_blocks,
-            p.stats.stored_bytes,
-            roots.join(" ")
-        );
+            p.stats.changed_blocks.to_string(),
+            p.stats.stored_bytes.to_string(),
+            p.stats
+                .freeze_ms
+                .map_or("-".into(), |ms| format!("{ms} ms")),
+            roots.join(" "),
+        ]);
+    }
+    print_table(&rows, &[false, false, false, true, true, true, false]);
+}
+
+/// Rows as columns as wide as their widest cell (the last one unpadded); `right[i]` aligns
+/// column `i` to the right.
+pub(crate) fn print_table(rows: &[Vec<String>], right: &[bool]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|x| x.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if c + 1 == r.len() && !right.get(c).copied().unwrap_or(false) {
+                line.push_str(cell);
+            } else if right.get(c).copied().unwrap_or(false) {
+                line.push_str(&format!("{cell:>w$}", w = width[c]));
+            } else {
+                line.push_str(&format!("{cell:<w$}", w = width[c]));
+            }
+        }
+        println!("{line}");
     }
 }
 

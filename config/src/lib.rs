@@ -60,6 +60,14 @@ pub enum ConfigError {
         /// The identity file.
         path: PathBuf,
     },
+    /// `init` on an initialized node with flags that differ from its configuration.
+    #[error("this node is already initialized with {what}; pass --force to replace its identity and configuration (the node will get a new id and must register again), or edit {path}")]
+    InitDiffers {
+        /// What differs, as `--flag: now (asked: new)`.
+        what: String,
+        /// The configuration file.
+        path: PathBuf,
+    },
     /// The state directory exists and others may read it; it would hold secrets.
     #[error("state directory {path} is accessible by other users (mode {mode:04o}) and would hold secrets; run `chmod 700 {path}` or choose another --state-dir")]
     InsecureDir {

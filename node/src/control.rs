@@ -293,12 +293,32 @@ pub enum ControlError {
         /// State dir.
         dir: String,
     },
+    /// The state directory is missing or not a directory.
+    #[error("{0}")]
+    BadDir(String),
     /// The daemon refused the request.
     #[error("{0}")]
     Daemon(String),
     /// Talking to the daemon failed.
     #[error("control socket: {0}")]
     Io(String),
+}
+
+/// Why nothing answers for `dir`: what is wrong with the path, if something is.
+fn not_running(dir: &Path) -> ControlError {
+    let d = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => ControlError::BadDir(format!(
+            "state directory {d} exists but is not a directory; remove it or choose another --state-dir"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ControlError::BadDir(format!(
+            "state directory {d} does not exist; create this node with `lifeboat init --state-dir {d}`"
+        )),
+        Err(e) => ControlError::BadDir(format!("state directory {d}: {e}")),
+        Ok(_) => ControlError::NotRunning {
+            dir: d.to_string(),
+        },
+    }
 }
 
 /// Sends `req` to the daemon of `dir` and waits (bounded by `timeout`) for the answer.
@@ -308,9 +328,7 @@ pub fn call(
     req: &Request,
     timeout: Duration,
 ) -> Result<serde_json::Value, ControlError> {
-    let mut s = UnixStream::connect(socket).map_err(|_| ControlError::NotRunning {
-        dir: dir.display().to_string(),
-    })?;
+    let mut s = UnixStream::connect(socket).map_err(|_| not_running(dir))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| ControlError::Io(e.to_string()))?;
     s.set_write_timeout(Some(timeout))

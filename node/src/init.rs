@@ -45,13 +45,30 @@ pub fn init(dir: &StateDir, opts: &InitOptions) -> Result<InitReport, ConfigErro
     let exists = dir.identity_path().exists();
     if exists && !opts.force {
         let kp = state::load_identity(dir)?;
-        let explicit = opts.name.is_some() || opts.listen.is_some() || !opts.peers.is_empty();
-        if explicit && dir.config_path().exists() {
-            return Err(ConfigError::IdentityExists {
-                path: dir.identity_path(),
-            });
-        }
-        if !dir.config_path().exists() {
+        if dir.config_path().exists() {
+            // A re-run with the flags it was initialized with changes nothing (configuration
+            // management re-runs commands); different ones are refused, naming --force.
+            let c = Config::load(&dir.config_path())?;
+            let mut differs = Vec::new();
+            if let Some(n) = opts.name.as_ref().filter(|n| **n != c.node.name) {
+                differs.push(format!("--name {} (asked: {n})", c.node.name));
+            }
+            if let Some(l) = opts.listen.filter(|l| *l != c.node.listen) {
+                differs.push(format!("--listen {} (asked: {l})", c.node.listen));
+            }
+            if !opts.peers.is_empty() && opts.peers != c.discovery.peers {
+                differs.push(format!(
+                    "--peer {:?} (asked: {:?})",
+                    c.discovery.peers, opts.peers
+                ));
+            }
+            if !differs.is_empty() {
+                return Err(ConfigError::InitDiffers {
+                    what: differs.join(", "),
+                    path: dir.config_path(),
+                });
+            }
+        } else {
             write_config(dir, opts)?;
         }
         return Ok(InitReport {
@@ -124,10 +141,24 @@ mod tests {
         .unwrap();
         assert!(b.unchanged);
         assert_eq!(a.node_id, b.node_id);
-        assert!(matches!(
-            init(&dir, &opts()),
-            Err(ConfigError::IdentityExists { .. })
-        ));
+        // The same flags again: nothing changes.
+        let again = init(&dir, &opts()).unwrap();
+        assert!(again.unchanged);
+        assert_eq!(again.node_id, a.node_id);
+        let err = init(
+            &dir,
+            &InitOptions {
+                name: Some("beta".into()),
+                ..opts()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::InitDiffers { .. }), "{err}");
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert!(
+            err.to_string().contains("--name alpha (asked: beta)"),
+            "{err}"
+        );
         let c = init(
             &dir,
             &InitOptions {

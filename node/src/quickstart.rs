@@ -301,7 +301,10 @@ fn replicate(root: &Path, cfg: &Daemon, out: &mut dyn FnMut(&str)) -> Result<(),
             "status: {} is {}, RPO {}",
             m.machine,
             m.state,
-            lifeboat_protocol::time::human_duration(m.rpo_ms)
+            m.rpo_ms.map_or(
+                "- (no point yet)".into(),
+                lifeboat_protocol::time::human_duration
+            )
         ));
     }
     Ok(())

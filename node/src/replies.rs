@@ -210,8 +210,8 @@ pub struct MachineStatus {
     pub disks: Vec<DiskRef>,
     /// State (`initial-replication`, `protected`, `error`, ...).
     pub state: String,
-    /// RPO now, ms.
-    pub rpo_ms: u64,
+    /// RPO now (the age of the newest point), ms; none before the first point.
+    pub rpo_ms: Option<u64>,
     /// Alert threshold, s.
     pub rpo_threshold_secs: u64,
     /// RPO above the threshold.

@@ -217,7 +217,7 @@ fn suite(store: Option<String>, env: Vec<(String, String)>, corrupt_local_pack: 
     let status = cfg.json(&["status", "web"]);
     let m = &status["replication"]["machines"][0];
     assert_eq!(m["state"], "protected", "{status}");
-    assert!(m["rpo_ms"].as_u64().unwrap() < 60_000);
+    assert!(m["rpo_ms"].as_u64().expect("an RPO once a point exists") < 60_000);
     assert!(m["latest_crash_consistent"]["id"].is_string());
 
     if corrupt_local_pack {

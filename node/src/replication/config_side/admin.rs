@@ -101,21 +101,29 @@ pub fn validate_policy(p: &Policy) -> Result<(), String> {
     if p.crash_consistent_every_secs == 0 {
         return Err("--crash-consistent-every must be at least 1s".into());
     }
-    if p.rpo_threshold_secs < p.crash_consistent_every_secs {
-        return Err("--rpo-threshold must not be shorter than --crash-consistent-every (every point would raise an alert)".into());
-    }
+    // Each message gives the values in force (a flag left out has its default), so that a
+    // clash with a default is plain.
+    let h = |secs: u64| lifeboat_protocol::time::human_duration(secs * 1000);
+    let every = h(p.crash_consistent_every_secs);
     if p.retention_secs < p.crash_consistent_every_secs {
-        return Err(
-            "--retention must be at least --crash-consistent-every, or no point would be kept"
-                .into(),
-        );
+        return Err(format!(
+            "--retention ({}) is shorter than --crash-consistent-every ({every}): no point would be kept",
+            h(p.retention_secs)
+        ));
+    }
+    if p.rpo_threshold_secs < p.crash_consistent_every_secs {
+        return Err(format!(
+            "--rpo-threshold ({}) is shorter than --crash-consistent-every ({every}): every point would raise an alert; give a longer --rpo-threshold",
+            h(p.rpo_threshold_secs)
+        ));
     }
     if p.app_consistent_every_secs != 0
         && p.app_consistent_every_secs < p.crash_consistent_every_secs
     {
-        return Err(
-            "--app-consistent-every must be 0 (never) or at least --crash-consistent-every".into(),
-        );
+        return Err(format!(
+            "--app-consistent-every ({}) must be 0 (never) or at least --crash-consistent-every ({every})",
+            h(p.app_consistent_every_secs)
+        ));
     }
     if p.retention_secs > 365 * 86_400 {
         return Err("--retention above one year is not supported".into());
@@ -147,7 +155,12 @@ pub async fn policy_delete(repl: &Repl, name: &str) -> Result<Value, String> {
         ));
     }
     if guard(&repl.cfg.policies).remove(name).is_none() {
-        return Err(format!("no policy named {name}"));
+        if name == "default" {
+            return Err("the default policy is built in and cannot be deleted; change it with `lifeboat policy create default ...`".into());
+        }
+        return Err(format!(
+            "no policy named {name}; see `lifeboat policy list`"
+        ));
     }
     save_policies(repl)?;
     Ok(crate::replies::encode(&crate::replies::Named {

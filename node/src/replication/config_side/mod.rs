@@ -107,10 +107,14 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn require_config(repl: &Repl) -> Result<(), String> {
     if !repl.roles().await.contains(&Role::Configuration) {
-        return Err(
-            "this command runs on a configuration node (this node lacks the configuration role)"
-                .into(),
-        );
+        // Say where it runs: the configuration node holds the catalog and the vault key.
+        let there = match repl.authorities().await.first() {
+            Some(id) => format!("; run it there (node {id}, see `lifeboat peers`)"),
+            None => String::new(),
+        };
+        return Err(format!(
+            "this command runs on the configuration node, which holds the catalog and the vault key (this node lacks the configuration role){there}"
+        ));
     }
     Ok(())
 }
@@ -608,7 +612,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
             },
-            rpo_ms: rpo,
+            rpo_ms: e.latest.is_some().then_some(rpo),
             rpo_threshold_secs: p.spec.policy.rpo_threshold_secs,
             alert: fo.is_none() && h == Health::Critical,
             latest_point: pt(&e.latest),
@@ -657,6 +661,11 @@ pub async fn throttle(
     clear: bool,
 ) -> Result<Value, String> {
     use lifeboat_actors::replication::{parse_rate, parse_work_hours, Throttle};
+    // The limit is the process server's upload to the vault: set anywhere else, it would be
+    // reported as set and do nothing.
+    if !repl.roles().await.contains(&Role::ProcessServer) {
+        return Err("this node is not a process server, so it uploads nothing to throttle; run `lifeboat throttle` on a process server (see `lifeboat peers` for their roles)".into());
+    }
     let t = if clear {
         None
     } else {

@@ -76,6 +76,7 @@ pub async fn restore(
     to: &str,
     job: &crate::jobs::Job,
 ) -> Result<Value, String> {
+    require_config(repl).await?;
     let vault = require_vault(repl).await?;
     let (id, name) = resolve_machine(repl, machine).await?;
     let pts = vault

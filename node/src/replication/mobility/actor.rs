@@ -122,6 +122,16 @@ impl Handler<Protect> for MobilityActor {
             if !super::super::valid_disk_name(&d.name) {
                 return Err(format!("invalid disk name {:?}", d.name));
             }
+            // Checked here, on the machine, before the configuration node records the
+            // protection: a missing or unreadable disk is refused with its reason.
+            let path = std::path::Path::new(&d.path);
+            if path.is_dir() {
+                return Err(format!("--disk {}: a directory, not a disk", d.path));
+            }
+            let disk = crate::disk::Disk::open(path).map_err(|e| format!("--disk {e}"))?;
+            if lifeboat_actors::seams::BlockDevice::size(&disk) == 0 {
+                return Err(format!("--disk {}: empty (0 bytes)", d.path));
+            }
         }
         let repl = self.repl.upgrade().ok_or("node is shutting down")?;
         let old: Option<ProtectionSpec> = load(&protection_path(&repl))?;
