@@ -106,6 +106,7 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
         Message::PointNotice(_)
         | Message::Admin { .. }
         | Message::Report(_)
+        | Message::PsHealth(_)
         | Message::LandProgress { .. }
             if !local(Role::Configuration) =>
         {
@@ -115,6 +116,10 @@ pub fn authorize(msg: &Message, f: &Facts) -> Result<(), Refusal> {
             Err(Refusal::NotGranted(Role::ProcessServer))
         }
         Message::Report(_) if !granted(Role::Mobility) => Err(Refusal::NotGranted(Role::Mobility)),
+        Message::PsHealth(_) if !granted(Role::ProcessServer) => {
+            Err(Refusal::NotGranted(Role::ProcessServer))
+        }
+        Message::PsHealth(_) => Ok(()),
         Message::PointNotice(_) | Message::Admin { .. } | Message::Report(_) => Ok(()),
         // From any member: the router takes it only from the node the job landed on.
         Message::LandProgress { .. } => Ok(()),
@@ -281,6 +286,14 @@ mod tests {
         };
         assert!(authorize(&progress, &facts(false, &[], &cfg)).is_ok());
         assert!(authorize(&progress, &facts(false, &[], &[Role::Mobility])).is_err());
+        // Health reports: from a granted process server, to a configuration node.
+        let health = Message::PsHealth(Default::default());
+        assert_eq!(
+            authorize(&health, &facts(false, &[Role::Mobility], &cfg)),
+            Err(Refusal::NotGranted(Role::ProcessServer))
+        );
+        assert!(authorize(&health, &facts(false, &[Role::ProcessServer], &cfg)).is_ok());
+        assert!(authorize(&health, &facts(false, &[Role::ProcessServer], &ps)).is_err());
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine:
     if one_machine {
         return;
     }
+    for p in &repl.process_servers {
+        println!("{}", ps_line(p));
+    }
     println!("node        {} ({})", v.node_id, v.name);
     println!("fingerprint {}", v.fingerprint);
     println!("roles       {}", role_names(&v.roles));
@@ -87,6 +90,29 @@ pub(crate) fn print_status(v: &r::NodeStatus, repl: &r::ReplStatus, one_machine:
             Some(t) => println!("vault gc    running since {}; {last}", when(Some(t))),
             None => println!("vault gc    {last}"),
         }
+    }
+}
+
+/// A process server's health as the configuration node last heard it.
+fn ps_line(p: &r::PsSeen) -> String {
+    let h = lifeboat_protocol::time::human_duration;
+    let head = format!("process server {} ({})", p.name, p.node_id);
+    let link = if p.connected { "" } else { "; not connected" };
+    match (&p.health, p.reported_ago_ms) {
+        (Some(s), Some(ago)) => format!(
+            "{head}: spool {}/{} segments ({} B), backlog {}, uploaded {} B, {} points, {} upload failures, limit {}; reported {} ago{link}",
+            s.spool_segments_used,
+            s.spool_segments_max,
+            s.spooled_bytes,
+            if s.backlog_age_ms == 0 { "none".into() } else { h(s.backlog_age_ms) },
+            s.uploaded_bytes,
+            s.points_committed,
+            s.upload_failures,
+            s.upload_limit_bytes_per_sec_now
+                .map_or("none".into(), |b| format!("{} B/s", b)),
+            h(ago),
+        ),
+        _ => format!("{head}: no report yet{link}"),
     }
 }
 

@@ -269,13 +269,49 @@ pub struct PsHealth {
     pub upload_limit_bytes_per_sec_now: Option<u64>,
 }
 
+/// A process server as the configuration node last heard of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PsSeen {
+    /// Node id.
+    pub node_id: String,
+    /// Name.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// How long ago its last report came, ms (none: never, since this node started).
+    pub reported_ago_ms: Option<u64>,
+    /// Its last report.
+    pub health: Option<lifeboat_protocol::message::PsHealthReport>,
+}
+
+impl PsHealth {
+    /// What a process server reports of it to the configuration node.
+    pub fn report(&self) -> lifeboat_protocol::message::PsHealthReport {
+        lifeboat_protocol::message::PsHealthReport {
+            spool_segments_used: self.spool_segments_used as u64,
+            spool_segments_max: self.spool_segments_max as u64,
+            spooled_bytes: self.spooled_bytes,
+            backlog_age_ms: self.backlog_age_ms,
+            uploaded_bytes: self.uploaded_bytes,
+            uploading_bytes: self.uploading_bytes,
+            points_committed: self.points_committed,
+            upload_failures: self.upload_failures,
+            upload_limit_bytes_per_sec_now: self.upload_limit_bytes_per_sec_now,
+        }
+    }
+}
+
 /// `status` (replication): the mesh's machines and this node's process-server health.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReplStatus {
     /// Protected machines.
     pub machines: Vec<MachineStatus>,
-    /// This node's process-server health.
-    pub process_server: PsHealth,
+    /// This node's process-server health (when it is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_server: Option<PsHealth>,
+    /// The mesh's process servers as they last reported (configuration node).
+    #[serde(default)]
+    pub process_servers: Vec<PsSeen>,
     /// The vault's garbage collection (configuration node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcJob>,

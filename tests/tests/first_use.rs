@@ -111,6 +111,30 @@ fn commands_on_the_wrong_node_or_with_a_missing_disk_are_refused_with_the_reason
     cfg.ok(&["vault", "create", "v1"]);
     let w = tempfile::tempdir().unwrap();
 
+    // The configuration node's status shows the process servers' health as they report it,
+    // not an empty block of its own (it is not one).
+    let ps_id = nodes[1].id();
+    wait_until("the process server's report", WAIT, || {
+        cfg.json(&["status"])["replication"]["process_servers"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|p| p["node_id"] == ps_id && p["health"].is_object())
+            })
+    });
+    let st = cfg.json(&["status"]);
+    assert!(st["replication"].get("process_server").is_none(), "{st}");
+    let text = cfg.ok(&["status"]);
+    assert!(
+        text.contains(&format!("process server ps ({ps_id}): spool 0/")),
+        "{text}"
+    );
+    // Nodes are named by name as well as id.
+    cfg.ok(&["role", "add", "mobility", "--node", "ps"]);
+    let roles = cfg.ok(&["role", "list", "--node", "ps"]);
+    assert!(roles.contains("mobility"), "{roles}");
+    cfg.ok(&["role", "remove", "mobility", "--node", "ps"]);
+
     // A disk that is not on the machine: refused, nothing recorded.
     for (disk, why) in [
         ("/nonexistent", "No such file"),

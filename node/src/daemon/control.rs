@@ -139,7 +139,12 @@ async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
                         ..Default::default()
                     },
                 };
-                v.process_server = local;
+                v.process_server = ctx
+                    .roles
+                    .send(GetRoles)
+                    .await
+                    .is_ok_and(|r| r.contains(&Role::ProcessServer))
+                    .then_some(local);
                 return Ok(replies::encode(&v));
             }
             return forward(ctx, req).await;

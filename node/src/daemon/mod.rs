@@ -508,6 +508,26 @@ fn start_discovery(
     }
 }
 
+/// A process server tells the configuration node its health at each heartbeat interval
+/// (for `status` and metrics there).
+async fn report_ps_health(ctx: Arc<Ctx>) {
+    let every = Duration::from_secs(ctx.cfg.discovery.heartbeat_interval_secs.max(1));
+    loop {
+        let ps = ctx
+            .roles
+            .send(GetRoles)
+            .await
+            .is_ok_and(|r| r.contains(&Role::ProcessServer));
+        if ps {
+            let h = crate::replication::config_side::ps_health(&ctx.repl).await;
+            ctx.repl
+                .tell_authorities(Message::PsHealth(h.report()))
+                .await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Serves the control socket until a signal or a shutdown request, then shuts down in order:
 /// the mDNS record withdrawn, connections closed (and waited for), the socket removed.
 async fn serve_until_stopped(
@@ -518,6 +538,7 @@ async fn serve_until_stopped(
     let listener = bind_control(&ctx.dir).map_err(DaemonError::Start)?;
     actix_rt::spawn(control_loop(listener, ctx.clone()));
     actix_rt::spawn(signals(ctx.stop.clone()));
+    actix_rt::spawn(report_ps_health(ctx.clone()));
     tracing::info!(socket = %ctx.dir.control_socket().display(), "control socket ready");
     let _ = stop_rx.recv().await;
     tracing::info!("shutting down");

@@ -43,7 +43,10 @@ pub async fn route(
         }
         // One-way messages get no answer; requests get the reason.
         return match msg {
-            Message::PointNotice(_) | Message::Report(_) | Message::Heartbeat { .. } => None,
+            Message::PointNotice(_)
+            | Message::Report(_)
+            | Message::PsHealth(_)
+            | Message::Heartbeat { .. } => None,
             Message::MembershipUpdate { .. } => None,
             _ => err(refusal.to_string()),
         };
@@ -118,7 +121,8 @@ pub async fn route(
         | Message::AdoptPoint { .. }
         | Message::PointNotice(_)
         | Message::Admin { .. }
-        | Message::Report(_)) => route_replication(from_id, &members, m, repl?).await,
+        | Message::Report(_)
+        | Message::PsHealth(_)) => route_replication(from_id, &members, m, repl?).await,
         _ => err("unexpected message"),
     }
 }
@@ -257,6 +261,10 @@ async fn route_replication(
         Message::Admin { request } => admin(from_id, members, &request, repl).await,
         Message::Report(r) => {
             crate::replication::config_side::report(&repl, from_id, r);
+            None
+        }
+        Message::PsHealth(h) => {
+            crate::replication::config_side::ps_report(&repl, from_id, h);
             None
         }
         _ => err("unexpected message"),

@@ -11,8 +11,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+mod health;
 mod recovery;
 mod tracking;
+pub use health::PsHealthReport;
 pub use recovery::{FailbackDisk, FailbackJob, LandJob, Landed};
 pub use tracking::{Capture, CaptureReport, TrackingReport};
 
@@ -633,6 +635,8 @@ pub enum Message {
         /// The disks: the point's names, the landed images.
         disks: Vec<DiskSpec>,
     },
+    /// Process server to configuration node: its health (status, metrics).
+    PsHealth(PsHealthReport),
 }
 
 impl Message {
@@ -657,6 +661,7 @@ impl Message {
             Message::PointFailed(_) => "point-failed",
             Message::PointNotice(_) => "point-notice",
             Message::Report(_) => "report",
+            Message::PsHealth(_) => "ps-health",
             Message::Admin { .. } => "admin",
             Message::AdminReply { .. } => "admin-reply",
             Message::Bulk(_) => "bulk",

@@ -76,6 +76,10 @@ pub struct ConfigState {
     pub copy_jobs: Mutex<BTreeMap<NodeId, Arc<crate::jobs::Job>>>,
     /// Landings running on other nodes: job id to (target, the job's progress counter).
     pub remote_landings: Mutex<BTreeMap<String, (NodeId, Arc<std::sync::atomic::AtomicU64>)>>,
+    /// Each process server's last health report and when it came (not persisted: a restart
+    /// waits for the next round).
+    pub ps_reports:
+        Mutex<BTreeMap<NodeId, (UnixMillis, lifeboat_protocol::message::PsHealthReport)>>,
 }
 
 impl ConfigState {
@@ -97,6 +101,7 @@ impl ConfigState {
             mirrored: Mutex::new(None),
             copy_jobs: Mutex::new(BTreeMap::new()),
             remote_landings: Mutex::new(BTreeMap::new()),
+            ps_reports: Mutex::new(BTreeMap::new()),
         })
     }
 }
@@ -383,6 +388,38 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
 }
 
 /// Handles a `Report` from a mobility node (only about itself).
+/// A process server's health report (authorized: it holds the role).
+pub fn ps_report(repl: &Repl, from: NodeId, h: lifeboat_protocol::message::PsHealthReport) {
+    guard(&repl.cfg.ps_reports).insert(from, (crate::seams::now(), h));
+}
+
+/// The process servers' last reports, with their names, for status and metrics: the nodes
+/// that hold the role now (one never heard from is listed without a report).
+pub async fn ps_seen(repl: &Repl) -> Vec<crate::replies::PsSeen> {
+    let Ok(mesh) = repl.mesh.send(lifeboat_actors::shell::GetMesh).await else {
+        return vec![];
+    };
+    let now = crate::seams::now();
+    let reports = guard(&repl.cfg.ps_reports).clone();
+    mesh.members
+        .iter()
+        .filter(|m| {
+            mesh.granted_roles(m.node_id())
+                .contains(&Role::ProcessServer)
+        })
+        .map(|m| {
+            let r = reports.get(&m.node_id());
+            crate::replies::PsSeen {
+                node_id: m.node_id().to_string(),
+                name: m.name.clone(),
+                reported_ago_ms: r.map(|(at, _)| now.millis_since(*at)),
+                connected: repl.net.connected().contains(&m.node_id()),
+                health: r.map(|(_, h)| h.clone()),
+            }
+        })
+        .collect()
+}
+
 pub fn report(repl: &Repl, from: NodeId, r: ProtectionReport) {
     if !guard(&repl.cfg.protections).contains_key(&from) {
         // A machine still replicating that is not protected (any more): unprotected or failed
@@ -636,9 +673,15 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             )) > drill::DRILL_WARN_MS,
         });
     }
+    let local_ps = repl.roles().await.contains(&Role::ProcessServer);
     Ok(crate::replies::encode(&crate::replies::ReplStatus {
         machines,
-        process_server: ps_health(repl).await,
+        process_servers: ps_seen(repl).await,
+        process_server: if local_ps {
+            Some(ps_health(repl).await)
+        } else {
+            None
+        },
         gc: repl.config.send(JobView).await.ok(),
         unreachable: None,
     }))
