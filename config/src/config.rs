@@ -43,6 +43,11 @@ spool_memory_bytes = 67108864
 [log]
 # Log format on stderr: "pretty" for people, "json" for collectors.
 format = "pretty"
+
+# The HTTP listener: Prometheus metrics at /metrics on every node. Off unless set. Keep it
+# on loopback (or a management network): it serves what `lifeboat status` shows.
+# [http]
+# listen = "127.0.0.1:9464"
 "#;
 
 /// The whole configuration.
@@ -60,6 +65,17 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The HTTP listener (metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address of the listener (`/metrics`). None: no listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[replication]`.

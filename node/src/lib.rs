@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod format;
 pub mod init;
 pub mod jobs;
+pub mod metrics;
 pub mod net;
 pub mod quickstart;
 mod quickstart_recovery;

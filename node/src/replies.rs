@@ -21,7 +21,7 @@ pub fn encode<T: Serialize>(r: &T) -> serde_json::Value {
 }
 
 /// `status`: this node.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Node id.
     pub node_id: String,
@@ -198,7 +198,7 @@ pub struct DiskRef {
 }
 
 /// One protected machine in `status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MachineStatus {
     /// Name.
     pub machine: String,

@@ -118,7 +118,7 @@ async fn forward(ctx: &Ctx, req: Request) -> Result<serde_json::Value, String> {
     }
 }
 
-async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
+pub(super) async fn handle(req: Request, ctx: &Ctx) -> Result<serde_json::Value, String> {
     if forwardable(&req) {
         let local_config = ctx
             .roles

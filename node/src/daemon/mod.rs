@@ -12,6 +12,7 @@
 //! dispatches what peers send; `control` serves the local control socket (the CLI).
 
 mod control;
+mod http;
 mod recovery;
 pub mod route;
 
@@ -536,6 +537,13 @@ async fn serve_until_stopped(
     discovery: Option<Addr<DiscoveryActor>>,
 ) -> Result<(), DaemonError> {
     let listener = bind_control(&ctx.dir).map_err(DaemonError::Start)?;
+    if let Some(addr) = ctx.cfg.http.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| DaemonError::Start(format!("[http] listen {addr}: {e}")))?;
+        tracing::info!(addr = %l.local_addr().unwrap_or(addr), "http listener ready (/metrics)");
+        actix_rt::spawn(http::serve(l, ctx.clone()));
+    }
     actix_rt::spawn(control_loop(listener, ctx.clone()));
     actix_rt::spawn(signals(ctx.stop.clone()));
     actix_rt::spawn(report_ps_health(ctx.clone()));
