@@ -331,6 +331,28 @@ pub(crate) enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Run this node as a systemd service (restart on failure, hardened) or stop doing so.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServiceCmd {
+    /// Write lifeboat.service for this node's state directory, then enable and start it
+    /// (where systemd runs). Run again, it changes nothing.
+    Install {
+        /// Where the unit goes.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
+    /// Stop, disable and remove lifeboat.service.
+    Uninstall {
+        /// Where the unit is.
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,6 +14,7 @@ mod args;
 mod jobs;
 mod print;
 mod recovery;
+mod service;
 mod simulate;
 use args::*;
 use print::{print_points, print_status};
@@ -209,6 +210,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             simulate(seed, runs.max(1), opts)?;
         }
+        Cmd::Service {
+            cmd: ServiceCmd::Install { unit_dir },
+        } => service::install(&dir.root, &unit_dir)?,
+        Cmd::Service {
+            cmd: ServiceCmd::Uninstall { unit_dir },
+        } => service::uninstall(&unit_dir)?,
         Cmd::Quickstart { keep } => {
             let exe = std::env::current_exe().context("cannot locate the lifeboat binary")?;
             lifeboat_node::quickstart::run(&exe, keep, &mut |line| println!("{line}"))

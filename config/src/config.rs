@@ -48,6 +48,11 @@ format = "pretty"
 # on loopback (or a management network): it serves what `lifeboat status` shows.
 # [http]
 # listen = "127.0.0.1:9464"
+
+# Alert delivery (configuration node): each alert transition (raised, cleared) is POSTed as
+# JSON to this URL (http or https), retried with backoff. Off unless set.
+# [alerts]
+# webhook = "http://127.0.0.1:9000/lifeboat"
 "#;
 
 /// The whole configuration.
@@ -68,6 +73,17 @@ pub struct Config {
     /// The HTTP listener (metrics).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Alert delivery.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// URL alert transitions are POSTed to. None: not delivered (logged and in `status`).
+    pub webhook: Option<String>,
 }
 
 /// `[http]`.
@@ -198,6 +214,16 @@ impl Config {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name(&self.node.name)?;
+        if let Some(u) = &self.alerts.webhook {
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.contains(char::is_whitespace)
+            {
+                return Err(ConfigError::Invalid {
+                    field: "alerts.webhook",
+                    msg: "give an http:// or https:// URL".into(),
+                });
+            }
+        }
         let d = &self.discovery;
         if d.heartbeat_interval_secs == 0 || d.heartbeat_interval_secs > 3600 {
             return Err(ConfigError::Invalid {

@@ -21,3 +21,4 @@ pub mod seams;
 pub mod tls;
 pub mod transport;
 pub mod vault;
+pub mod webhook;

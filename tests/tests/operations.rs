@@ -163,3 +163,181 @@ fn metrics_describe_the_mesh_and_pass_promtool() {
     );
     let _ = other.stop();
 }
+
+/// A local HTTP receiver: records each request's body; answers 500 to the first `fail_first`
+/// requests and 200 after.
+fn receiver(fail_first: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (i, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as much body as content-length says.
+            let body = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_string());
+                    }
+                }
+            };
+            let code = if i < fail_first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = s.write_all(
+                format!("HTTP/1.1 {code}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            if let Some(b) = body {
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn alert_transitions_reach_the_webhook_with_retries() {
+    let mut nodes = mesh_of(
+        &[
+            ("config", ""),
+            ("ps", "process-server"),
+            ("web", "mobility"),
+        ],
+        &[],
+    );
+    let (port, bodies) = receiver(1);
+    nodes[0].stop();
+    let file = nodes[0].state_dir().join("lifeboat.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let off = "# [alerts]\n# webhook = \"http://127.0.0.1:9000/lifeboat\"";
+    assert!(text.contains(off), "{text}");
+    std::fs::write(
+        &file,
+        text.replace(
+            off,
+            &format!("[alerts]\nwebhook = \"http://127.0.0.1:{port}/lifeboat\""),
+        ),
+    )
+    .unwrap();
+    nodes[0].start();
+    let cfg = &nodes[0];
+    wait_until("the members to reconnect", WAIT, || {
+        nodes[1..].iter().all(|n| sees_reachable(cfg, &n.id()))
+    });
+    cfg.ok(&["vault", "create", "v1"]);
+    cfg.ok(&[
+        "policy",
+        "create",
+        "tight",
+        "--rpo-threshold",
+        "3s",
+        "--retention",
+        "1h",
+        "--crash-consistent-every",
+        "1s",
+        "--app-consistent-every",
+        "0",
+    ]);
+    let w = tempfile::tempdir().unwrap();
+    let disk = Disk::new(w.path(), &initial_disk());
+    cfg.ok(&[
+        "protect",
+        "web",
+        "--disk",
+        disk.path().to_str().unwrap(),
+        "--policy",
+        "tight",
+        "--snapshot-hook",
+        &disk.snapshot_hook(),
+    ]);
+    let t = now_ms();
+    point_after(cfg, "web", t);
+    let next = |what: &str| -> serde_json::Value {
+        let b = bodies
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no webhook post for {what}"));
+        serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}"))
+    };
+    // The machine stops: its RPO passes 3 s. The first post is answered 500 and retried.
+    let web_id = nodes[2].id();
+    nodes[2].stop();
+    let first = next("the raised alert");
+    let again = next("the raised alert's retry");
+    assert_eq!(first, again);
+    assert_eq!(first["alert"], "rpo");
+    assert_eq!(first["state"], "raised", "{first}");
+    assert_eq!(first["machine"], "web");
+    assert_eq!(first["threshold_seconds"], 3);
+    assert!(first["rpo_seconds"].as_f64().unwrap() > 3.0, "{first}");
+    assert_eq!(first["machine_id"], web_id.as_str());
+    // It comes back: the alert clears.
+    nodes[2].start();
+    let cleared = next("the cleared alert");
+    assert_eq!(cleared["state"], "cleared", "{cleared}");
+    assert_eq!(cleared["machine"], "web");
+}
+
+#[test]
+fn the_service_unit_is_written_once_verified_by_systemd_and_removed() {
+    let node = Node::init("svc", "127.0.0.1:0", &[], false, &Timing::default());
+    let units = tempfile::tempdir().unwrap();
+    let u = units.path().to_str().unwrap();
+    let out = node.ok(&["service", "install", "--unit-dir", u]);
+    assert!(out.contains("wrote"), "{out}");
+    let unit = units.path().join("lifeboat.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains(&format!(
+        "node run --state-dir {}",
+        node.state_dir().display()
+    )));
+    assert!(text.contains("Restart=on-failure"), "{text}");
+    // systemd's own checker accepts it.
+    let v = Command::new("systemd-analyze")
+        .args(["verify"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (scripts/test installs systemd)");
+    assert!(
+        v.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // Again: nothing changes, exit 0.
+    let out = node.ok(&["service", "install", "--unit-dir", u]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(std::fs::read_to_string(&unit).unwrap(), text);
+    node.ok(&["service", "uninstall", "--unit-dir", u]);
+    assert!(!unit.exists());
+    let out = node.ok(&["service", "uninstall", "--unit-dir", u]);
+    assert!(out.contains("not installed"), "{out}");
+    // An uninitialized state directory is refused.
+    let e = Command::new(bin())
+        .args(["service", "install", "--unit-dir", u, "--state-dir"])
+        .arg(units.path().join("nothing"))
+        .output()
+        .unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("lifeboat init"));
+}

@@ -390,6 +390,9 @@ pub fn run(dir: StateDir) -> Result<(), DaemonError> {
         )
         .map_err(DaemonError::Start)?;
         let _ = inbound.repl.set(repl.clone());
+        if let Some(u) = &cfg.alerts.webhook {
+            let _ = repl.cfg.webhook_url.set(u.clone());
+        }
         repl.mobility.do_send(crate::replication::mobility::Resume);
         repl.config
             .do_send(crate::replication::config_side::StartDuties);
@@ -541,8 +544,9 @@ async fn serve_until_stopped(
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| DaemonError::Start(format!("[http] listen {addr}: {e}")))?;
-        tracing::info!(addr = %l.local_addr().unwrap_or(addr), "http listener ready (/metrics)");
-        actix_rt::spawn(http::serve(l, ctx.clone()));
+        let token = http::token(&ctx.dir, addr).map_err(DaemonError::Start)?;
+        tracing::info!(addr = %l.local_addr().unwrap_or(addr), token = token.is_some(), "http listener ready (/metrics; the dashboard at / on a configuration node)");
+        actix_rt::spawn(http::serve(l, ctx.clone(), token));
     }
     actix_rt::spawn(control_loop(listener, ctx.clone()));
     actix_rt::spawn(signals(ctx.stop.clone()));

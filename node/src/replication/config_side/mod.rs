@@ -80,6 +80,10 @@ pub struct ConfigState {
     /// waits for the next round).
     pub ps_reports:
         Mutex<BTreeMap<NodeId, (UnixMillis, lifeboat_protocol::message::PsHealthReport)>>,
+    /// `[alerts] webhook`, set by the daemon at start.
+    pub webhook_url: std::sync::OnceLock<String>,
+    /// Its delivery task, started with the first duties pass.
+    pub webhook: std::sync::OnceLock<crate::webhook::Webhook>,
 }
 
 impl ConfigState {
@@ -102,6 +106,8 @@ impl ConfigState {
             copy_jobs: Mutex::new(BTreeMap::new()),
             remote_landings: Mutex::new(BTreeMap::new()),
             ps_reports: Mutex::new(BTreeMap::new()),
+            webhook_url: std::sync::OnceLock::new(),
+            webhook: std::sync::OnceLock::new(),
         })
     }
 }
@@ -584,6 +590,23 @@ pub async fn tick(repl: &Repl) {
             tracing::warn!(machine = %name, rpo_secs = t.rpo_ms / 1000, threshold_secs = wt.threshold_secs, "ALERT: RPO above threshold");
         } else {
             tracing::info!(machine = %name, rpo_secs = t.rpo_ms / 1000, "RPO back under threshold");
+        }
+        if let Some(url) = repl.cfg.webhook_url.get() {
+            let hook = repl
+                .cfg
+                .webhook
+                .get_or_init(|| crate::webhook::Webhook::start(url.clone()));
+            hook.post(crate::webhook::AlertEvent {
+                alert: "rpo",
+                state: if t.raised { "raised" } else { "cleared" },
+                machine: name.clone(),
+                machine_id: t.machine.to_string(),
+                rpo_seconds: t.rpo_ms as f64 / 1000.0,
+                threshold_seconds: wt.threshold_secs,
+                at_ms: now.0,
+                at: lifeboat_protocol::time::rfc3339(now),
+                node: repl.local.to_string(),
+            });
         }
     }
 }
