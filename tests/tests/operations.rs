@@ -62,6 +62,35 @@ fn promtool_passes(text: &str) {
     );
 }
 
+/// The dashboard's DOM as headless Chromium renders it, once it shows `point` (bounded:
+/// tried with a longer virtual-time budget each round).
+fn dashboard_dom(port: u16, point: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut dom = String::new();
+    for budget in [3_000, 6_000, 12_000, 24_000] {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                &format!("--user-data-dir={}", profile.path().display()),
+                &format!("--virtual-time-budget={budget}"),
+                "--dump-dom",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("chromium (scripts/test installs it)");
+        dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        if dom.contains(point) {
+            break;
+        }
+    }
+    dom
+}
+
 /// The value of the sample `series` (name and labels as printed).
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -133,6 +162,21 @@ fn metrics_describe_the_mesh_and_pass_promtool() {
     );
     assert!(!p.contains("lifeboat_rpo_seconds"), "{p}");
     promtool_passes(&p);
+
+    // The dashboard, loaded in headless Chromium: no page errors, and it shows the machine,
+    // its newest point and the process server.
+    let newest = points(cfg, "web").last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dom = dashboard_dom(cfg_port, &newest);
+    assert!(
+        dom.contains("data-page-errors=\"0\""),
+        "page errors:\n{dom}"
+    );
+    assert!(dom.contains("data-machine=\"web\""), "{dom}");
+    assert!(dom.contains(&format!("data-point=\"{newest}\"")), "{dom}");
+    assert_eq!(http(ps_port, "GET / HTTP/1.1\r\n\r\n").0, 404);
 
     // What it does not serve.
     assert_eq!(http(cfg_port, "GET /nope HTTP/1.1\r\n\r\n").0, 404);
