@@ -245,11 +245,18 @@ fn a_role_granted_to_a_disconnected_member_is_recorded_and_applied_when_it_conne
     );
     let v = cfg.json(&["role", "list", "--node", "member-1"]);
     assert_eq!(v["roles"], serde_json::json!(["mobility"]));
+    assert_eq!(v["applied"], false, "{v}");
+    assert!(cfg
+        .ok(&["role", "list", "--node", "member-1"])
+        .contains("pending"));
     // The member, stopped, has not heard of it.
     let roles = std::fs::read_to_string(m.dir.join("roles.json")).unwrap_or_default();
     assert!(!roles.contains("mobility"), "{roles}");
     m.start();
     wait_until("the member to apply the role it was granted", WAIT, || {
         m.ok(&["role", "list"]).contains("mobility")
+    }); // The configuration node sees it applied (the member's heartbeats say so).
+    wait_until("role list --node to show it applied", WAIT, || {
+        cfg.json(&["role", "list", "--node", "member-1"])["applied"] == true
     });
 }

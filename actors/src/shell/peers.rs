@@ -59,8 +59,12 @@ pub struct PeerView {
     pub node_id: String,
     /// Name.
     pub name: String,
-    /// Roles.
+    /// Roles (a member's: granted by the record).
     pub roles: Vec<Role>,
+    /// The roles the peer last said it holds (its heartbeats): for a member, whether a grant
+    /// has been applied.
+    #[serde(default)]
+    pub reported_roles: Vec<Role>,
     /// Addresses.
     pub addrs: Vec<SocketAddr>,
     /// How found.
@@ -177,6 +181,7 @@ impl PeersActor {
             node_id: e.node_id.to_string(),
             name: record.map_or_else(|| e.name.clone(), |m| m.name.clone()),
             roles: record.map_or_else(|| e.roles.clone(), |m| m.roles.clone()),
+            reported_roles: e.roles.clone(),
             addrs: e.addrs.iter().copied().collect(),
             found_by: e.sources.iter().copied().collect(),
             state: self.table.liveness(e, now),

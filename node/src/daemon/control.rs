@@ -477,16 +477,25 @@ async fn mesh_request(ctx: &Ctx, req: Request) -> Result<serde_json::Value, Stri
             let mesh = ctx.mesh.send(GetMesh).await.map_err(gone)?;
             let id = resolve_member(&mesh, &n)?;
             let peers = ctx.peers.send(ListPeers).await.map_err(gone)?;
-            let state = peers
-                .iter()
-                .find(|p| p.node_id == id.to_string())
+            let peer = peers.iter().find(|p| p.node_id == id.to_string());
+            let state = peer
                 .and_then(|p| serde_json::to_value(p.state).ok())
                 .and_then(|v| v.as_str().map(str::to_string));
+            let granted = mesh.granted_roles(id);
+            let sorted = |r: &[Role]| r.iter().copied().collect::<std::collections::BTreeSet<_>>();
+            // Applied: the node says (in its heartbeats) it holds what the record grants.
+            let applied = if id == ctx.local.keypair.node_id() {
+                let mine = ctx.roles.send(GetRoles).await.map_err(gone)?;
+                sorted(&granted) == mine.iter().copied().collect()
+            } else {
+                peer.is_some_and(|p| p.connected && sorted(&p.reported_roles) == sorted(&granted))
+            };
             Ok(replies::encode(&replies::RolesReply {
                 node_id: id.to_string(),
-                roles: mesh.granted_roles(id),
-                applied: None,
-                note: None,
+                roles: granted,
+                applied: Some(applied),
+                note: (!applied)
+                    .then(|| "pending: recorded, applied when the node connects".to_string()),
                 state,
             }))
         }
