@@ -234,6 +234,54 @@ pub fn render(node: &NodeStatus, repl: Option<&ReplStatus>) -> String {
                 .map(|p| (lab(x), p.captured_ms as f64 / 1000.0))
         },
     );
+    per(
+        o,
+        "lifeboat_last_point_changed_blocks",
+        "gauge",
+        "Blocks the machine sent for its newest point (changed since the one before).",
+        m,
+        |x| {
+            x.latest_stats
+                .as_ref()
+                .map(|s| (lab(x), s.changed_blocks as f64))
+        },
+    );
+    per(
+        o,
+        "lifeboat_last_point_received_bytes",
+        "gauge",
+        "Payload bytes the process server received for the machine's newest point.",
+        m,
+        |x| {
+            x.latest_stats
+                .as_ref()
+                .map(|s| (lab(x), s.received_bytes as f64))
+        },
+    );
+    per(
+        o,
+        "lifeboat_last_point_stored_bytes",
+        "gauge",
+        "Sealed bytes the machine's newest point added to the vault.",
+        m,
+        |x| {
+            x.latest_stats
+                .as_ref()
+                .map(|s| (lab(x), s.stored_bytes as f64))
+        },
+    );
+    per(
+        o,
+        "lifeboat_last_point_dedup_ratio",
+        "gauge",
+        "Of the newest point's non-zero blocks, the share the vault already held (0 to 1).",
+        m,
+        |x| {
+            let s = x.latest_stats.as_ref()?;
+            let n = s.new_blocks + s.dedup_blocks;
+            (n > 0).then(|| (lab(x), s.dedup_blocks as f64 / n as f64))
+        },
+    );
     single(
         o,
         "lifeboat_alerts_active",

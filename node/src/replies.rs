@@ -218,6 +218,10 @@ pub struct MachineStatus {
     pub alert: bool,
     /// Newest point.
     pub latest_point: Option<PointRef>,
+    /// The newest point's data path: blocks sent, bytes received, blocks new and
+    /// deduplicated, bytes stored.
+    #[serde(default)]
+    pub latest_stats: Option<lifeboat_protocol::vault::PointStats>,
     /// Newest crash-consistent point.
     pub latest_crash_consistent: Option<PointRef>,
     /// Newest app-consistent point.

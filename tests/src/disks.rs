@@ -157,20 +157,25 @@ pub fn protected_web_and(more: &[(&str, &str)]) -> (Vec<Node>, tempfile::TempDir
     let work = tempfile::tempdir().unwrap();
     let c0 = initial_disk();
     let disk = Disk::new(&work.path().join("web"), &c0);
+    protect_image(cfg, "web", &disk, "fast");
+    (nodes, work, disk, c0)
+}
+
+/// Protects `machine`'s image `disk` under `policy` with its snapshot hook, and waits for the
+/// first point.
+pub fn protect_image(cfg: &Node, machine: &str, disk: &Disk, policy: &str) {
     let t0 = now_ms();
-    let hook = disk.snapshot_hook();
     cfg.ok(&[
         "protect",
-        "web",
+        machine,
         "--disk",
         disk.path().to_str().unwrap(),
         "--policy",
-        "fast",
+        policy,
         "--snapshot-hook",
-        &hook,
+        &disk.snapshot_hook(),
     ]);
-    point_after(cfg, "web", t0);
-    (nodes, work, disk, c0)
+    point_after(cfg, machine, t0);
 }
 
 /// Writes block `i` of the image at `path` (synced).

@@ -117,18 +117,7 @@ fn metrics_describe_the_mesh_and_pass_promtool() {
     fast_policy(cfg, "10m");
     let w = tempfile::tempdir().unwrap();
     let disk = Disk::new(w.path(), &initial_disk());
-    cfg.ok(&[
-        "protect",
-        "web",
-        "--disk",
-        disk.path().to_str().unwrap(),
-        "--policy",
-        "fast",
-        "--snapshot-hook",
-        &disk.snapshot_hook(),
-    ]);
-    let t = now_ms();
-    point_after(cfg, "web", t);
+    protect_image(cfg, "web", &disk, "fast");
 
     // The configuration node: the machine, its RPO and alert, the process server's report.
     let mut m = String::new();
@@ -146,6 +135,10 @@ fn metrics_describe_the_mesh_and_pass_promtool() {
     assert_eq!(value(&m, "lifeboat_mesh_members"), Some(3.0), "{m}");
     assert!(
         m.contains("lifeboat_machine_protected{machine=\"web\",state=\"protected\"} 1"),
+        "{m}"
+    );
+    assert!(
+        value(&m, "lifeboat_last_point_stored_bytes{machine=\"web\"}").is_some(),
         "{m}"
     );
     promtool_passes(&m);
@@ -305,18 +298,7 @@ fn alert_transitions_reach_the_webhook_with_retries() {
     ]);
     let w = tempfile::tempdir().unwrap();
     let disk = Disk::new(w.path(), &initial_disk());
-    cfg.ok(&[
-        "protect",
-        "web",
-        "--disk",
-        disk.path().to_str().unwrap(),
-        "--policy",
-        "tight",
-        "--snapshot-hook",
-        &disk.snapshot_hook(),
-    ]);
-    let t = now_ms();
-    point_after(cfg, "web", t);
+    protect_image(cfg, "web", &disk, "tight");
     let next = |what: &str| -> serde_json::Value {
         let b = bodies
             .recv_timeout(WAIT)

@@ -676,6 +676,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             rpo_threshold_secs: p.spec.policy.rpo_threshold_secs,
             alert: fo.is_none() && h == Health::Critical,
             latest_point: pt(&e.latest),
+            latest_stats: e.latest.as_ref().map(|s| s.stats.clone()),
             latest_crash_consistent: pt(&e.latest_crash),
             latest_app_consistent: pt(&e.latest_app),
             process_server: e.latest.as_ref().map(|s| s.process_server.to_string()),
