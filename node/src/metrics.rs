@@ -6,7 +6,8 @@
 //! Names follow Prometheus conventions: a `lifeboat_` prefix, base units in the name
 //! (`_seconds`, `_bytes`), `_total` for counters; label values are escaped.
 
-use crate::replies::{NodeStatus, PsHealth, ReplStatus};
+use crate::replies::{NodeStatus, ReplStatus};
+use lifeboat_protocol::message::PsHealthReport;
 use std::fmt::Write;
 
 /// One metric family being written: its HELP and TYPE, then samples.
@@ -67,7 +68,7 @@ fn per<T>(
     }
 }
 
-fn process_server(out: &mut String, h: &PsHealth) {
+fn process_server(out: &mut String, h: &PsHealthReport) {
     let c = |out: &mut String, name: &str, help: &str, v: u64| {
         single(out, name, "counter", help, v as f64)
     };
@@ -181,7 +182,7 @@ pub fn render(node: &NodeStatus, repl: Option<&ReplStatus>) -> String {
         return out;
     };
     if let Some(h) = &r.process_server {
-        process_server(o, h);
+        process_server(o, &h.counters);
     }
     let m = &r.machines;
     let lab = |x: &crate::replies::MachineStatus| vec![("machine", x.machine.clone())];

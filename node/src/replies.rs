@@ -248,29 +248,15 @@ pub struct MachineStatus {
     pub tracking: Option<lifeboat_protocol::message::TrackingReport>,
 }
 
-/// A process server's health.
+/// A process server's health: the counters it reports to the configuration node, and its
+/// bandwidth policy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PsHealth {
-    /// Spool segments in use.
-    pub spool_segments_used: usize,
-    /// Spool segments allowed.
-    pub spool_segments_max: usize,
-    /// Bytes spooled.
-    pub spooled_bytes: u64,
-    /// Age of the oldest unprocessed segment, ms.
-    pub backlog_age_ms: u64,
-    /// Sealed bytes uploaded since start.
-    pub uploaded_bytes: u64,
-    /// Bytes being uploaded now.
-    pub uploading_bytes: u64,
-    /// Points committed since start.
-    pub points_committed: u64,
-    /// Upload failures since start.
-    pub upload_failures: u64,
+    /// Spool, backlog and upload counters.
+    #[serde(flatten)]
+    pub counters: lifeboat_protocol::message::PsHealthReport,
     /// Bandwidth policy.
     pub throttle: Option<lifeboat_actors::replication::Throttle>,
-    /// The limit in force now, bytes/s.
-    pub upload_limit_bytes_per_sec_now: Option<u64>,
 }
 
 /// A process server as the configuration node last heard of it.
@@ -286,23 +272,6 @@ pub struct PsSeen {
     pub reported_ago_ms: Option<u64>,
     /// Its last report.
     pub health: Option<lifeboat_protocol::message::PsHealthReport>,
-}
-
-impl PsHealth {
-    /// What a process server reports of it to the configuration node.
-    pub fn report(&self) -> lifeboat_protocol::message::PsHealthReport {
-        lifeboat_protocol::message::PsHealthReport {
-            spool_segments_used: self.spool_segments_used as u64,
-            spool_segments_max: self.spool_segments_max as u64,
-            spooled_bytes: self.spooled_bytes,
-            backlog_age_ms: self.backlog_age_ms,
-            uploaded_bytes: self.uploaded_bytes,
-            uploading_bytes: self.uploading_bytes,
-            points_committed: self.points_committed,
-            upload_failures: self.upload_failures,
-            upload_limit_bytes_per_sec_now: self.upload_limit_bytes_per_sec_now,
-        }
-    }
 }
 
 /// `status` (replication): the mesh's machines and this node's process-server health.

@@ -525,7 +525,7 @@ async fn report_ps_health(ctx: Arc<Ctx>) {
         if ps {
             let h = crate::replication::config_side::ps_health(&ctx.repl).await;
             ctx.repl
-                .tell_authorities(Message::PsHealth(h.report()))
+                .tell_authorities(Message::PsHealth(h.counters))
                 .await;
         }
         tokio::time::sleep(every).await;

@@ -160,19 +160,21 @@ impl Handler<Health> for ProcessServerActor {
         let since = ps.backlog_since.load(Relaxed);
         let throttle = ps.throttle.lock().ok().and_then(|t| t.clone());
         MessageResult(PsHealth {
-            spool_segments_used: ps.segments_in_use(),
-            spool_segments_max: ps.spool_segments,
-            spooled_bytes: ps.spooled_bytes.load(Relaxed),
-            backlog_age_ms: if since == 0 {
-                0
-            } else {
-                now.0.saturating_sub(since)
+            counters: lifeboat_protocol::message::PsHealthReport {
+                spool_segments_used: ps.segments_in_use() as u64,
+                spool_segments_max: ps.spool_segments as u64,
+                spooled_bytes: ps.spooled_bytes.load(Relaxed),
+                backlog_age_ms: if since == 0 {
+                    0
+                } else {
+                    now.0.saturating_sub(since)
+                },
+                uploaded_bytes: ps.uploaded_bytes.load(Relaxed),
+                uploading_bytes: ps.uploading_bytes.load(Relaxed),
+                points_committed: ps.points.load(Relaxed),
+                upload_failures: ps.upload_failures.load(Relaxed),
+                upload_limit_bytes_per_sec_now: throttle.as_ref().and_then(|t| t.rate_at(now)),
             },
-            uploaded_bytes: ps.uploaded_bytes.load(Relaxed),
-            uploading_bytes: ps.uploading_bytes.load(Relaxed),
-            points_committed: ps.points.load(Relaxed),
-            upload_failures: ps.upload_failures.load(Relaxed),
-            upload_limit_bytes_per_sec_now: throttle.as_ref().and_then(|t| t.rate_at(now)),
             throttle,
         })
     }
