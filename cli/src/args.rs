@@ -323,14 +323,19 @@ pub(crate) enum Cmd {
         #[arg(long, hide = true)]
         data_path: bool,
     },
-    /// Lifeboat's main job on a local three-node mesh: register, assign roles, protect a
-    /// sample disk into a local vault, take delta points, restore and drill the latest, verify
-    /// each step bit-exact.
+    /// Lifeboat's main job on a local four-node mesh (configuration, process server, a
+    /// protected machine, a recovery-site host): register, assign roles, protect a sample disk
+    /// into a local vault, take delta points, restore, drill, fail over, commit, reprotect and
+    /// fail back, verifying each step bit-exact.
     Quickstart {
         /// Keep the temporary state directories.
         #[arg(long)]
         keep: bool,
     },
+    /// Install Lifeboat on another machine over SSH (on the configuration node): copy this
+    /// binary, init, start the daemon (the systemd service where systemd runs), register it
+    /// with a fresh one-time key and grant its roles. Run again, it changes nothing.
+    PushInstall(PushArgs),
     /// Run this node as a systemd service (restart on failure, hardened) or stop doing so.
     Service {
         #[command(subcommand)]
@@ -586,4 +591,42 @@ pub struct LandArgs {
     /// (repeatable); only the blocks that differ from the point are written.
     #[arg(long = "disk-map", value_name = "NAME=DEVICE")]
     pub disk_map: Vec<String>,
+}
+
+/// `push-install`.
+#[derive(Args, Debug)]
+pub(crate) struct PushArgs {
+    /// The machine: a host name or address SSH can reach.
+    pub(crate) host: String,
+    /// The SSH user (root, or one who can write --remote-bin and --remote-state-dir).
+    #[arg(long, value_name = "USER")]
+    pub(crate) ssh_user: String,
+    /// Private key to log in with [default: ssh's own].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<PathBuf>,
+    /// SSH port.
+    #[arg(long, default_value_t = 22)]
+    pub(crate) ssh_port: u16,
+    /// known_hosts file that holds the host's key [default: ssh's own]; the key is checked.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) known_hosts: Option<PathBuf>,
+    /// Role to grant (repeatable).
+    #[arg(long = "role", value_parser = valid_role, default_value = "mobility")]
+    pub(crate) roles: Vec<String>,
+    /// Node name [default: the host's own name].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Where the binary goes on the host.
+    #[arg(long, default_value = "/usr/local/bin/lifeboat", value_name = "PATH")]
+    pub(crate) remote_bin: PathBuf,
+    /// The node's state directory on the host.
+    #[arg(long, default_value = "/var/lib/lifeboat", value_name = "DIR")]
+    pub(crate) remote_state_dir: PathBuf,
+    /// Where the new node reaches this one [default: this node's QUIC port at the address the
+    /// host sees this machine from].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) peer: Option<SocketAddr>,
+    /// How long to wait for the node to connect and apply its roles.
+    #[arg(long, default_value = "2m")]
+    pub(crate) wait: String,
 }

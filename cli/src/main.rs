@@ -13,6 +13,7 @@ use std::time::Duration;
 mod args;
 mod jobs;
 mod print;
+mod push;
 mod recovery;
 mod service;
 mod simulate;
@@ -216,6 +217,24 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Service {
             cmd: ServiceCmd::Uninstall { unit_dir },
         } => service::uninstall(&unit_dir)?,
+        Cmd::PushInstall(a) => {
+            let wait = humantime::parse_duration(&a.wait)
+                .with_context(|| format!("--wait {:?}: use a duration like 2m or 90s", a.wait))?;
+            let o = push::PushOpts {
+                host: a.host,
+                user: a.ssh_user,
+                ssh_port: a.ssh_port,
+                identity: a.identity,
+                known_hosts: a.known_hosts,
+                roles: a.roles,
+                name: a.name,
+                remote_bin: a.remote_bin,
+                remote_state_dir: a.remote_state_dir,
+                peer: a.peer,
+                wait,
+            };
+            push::push_install(&dir, &o)?;
+        }
         Cmd::Quickstart { keep } => {
             let exe = std::env::current_exe().context("cannot locate the lifeboat binary")?;
             lifeboat_node::quickstart::run(&exe, keep, &mut |line| println!("{line}"))

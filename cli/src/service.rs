@@ -22,6 +22,8 @@ Description=Lifeboat disaster-recovery node ({dir})
 Documentation=https://github.com/lifeboat-dr/lifeboat
 After=network-online.target
 Wants=network-online.target
+# Not before `lifeboat init` has made the node (the Debian package installs the unit first).
+ConditionPathExists={dir}/identity.key
 
 [Service]
 Type=simple
@@ -125,4 +127,25 @@ pub(crate) fn uninstall(unit_dir: &Path) -> Result<()> {
         systemctl(&["daemon-reload"])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_debian_package_ships_the_unit_service_install_writes() {
+        let shipped = include_str!("../debian/lifeboat.service");
+        let written = super::unit(
+            std::path::Path::new("/usr/bin/lifeboat"),
+            std::path::Path::new("/var/lib/lifeboat"),
+        )
+        .replace(
+            "# Written by `lifeboat service install`; `lifeboat service uninstall` removes it.\n",
+            "",
+        );
+        assert_eq!(
+            shipped.lines().skip(1).collect::<Vec<_>>(),
+            written.lines().collect::<Vec<_>>(),
+            "cli/debian/lifeboat.service differs from service::unit(/usr/bin/lifeboat, /var/lib/lifeboat)"
+        );
+    }
 }
