@@ -275,6 +275,7 @@ mod tests {
             scanned_bytes: 0,
             total_bytes: 0,
             tracking: Default::default(),
+            counters: Default::default(),
         });
         assert!(authorize(&report, &facts(false, &[], &cfg)).is_err());
         assert!(authorize(&report, &facts(false, &[Role::Mobility], &cfg)).is_ok());

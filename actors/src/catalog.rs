@@ -301,6 +301,7 @@ mod tests {
             scanned_bytes: 0,
             total_bytes: 0,
             tracking: Default::default(),
+            counters: Default::default(),
         };
         let mut c = Catalog::default();
         assert!(!c.handle_report(other, r.clone()));

@@ -283,6 +283,7 @@ pub fn render(node: &NodeStatus, repl: Option<&ReplStatus>) -> String {
             (n > 0).then(|| (lab(x), s.dedup_blocks as f64 / n as f64))
         },
     );
+    machine_totals(o, m);
     single(
         o,
         "lifeboat_alerts_active",
@@ -383,6 +384,65 @@ pub fn render(node: &NodeStatus, repl: Option<&ReplStatus>) -> String {
     out
 }
 
+/// Per machine: counters since the machine's daemon started (its cycles) and since this
+/// configuration node started (the points it took), and the compression they show.
+fn machine_totals(o: &mut String, m: &[crate::replies::MachineStatus]) {
+    let lab = |x: &crate::replies::MachineStatus| vec![("machine", x.machine.clone())];
+    type Pick = fn(&crate::replies::MachineStatus) -> Option<u64>;
+    let counters: [(&str, &str, Pick); 6] = [
+        (
+            "lifeboat_machine_points_committed_total",
+            "Points of the machine this configuration node took into its catalog since it started.",
+            |x| Some(x.totals.points),
+        ),
+        (
+            "lifeboat_machine_points_failed_total",
+            "Cycles of the machine that ended without a point since its daemon started (their changes go into the next).",
+            |x| x.cycles.as_ref().map(|c| c.failed),
+        ),
+        (
+            "lifeboat_read_bytes_total",
+            "Bytes the machine's cycles read from its disks (scanned, or traced blocks) since its daemon started.",
+            |x| x.cycles.as_ref().map(|c| c.read_bytes),
+        ),
+        (
+            "lifeboat_sent_bytes_total",
+            "Bytes of changed blocks the machine sent to process servers (before compression) since its daemon started.",
+            |x| x.cycles.as_ref().map(|c| c.sent_bytes),
+        ),
+        (
+            "lifeboat_received_bytes_total",
+            "Payload bytes process servers received for the machine's points taken since this node started.",
+            |x| Some(x.totals.received_bytes),
+        ),
+        (
+            "lifeboat_stored_bytes_total",
+            "Sealed bytes the machine's points added to the vault, for the points taken since this node started.",
+            |x| Some(x.totals.stored_bytes),
+        ),
+    ];
+    for (name, help, pick) in counters {
+        per(o, name, "counter", help, m, |x| {
+            pick(x).map(|v| (lab(x), v as f64))
+        });
+    }
+    per(
+        o,
+        "lifeboat_compression_ratio",
+        "gauge",
+        "Bytes of newly stored blocks per sealed byte written to the vault, over the machine's points taken since this node started.",
+        m,
+        |x| {
+            (x.totals.stored_bytes > 0).then(|| {
+                (
+                    lab(x),
+                    x.totals.new_bytes as f64 / x.totals.stored_bytes as f64,
+                )
+            })
+        },
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +461,12 @@ mod tests {
                     machine: "web".into(),
                     rpo_ms: Some(2500),
                     alert: true,
+                    totals: crate::replies::PointTotals {
+                        points: 2,
+                        received_bytes: 400,
+                        new_bytes: 300,
+                        stored_bytes: 100,
+                    },
                     ..Default::default()
                 },
                 MachineStatus {
@@ -425,6 +491,20 @@ mod tests {
         // No RPO for a machine without a point.
         assert!(!t.contains("lifeboat_rpo_seconds{machine=\"db\"}"), "{t}");
         assert!(t.contains("lifeboat_alerts_active 1"), "{t}");
+        assert!(
+            t.contains("lifeboat_compression_ratio{machine=\"web\"} 3"),
+            "{t}"
+        );
+        assert!(t.contains("lifeboat_machine_points_committed_total{machine=\"web\"} 2"));
+        // No ratio without stored bytes, no cycle counters before the machine reported them.
+        assert!(
+            !t.contains("lifeboat_compression_ratio{machine=\"db\"}"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("lifeboat_read_bytes_total{machine=\"db\"}"),
+            "{t}"
+        );
         assert!(t.contains("lifeboat_process_server_connected{process_server=\"ps\"} 1"));
         // Every sample's family was announced first.
         let mut typed = std::collections::BTreeSet::new();

@@ -246,6 +246,36 @@ pub struct MachineStatus {
     /// Change capture per disk and tracking's counters (from the machine's last report).
     #[serde(default)]
     pub tracking: Option<lifeboat_protocol::message::TrackingReport>,
+    /// The machine's cycle counters since its daemon started (from its last report).
+    #[serde(default)]
+    pub cycles: Option<lifeboat_protocol::message::CycleCounters>,
+    /// Its points this configuration node has taken since it started.
+    #[serde(default)]
+    pub totals: PointTotals,
+}
+
+/// Sums over the points of a machine the configuration node has taken into its catalog since
+/// it started (Prometheus counters: they reset when it restarts).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointTotals {
+    /// Points.
+    pub points: u64,
+    /// Payload bytes the process servers received for them.
+    pub received_bytes: u64,
+    /// Bytes of the blocks they newly stored, before compression and sealing.
+    pub new_bytes: u64,
+    /// Sealed bytes they added to the vault.
+    pub stored_bytes: u64,
+}
+
+impl PointTotals {
+    /// Adds a point.
+    pub fn add(&mut self, s: &lifeboat_protocol::vault::PointStats, block_size: u64) {
+        self.points += 1;
+        self.received_bytes += s.received_bytes;
+        self.new_bytes += s.new_blocks * block_size;
+        self.stored_bytes += s.stored_bytes;
+    }
 }
 
 /// A process server's health: the counters it reports to the configuration node, and its

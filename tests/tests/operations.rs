@@ -128,7 +128,30 @@ fn metrics_describe_the_mesh_and_pass_promtool() {
             "lifeboat_process_server_connected{process_server=\"ps\"}",
         ) == Some(1.0)
             && m.contains("lifeboat_process_server_backlog_age_seconds{process_server=\"ps\"}")
+            && value(
+                &m,
+                "lifeboat_machine_points_committed_total{machine=\"web\"}",
+            )
+            .is_some_and(|v| v >= 1.0)
+            && value(&m, "lifeboat_read_bytes_total{machine=\"web\"}")
+                .is_some_and(|v| v >= initial_disk().len() as f64)
     });
+    // The data path's counters: the initial copy read the whole disk (a cycle that failed
+    // before it, while the process server was still being granted the vault, counts too) and
+    // sent its blocks; the vault stored them compressed.
+    let size = initial_disk().len() as f64;
+    let read = value(&m, "lifeboat_read_bytes_total{machine=\"web\"}").unwrap();
+    assert!(read >= size, "read {read} of a {size}-byte disk: {m}");
+    let sent = value(&m, "lifeboat_sent_bytes_total{machine=\"web\"}").unwrap();
+    assert!(sent > 0.0 && sent <= read, "sent {sent}, read {read}: {m}");
+    let stored = value(&m, "lifeboat_stored_bytes_total{machine=\"web\"}").unwrap();
+    assert!(stored > 0.0, "{m}");
+    let ratio = value(&m, "lifeboat_compression_ratio{machine=\"web\"}").unwrap();
+    assert!(ratio > 0.5, "compression ratio {ratio}: {m}");
+    assert!(
+        value(&m, "lifeboat_machine_points_failed_total{machine=\"web\"}").is_some(),
+        "{m}"
+    );
     let rpo = value(&m, "lifeboat_rpo_seconds{machine=\"web\"}").expect("web's RPO");
     assert!((0.0..600.0).contains(&rpo), "{m}");
     assert_eq!(value(&m, "lifeboat_alerts_active"), Some(0.0), "{m}");

@@ -16,7 +16,7 @@ mod recovery;
 mod tracking;
 pub use health::PsHealthReport;
 pub use recovery::{FailbackDisk, FailbackJob, LandJob, Landed};
-pub use tracking::{Capture, CaptureReport, TrackingReport};
+pub use tracking::{Capture, CaptureReport, CycleCounters, TrackingReport};
 
 /// A role a node can take. Roles are data: a node can hold any subset, changed at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -474,6 +474,9 @@ pub struct ProtectionReport {
     /// Change tracking.
     #[serde(default)]
     pub tracking: TrackingReport,
+    /// Cycle counters.
+    #[serde(default)]
+    pub counters: CycleCounters,
 }
 
 /// A wire message.

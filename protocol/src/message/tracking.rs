@@ -54,3 +54,19 @@ pub struct TrackingReport {
     #[serde(default)]
     pub last_freeze_skipped: Option<String>,
 }
+
+/// A mobility node's cycle counters since its daemon started (Prometheus counters: they reset
+/// when it restarts).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CycleCounters {
+    /// Cycles that committed a point.
+    pub committed: u64,
+    /// Cycles that failed (their changes go into the next point).
+    pub failed: u64,
+    /// Bytes the cycles read from the disks (scanned, or the traced blocks).
+    pub read_bytes: u64,
+    /// Bytes of changed blocks the cycles sent to a process server (before compression;
+    /// a failed cycle's are counted, and sent again by the next).
+    pub sent_bytes: u64,
+}

@@ -80,6 +80,8 @@ pub struct ConfigState {
     /// waits for the next round).
     pub ps_reports:
         Mutex<BTreeMap<NodeId, (UnixMillis, lifeboat_protocol::message::PsHealthReport)>>,
+    /// Per machine, sums over the points taken since start (for metrics).
+    pub totals: Mutex<BTreeMap<NodeId, crate::replies::PointTotals>>,
     /// `[alerts] webhook`, set by the daemon at start.
     pub webhook_url: std::sync::OnceLock<String>,
     /// Its delivery task, started with the first duties pass.
@@ -106,6 +108,7 @@ impl ConfigState {
             copy_jobs: Mutex::new(BTreeMap::new()),
             remote_landings: Mutex::new(BTreeMap::new()),
             ps_reports: Mutex::new(BTreeMap::new()),
+            totals: Mutex::new(BTreeMap::new()),
             webhook_url: std::sync::OnceLock::new(),
             webhook: std::sync::OnceLock::new(),
         })
@@ -378,6 +381,7 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
         .into_iter()
         .find(|p| p.id == hint.id)
         .ok_or_else(|| format!("point {} of {} is not in the vault", hint.id, hint.machine))?;
+    let block_size = rec.disks.first().map_or(0, |d| u64::from(d.block_size));
     let s = PointSummary {
         id: rec.id.clone(),
         machine: rec.machine,
@@ -387,8 +391,19 @@ pub async fn point_notice(repl: &Repl, from: NodeId, hint: PointSummary) -> Resu
         stats: rec.stats,
         process_server: from,
     };
-    if guard(&repl.cfg.catalog).handle_point(now, s) {
+    let (stats, id) = (s.stats.clone(), s.id.clone());
+    let taken = {
+        let mut cat = guard(&repl.cfg.catalog);
+        // A repeated notice of the newest point changes nothing and is not counted again.
+        let again = cat.entry(&hint.machine).latest.is_some_and(|l| l.id == id);
+        cat.handle_point(now, s) && !again
+    };
+    if taken {
         save_catalog(repl);
+        guard(&repl.cfg.totals)
+            .entry(hint.machine)
+            .or_default()
+            .add(&stats, block_size);
     }
     Ok(())
 }
@@ -628,6 +643,7 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
         listed.entry(*id).or_insert_with(|| f.protection.clone());
     }
     let mut machines = Vec::new();
+    let totals = guard(&repl.cfg.totals).clone();
     for (id, p) in listed
         .iter()
         .filter(|(id, _)| only.is_none_or(|o| o == **id))
@@ -686,6 +702,8 @@ pub async fn status(repl: &Repl, machine: Option<String>) -> Result<Value, Strin
             progress_percent: e.report.as_ref().map(|r| r.progress_permille as f64 / 10.0),
             pending_bytes: e.report.as_ref().map_or(0, |r| r.pending_bytes),
             tracking: e.report.as_ref().map(|r| r.tracking.clone()),
+            cycles: e.report.as_ref().map(|r| r.counters.clone()),
+            totals: totals.get(id).cloned().unwrap_or_default(),
             last_drill_ms: drills.get(id).and_then(|d| d.last_ok_ms),
             drill_active: drills.get(id).is_some_and(|d| d.active.is_some()),
             drill_overdue: now.millis_since(UnixMillis(

@@ -68,6 +68,12 @@ pub struct MobilityState {
     pub landings: crate::replication::landing::Running,
     /// Change tracking's state, for reports.
     pub tracking: Mutex<lifeboat_protocol::message::TrackingReport>,
+    /// Cycles failed since start.
+    pub failed: AtomicU64,
+    /// Bytes the cycles read since start.
+    pub read_bytes: AtomicU64,
+    /// Changed bytes the cycles sent since start.
+    pub sent_bytes: AtomicU64,
 }
 
 /// Progress of the running cycle (shared with the scanner threads).
@@ -182,6 +188,16 @@ async fn run(
                 }
             };
             repl.mob.progress.running.store(false, Ordering::Relaxed);
+            let pr = &repl.mob.progress;
+            repl.mob
+                .read_bytes
+                .fetch_add(pr.scanned.load(Ordering::Relaxed), Ordering::Relaxed);
+            repl.mob
+                .sent_bytes
+                .fetch_add(pr.pending.load(Ordering::Relaxed), Ordering::Relaxed);
+            if outcome.is_err() {
+                repl.mob.failed.fetch_add(1, Ordering::Relaxed);
+            }
             if outcome.is_ok() {
                 capture.handle_committed(repl.mob.progress.scanned.load(Ordering::Relaxed));
             }
@@ -282,6 +298,12 @@ async fn report(
             .lock()
             .map(|t| t.clone())
             .unwrap_or_default(),
+        counters: lifeboat_protocol::message::CycleCounters {
+            committed: repl.mob.cycles.load(Ordering::Relaxed),
+            failed: repl.mob.failed.load(Ordering::Relaxed),
+            read_bytes: repl.mob.read_bytes.load(Ordering::Relaxed),
+            sent_bytes: repl.mob.sent_bytes.load(Ordering::Relaxed),
+        },
     };
     if let Ok(mut g) = repl.mob.report.lock() {
         *g = Some(r.clone());
