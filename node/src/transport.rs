@@ -253,6 +253,8 @@ pub struct FrameReader {
     opener: FrameOpener,
     /// Stream has ended.
     done: bool,
+    /// Frames of unknown kinds skipped.
+    skipped: u64,
 }
 
 impl lifeboat_actors::seams::MessageSource for FrameReader {
@@ -272,8 +274,20 @@ impl FrameReader {
     /// The next envelope; `None` when the stream ended cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Envelope>, TransportError> {
         loop {
-            if let Some(env) = self.opener.poll_frame()? {
-                return Ok(Some(env));
+            match self.opener.poll_frame() {
+                Ok(Some(env)) => return Ok(Some(env)),
+                Ok(None) => {}
+                // A newer peer's message: skipped, so that a mesh can be upgraded node by node.
+                Err(FrameError::UnknownKind(kind)) => {
+                    self.skipped += 1;
+                    if self.skipped == 1 {
+                        tracing::warn!(%kind, "skipped a message of a kind this build does not know (a newer peer's); upgrade this node");
+                    } else {
+                        tracing::debug!(%kind, "skipped a message of an unknown kind");
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
             if self.done {
                 self.opener.finish()?;
@@ -323,6 +337,7 @@ impl SecureConn {
             recv,
             opener: FrameOpener::new(self.keys.clone(), idx, self.version)?.with_max_frame(max),
             done: false,
+            skipped: 0,
         })
     }
 

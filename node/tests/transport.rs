@@ -305,3 +305,35 @@ async fn garbage_instead_of_a_handshake_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_a_kind_this_build_does_not_know_is_skipped_and_the_stream_goes_on() {
+    #[derive(serde::Serialize)]
+    enum Newer {
+        FromTheFuture { x: u32 },
+    }
+    let mesh = [7; 32];
+    let (a, _, _) = node(1, mesh, vec![key(3)]);
+    let c = raw_client(3, mesh, a.local_addr().unwrap()).await.unwrap();
+    let (mut w, mut r) = c.open_bi().await.unwrap();
+    // A newer peer's message, then a request this build knows, on one stream.
+    let body = rmp_serde::to_vec(&(
+        lifeboat_protocol::PROTOCOL_VERSION,
+        Newer::FromTheFuture { x: 1 },
+    ))
+    .unwrap();
+    let mut plain = (body.len() as u32).to_be_bytes().to_vec();
+    plain.extend_from_slice(&body);
+    let mut wire = w.seal_plaintext_to_vec(&plain).unwrap();
+    wire.extend(
+        w.seal_to_vec(&Envelope::new(Message::Bulk(vec![4, 5, 6])))
+            .unwrap(),
+    );
+    w.send_raw(&wire).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, r.expect())
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    assert_eq!(reply, Message::Bulk(vec![4, 5, 6]));
+    assert_eq!(a.stats().frame_errors.load(Ordering::Relaxed), 0);
+}

@@ -49,6 +49,10 @@ pub enum FrameError {
     /// The frame body is not a valid envelope.
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// A well-formed envelope of a message kind this build does not know (a newer peer's):
+    /// the frame is consumed, and a reader may go on with the next one.
+    #[error("message kind {0:?} is unknown to this build (a newer peer's); skipped")]
+    UnknownKind(String),
     /// The envelope carries a protocol version other than the negotiated one.
     #[error("frame has protocol version {got}, connection negotiated {expected}")]
     Version {
@@ -95,7 +99,50 @@ pub fn decode_body(body: &[u8]) -> Result<Envelope, FrameError> {
             max: MAX_FRAME_BYTES,
         });
     }
-    rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
+    rmp_serde::from_slice(body).map_err(|e| match unknown_kind(body, &e) {
+        Some(kind) => FrameError::UnknownKind(kind),
+        None => FrameError::Malformed(e.to_string()),
+    })
+}
+
+/// The message kind of a body that is a well-formed envelope (`[version, kind]` or
+/// `[version, {kind: content}]`, as rmp-serde writes an externally tagged enum) whose kind is
+/// not one of this build's, if that is why it did not decode.
+fn unknown_kind(body: &[u8], e: &rmp_serde::decode::Error) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Kind(String);
+    struct KindVisitor;
+    impl<'de> Visitor<'de> for KindVisitor {
+        type Value = Kind;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a message kind")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Kind, E> {
+            Ok(Kind(v.to_string()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Kind, A::Error> {
+            let (k, IgnoredAny) = m
+                .next_entry::<String, IgnoredAny>()?
+                .ok_or_else(|| serde::de::Error::custom("empty map"))?;
+            if m.next_key::<IgnoredAny>()?.is_some() {
+                return Err(serde::de::Error::custom("more than one kind"));
+            }
+            Ok(Kind(k))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Kind {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+            d.deserialize_any(KindVisitor)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe(#[allow(dead_code)] u16, Kind);
+    let Probe(_, Kind(kind)) = rmp_serde::from_slice(body).ok()?;
+    let plausible = !kind.is_empty()
+        && kind.len() <= 64
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    // The error must be about this kind, not about a nested enum inside a known message.
+    (plausible && e.to_string().contains(&format!("unknown variant `{kind}`"))).then_some(kind)
 }
 
 fn nonce(stream: u32, seq: u32) -> u64 {
@@ -498,5 +545,42 @@ pub(crate) mod tests {
         s.seal_body(&[0xc1, 0xff, 0x00], &mut wire).unwrap();
         o.push(&wire);
         assert!(matches!(o.poll_frame(), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_newer_peers_message_kind_is_skipped_and_the_stream_goes_on() {
+        #[derive(serde::Serialize)]
+        enum Newer {
+            Shiny,
+            Fancy { x: u32, y: String },
+            Wrapped(Vec<u8>),
+        }
+        let (mut s, mut o) = pair(0);
+        let mut wire = Vec::new();
+        for m in [
+            Newer::Shiny,
+            Newer::Fancy {
+                x: 5,
+                y: "y".into(),
+            },
+            Newer::Wrapped(vec![1, 2]),
+        ] {
+            let body = rmp_serde::to_vec(&(crate::PROTOCOL_VERSION, m)).unwrap();
+            s.seal_body(&body, &mut wire).unwrap();
+        }
+        // A known kind with content that does not fit it is malformed, not unknown.
+        let bad = rmp_serde::to_vec(&(
+            crate::PROTOCOL_VERSION,
+            std::collections::BTreeMap::from([("Bulk", true)]),
+        ))
+        .unwrap();
+        s.seal_body(&bad, &mut wire).unwrap();
+        s.seal(&Envelope::new(Message::Accept), &mut wire).unwrap();
+        o.push(&wire);
+        for kind in ["Shiny", "Fancy", "Wrapped"] {
+            assert_eq!(o.poll_frame(), Err(FrameError::UnknownKind(kind.into())));
+        }
+        assert!(matches!(o.poll_frame(), Err(FrameError::Malformed(_))));
+        assert_eq!(o.poll_frame(), Ok(Some(Envelope::new(Message::Accept))));
     }
 }
