@@ -189,7 +189,7 @@ fn remote_cli(o: &PushOpts, args: &[&str]) -> String {
     words.join(" ")
 }
 
-/// Runs the push; `say` prints a step.
+/// Runs the push, printing each step on standard output.
 pub(crate) fn push_install(dir: &StateDir, o: &PushOpts) -> Result<()> {
     for role in &o.roles {
         if role == "configuration" {
@@ -234,6 +234,22 @@ pub(crate) fn push_install(dir: &StateDir, o: &PushOpts) -> Result<()> {
         }
     );
 
+    let name = o.name.clone().unwrap_or_else(|| probe.hostname.clone());
+    let peer = match o.peer {
+        Some(p) => Some(p),
+        None => our_address(&me, probe.our_ip),
+    };
+    // A configuration node bound to loopback cannot be reached from another machine.
+    if let Some(p) = peer.filter(|p| p.ip().is_loopback()) {
+        if !probe.our_ip.is_some_and(|ip| ip.is_loopback()) {
+            bail!(
+                "the new node would dial this one at {p}, a loopback address {} cannot reach; \
+                 listen on a reachable address (`[node] listen` in lifeboat.toml) or pass \
+                 --peer ADDR:PORT",
+                o.host
+            );
+        }
+    }
     let exe = std::env::current_exe().context("cannot locate this lifeboat binary")?;
     let bin = sh_quote(&o.remote_bin.to_string_lossy());
     let parent = sh_quote(
@@ -258,11 +274,6 @@ pub(crate) fn push_install(dir: &StateDir, o: &PushOpts) -> Result<()> {
     }
     println!("copied: {} ({ours}, runs there)", o.remote_bin.display());
 
-    let name = o.name.clone().unwrap_or_else(|| probe.hostname.clone());
-    let peer = match o.peer {
-        Some(p) => Some(p),
-        None => our_address(&me, probe.our_ip),
-    };
     let mut init = vec!["init".to_string(), "--name".into(), name.clone()];
     if let Some(p) = peer {
         init.push("--peer".into());

@@ -277,6 +277,23 @@ fn push_install_puts_a_node_on_another_host_over_ssh_and_it_joins_with_its_role(
         assert_eq!(se.trim().lines().count(), 1, "{se}");
         assert!(se.contains(says), "{se}");
     }
+    // A configuration node the host could not reach: refused before anything is copied.
+    let mut args = vec![addr.as_str(), "--peer", "127.0.0.1:9443"];
+    args.extend_from_slice(&common);
+    let pos = args.iter().position(|a| *a == "--remote-bin").unwrap();
+    args[pos + 1] = &other_bin;
+    let out = push(&cfg, &args);
+    let (_, se) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(se.trim().lines().count(), 1, "{se}");
+    assert!(
+        se.contains("loopback address") && se.contains("cannot reach"),
+        "{se}"
+    );
+    assert!(
+        !Path::new(&other_bin).exists(),
+        "a binary was copied for an unreachable mesh"
+    );
     let mut args = vec![addr.as_str(), "--role", "configuration"];
     args.extend_from_slice(&common);
     let (_, se) = text(&push(&cfg, &args));
