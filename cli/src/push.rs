@@ -258,21 +258,34 @@ pub(crate) fn push_install(dir: &StateDir, o: &PushOpts) -> Result<()> {
             .unwrap_or(Path::new("/"))
             .to_string_lossy(),
     );
+    // The digests before and after tell whether the binary changed (an upgrade: a running
+    // daemon is restarted on it below).
     let copy = format!(
-        "set -e; umask 022; mkdir -p {parent}; cat > {bin}.part.$$; chmod 0755 {bin}.part.$$; \
-         mv -f {bin}.part.$$ {bin}; {bin} --version"
+        "set -e; umask 022; mkdir -p {parent}; old=$(cksum 2>/dev/null < {bin} || true); \
+         cat > {bin}.part.$$; chmod 0755 {bin}.part.$$; mv -f {bin}.part.$$ {bin}; \
+         {bin} --version; echo \"$old\"; cksum < {bin}"
     );
-    let version = ssh.run("copying the binary", &copy, Input::File(&exe))?;
+    let said = ssh.run("copying the binary", &copy, Input::File(&exe))?;
+    let mut lines = said.lines().map(str::trim);
+    let version = lines.next().unwrap_or_default();
+    let (old, new) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    let changed = old != new;
     let ours = format!("lifeboat {}", env!("CARGO_PKG_VERSION"));
-    if version.trim() != ours {
+    if version != ours {
         bail!(
-            "the binary copied to {}:{} says {:?}, not {ours:?}",
+            "the binary copied to {}:{} says {version:?}, not {ours:?}",
             o.host,
             o.remote_bin.display(),
-            version.trim()
         );
     }
-    println!("copied: {} ({ours}, runs there)", o.remote_bin.display());
+    println!(
+        "copied: {} ({ours}, runs there{})",
+        o.remote_bin.display(),
+        if changed { "" } else { "; unchanged" }
+    );
 
     let mut init = vec!["init".to_string(), "--name".into(), name.clone()];
     if let Some(p) = peer {
@@ -284,8 +297,21 @@ pub(crate) fn push_install(dir: &StateDir, o: &PushOpts) -> Result<()> {
     println!("init: {}", said.lines().next().unwrap_or("done").trim());
 
     let status_cmd = remote_cli(o, &["status", "--json"]);
-    let running = ssh.run("status", &status_cmd, Input::None).is_ok();
+    let mut running = ssh.run("status", &status_cmd, Input::None).is_ok();
+    if running && changed {
+        // Upgrade: the daemon runs the old binary until it restarts.
+        let stop = format!(
+            "{} node stop > /dev/null; i=0; while {status_cmd} > /dev/null 2>&1; do \
+             i=$((i+1)); if [ $i -ge 600 ]; then echo 'the daemon did not stop within 60 s' >&2; \
+             exit 1; fi; sleep 0.1; done",
+            remote_cli(o, &[])
+        );
+        ssh.run("stopping the daemon for the new binary", &stop, Input::None)?;
+        running = false;
+        println!("daemon: stopped, to restart on the new binary");
+    }
     if probe.systemd {
+        // `service install` enables and starts the unit (again, after a stop for an upgrade).
         let said = ssh.run(
             "service install",
             &remote_cli(o, &["service", "install"]),

@@ -219,11 +219,43 @@ fn push_install_puts_a_node_on_another_host_over_ssh_and_it_joins_with_its_role(
     let out = push(&cfg, &args);
     let (so, se) = text(&out);
     assert!(out.status.success(), "re-run failed: {so}{se}");
+    assert!(so.contains("unchanged"), "{so}");
     assert!(so.contains("already initialized"), "{so}");
     assert!(so.contains("daemon: already running"), "{so}");
     assert!(so.contains("is a member already"), "{so}");
     let roles2 = cfg.json(&["role", "list", "--node", "web-9"]);
     assert_eq!(roles2["node_id"], roles["node_id"], "the node id changed");
+
+    // An upgrade: the host runs another build (here: one byte longer); pushing this one
+    // restarts the daemon on it, and the node comes back with its role.
+    let older = remote_bin.with_extension("older");
+    let mut b = std::fs::read(&remote_bin).unwrap();
+    b.push(0);
+    std::fs::write(&older, b).unwrap();
+    std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&older, &remote_bin).unwrap();
+    let out = push(&cfg, &args);
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "upgrade failed: {so}{se}");
+    for step in [
+        "daemon: stopped, to restart",
+        "daemon: started",
+        "done: web-9",
+    ] {
+        assert!(so.contains(step), "no {step:?} in:\n{so}");
+    }
+    assert_eq!(
+        std::fs::read(&remote_bin).unwrap(),
+        std::fs::read(bin()).unwrap()
+    );
+    let starts = std::fs::read_to_string(remote_state.join("node.log"))
+        .unwrap()
+        .matches("lifeboat node starting")
+        .count();
+    assert_eq!(starts, 2, "the daemon was not restarted once");
+    let roles3 = cfg.json(&["role", "list", "--node", "web-9"]);
+    assert_eq!(roles3["node_id"], roles["node_id"]);
+    assert_eq!(roles3["applied"], true, "{roles3}");
 
     // A host this binary cannot serve: refused after the probe, nothing copied.
     let other_bin = d.join("other/bin/lifeboat").display().to_string();
