@@ -18,6 +18,18 @@
 //! the view: read again next cycle). A block written after the marker is in the next map. A
 //! cycle that does not commit gives its map back ([`Tracker::give_back`]).
 //!
+//! **Accounting.** Around each drain marker the shell reads each disk's count of completed
+//! write and discard requests (`/sys/dev/block/M:m/stat`) just before writing the marker
+//! (`before`), and again just after it with the writes in flight (`after`, `inflight`);
+//! [`Tracker::handle_accounting`] compares the requests the disk completed since the last
+//! drain with the events traced before this marker. A request is traced before it is
+//! counted, so every request counted by `before` was traced before the marker; the only ones
+//! counted now whose event came before the *previous* marker were counted during that
+//! marker's window (`after - before`) or in flight just after it (`inflight`). More requests
+//! than events plus that slack means events were lost however it happened (tracing switched
+//! off and on between two checks of the watchdog, a filter changed and put back, ...), and
+//! it is a loss like the others.
+//!
 //! A loss noticed before the view (a `[LOST]` line, an overrun counter, tracing found off)
 //! makes this cycle scan in full. A loss noticed between the view and the take makes this
 //! cycle *and the next* scan in full: the events lost may be writes after the view, which only
@@ -229,6 +241,17 @@ fn writes(rwbs: &str) -> bool {
     rwbs.contains(['W', 'D', 'Z'])
 }
 
+/// A disk's request accounting read around a drain marker (see the module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Write and discard requests the disk completed, read just before the marker.
+    pub before: u64,
+    /// The same, read just after the marker was written.
+    pub after: u64,
+    /// Write requests in flight, read just after the marker was written.
+    pub inflight: u64,
+}
+
 /// Counters for status and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerStats {
@@ -252,6 +275,18 @@ pub struct Tracker {
     /// either.
     lost_next: Option<String>,
     stats: TrackerStats,
+    /// Write requests traced per device (a flush sequence's second completion not counted).
+    events_by_dev: BTreeMap<(u32, u32), u64>,
+    /// Recent completions with data, by (device, first sector), oldest first, and how many
+    /// of each are waiting: a completion of no sectors at one of them is the second
+    /// completion of a write that went through the block layer's flush sequence (the disk
+    /// counts that request once).
+    recent: std::collections::VecDeque<((u32, u32), u64)>,
+    recent_count: std::collections::HashMap<((u32, u32), u64), u32>,
+    /// The last marker read, with the events traced per device before it.
+    at_marker: Option<(String, BTreeMap<(u32, u32), u64>)>,
+    /// Per device: the accounting at the last drain, and the events traced before its marker.
+    acct: BTreeMap<(u32, u32), (Accounting, u64)>,
 }
 
 impl Tracker {
@@ -272,6 +307,11 @@ impl Tracker {
             lost: Some("tracking started: writes before it are unknown".into()),
             lost_next: None,
             stats: TrackerStats::default(),
+            events_by_dev: BTreeMap::new(),
+            recent: std::collections::VecDeque::new(),
+            recent_count: std::collections::HashMap::new(),
+            at_marker: None,
+            acct: BTreeMap::new(),
         }
     }
 
@@ -329,8 +369,14 @@ impl Tracker {
                 sector,
                 sectors,
             } => {
-                let ix = self.by_dev.get(&dev)?;
+                if !self.by_dev.contains_key(&dev) {
+                    return None;
+                }
                 self.stats.events += 1;
+                if self.is_request(dev, sector, sectors) {
+                    *self.events_by_dev.entry(dev).or_default() += 1;
+                }
+                let ix = self.by_dev.get(&dev)?;
                 let late = self.view_us.is_some_and(|v| ts_us + SLACK_US >= v);
                 for &k in ix {
                     let d = &self.disks[k];
@@ -357,7 +403,10 @@ impl Tracker {
                 }
                 None
             }
-            Line::Marker(m) => Some(m),
+            Line::Marker(m) => {
+                self.at_marker = Some((m.clone(), self.events_by_dev.clone()));
+                Some(m)
+            }
             Line::Lost(n) => {
                 self.stats.lost_events += n;
                 self.handle_loss(&format!(
@@ -367,6 +416,76 @@ impl Tracker {
             }
             _ => None,
         }
+    }
+
+    /// Whether a completion is a request of its own (see `recent`).
+    fn is_request(&mut self, dev: (u32, u32), sector: u64, sectors: u64) -> bool {
+        const RECENT: usize = 8192;
+        let key = (dev, sector);
+        if sectors > 0 {
+            self.recent.push_back(key);
+            *self.recent_count.entry(key).or_default() += 1;
+            if self.recent.len() > RECENT {
+                if let Some(old) = self.recent.pop_front() {
+                    if let Some(n) = self.recent_count.get_mut(&old) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.recent_count.remove(&old);
+                        }
+                    }
+                }
+            }
+            return true;
+        }
+        match self.recent_count.get_mut(&key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                if *n == 0 {
+                    self.recent_count.remove(&key);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The drain marker `token` came back; `now` holds each traced device's accounting read
+    /// around it. A device that completed more write requests since the last drain than were
+    /// traced (beyond the slack of that drain's window) lost events: a loss (see the module).
+    pub fn handle_accounting(&mut self, token: &str, now: &[((u32, u32), Accounting)]) {
+        let Some((_, counts)) = self.at_marker.take().filter(|(m, _)| m == token) else {
+            return;
+        };
+        for &(dev, a) in now {
+            let traced = counts.get(&dev).copied().unwrap_or(0);
+            if let Some(&(prev, prev_traced)) = self.acct.get(&dev) {
+                if a.before < prev.before {
+                    self.handle_loss(&format!(
+                        "the request counters of disk {}:{} went back (the device was replaced)",
+                        dev.0, dev.1
+                    ));
+                } else {
+                    let completed = a.before - prev.before;
+                    let slack = prev.after.saturating_sub(prev.before) + prev.inflight;
+                    let seen = traced.saturating_sub(prev_traced);
+                    if completed > seen + slack {
+                        self.handle_loss(&format!(
+                            "disk {}:{} completed {} write requests that were not traced (tracing was paused or its events lost)",
+                            dev.0,
+                            dev.1,
+                            completed - seen - slack
+                        ));
+                    }
+                }
+            }
+            self.acct.insert(dev, (a, traced));
+        }
+    }
+
+    /// Per device, the accounting at the last drain and the events traced before its marker
+    /// (for the shell's debug log).
+    pub fn accounting(&self) -> Vec<((u32, u32), Accounting, u64)> {
+        self.acct.iter().map(|(d, (a, e))| (*d, *a, *e)).collect()
     }
 
     /// The shell is about to take the view; `now_us` is the monotonic clock.

@@ -132,6 +132,71 @@ fn a_loss_noticed_after_the_view_also_makes_the_next_cycle_scan_in_full() {
     assert!(t.take().is_ok());
 }
 
+/// One drain: begin the view, the marker line, the accounting, the take.
+fn drain(t: &mut Tracker, n: u32, ts: u64, a: Accounting) -> Result<Vec<Dirty>, String> {
+    t.begin_view(ts * 1_000_000);
+    let token = format!("{MARKER_PREFIX}1-{n}");
+    let line = format!("  <...>-1 [000] ..... {ts}.000001: tracing_mark_write: {token}");
+    assert_eq!(t.handle_line(&line), Some(token.clone()));
+    t.handle_accounting(&token, &[((7, 3), a)]);
+    t.take()
+}
+
+#[test]
+fn requests_the_disk_completed_that_were_not_traced_are_a_loss() {
+    let mut t = Tracker::new(vec![disk(0, 1 << 20)]);
+    let acct = |before, after, inflight| Accounting {
+        before,
+        after,
+        inflight,
+    };
+    // The first drain is a full scan anyway and sets the baseline.
+    assert!(drain(&mut t, 1, 10, acct(100, 100, 0)).is_err());
+    // Three requests completed, three traced: no loss.
+    for i in 0..3 {
+        t.handle_line(&rq(&format!("11.{i}"), "7,3", "WS", i * 128, 8));
+    }
+    assert_eq!(drain(&mut t, 2, 12, acct(103, 105, 4)).unwrap()[0].len(), 3);
+    // Those counted in the last marker's window and in flight after it (2 + 4) may have been
+    // traced before it: six completed, none traced since, is still no loss.
+    assert!(drain(&mut t, 3, 13, acct(109, 109, 0)).is_ok());
+    // Tracing switched off and on between two watchdog checks: five writes completed, one
+    // traced. This cycle and the next scan in full.
+    t.handle_line(&rq("13.5", "7,3", "W", 0, 8));
+    let e = drain(&mut t, 4, 14, acct(114, 114, 0)).unwrap_err();
+    assert!(e.contains("4 write requests that were not traced"), "{e}");
+    assert!(drain(&mut t, 5, 15, acct(114, 114, 0)).is_err());
+    assert!(drain(&mut t, 6, 16, acct(114, 114, 0)).is_ok());
+    // Events after the marker count for the next drain, not this one.
+    t.begin_view(17_000_000);
+    let token = format!("{MARKER_PREFIX}1-7");
+    t.handle_line(&format!(
+        " x [000] ..... 17.000001: tracing_mark_write: {token}"
+    ));
+    t.handle_line(&rq("17.5", "7,3", "W", 0, 8));
+    t.handle_accounting(&token, &[((7, 3), acct(114, 114, 0))]);
+    assert!(t.take().is_ok());
+    assert!(drain(&mut t, 8, 18, acct(115, 115, 0)).is_ok());
+    // A write through the flush sequence completes twice (the second time with no sectors)
+    // and is counted once by the disk; an empty write of its own counts.
+    t.handle_line(&rq("18.1", "7,3", "WSM", 256, 8));
+    t.handle_line(&rq("18.2", "7,3", "WSM", 256, 0));
+    t.handle_line(&rq("18.3", "7,3", "WS", 512, 0));
+    assert!(drain(&mut t, 10, 19, acct(117, 117, 0)).is_ok());
+    t.handle_line(&rq("19.1", "7,3", "WSM", 256, 8));
+    t.handle_line(&rq("19.2", "7,3", "WSM", 256, 0));
+    assert!(drain(&mut t, 11, 20, acct(119, 119, 0))
+        .unwrap_err()
+        .contains("1 write requests"));
+    assert!(drain(&mut t, 12, 21, acct(119, 119, 0)).is_err());
+    assert!(drain(&mut t, 13, 22, acct(119, 119, 0)).is_ok());
+    // Counters that went back: the device was replaced.
+    let e = drain(&mut t, 14, 23, acct(3, 3, 0)).unwrap_err();
+    assert!(e.contains("went back"), "{e}");
+    // An accounting for a marker that is not the last one read is ignored.
+    t.handle_accounting("lifeboat-drain-other", &[((7, 3), acct(0, 0, 0))]);
+}
+
 #[test]
 fn the_freeze_is_capped_by_the_estimated_read_time() {
     // 1 GiB at 100 MB/s: about 10.7 s.

@@ -8,7 +8,9 @@
 //! traced through the whole disk. Image files, device-mapper and other bio-based devices are
 //! scanned (protect the disk under them: writes through them are requests on it).
 
-use lifeboat_actors::tracking::{Dirty, TrackedDisk, Tracker, TrackerStats, MARKER_PREFIX};
+use lifeboat_actors::tracking::{
+    Accounting, Dirty, TrackedDisk, Tracker, TrackerStats, MARKER_PREFIX,
+};
 use lifeboat_protocol::message::{Capture, CaptureReport, TrackingReport};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -261,16 +263,37 @@ impl Trace {
     pub fn drain(&mut self) -> Result<Vec<Dirty>, String> {
         self.seq += 1;
         let token = format!("{MARKER_PREFIX}{}-{}", std::process::id(), self.seq);
+        let mut devs: Vec<(u32, u32)> = self.lock().disks().iter().map(|d| d.dev).collect();
+        devs.sort_unstable();
+        devs.dedup();
         let back = (|| {
             if self.is_dead() {
                 return Err("the trace instance stopped".to_string());
             }
             check(&self.dir, &self.filter, &self.shared)?;
+            // The disks' request counters around the marker (see `Tracker::handle_accounting`).
+            let before: Vec<Option<u64>> = devs.iter().map(|&d| completed_writes(d)).collect();
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(self.dir.join("trace_marker"))
                 .and_then(|mut f| f.write_all(token.as_bytes()))
                 .map_err(|e| format!("trace_marker: {e}"))?;
+            let acct: Vec<((u32, u32), Accounting)> = devs
+                .iter()
+                .zip(before)
+                .filter_map(|(&d, before)| {
+                    let after = completed_writes(d)?;
+                    let inflight = writes_in_flight(d)?;
+                    Some((
+                        d,
+                        Accounting {
+                            before: before?,
+                            after,
+                            inflight,
+                        },
+                    ))
+                })
+                .collect();
             let deadline = std::time::Instant::now() + DRAIN_WAIT;
             let mut m = self
                 .shared
@@ -290,11 +313,15 @@ impl Trace {
                     .0;
             }
             m.clear();
-            Ok(())
+            Ok(acct)
         })();
         let mut t = self.lock();
-        if let Err(e) = back {
-            t.handle_loss(&e);
+        match back {
+            Ok(acct) => {
+                t.handle_accounting(&token, &acct);
+                tracing::debug!(accounting = ?t.accounting(), "drained");
+            }
+            Err(e) => t.handle_loss(&e),
         }
         t.take()
     }
@@ -324,6 +351,23 @@ impl Drop for Trace {
             tracing::warn!(instance = %self.dir.display(), cause = %e, "could not remove the trace instance");
         }
     }
+}
+
+/// Write and discard requests the disk `dev` has completed (`/sys/dev/block/M:m/stat`: write
+/// I/Os, and discard I/Os where the kernel counts them), or `None` if unreadable (no check).
+fn completed_writes((maj, min): (u32, u32)) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/stat")).ok()?;
+    let f: Vec<u64> = s
+        .split_ascii_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    Some(f.get(4)? + f.get(11).copied().unwrap_or(0))
+}
+
+/// Write requests in flight on the disk `dev` (`/sys/dev/block/M:m/inflight`).
+fn writes_in_flight((maj, min): (u32, u32)) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/inflight")).ok()?;
+    s.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sum of the instance's per-CPU overrun and dropped-event counters.
