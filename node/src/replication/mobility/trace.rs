@@ -3,7 +3,9 @@
 //! [`Tracker`] (`lifeboat_actors::tracking`, which also states the ordering of a cycle). A
 //! watchdog thread checks every 100 ms that the instance still traces what it should (tracing
 //! on, the event enabled, the filter ours, no overrun counted); anything else, and a failed
-//! drain, marks events lost, and the next cycle scans in full. Only block devices that take
+//! drain, marks events lost, and the next cycle scans in full. Each drain also compares the
+//! disks' request counters with what was traced (see `Tracker::handle_accounting`), which
+//! catches what happened between two checks of the watchdog. Only block devices that take
 //! requests (`/sys/block/DEV/mq`: loop, NVMe, SCSI, virtio) are traced; their partitions are
 //! traced through the whole disk. Image files, device-mapper and other bio-based devices are
 //! scanned (protect the disk under them: writes through them are requests on it).
