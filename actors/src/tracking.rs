@@ -1,5 +1,6 @@
 //! Change tracking from the kernel's block tracepoints, sans-IO: the shell (the mobility node)
-//! feeds the lines of a private tracefs instance's `trace_pipe` to a [`Tracker`], which keeps
+//! feeds the events of a private tracefs instance (its per-CPU binary buffers, decoded by
+//! [`raw`], merged by time) to a [`Tracker`], which keeps
 //! a dirty map per protected disk at the protection's block size, and answers a cycle with the
 //! blocks it must read — or with why it cannot (events were lost), in which case the cycle
 //! scans the whole disk against the stored hashes.
@@ -37,6 +38,8 @@
 //! before the view is never noticed only after the take.)
 
 use std::collections::BTreeMap;
+
+pub mod raw;
 
 /// Writes past this sector (2^40 sectors: 512 TiB) are taken for garbage.
 const MAX_SECTOR: u64 = 1 << 40;
@@ -139,7 +142,7 @@ impl Dirty {
     }
 }
 
-/// One line of `trace_pipe`.
+/// A trace event (a line of the text form `trace_pipe`, or a record of the binary one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Line {
     /// A finished request: when (µs of the monotonic clock), on which device, its kind
@@ -241,6 +244,9 @@ fn writes(rwbs: &str) -> bool {
     rwbs.contains(['W', 'D', 'Z'])
 }
 
+/// Events traced per device.
+type Counts = BTreeMap<(u32, u32), u64>;
+
 /// A disk's request accounting read around a drain marker (see the module).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Accounting {
@@ -276,7 +282,7 @@ pub struct Tracker {
     lost_next: Option<String>,
     stats: TrackerStats,
     /// Write requests traced per device (a flush sequence's second completion not counted).
-    events_by_dev: BTreeMap<(u32, u32), u64>,
+    events_by_dev: Counts,
     /// Recent completions with data, by (device, first sector), oldest first, and how many
     /// of each are waiting: a completion of no sectors at one of them is the second
     /// completion of a write that went through the block layer's flush sequence (the disk
@@ -284,7 +290,7 @@ pub struct Tracker {
     recent: std::collections::VecDeque<((u32, u32), u64)>,
     recent_count: std::collections::HashMap<((u32, u32), u64), u32>,
     /// The last marker read, with the events traced per device before it.
-    at_marker: Option<(String, BTreeMap<(u32, u32), u64>)>,
+    at_marker: Option<(String, Counts)>,
     /// Per device: the accounting at the last drain, and the events traced before its marker.
     acct: BTreeMap<(u32, u32), (Accounting, u64)>,
 }
@@ -359,9 +365,15 @@ impl Tracker {
         }
     }
 
-    /// A line of `trace_pipe`; returns the marker it holds, if any.
+    /// A line of `trace_pipe` (the text form); returns the marker it holds, if any.
     pub fn handle_line(&mut self, line: &str) -> Option<String> {
-        match parse_line(line) {
+        self.handle(parse_line(line))
+    }
+
+    /// An event, read from the text form or the binary one ([`raw`]); returns the marker it
+    /// holds, if any. Events must come in the order they were traced, markers included.
+    pub fn handle(&mut self, line: Line) -> Option<String> {
+        match line {
             Line::Request {
                 ts_us,
                 dev,

@@ -1,6 +1,9 @@
 //! `trace` capture: the kernel's block tracepoints in a private tracefs instance
-//! (`/sys/kernel/tracing/instances/lifeboat-NODE`), read by a thread into the sans-IO
-//! [`Tracker`] (`lifeboat_actors::tracking`, which also states the ordering of a cycle). A
+//! (`/sys/kernel/tracing/instances/lifeboat-NODE`). A thread reads its per-CPU buffers in
+//! the kernel's binary form (`per_cpu/cpuN/trace_pipe_raw`, decoded by
+//! `lifeboat_actors::tracking::raw`: no event is formatted as text) every 50 ms, or at once
+//! when a drain asks, orders what it read by time and hands it to the sans-IO [`Tracker`]
+//! (`lifeboat_actors::tracking`, which also states the ordering of a cycle). A
 //! watchdog thread checks every 100 ms that the instance still traces what it should (tracing
 //! on, the event enabled, the filter ours, no overrun counted); anything else, and a failed
 //! drain, marks events lost, and the next cycle scans in full. Each drain also compares the
@@ -10,11 +13,12 @@
 //! traced through the whole disk. Image files, device-mapper and other bio-based devices are
 //! scanned (protect the disk under them: writes through them are requests on it).
 
+use lifeboat_actors::tracking::raw::Layout;
 use lifeboat_actors::tracking::{
     Accounting, Dirty, TrackedDisk, Tracker, TrackerStats, MARKER_PREFIX,
 };
 use lifeboat_protocol::message::{Capture, CaptureReport, TrackingReport};
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -22,10 +26,18 @@ use std::time::Duration;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const EVENT: &str = "events/block/block_rq_complete";
+/// How long a drain waits before it asks the reader for another pass.
+const ASK_AGAIN: Duration = Duration::from_millis(20);
 /// How long a drain waits for its marker to come back.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// The watchdog's period.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How often the reader empties the per-CPU buffers when no drain asks it to (a buffer of
+/// 2 MiB holds about 40,000 completions: a disk would need 800,000 writes a second on one CPU
+/// to overrun it between two reads).
+const READ_EVERY: Duration = Duration::from_millis(50);
+/// Pages read from one CPU's buffer in one pass before the next CPU's turn.
+const PAGES_PER_PASS: usize = 512;
 
 /// The per-CPU buffer of an instance, KiB (`LIFEBOAT_TRACE_BUFFER_KB` overrides it, which the
 /// tests use to force overruns).
@@ -146,6 +158,9 @@ struct Shared {
     tracker: Mutex<Tracker>,
     markers: Mutex<Vec<String>>,
     seen: Condvar,
+    /// Read passes asked for by drains (the reader makes one at once when this moves).
+    asked: Mutex<u64>,
+    ask: Condvar,
     stop: AtomicBool,
     dead: AtomicBool,
     overruns: AtomicU64,
@@ -202,17 +217,25 @@ impl Trace {
             tracker: Mutex::new(Tracker::new(disks)),
             markers: Mutex::new(Vec::new()),
             seen: Condvar::new(),
+            asked: Mutex::new(0),
+            ask: Condvar::new(),
             stop: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             overruns: AtomicU64::new(overruns(&dir)),
         });
-        let pipe =
-            std::fs::File::open(dir.join("trace_pipe")).map_err(|e| format!("trace_pipe: {e}"))?;
+        let opened = open_raw(&root, &dir);
+        let (layout, cpus) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
         let reader = {
-            let (s, d) = (shared.clone(), dir.clone());
+            let s = shared.clone();
             std::thread::Builder::new()
                 .name("lifeboat-trace".into())
-                .spawn(move || read_pipe(pipe, &d, &s))
+                .spawn(move || read_raw(cpus, &layout, &s))
                 .map_err(|e| e.to_string())?
         };
         let watchdog = {
@@ -307,10 +330,16 @@ impl Trace {
                 if left.is_zero() {
                     return Err("the drain marker did not come back from the trace".to_string());
                 }
+                if self.is_dead() {
+                    return Err("the trace instance stopped".to_string());
+                }
+                // A pass that started before the marker was written may miss it: ask again
+                // until it is read.
+                self.shared.ask_pass();
                 m = self
                     .shared
                     .seen
-                    .wait_timeout(m, left)
+                    .wait_timeout(m, left.min(ASK_AGAIN))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
@@ -342,9 +371,7 @@ impl Trace {
 impl Drop for Trace {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        // The reader blocks in trace_pipe until a line comes: a marker wakes it.
-        let _ = std::fs::write(self.dir.join("tracing_on"), "1");
-        let _ = std::fs::write(self.dir.join("trace_marker"), "lifeboat-stop");
+        self.shared.ask_pass();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -420,56 +447,115 @@ fn check(dir: &Path, filter: &str, s: &Shared) -> Result<(), String> {
     }
 }
 
-fn read_pipe(pipe: std::fs::File, dir: &Path, s: &Shared) {
-    let mut r = std::io::BufReader::with_capacity(1 << 20, pipe);
-    // The lines read so far that the tracker has not seen: handed over under one lock once
-    // the buffer is empty (or a batch is full), not one lock per line.
-    let mut batch: Vec<String> = Vec::new();
+impl Shared {
+    /// Asks the reader for a pass now.
+    fn ask_pass(&self) {
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.ask.notify_all();
+    }
+}
+
+/// The layout of the instance's binary pages and its per-CPU buffers, opened non-blocking.
+fn open_raw(root: &Path, dir: &Path) -> Result<(Layout, Vec<std::fs::File>), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // One read each, as the control files (tracefs answers `read_to_string`'s small reads
+    // with a cut text).
+    let text = |p: &Path| read_trim(p);
+    // An instance's events directory has the same formats as the top one; older kernels
+    // keep `header_page` only at the top.
+    let header = text(&dir.join("events/header_page"))
+        .or_else(|_| text(&root.join("events/header_page")))?;
+    let layout = Layout::parse(
+        &header,
+        &text(&dir.join(EVENT).join("format"))?,
+        &text(&dir.join("events/ftrace/print/format"))?,
+    )?;
+    let mut cpus = Vec::new();
+    let per_cpu = dir.join("per_cpu");
+    for e in std::fs::read_dir(&per_cpu).map_err(|e| format!("{}: {e}", per_cpu.display()))? {
+        let p = e.map_err(|e| e.to_string())?.path().join("trace_pipe_raw");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        cpus.push(f);
+    }
+    if cpus.is_empty() {
+        return Err(format!("{}: no CPU buffers", per_cpu.display()));
+    }
+    Ok((layout, cpus))
+}
+
+/// The reader: every [`READ_EVERY`], or at once when a drain asks, it empties every CPU's
+/// buffer, orders what it read by time (markers included) and hands it to the tracker under
+/// one lock.
+fn read_raw(cpus: Vec<std::fs::File>, layout: &Layout, s: &Shared) {
+    let mut page = vec![0u8; 64 << 10];
+    let mut events = Vec::new();
+    let mut answered = 0;
     loop {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => {
-                if !s.stop.load(Ordering::Relaxed) {
-                    s.dead.store(true, Ordering::Relaxed);
-                    // trace_pipe ends when tracing is switched off and its buffer is empty.
-                    let off = std::fs::read_to_string(dir.join("tracing_on"))
-                        .is_ok_and(|v| v.trim() == "0");
-                    let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
-                    for l in batch.drain(..) {
-                        t.handle_line(&l);
-                    }
-                    t.handle_loss(if off {
-                        "tracing was switched off"
-                    } else {
-                        "the trace instance went away"
-                    });
-                }
-                return;
-            }
-            Ok(_) => batch.push(line),
-        }
         if s.stop.load(Ordering::Relaxed) {
             return;
         }
-        if !r.buffer().is_empty() && batch.len() < 4096 {
-            continue;
-        }
-        let mut markers = Vec::new();
-        {
-            let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
-            for l in batch.drain(..) {
-                if let Some(m) = t.handle_line(&l) {
-                    markers.push(m);
+        let mut more = false;
+        for mut f in &cpus {
+            let mut pages = 0;
+            loop {
+                match f.read(&mut page) {
+                    // Empty (0: a page being written as it was looked at).
+                    Ok(0) => break,
+                    Ok(n) => layout.decode(&page[..n], &mut events),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        s.dead.store(true, Ordering::Relaxed);
+                        let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                        t.handle_loss(&format!("the trace instance went away ({e})"));
+                        drop(t);
+                        s.seen.notify_all();
+                        return;
+                    }
+                }
+                pages += 1;
+                if pages == PAGES_PER_PASS {
+                    more = true;
+                    break;
                 }
             }
         }
-        if !markers.is_empty() {
-            s.markers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(markers);
-            s.seen.notify_all();
+        if !events.is_empty() {
+            // Stable: one CPU's events keep their order at equal times.
+            events.sort_by_key(|(ts, _)| *ts);
+            let mut markers = Vec::new();
+            {
+                let mut t = s.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                for (_, e) in events.drain(..) {
+                    if let Some(m) = t.handle(e) {
+                        markers.push(m);
+                    }
+                }
+            }
+            if !markers.is_empty() {
+                s.markers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(markers);
+                s.seen.notify_all();
+            }
         }
+        if more {
+            continue;
+        }
+        let mut asked = s.asked.lock().unwrap_or_else(|p| p.into_inner());
+        if *asked == answered {
+            asked = s
+                .ask
+                .wait_timeout(asked, READ_EVERY)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        answered = *asked;
     }
 }
 
