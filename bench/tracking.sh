@@ -8,9 +8,11 @@
 #       and scan: median cycle time (capture to last block sent) and bytes read per cycle
 #       against bytes written per cycle (targets: trace at 32 GiB within 1.2x of 2 GiB; read
 #       within 2x of written)
-#   overhead on the protected machine: fio 4 KiB random writes (direct, 20 s) IOPS and p99
-#       latency on an untracked device and on a traced one (no cycle runs meanwhile)
-#       (target: <= 5% IOPS loss)
+#   overhead on the protected machine: fio 4 KiB random writes (direct, OV_SECS = 20 s) IOPS
+#       and p99 latency on an untracked device and on a traced one (no cycle runs
+#       meanwhile), OV_ROUNDS (3) rounds each way, alternating: the medians, and the median
+#       of each round's traced/untracked ratio (the VM's IOPS drift between rounds; a pair
+#       is measured a few seconds apart) (target: <= 5% IOPS loss)
 #
 # Usage: bench/tracking.sh   (root: loop devices, tracefs; needs fio and python3). LB=PATH uses
 # that binary instead of a release build. Exits non-zero only if a step fails.
@@ -20,6 +22,7 @@ RPO_SECS=${RPO_SECS:-300}
 CHURN_SECS=${CHURN_SECS:-60}
 SIZES=${SIZES-"2 8 32"}
 OV_ROUNDS=${OV_ROUNDS:-3}
+OV_SECS=${OV_SECS:-20}
 command -v fio >/dev/null || { echo "bench: fio is missing (apt-get install fio)" >&2; exit 1; }
 [ -n "${LB:-}" ] || cargo build --release -q -p lifeboat-cli
 PY=$(python3 -c 'import sys; print(sys.executable)')
@@ -120,10 +123,10 @@ for g in $SIZES; do
   done
 done
 
-echo "bench: overhead on the protected machine (fio 4 KiB random writes, direct, 20 s, ${OV_ROUNDS} rounds each way, alternating)"
+echo "bench: overhead on the protected machine (fio 4 KiB random writes, direct, ${OV_SECS} s, ${OV_ROUNDS} rounds each way, alternating)"
 overhead() { # DEV: prints "iops p99_us"
   fio --name=o --filename="$1" --direct=1 --rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 \
-    --time_based --runtime="${2:-20}" --size=1g --output-format=json 2>/dev/null \
+    --time_based --runtime="${2:-$OV_SECS}" --size=1g --output-format=json 2>/dev/null \
     | json "f\"{v['jobs'][0]['write']['iops']:.0f} {v['jobs'][0]['write']['clat_ns']['percentile']['99.000000'] / 1000:.0f}\""
 }
 device 2
@@ -145,6 +148,11 @@ i = statistics.median(float(r[0]) for r in rows); p = statistics.median(float(r[
 print(f"{i:.0f} {p:.0f} {min(float(r[0]) for r in rows):.0f} {max(float(r[0]) for r in rows):.0f}")'; }
 read -r I0 L0 I0LO I0HI <<<"$(med "${un[@]}")"
 read -r I1 L1 I1LO I1HI <<<"$(med "${tr[@]}")"
+# Per round: the traced run against the untracked run just before it.
+read -r RM RLO RHI <<<"$(paste -d' ' <(printf '%s\n' "${un[@]}") <(printf '%s\n' "${tr[@]}") | "$PY" -c '
+import sys, statistics
+r = [100 * (1 - float(l.split()[2]) / float(l.split()[0])) for l in sys.stdin if l.strip()]
+print(f"{statistics.median(r):.1f} {min(r):.1f} {max(r):.1f}")')"
 
 echo
 echo "tracking bench: $(nproc) cores, $(uname -r)"
@@ -163,3 +171,4 @@ first=${SIZES%% *}; last=${SIZES##* }
   "$("$PY" -c "print(${CT[$last-trace]}/max(1,${CT[$first-trace]}))")" "$("$PY" -c "print(${CT[$last-scan]}/max(1,${CT[$first-scan]}))")"
 printf "  overhead (medians of %s): untracked %s IOPS (%s..%s, p99 %s us)   traced %s IOPS (%s..%s, p99 %s us)   IOPS loss %.1f%% (target <= 5)\n" \
   "$OV_ROUNDS" "$I0" "$I0LO" "$I0HI" "$L0" "$I1" "$I1LO" "$I1HI" "$L1" "$("$PY" -c "print(100*(1-$I1/$I0))")"
+printf "  IOPS loss per round (traced against the untracked run before it): median %s%%, %s%% .. %s%%\n" "$RM" "$RLO" "$RHI"
