@@ -9,12 +9,12 @@
 #       against bytes written per cycle (targets: trace at 32 GiB within 1.2x of 2 GiB; read
 #       within 2x of written)
 #   overhead on the protected machine: fio 4 KiB random writes (direct, iodepth 16, over
-#       256 MiB of a 1 GiB device) IOPS and p99 latency, untracked and traced (protected with
-#       `--capture trace`, no cycle runs meanwhile), alternating short runs (OV_SECS = 3 s,
-#       OV_ROUNDS = 20 traced runs, each between two untracked ones). This VM's IOPS drift by
-#       a third within minutes, so each traced run is compared with the mean of the untracked
-#       runs on either side: the median of those losses, with its quartiles, and the medians
-#       of the runs (target: <= 5% IOPS loss)
+#       256 MiB of a 1 GiB loop device A) IOPS and p99 latency, untracked and traced
+#       (protected with `--capture trace`, no cycle running). This VM's IOPS drift by a third
+#       within minutes, so every run on A (OV_SECS = 3 s) sits between two runs on a twin
+#       device B that is never traced, and is taken as a ratio to their mean: OV_ROUNDS (10)
+#       runs before A is protected, 10 while it is traced, 10 after; the loss is the median
+#       traced ratio against the median untracked one (target: <= 5% IOPS loss)
 #
 # Usage: bench/tracking.sh   (root: loop devices, tracefs; needs fio and python3). LB=PATH uses
 # that binary instead of a release build. Exits non-zero only if a step fails.
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 RPO_SECS=${RPO_SECS:-300}
 CHURN_SECS=${CHURN_SECS:-60}
 SIZES=${SIZES-"2 8 32"}
-OV_ROUNDS=${OV_ROUNDS:-20}
+OV_ROUNDS=${OV_ROUNDS:-10}
 OV_SECS=${OV_SECS:-3}
 command -v fio >/dev/null || { echo "bench: fio is missing (apt-get install fio)" >&2; exit 1; }
 [ -n "${LB:-}" ] || cargo build --release -q -p lifeboat-cli
@@ -125,43 +125,48 @@ for g in $SIZES; do
   done
 done
 
-echo "bench: overhead on the protected machine (fio 4 KiB random writes, direct, ${OV_SECS} s runs, ${OV_ROUNDS} traced between untracked ones)"
-overhead() { # DEV: prints "iops p99_us" (after a sync: the vault's writes from the last
-  # protect must not be written back during the run)
+echo "bench: overhead on the protected machine (fio 4 KiB random writes, direct, ${OV_SECS} s runs, ${OV_ROUNDS} pairs untracked, traced, untracked again)"
+overhead() { # DEV: prints "iops p99_us" (after a sync: the vault's writes from the protect
+  # must not be written back during the run)
   sync
   fio --name=o --filename="$1" --direct=1 --rw=randwrite --bs=4k --ioengine=libaio --iodepth=16 \
     --time_based --runtime="${2:-$OV_SECS}" --size=256m --output-format=json 2>/dev/null \
     | json "f\"{v['jobs'][0]['write']['iops']:.0f} {v['jobs'][0]['write']['clat_ns']['percentile']['99.000000'] / 1000:.0f}\""
 }
-device 1
-# Allocated and warmed first: a sparse file's first writes allocate, and would favour the run
-# that comes second.
-fio --name=fill --filename="$D" --direct=1 --rw=write --bs=1m --size=256m --output=/dev/null >/dev/null 2>&1
-overhead "$D" 5 >/dev/null
-un=(); tr=()
-un+=("$(overhead "$D")")
-for _ in $(seq "$OV_ROUNDS"); do
-  protect "$D" trace idle
-  tr+=("$(overhead "$D")")
-  unprotect
-  un+=("$(overhead "$D")")
+# A, the device measured, and B, its twin that is never traced: each run on A is compared with
+# the runs on B either side of it, which cancels the VM's drift.
+device 1; A=$D; device 1; B=$D
+# Allocated and warmed first: a sparse file's first writes allocate.
+for d in "$A" "$B"; do
+  fio --name=fill --filename="$d" --direct=1 --rw=write --bs=1m --size=256m --output=/dev/null >/dev/null 2>&1
 done
-med() { printf '%s\n' "$@" | "$PY" -c '
-import sys, statistics
+overhead "$A" 5 >/dev/null
+# phase NAME: OV_ROUNDS runs on A, each between two on B; appends "NAME a_iops a_p99 ratio".
+rows=()
+phase() {
+  local b0 a b1
+  b0=$(overhead "$B")
+  for _ in $(seq "$OV_ROUNDS"); do
+    a=$(overhead "$A"); b1=$(overhead "$B")
+    rows+=("$1 $a $("$PY" -c "print(${a%% *} / ((${b0%% *} + ${b1%% *}) / 2))")")
+    b0=$b1
+  done
+}
+phase untracked
+protect "$A" trace idle
+phase traced
+unprotect
+phase untracked
+read -r I0 L0 Q0 I1 L1 Q1 LOSS <<<"$(printf '%s\n' "${rows[@]}" | "$PY" -c '
+import sys, statistics as st
 rows = [l.split() for l in sys.stdin if l.strip()]
-i = statistics.median(float(r[0]) for r in rows); p = statistics.median(float(r[1]) for r in rows)
-print(f"{i:.0f} {p:.0f} {min(float(r[0]) for r in rows):.0f} {max(float(r[0]) for r in rows):.0f}")'; }
-read -r I0 L0 I0LO I0HI <<<"$(med "${un[@]}")"
-read -r I1 L1 I1LO I1HI <<<"$(med "${tr[@]}")"
-# Each traced run against the mean of the untracked runs on either side of it.
-read -r RM RLO RHI <<<"$(printf '%s\n' "${un[@]}" "--" "${tr[@]}" | "$PY" -c '
-import sys, statistics
-rows = sys.stdin.read().split("--")
-un = [float(l.split()[0]) for l in rows[0].splitlines() if l.strip()]
-tr = [float(l.split()[0]) for l in rows[1].splitlines() if l.strip()]
-r = [100 * (1 - t / ((un[k] + un[k + 1]) / 2)) for k, t in enumerate(tr)]
-q = statistics.quantiles(r, n=4)
-print(f"{statistics.median(r):.1f} {q[0]:.1f} {q[2]:.1f}")')"
+def of(name):
+    r = [x for x in rows if x[0] == name]
+    q = st.quantiles([float(x[3]) for x in r], n=4)
+    return (st.median(float(x[1]) for x in r), st.median(float(x[2]) for x in r),
+            st.median(float(x[3]) for x in r), q)
+u, t = of("untracked"), of("traced")
+print(f"{u[0]:.0f} {u[1]:.0f} {u[2]:.3f}[{u[3][0]:.3f}..{u[3][2]:.3f}] {t[0]:.0f} {t[1]:.0f} {t[2]:.3f}[{t[3][0]:.3f}..{t[3][2]:.3f}] {100 * (1 - t[2] / u[2]):.1f}")')"
 
 echo
 echo "tracking bench: $(nproc) cores, $(uname -r)"
@@ -178,6 +183,6 @@ done
 first=${SIZES%% *}; last=${SIZES##* }
 [ -n "$SIZES" ] && printf "  trace cycle %s GiB / %s GiB: %.2fx (target <= 1.2)   scan: %.2fx\n" "$last" "$first" \
   "$("$PY" -c "print(${CT[$last-trace]}/max(1,${CT[$first-trace]}))")" "$("$PY" -c "print(${CT[$last-scan]}/max(1,${CT[$first-scan]}))")"
-printf "  overhead (medians of %s traced runs and the untracked ones between): untracked %s IOPS (%s..%s, p99 %s us)   traced %s IOPS (%s..%s, p99 %s us)   IOPS loss %.1f%% (target <= 5)\n" \
-  "$OV_ROUNDS" "$I0" "$I0LO" "$I0HI" "$L0" "$I1" "$I1LO" "$I1HI" "$L1" "$("$PY" -c "print(100*(1-$I1/$I0))")"
-printf "  IOPS loss of each traced run against the untracked runs either side: median %s%% (target <= 5), quartiles %s%% .. %s%%\n" "$RM" "$RLO" "$RHI"
+printf "  overhead: A untracked %s IOPS (p99 %s us), A/B %s   A traced %s IOPS (p99 %s us), A/B %s   (medians [quartiles] of %s runs each)\n" \
+  "$I0" "$L0" "$Q0" "$I1" "$L1" "$Q1" "$OV_ROUNDS"
+printf "  IOPS loss (A/B traced against A/B untracked): %s%% (target <= 5)\n" "$LOSS"
