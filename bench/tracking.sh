@@ -143,14 +143,18 @@ done
 overhead "$A" 5 >/dev/null
 # phase NAME: OV_ROUNDS runs on A, each between two on B; appends "NAME a_iops a_p99 ratio".
 rows=()
+# The mobility daemon's CPU time, in clock ticks.
+mob_ticks() { awk '{print $14 + $15}' "/proc/${pids[2]}/stat"; }
+declare -A CPU
 phase() {
-  local b0 a b1
+  local b0 a b1 c0=$(mob_ticks) t0=$SECONDS
   b0=$(overhead "$B")
   for _ in $(seq "$OV_ROUNDS"); do
     a=$(overhead "$A"); b1=$(overhead "$B")
     rows+=("$1 $a $("$PY" -c "print(${a%% *} / ((${b0%% *} + ${b1%% *}) / 2))")")
     b0=$b1
   done
+  CPU[$1]="${CPU[$1]:-} $(( ($(mob_ticks) - c0) * 100 / $(getconf CLK_TCK) / (SECONDS - t0 > 0 ? SECONDS - t0 : 1) ))%"
 }
 phase untracked
 protect "$A" trace idle
@@ -185,4 +189,4 @@ first=${SIZES%% *}; last=${SIZES##* }
   "$("$PY" -c "print(${CT[$last-trace]}/max(1,${CT[$first-trace]}))")" "$("$PY" -c "print(${CT[$last-scan]}/max(1,${CT[$first-scan]}))")"
 printf "  overhead: A untracked %s IOPS (p99 %s us), A/B %s   A traced %s IOPS (p99 %s us), A/B %s   (medians [quartiles] of %s runs each)\n" \
   "$I0" "$L0" "$Q0" "$I1" "$L1" "$Q1" "$OV_ROUNDS"
-printf "  IOPS loss (A/B traced against A/B untracked): %s%% (target <= 5)\n" "$LOSS"
+printf "  IOPS loss (A/B traced against A/B untracked): %s%% (target <= 5)   mobility daemon's CPU (of one core) untracked:%s  traced:%s\n" "$LOSS" "${CPU[untracked]}" "${CPU[traced]}"
