@@ -12,8 +12,8 @@
 #       256 MiB of a 1 GiB loop device A) IOPS and p99 latency, untracked and traced
 #       (protected with `--capture trace`, no cycle running). This VM's IOPS drift by a third
 #       within minutes, so every run on A (OV_SECS = 3 s) sits between two runs on a twin
-#       device B that is never traced, and is taken as a ratio to their mean: OV_ROUNDS (10)
-#       runs before A is protected, 10 while it is traced, 10 after; the loss is the median
+#       device B that is never traced, and is taken as a ratio to their mean: OV_ROUNDS (25)
+#       runs before A is protected, 25 while it is traced, 25 after; the loss is the median
 #       traced ratio against the median untracked one (target: <= 5% IOPS loss)
 #
 # Usage: bench/tracking.sh   (root: loop devices, tracefs; needs fio and python3). LB=PATH uses
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 RPO_SECS=${RPO_SECS:-300}
 CHURN_SECS=${CHURN_SECS:-60}
 SIZES=${SIZES-"2 8 32"}
-OV_ROUNDS=${OV_ROUNDS:-10}
+OV_ROUNDS=${OV_ROUNDS:-25}
 OV_SECS=${OV_SECS:-3}
 command -v fio >/dev/null || { echo "bench: fio is missing (apt-get install fio)" >&2; exit 1; }
 [ -n "${LB:-}" ] || cargo build --release -q -p lifeboat-cli
